@@ -1,0 +1,285 @@
+"""Transaction assembly: decoded pgoutput messages in, change envelopes out (no network I/O).
+
+A source transaction becomes one envelope, or several slices (``seq`` 0, 1, … with ``last`` on
+the final one) when it exceeds the slice limits, so the capture's memory stays bounded whatever
+the transaction's size. With protocol 2, PostgreSQL streams large transactions before they
+commit; their changes are spooled to a temporary file and sliced out only at Stream Commit (and
+dropped at Stream Abort), so nothing uncommitted ever reaches the log.
+
+Each output carries ``ack_lsn``: the position the slot may confirm once that envelope and every
+envelope before it are acknowledged by Kafka.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from connectors import pgoutput as po
+from connectors.envelope import Change, Envelope, RelationInfo
+
+CONTROL_PREFIX = "replicator"
+_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+def pg_time(micros: int) -> str:
+    return (_PG_EPOCH + dt.timedelta(microseconds=micros)).isoformat()
+
+
+@dataclass
+class Output:
+    envelope: Envelope
+    ack_lsn: int | None
+
+
+@dataclass
+class _Txn:
+    xid: int
+    commit_lsn: int
+    commit_ts: str | None
+    origin: str | None = None
+    seq: int = 0
+    changes: list[Change] = field(default_factory=list)
+    relations: dict[int, RelationInfo] = field(default_factory=dict)
+    size: int = 0
+
+
+class Assembler:
+    def __init__(
+        self,
+        origin: str,
+        *,
+        slice_max_changes: int = 5_000,
+        slice_max_bytes: int = 8 << 20,
+        skip_origins: frozenset[str] = frozenset(),
+        spool_dir: str | None = None,
+    ) -> None:
+        self.origin = origin
+        self.slice_max_changes = slice_max_changes
+        self.slice_max_bytes = slice_max_bytes
+        self.skip_origins = skip_origins
+        self.spool_dir = spool_dir
+        self.relations: dict[int, RelationInfo] = {}
+        self.relation_changes = 0  # relations whose columns changed mid-stream
+        self._txn: _Txn | None = None
+        self._skip = False
+        self._stream_xid: int | None = None
+        self._spools: dict[int, _Spool] = {}
+
+    @property
+    def in_txn(self) -> bool:
+        """Whether a transaction is partly received (the slot must not be confirmed past it)."""
+        return self._txn is not None or bool(self._spools)
+
+    # -- feeding -------------------------------------------------------------------------------
+
+    def feed(self, msg: po.Message) -> list[Output]:
+        if isinstance(msg, po.Relation):
+            self._relation(msg)
+            return []
+        if self._stream_xid is not None and not isinstance(msg, po.StreamStop | po.StreamStart):
+            return self._streamed(msg)
+        if isinstance(msg, po.Begin):
+            self._txn = _Txn(msg.xid, msg.final_lsn, pg_time(msg.commit_ts))
+            self._skip = False
+            return []
+        if isinstance(msg, po.Origin):
+            if self._txn is not None:
+                self._txn.origin = msg.name
+                self._skip = msg.name in self.skip_origins
+            return []
+        if isinstance(msg, po.Commit):
+            txn, self._txn = self._txn, None
+            if txn is None:
+                return []
+            if self._skip:
+                # Our own apply's writes: never echoed back (the slot still advances).
+                return [Output(self._control_env(txn.commit_lsn, {"kind": "skip"}), msg.end_lsn)]
+            return [self._slice(txn, last=True, ack=msg.end_lsn)]
+        if isinstance(msg, po.LogicalMessage):
+            return self._message(msg)
+        if isinstance(msg, po.Insert | po.Update | po.Delete | po.Truncate):
+            if self._txn is None or self._skip:
+                return []
+            return self._add(self._txn, self._changes(msg))
+        if isinstance(msg, po.StreamStart):
+            self._stream_xid = msg.xid
+            if msg.xid not in self._spools:
+                self._spools[msg.xid] = _Spool(self.spool_dir)
+            return []
+        if isinstance(msg, po.StreamStop):
+            self._stream_xid = None
+            return []
+        if isinstance(msg, po.StreamCommit):
+            return list(self._stream_commit(msg))
+        if isinstance(msg, po.StreamAbort):
+            spool = self._spools.get(msg.xid)
+            if spool is not None:
+                if msg.subxid == msg.xid:
+                    spool.close()
+                    del self._spools[msg.xid]
+                else:
+                    spool.aborted.add(msg.subxid)
+            return []
+        return []  # Type and anything informational
+
+    def _relation(self, msg: po.Relation) -> None:
+        info = RelationInfo(
+            schema=msg.namespace or "pg_catalog",
+            table=msg.name,
+            columns=tuple(c.name for c in msg.columns),
+            type_oids=tuple(c.type_oid for c in msg.columns),
+            key_columns=tuple(c.name for c in msg.columns if c.is_key),
+        )
+        old = self.relations.get(msg.relid)
+        if old is not None and (old.columns, old.type_oids) != (info.columns, info.type_oids):
+            self.relation_changes += 1
+        self.relations[msg.relid] = info
+
+    def _changes(self, msg: po.Insert | po.Update | po.Delete | po.Truncate) -> list[Change]:
+        if isinstance(msg, po.Truncate):
+            return [Change("truncate", relid) for relid in msg.relids]
+        rel = self.relations[msg.relid]
+        if isinstance(msg, po.Insert):
+            new, unchanged = _row(rel, msg.new)
+            return [Change("insert", msg.relid, new=new, unchanged=unchanged)]
+        if isinstance(msg, po.Update):
+            new, unchanged = _row(rel, msg.new)
+            old = _old(rel, msg.old_kind, msg.old)
+            return [Change("update", msg.relid, new=new, old=old, unchanged=unchanged)]
+        return [Change("delete", msg.relid, old=_old(rel, msg.old_kind, msg.old))]
+
+    def _add(self, txn: _Txn, changes: list[Change]) -> list[Output]:
+        out: list[Output] = []
+        for ch in changes:
+            txn.changes.append(ch)
+            txn.relations[ch.rel] = self.relations[ch.rel]
+            txn.size += 64 + sum(len(v) for v in (ch.new or {}).values() if v)
+            if len(txn.changes) >= self.slice_max_changes or txn.size >= self.slice_max_bytes:
+                out.append(self._slice(txn, last=False, ack=None))
+        return out
+
+    def _slice(self, txn: _Txn, *, last: bool, ack: int | None) -> Output:
+        env = Envelope(
+            origin=self.origin,
+            xid=txn.xid,
+            commit_lsn=txn.commit_lsn,
+            commit_ts=txn.commit_ts,
+            seq=txn.seq,
+            last=last,
+            relations=txn.relations,
+            changes=txn.changes,
+        )
+        txn.seq += 1
+        txn.changes, txn.relations, txn.size = [], {}, 0
+        return Output(env, ack)
+
+    # -- logical messages: heartbeats and markers ----------------------------------------------
+
+    def _message(self, msg: po.LogicalMessage) -> list[Output]:
+        if msg.prefix != CONTROL_PREFIX:
+            return []
+        try:
+            control = json.loads(bytes(msg.content).decode())
+            if not isinstance(control, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            control = {"kind": "unreadable", "content": bytes(msg.content).decode("utf-8", "replace")}
+        if msg.transactional and self._txn is not None:
+            # Part of the transaction: the next slice carries it, in order.
+            out = [self._slice(self._txn, last=False, ack=None)] if self._txn.changes else []
+            env = self._control_env(self._txn.commit_lsn, control)
+            env.xid, env.seq, env.last = self._txn.xid, self._txn.seq, False
+            self._txn.seq += 1
+            return [*out, Output(env, None)]
+        return [Output(self._control_env(msg.lsn, control), msg.lsn)]
+
+    def _control_env(self, lsn: int, control: dict[str, Any]) -> Envelope:
+        return Envelope(origin=self.origin, xid=0, commit_lsn=lsn, commit_ts=None, control=control)
+
+    # -- protocol 2 streaming --------------------------------------------------------------------
+
+    def _streamed(self, msg: po.Message) -> list[Output]:
+        assert self._stream_xid is not None
+        spool = self._spools[self._stream_xid]
+        if isinstance(msg, po.Insert | po.Update | po.Delete | po.Truncate):
+            sub = msg.xid if msg.xid is not None else self._stream_xid
+            for ch in self._changes(msg):
+                spool.write(sub, self.relations[ch.rel], ch)
+        return []
+
+    def _stream_commit(self, msg: po.StreamCommit) -> Iterator[Output]:
+        spool = self._spools.pop(msg.xid, None)
+        txn = _Txn(msg.xid, msg.commit_lsn, pg_time(msg.commit_ts))
+        if spool is not None:
+            for rel_id, rel, ch in spool.replay():
+                txn.changes.append(ch)
+                txn.relations[rel_id] = rel
+                txn.size += 64 + sum(len(v) for v in (ch.new or {}).values() if v)
+                if len(txn.changes) >= self.slice_max_changes or txn.size >= self.slice_max_bytes:
+                    yield self._slice(txn, last=False, ack=None)
+            spool.close()
+        yield self._slice(txn, last=True, ack=msg.end_lsn)
+
+
+class _Spool:
+    """Changes of one streamed transaction on disk, until it commits or aborts."""
+
+    def __init__(self, directory: str | None) -> None:
+        self._file: IO[str] = tempfile.TemporaryFile("w+", dir=directory, encoding="utf-8")
+        self._written: dict[int, RelationInfo] = {}
+        self.aborted: set[int] = set()
+
+    def write(self, subxid: int, rel: RelationInfo, ch: Change) -> None:
+        if self._written.get(ch.rel) is not rel:
+            self._file.write(json.dumps(["R", ch.rel, rel.to_wire()]) + "\n")
+            self._written[ch.rel] = rel
+        self._file.write(json.dumps(["C", subxid, ch.to_wire()]) + "\n")
+
+    def replay(self) -> Iterator[tuple[int, RelationInfo, Change]]:
+        self._file.seek(0)
+        rels: dict[int, RelationInfo] = {}
+        for line in self._file:
+            rec = json.loads(line)
+            if rec[0] == "R":
+                r = rec[2]
+                rels[rec[1]] = RelationInfo(
+                    r["schema"], r["table"], tuple(r["columns"]), tuple(r["type_oids"]), tuple(r["key_columns"])
+                )
+                continue
+            if rec[1] in self.aborted:
+                continue
+            c = rec[2]
+            yield c["rel"], rels[c["rel"]], Change(
+                c["op"], c["rel"], c.get("new"), c.get("old"), list(c.get("unchanged", ()))
+            )
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _row(rel: RelationInfo, values: tuple[Any, ...]) -> tuple[dict[str, str | None], list[str]]:
+    new: dict[str, str | None] = {}
+    unchanged: list[str] = []
+    for col, v in zip(rel.columns, values, strict=True):
+        if v is po.UNCHANGED:
+            unchanged.append(col)
+        elif isinstance(v, bytes | bytearray | memoryview):
+            new[col] = "\\x" + bytes(v).hex()  # binary format is never requested; keep it lossless
+        else:
+            new[col] = v
+    return new, unchanged
+
+
+def _old(rel: RelationInfo, kind: str | None, values: tuple[Any, ...] | None) -> dict[str, str | None] | None:
+    if values is None:
+        return None
+    row, _ = _row(rel, values)
+    if kind == "K":
+        # An old *key* tuple: the other columns are placeholders, not values.
+        return {c: row.get(c) for c in rel.key_columns}
+    return row

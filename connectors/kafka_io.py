@@ -1,0 +1,224 @@
+"""The Kafka edge: topics, an idempotent producer whose acknowledgements the capture tracks, and a
+consumer that starts from offsets stored in the target (not Kafka's committed offsets).
+
+kafka-python's exceptions are translated into :class:`replicator.errors.KafkaUnavailable` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from replicator.errors import KafkaUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except KafkaError as exc:
+        raise KafkaUnavailable(
+            f"Kafka {what}: {type(exc).__name__}: {exc}",
+            hint="check kafka.bootstrap_servers and that the broker is running",
+        ) from None
+
+
+def admin(bootstrap: str, timeout_ms: int = 10_000) -> KafkaAdminClient:
+    with translated(f"at {bootstrap} is unreachable"):
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=timeout_ms,
+            client_id="replicator-admin",
+        )
+
+
+def ensure_topics(bootstrap: str, topics: dict[str, int], replication_factor: int = 1) -> None:
+    """Create the topics that do not exist yet (name -> partitions). Existing ones are kept."""
+    client = admin(bootstrap)
+    try:
+        with translated("topic creation failed"):
+            existing = set(client.list_topics())
+            new = [
+                NewTopic(name, num_partitions=parts, replication_factor=replication_factor)
+                for name, parts in topics.items()
+                if name not in existing
+            ]
+            if new:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    client.create_topics(new)
+    finally:
+        client.close()
+
+
+def delete_topics(bootstrap: str, names: list[str]) -> None:
+    client = admin(bootstrap)
+    try:
+        with translated("topic deletion failed"), contextlib.suppress(KafkaError):
+            client.delete_topics(names)
+    finally:
+        client.close()
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        with translated("offset query failed"):
+            parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Sent:
+    """A message handed to the producer; ``acked`` turns true when Kafka has it (acks=all)."""
+
+    future: Any
+
+    @property
+    def done(self) -> bool:
+        return bool(self.future.is_done)
+
+    def check(self) -> None:
+        """Raise if Kafka refused the message."""
+        if self.future.is_done and self.future.failed():
+            exc = self.future.exception
+            raise KafkaUnavailable(f"Kafka did not acknowledge a message: {exc}")
+
+
+class Producer:
+    """acks=all, idempotent, compressed. One instance per capture process."""
+
+    def __init__(self, bootstrap: str, *, compression: str = "lz4", timeout_ms: int = 30_000):
+        with translated(f"at {bootstrap} is unreachable"):
+            self._producer = KafkaProducer(
+                bootstrap_servers=bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                compression_type=compression or None,
+                linger_ms=5,
+                batch_size=1 << 20,
+                max_request_size=16 << 20,
+                request_timeout_ms=timeout_ms,
+                # Retries are unbounded within delivery_timeout: ordering holds (idempotence).
+                delivery_timeout_ms=max(120_000, timeout_ms * 2),
+                client_id="replicator-capture",
+            )
+        self._partitions: dict[str, int] = {}
+
+    def partitions(self, topic: str) -> int:
+        if topic not in self._partitions:
+            with translated("metadata request failed"):
+                parts = self._producer.partitions_for(topic)
+            self._partitions[topic] = len(parts)
+        return self._partitions[topic]
+
+    def send(
+        self, topic: str, value: bytes, *, key: bytes | None = None, partition: int | None = None
+    ) -> Sent:
+        with translated("send failed"):
+            return Sent(self._producer.send(topic, value=value, key=key, partition=partition))
+
+    def flush(self, timeout: float | None = None) -> None:
+        with translated("flush failed"):
+            self._producer.flush(timeout=timeout)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._producer.close(timeout=5)
+
+
+class Consumer:
+    """Reads one topic from positions the caller provides (stored beside the applied rows).
+
+    With ``group`` set, partitions are balanced across the workers of the group; on every
+    assignment ``seek_to`` is asked where each partition resumes.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        group: str,
+        seek_to: Callable[[list[int]], dict[int, int]],
+        max_poll_records: int = 2_000,
+    ) -> None:
+        self.topic = topic
+        self._seek_to = seek_to
+        with translated(f"at {bootstrap} is unreachable"):
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=max_poll_records,
+                fetch_max_bytes=64 << 20,
+                max_partition_fetch_bytes=16 << 20,
+                isolation_level="read_committed",
+                client_id="replicator-apply",
+            )
+            self._consumer.subscribe([topic], listener=_Rebalance(self))
+        self.assigned: set[int] = set()
+
+    def _on_assigned(self, partitions: list[int]) -> None:
+        self.assigned = set(partitions)
+        positions = self._seek_to(partitions)
+        for p in partitions:
+            tp = TopicPartition(self.topic, p)
+            if p in positions:
+                self._consumer.seek(tp, positions[p])
+            else:
+                self._consumer.seek_to_beginning(tp)
+
+    def reseek(self) -> None:
+        """Go back to the stored positions of every assigned partition."""
+        self._on_assigned(sorted(self.assigned))
+
+    def poll(self, timeout_ms: int) -> list[tuple[int, int, bytes]]:
+        """(partition, offset, value) in offset order per partition."""
+        with translated("poll failed"):
+            batch = self._consumer.poll(timeout_ms=timeout_ms)
+        out: list[tuple[int, int, bytes]] = []
+        for tp, records in batch.items():
+            out.extend((tp.partition, r.offset, r.value) for r in records)
+        return out
+
+    def commit_advisory(self, offsets: dict[int, int]) -> None:
+        """Kafka's committed offsets are advisory (lag display); the truth is in the target."""
+        from kafka.structs import OffsetAndMetadata
+
+        with contextlib.suppress(KafkaError):
+            self._consumer.commit(
+                {
+                    TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
+                    for p, o in offsets.items()
+                }
+            )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._consumer.close(autocommit=False)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Seeks to the stored positions whenever partitions are assigned."""
+
+    def __init__(self, owner: Consumer) -> None:
+        self._owner = owner
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._owner.assigned = set()
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._owner._on_assigned([tp.partition for tp in assigned])

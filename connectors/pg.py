@@ -1,0 +1,91 @@
+"""The PostgreSQL edge: connections, and psycopg's exceptions translated into ours, once.
+
+Everything above the connectors sees :mod:`replicator.errors` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerr
+
+from replicator.config import DatabaseSettings
+from replicator.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    PermissionDenied,
+    PreconditionError,
+    ReplicatorError,
+    SlotInUse,
+    TargetRejected,
+    TransientDatabaseError,
+)
+
+# SQLSTATE classes whose failure a retry can cure.
+_TRANSIENT_SQLSTATES = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available
+    "57P01",  # admin_shutdown
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now
+    "53300",  # too_many_connections
+}
+
+
+def translate(exc: BaseException, *, where: str) -> ReplicatorError:
+    """Map a psycopg exception to the replicator's tree. ``where`` names the server (masked)."""
+    if isinstance(exc, ReplicatorError):
+        return exc
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(exc, psycopg.OperationalError) and sqlstate is None:
+        low = str(exc).lower()
+        if "password authentication failed" in low or "authentication failed" in low:
+            return AuthenticationFailed(
+                f"{where}: authentication failed",
+                hint="check the user and password (REPLICATOR_<SIDE>__USER / __PASSWORD)",
+            )
+        if "no password supplied" in low:
+            return AuthenticationFailed(
+                f"{where}: the server asks for a password and none is configured",
+                hint="set REPLICATOR_<SIDE>__PASSWORD or password in replicator.toml",
+            )
+        if "does not exist" in low and "database" in low:
+            return PreconditionError(f"{where}: {text}", hint="create the database or fix dbname")
+        return ConnectionFailed(
+            f"{where}: cannot connect ({text})",
+            hint="check host and port, and that the server is running",
+        )
+    if isinstance(exc, pgerr.InvalidPassword | pgerr.InvalidAuthorizationSpecification):
+        return AuthenticationFailed(f"{where}: authentication failed", hint="check the credentials")
+    if isinstance(exc, pgerr.InsufficientPrivilege):
+        return PermissionDenied(f"{where}: {text}")
+    if isinstance(exc, pgerr.ObjectInUse) and "replication slot" in str(exc):
+        return SlotInUse(f"{where}: {text}", hint="another capture streams from this slot")
+    if sqlstate in _TRANSIENT_SQLSTATES or isinstance(
+        exc, psycopg.OperationalError | psycopg.InterfaceError
+    ):
+        return TransientDatabaseError(f"{where}: {text}")
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return TargetRejected(f"{where}: {text}")
+    return ReplicatorError(f"{where}: {text}")
+
+
+def connect(db: DatabaseSettings, **kwargs: Any) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(db.conninfo(), **kwargs)
+    except psycopg.Error as exc:
+        raise translate(exc, where=db.masked()) from None
+
+
+@contextlib.contextmanager
+def translated(where: str) -> Iterator[None]:
+    """Run a block, translating psycopg errors raised inside it."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate(exc, where=where) from None

@@ -1,0 +1,270 @@
+"""The PostgreSQL sink: coalesced target operations written with COPY + one merge per table.
+
+Per flush and target table: the keys to delete (deletes, and deletes followed by re-inserts) go
+through one ``DELETE … USING``; upserts are grouped by their column set (an update that left a
+TOASTed column unchanged writes fewer columns, and those must stay untouched) and each group is
+one COPY into a temporary staging table plus one ``INSERT … ON CONFLICT … DO UPDATE``; patches
+(N→1 merges) are one ``UPDATE … FROM``. The caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from replicator.errors import SchemaError
+from transforms.api import Delete, Patch, TargetOp, Truncate, Upsert
+
+
+@dataclass
+class _KeyState:
+    deleted_first: bool = False  # an existing row must go before the values are written
+    kind: str = "patch"  # "upsert" | "patch" | "delete"
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TableInfo:
+    name: str  # schema.table
+    columns: dict[str, str]  # column -> type name (format_type)
+
+    @property
+    def ident(self) -> sql.Identifier:
+        schema, _, table = self.name.partition(".")
+        return sql.Identifier(schema, table)
+
+
+class Batch:
+    """Target operations coalesced per (table, key), in arrival order of first touch."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[tuple[Any, ...], _KeyState]] = {}
+        self.key_columns: dict[str, tuple[str, ...]] = {}
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def split(self) -> Iterator[tuple[str, Batch]]:
+        """One single-row batch per (table, key), for writing rows one at a time."""
+        for table, states in self.tables.items():
+            for key, st in states.items():
+                one = Batch()
+                one.key_columns[table] = self.key_columns[table]
+                one.tables[table] = {key: st}
+                one.size = 1
+                yield table, one
+
+    def add(self, op: TargetOp) -> None:
+        if isinstance(op, Truncate):
+            raise TypeError("truncate is a barrier: flush, then call Sink.truncate")
+        cols = tuple(op.key)
+        known = self.key_columns.setdefault(op.table, cols)
+        if known != cols:
+            cols = known
+        key = tuple(op.key[c] for c in cols)
+        states = self.tables.setdefault(op.table, {})
+        st = states.get(key)
+        if st is None:
+            st = states[key] = _KeyState()
+            self.size += 1
+        if isinstance(op, Delete):
+            st.kind, st.values, st.deleted_first = "delete", {}, True
+        elif isinstance(op, Upsert):
+            if st.kind == "delete":
+                st.values = {}
+            st.kind = "upsert"
+            st.values.update(op.values)
+            st.values.update(op.key)
+        elif isinstance(op, Patch):
+            if st.kind == "delete":
+                return  # the row is gone: nothing to patch
+            st.values.update(op.values)
+            if st.kind != "upsert":
+                st.kind = "patch"
+                st.values.update(op.key)
+
+
+def _adapt(v: Any) -> Any:
+    if isinstance(v, dict | list):
+        return Jsonb(v)
+    return v
+
+
+class Sink:
+    """Writes batches into one target database over the caller's connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self._tables: dict[str, TableInfo] = {}
+        self._stages: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def table(self, name: str) -> TableInfo:
+        info = self._tables.get(name)
+        if info is None:
+            rows = self.conn.execute(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+                "ORDER BY a.attnum",
+                (_quoted(name),),
+            ).fetchall()
+            info = TableInfo(name, {str(n): str(t) for n, t in rows})
+            self._tables[name] = info
+        return info
+
+    def forget_tables(self) -> None:
+        """Drop cached catalog facts (after a reconnect or a schema change)."""
+        self._tables.clear()
+        self._stages.clear()
+
+    def _stage(self, info: TableInfo, columns: tuple[str, ...]) -> str:
+        """An empty temporary table shaped like ``columns`` of the target table.
+
+        Created on every use if missing: a rolled-back (sub)transaction takes a table created
+        inside it along, so a cache of names alone would go stale.
+        """
+        key = (info.name, columns)
+        name = self._stages.setdefault(key, f"_stage_{len(self._stages)}")
+        self.conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
+                "SELECT {} FROM {} WITH NO DATA"
+            ).format(
+                sql.Identifier(name),
+                sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+                info.ident,
+            )
+        )
+        self.conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
+        return name
+
+    def _copy(self, stage: str, columns: tuple[str, ...], rows: Iterable[Iterable[Any]]) -> None:
+        stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(stage), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        )
+        with self.conn.cursor().copy(stmt) as copy:
+            for row in rows:
+                copy.write_row([_adapt(v) for v in row])
+
+    def flush(self, batch: Batch) -> dict[str, int]:
+        """Write the batch; returns rows touched per target table."""
+        touched: dict[str, int] = {}
+        # Deletes of every table first, so a unique value freed in this batch can be reused.
+        for table, states in batch.tables.items():
+            info = self.table(table)
+            keys = batch.key_columns[table]
+            doomed = [k for k, st in states.items() if st.deleted_first]
+            if doomed:
+                self._delete(info, keys, doomed)
+                touched[table] = touched.get(table, 0) + len(doomed)
+        for table, states in batch.tables.items():
+            info = self.table(table)
+            keys = batch.key_columns[table]
+            groups: dict[tuple[str, tuple[str, ...]], list[Mapping[str, Any]]] = {}
+            for st in states.values():
+                if st.kind == "delete":
+                    continue
+                cols = tuple(sorted(st.values))
+                groups.setdefault((st.kind, cols), []).append(st.values)
+            for (kind, cols), rows in groups.items():
+                unknown = [c for c in cols if c not in info.columns]
+                if unknown:
+                    raise SchemaError(
+                        f"target table {table} has no column(s) {', '.join(unknown)}",
+                        hint="run `replicator check` to compare the mapping with the target",
+                    )
+                if kind == "upsert":
+                    self._upsert(info, keys, cols, rows)
+                else:
+                    self._patch(info, keys, cols, rows)
+                touched[table] = touched.get(table, 0) + len(rows)
+        return touched
+
+    def _delete(
+        self, info: TableInfo, keys: tuple[str, ...], doomed: list[tuple[Any, ...]]
+    ) -> None:
+        stage = self._stage(info, keys)
+        self._copy(stage, keys, doomed)
+        self.conn.execute(
+            sql.SQL("DELETE FROM {} t USING {} s WHERE {}").format(
+                info.ident,
+                sql.Identifier(stage),
+                _join_eq(keys),
+            )
+        )
+
+    def _upsert(
+        self,
+        info: TableInfo,
+        keys: tuple[str, ...],
+        cols: tuple[str, ...],
+        rows: list[Mapping[str, Any]],
+    ) -> None:
+        stage = self._stage(info, cols)
+        self._copy(stage, cols, ([r[c] for c in cols] for r in rows))
+        rest = [c for c in cols if c not in keys]
+        action = (
+            sql.SQL("DO UPDATE SET {}").format(
+                sql.SQL(", ").join(
+                    sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                    for c in rest
+                )
+            )
+            if rest
+            else sql.SQL("DO NOTHING")
+        )
+        col_list = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+        self.conn.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
+                info.ident,
+                col_list,
+                col_list,
+                sql.Identifier(stage),
+                sql.SQL(", ").join(sql.Identifier(k) for k in keys),
+                action,
+            )
+        )
+
+    def _patch(
+        self,
+        info: TableInfo,
+        keys: tuple[str, ...],
+        cols: tuple[str, ...],
+        rows: list[Mapping[str, Any]],
+    ) -> None:
+        rest = [c for c in cols if c not in keys]
+        if not rest:
+            return
+        stage = self._stage(info, cols)
+        self._copy(stage, cols, ([r[c] for c in cols] for r in rows))
+        self.conn.execute(
+            sql.SQL("UPDATE {} t SET {} FROM {} s WHERE {}").format(
+                info.ident,
+                sql.SQL(", ").join(
+                    sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in rest
+                ),
+                sql.Identifier(stage),
+                _join_eq(keys),
+            )
+        )
+
+    def truncate(self, tables: list[str]) -> None:
+        self.conn.execute(
+            sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(self.table(t).ident for t in tables))
+        )
+
+
+def _join_eq(keys: tuple[str, ...]) -> sql.Composable:
+    return sql.SQL(" AND ").join(
+        sql.SQL("t.{} = s.{}").format(sql.Identifier(k), sql.Identifier(k)) for k in keys
+    )
+
+
+def _quoted(name: str) -> str:
+    schema, _, table = name.partition(".")
+    return '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'

@@ -1,0 +1,428 @@
+"""The apply worker: Kafka change log → typed rows → transforms → the target, exactly once.
+
+Exactly-once effect (ARCHITECTURE.md section 4): in the same target transaction as the rows, the
+worker stores the next Kafka offset of every partition it consumed and the last applied source
+``commit_lsn``. On (re)assignment it seeks to those offsets; a message whose ``commit_lsn`` is
+not above the stored one is a duplicate (a capture replay) and is skipped. A source transaction
+sliced over several messages is applied in one target transaction: the worker commits only at
+boundaries where no partition is inside an unfinished source transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from connectors import pg
+from connectors.envelope import Envelope, decode_envelope
+from connectors.kafka_io import Consumer, Producer
+from connectors.pgsink import Batch, Sink
+from connectors.pgtypes import TextLoader
+from replicator.config import Settings
+from replicator.dlq import DeadLetter, DeadLetterWriter, dead_letter
+from replicator.errors import (
+    DataError,
+    ReplicatorError,
+    StateError,
+    TargetRejected,
+    TransformError,
+    TransientDatabaseError,
+)
+from replicator.state import ensure_schema, load_offsets
+from transforms.api import Direction, RowChange, Truncate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Partition:
+    next_offset: int
+    last_lsn: int
+    committed: int = 0  # next_offset as stored in the target: the fence for the next commit
+    open_lsn: int | None = None  # a source transaction begun but not finished (slices)
+    open_seq: int = 0
+    dirty: bool = False
+
+
+@dataclass
+class ApplyStats:
+    messages: int = 0
+    skipped_duplicates: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    commits: int = 0
+    last_commit_lsn: int = 0
+
+
+class ApplyWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        direction: Direction,
+        *,
+        dir_name: str = "fwd",
+        target: Any = None,
+        on_commit: Callable[[ApplyStats], None] | None = None,
+    ) -> None:
+        self.s = settings
+        self.direction = direction
+        self.dir_name = dir_name
+        self.db = target if target is not None else settings.target
+        self.topic = settings.topic(dir_name, "changes")
+        self.stats = ApplyStats()
+        self._loader = TextLoader()
+        self._on_commit = on_commit
+        self._parts: dict[int, _Partition] = {}
+        self._reseeked = False
+        # After the target refused a batch: partition -> offset up to which every row is
+        # written under its own savepoint, so the poison row is dead-lettered alone.
+        self._isolate_until: dict[int, int] = {}
+        self._current: tuple[int, int, int | None] = (0, 0, None)
+        # Dead letters of the open batch: written to Kafka just before its commit, dropped
+        # with it on a re-seek, so a replayed stretch never dead-letters a row twice.
+        self._dead_pending: list[DeadLetter] = []
+        self._truncate_owned = self._exclusive_targets()
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = pg.connect(self.db)
+        ensure_schema(conn)
+        with pg.translated(self.db.masked()):
+            try:
+                # Foreign-key triggers off, as PostgreSQL's own apply worker does: ordering
+                # across tables inside a batch can then never fail it.
+                conn.execute("SET session_replication_role = replica")
+            except psycopg.errors.InsufficientPrivilege:
+                conn.rollback()
+                log.warning(
+                    "apply role may not set session_replication_role; foreign keys stay on "
+                    "(grant superuser, or run `replicator check` for the fix)"
+                )
+            conn.commit()
+        return conn
+
+    def _exclusive_targets(self) -> dict[str, list[str]]:
+        """Source table -> target tables it alone writes (safe to truncate with it)."""
+        writers: dict[str, int] = {}
+        for t in self.direction.tables.values():
+            for w in t.writes:
+                writers[w.name] = writers.get(w.name, 0) + 1
+        return {
+            src: [w.name for w in t.writes if writers[w.name] == 1]
+            for src, t in self.direction.tables.items()
+        }
+
+    def _positions(self, partitions: list[int]) -> dict[int, int]:
+        """Where each assigned partition resumes: the offsets stored beside the rows.
+
+        Anything written but not committed belongs to the old assignment: it is discarded and
+        will be read again from the stored offsets.
+        """
+        with pg.translated(self.db.masked()):
+            self.conn.rollback()
+            stored = load_offsets(self.conn, self.topic)
+            self.conn.commit()
+        self._reseeked = True
+        self._dead_pending = []
+        self._parts = {}
+        out = {}
+        for p in partitions:
+            off, lsn = stored.get(p, (0, 0))
+            self._parts[p] = _Partition(next_offset=off, last_lsn=lsn, committed=off)
+            out[p] = off
+        return out
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self._run_once(stop)
+                return
+            except ReplicatorError as exc:
+                if not exc.retriable:
+                    raise
+                log.warning("apply: %s; retrying in %.1fs", exc.message, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _run_once(self, stop: threading.Event) -> None:
+        self.conn = self._connect()
+        self.sink = Sink(self.conn)
+        producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
+        self.dlq = DeadLetterWriter(producer, self.s.topic(self.dir_name, "dlq"))
+        consumer = Consumer(
+            self.s.kafka.bootstrap_servers,
+            self.topic,
+            group=f"{self.s.name}-{self.dir_name}-apply",
+            seek_to=self._positions,
+        )
+        try:
+            self._loop(consumer, stop)
+        finally:
+            consumer.close()
+            producer.close()
+            try:
+                self.conn.rollback()
+                self.conn.close()
+            except psycopg.Error:
+                pass
+
+    def _loop(self, consumer: Consumer, stop: threading.Event) -> None:
+        batch = Batch()
+        started = time.monotonic()
+        max_wait = self.s.apply.batch_max_wait_ms / 1000
+        while not stop.is_set():
+            records = consumer.poll(timeout_ms=100 if len(batch) else 500)
+            if self._reseeked:
+                self._reseeked = False
+                batch, started = Batch(), time.monotonic()
+            try:
+                for partition, offset, value in records:
+                    part = self._parts.get(partition)
+                    if part is None or offset < part.next_offset:
+                        continue  # re-delivered from before a re-seek
+                    self._handle(partition, offset, value, batch)
+                    part.next_offset = offset + 1
+                    part.dirty = True
+                    if not self._at_boundary():
+                        if len(batch) >= self.s.apply.batch_max_changes:
+                            # Inside a large source transaction: write, commit at its end.
+                            self._flush(batch)
+                        continue
+                    if self._isolate_until or len(batch) >= self.s.apply.batch_max_changes:
+                        self._commit(batch, consumer)
+                        batch, started = Batch(), time.monotonic()
+                        self._leave_isolation()
+                dirty = any(p.dirty for p in self._parts.values())
+                waited = time.monotonic() - started >= max_wait
+                if dirty and self._at_boundary() and (not records or waited):
+                    self._commit(batch, consumer)
+                    batch, started = Batch(), time.monotonic()
+            except TargetRejected as exc:
+                # The target refused a row the transform let through. Go back to the stored
+                # offsets and write that stretch again one row at a time, so that only the
+                # poison row is dead-lettered.
+                log.warning("target refused a batch (%s); isolating the row", exc.message)
+                self._isolate_until = {p: part.next_offset for p, part in self._parts.items()}
+                consumer.reseek()
+
+    def _at_boundary(self) -> bool:
+        return all(p.open_lsn is None for p in self._parts.values())
+
+    def _leave_isolation(self) -> None:
+        if self._isolate_until and all(
+            self._parts[p].next_offset >= o
+            for p, o in self._isolate_until.items()
+            if p in self._parts
+        ):
+            self._isolate_until = {}
+
+    # -- one message ---------------------------------------------------------------------------
+
+    def _handle(self, partition: int, offset: int, value: bytes, batch: Batch) -> None:
+        part = self._parts[partition]
+        self.stats.messages += 1
+        self._current = (partition, offset, None)
+        try:
+            env = decode_envelope(value)
+        except DataError as exc:
+            self._dead(exc, partition, offset, None, value.decode("utf-8", "replace")[:10_000])
+            return
+        if part.open_lsn is not None:
+            if env.commit_lsn != part.open_lsn:
+                raise StateError(
+                    f"partition {partition}: transaction at {part.open_lsn} ended without its "
+                    f"last slice; the log is incomplete at offset {offset}"
+                )
+            if env.seq < part.open_seq:
+                self.stats.skipped_duplicates += 1
+                return  # a slice replayed after a capture restart
+        elif env.commit_lsn <= part.last_lsn:
+            self.stats.skipped_duplicates += 1
+            return
+        self._current = (partition, offset, env.commit_lsn)
+        part.open_lsn, part.open_seq = (None, 0) if env.last else (env.commit_lsn, env.seq + 1)
+        if env.last:
+            part.last_lsn = env.commit_lsn
+        if env.control is not None:
+            self._control(env, partition)
+            return
+        for change in env.changes:
+            self._change(env, change, partition, offset, batch)
+
+    def _change(
+        self, env: Envelope, change: Any, partition: int, offset: int, batch: Batch
+    ) -> None:
+        rel = env.relations[change.rel]
+        table = rel.qualname
+        transform = self.direction.transform_for(table)
+        if transform is None:
+            if table in self.direction.ignored:
+                return
+            self._dead(
+                TransformError(f"no mapping for source table {table}", table=table),
+                partition,
+                offset,
+                env.commit_lsn,
+                change.to_wire(),
+            )
+            return
+        if change.op == "truncate":
+            self._flush(batch)
+            owned = self._truncate_owned.get(table, [])
+            if owned:
+                self.sink.truncate(owned)
+            return
+        try:
+            new = (
+                self._loader.row(change.new, rel.columns, rel.type_oids)
+                if change.new is not None
+                else None
+            )
+            old = (
+                self._loader.row(change.old, rel.columns, rel.type_oids)
+                if change.old is not None
+                else None
+            )
+            ops = transform(
+                RowChange(
+                    op="insert" if change.op == "snapshot" else change.op,
+                    table=table,
+                    new=new,
+                    old=old,
+                    unchanged=frozenset(change.unchanged),
+                    key_columns=rel.key_columns,
+                )
+            )
+        except DataError as exc:
+            if exc.table is None:
+                exc.table = table
+            self._dead(exc, partition, offset, env.commit_lsn, change.to_wire())
+            return
+        for op in ops:
+            if isinstance(op, Truncate):
+                self._flush(batch)
+                self.sink.truncate([op.table])
+            else:
+                batch.add(op)
+
+    def _control(self, env: Envelope, partition: int) -> None:
+        ctl = env.control or {}
+        kind = ctl.get("kind")
+        if kind == "heartbeat":
+            self.conn.execute(
+                "INSERT INTO replicator.heartbeats (topic, partition, emitted_at, applied_at, commit_lsn)"
+                " VALUES (%s, %s, %s, clock_timestamp(), %s) ON CONFLICT (topic, partition) DO UPDATE"
+                " SET emitted_at = EXCLUDED.emitted_at, applied_at = EXCLUDED.applied_at,"
+                " commit_lsn = EXCLUDED.commit_lsn",
+                (self.topic, partition, ctl.get("emitted_at"), env.commit_lsn),
+            )
+        elif kind == "marker":
+            self.conn.execute(
+                "INSERT INTO replicator.markers (topic, marker_id, partition, kind, commit_lsn, emitted_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (
+                    self.topic,
+                    ctl.get("id"),
+                    partition,
+                    ctl.get("marker"),
+                    env.commit_lsn,
+                    ctl.get("emitted_at"),
+                ),
+            )
+
+    def _dead(
+        self, exc: ReplicatorError, partition: int, offset: int, lsn: int | None, change: Any
+    ) -> None:
+        log.error("dead-lettered (partition %s offset %s): %s", partition, offset, exc.message)
+        self._dead_pending.append(
+            dead_letter(
+                exc,
+                topic=self.topic,
+                partition=partition,
+                offset=offset,
+                commit_lsn=lsn,
+                change=change,
+            )
+        )
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _flush(self, batch: Batch) -> None:
+        if not len(batch):
+            return
+        if self._isolate_until:
+            touched = self._flush_isolated(batch)
+        else:
+            with pg.translated(self.db.masked()):
+                touched = self.sink.flush(batch)
+        for t, n in touched.items():
+            self.stats.rows[t] = self.stats.rows.get(t, 0) + n
+        batch.tables.clear()
+        batch.size = 0
+
+    def _flush_isolated(self, batch: Batch) -> dict[str, int]:
+        """Every row under its own savepoint: a refused row is dead-lettered, the rest apply."""
+        touched: dict[str, int] = {}
+        for table, one in batch.split():
+            try:
+                with pg.translated(self.db.masked()), self.conn.transaction():
+                    self.sink.flush(one)
+                touched[table] = touched.get(table, 0) + 1
+            except TargetRejected as exc:
+                key_cols = one.key_columns[table]
+                key = next(iter(one.tables[table]))
+                exc.table, exc.key = table, dict(zip(key_cols, key, strict=True))
+                partition, offset, lsn = self._current
+                self._dead(exc, partition, offset, lsn, {"table": table, "key": exc.key})
+        return touched
+
+    def _commit(self, batch: Batch, consumer: Consumer) -> None:
+        try:
+            self._flush(batch)
+            self._store_offsets()
+            for letter in self._dead_pending:
+                self.dlq.write(letter)
+            with pg.translated(self.db.masked()):
+                self.conn.commit()
+            self.stats.dead_letters += len(self._dead_pending)
+            self._dead_pending = []
+        except ReplicatorError:
+            self.conn.rollback()
+            raise
+        done = {p: part.next_offset for p, part in self._parts.items() if part.dirty}
+        for part in self._parts.values():
+            part.dirty = False
+            self.stats.last_commit_lsn = max(self.stats.last_commit_lsn, part.last_lsn)
+        self.stats.commits += 1
+        consumer.commit_advisory(done)
+        if self._on_commit is not None:
+            self._on_commit(self.stats)
+
+    def _store_offsets(self) -> None:
+        """Store positions, fenced: a worker that lost its partition to another cannot commit."""
+        with pg.translated(self.db.masked()):
+            for p, part in self._parts.items():
+                if not part.dirty:
+                    continue
+                cur = self.conn.execute(
+                    "INSERT INTO replicator.offsets AS o (topic, partition, next_offset, last_commit_lsn)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET"
+                    " next_offset = EXCLUDED.next_offset, last_commit_lsn = EXCLUDED.last_commit_lsn,"
+                    " updated_at = now() WHERE o.next_offset = %s",
+                    (self.topic, p, part.next_offset, part.last_lsn, part.committed),
+                )
+                if cur.rowcount != 1:
+                    raise TransientDatabaseError(
+                        f"partition {p} was committed by another worker; re-reading its position"
+                    )
+                part.committed = part.next_offset

@@ -1,0 +1,296 @@
+"""The capture: the legacy slot → change envelopes → Kafka, never confirming what Kafka lacks.
+
+The slot's flush position (standby status ``flush_lsn``) advances only to the highest LSN below
+which every envelope is acknowledged by Kafka (acks=all). A crash therefore replays from the
+slot's confirmed position: Kafka may hold duplicates, identified by ``commit_lsn``, and the
+apply skips them. Heartbeats (``pg_logical_emit_message``) keep an idle slot advancing and let
+lag be measured end to end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from connectors import pg, walframe
+from connectors.assembler import CONTROL_PREFIX, Assembler, Output
+from connectors.envelope import Envelope
+from connectors.kafka_io import Producer, Sent, ensure_topics
+from connectors.pgoutput import PgOutputDecodeError, PgOutputDecoder
+from connectors.pgsource import (
+    ReplicationStream,
+    create_slot,
+    ensure_publication,
+    slot_info,
+    source_problems,
+)
+from replicator.config import DatabaseSettings, Settings
+from replicator.errors import (
+    ConnectionFailed,
+    KafkaUnavailable,
+    MalformedMessage,
+    PreconditionError,
+    ReplicatorError,
+)
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SQL = (
+    "SELECT pg_logical_emit_message(false, %s, json_build_object("
+    "'kind', 'heartbeat', 'emitted_at', clock_timestamp(), 'origin', %s::text)::text)"
+)
+
+
+@dataclass
+class CaptureStats:
+    envelopes: int = 0
+    changes: int = 0
+    confirmed_lsn: int = 0
+    received_lsn: int = 0
+    heartbeats: int = 0
+    reconnects: int = 0
+    relation_changes: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def prepare_source(s: Settings, db: DatabaseSettings, tables: list[str], direction: str) -> int | None:
+    """Check the source, create publication and slot if missing; the slot's LSN if created."""
+    with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
+        problems = source_problems(conn, tables)
+        if problems:
+            raise PreconditionError(
+                "the source cannot be captured:\n  " + "\n  ".join(str(p) for p in problems)
+            )
+        ensure_publication(conn, s.publication, tables)
+        info = slot_info(conn, s.slot(direction))
+    if not info.exists:
+        return create_slot(db, s.slot(direction))
+    return None
+
+
+class Capture:
+    def __init__(
+        self,
+        settings: Settings,
+        tables: list[str],
+        *,
+        direction: str = "fwd",
+        source: DatabaseSettings | None = None,
+    ) -> None:
+        self.s = settings
+        self.tables = tables
+        self.direction = direction
+        self.db = source if source is not None else settings.source
+        self.topic = settings.topic(direction, "changes")
+        self.stats = CaptureStats()
+        self._kafka_down = False
+
+    def prepare(self) -> None:
+        prepare_source(self.s, self.db, self.tables, self.direction)
+        ensure_topics(
+            self.s.kafka.bootstrap_servers,
+            {
+                self.topic: self.s.kafka.partitions,
+                self.s.topic(self.direction, "snapshot"): self.s.kafka.partitions,
+                self.s.topic(self.direction, "dlq"): 1,
+            },
+            self.s.kafka.replication_factor,
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self._stream(stop)
+                return
+            except ReplicatorError as exc:
+                if not exc.retriable:
+                    raise
+                if isinstance(exc, KafkaUnavailable) and not self._kafka_down:
+                    log.error("capture: Kafka unavailable (%s); the slot is not advanced", exc.message)
+                    self._kafka_down = True
+                elif not isinstance(exc, KafkaUnavailable):
+                    log.warning("capture: %s; reconnecting in %.1fs", exc.message, backoff)
+                self.stats.reconnects += 1
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    # -- one replication session ---------------------------------------------------------------
+
+    def _stream(self, stop: threading.Event) -> None:
+        options = {
+            "proto_version": str(self.s.capture.proto_version),
+            "publication_names": self.s.publication,
+            "messages": "true",
+        }
+        if self.s.capture.proto_version >= 2:
+            options["streaming"] = "on"
+        producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
+        stream = ReplicationStream(self.db, self.s.slot(self.direction), options)
+        heartbeat = pg.connect(self.db, autocommit=True)
+        try:
+            with heartbeat, pg.translated(self.db.masked()):
+                info = slot_info(heartbeat, self.s.slot(self.direction))
+            if not info.exists:
+                raise PreconditionError(
+                    f"replication slot {self.s.slot(self.direction)} is missing",
+                    hint="run `replicator capture` once with the default --prepare to create it",
+                )
+            self.stats.confirmed_lsn = info.confirmed_flush_lsn or 0
+            stream.start(0)  # 0/0: resume from the slot's confirmed position
+            self._session(stream, producer, stop)
+        finally:
+            stream.close()
+            producer.close()
+
+    def _session(self, stream: ReplicationStream, producer: Producer, stop: threading.Event) -> None:
+        decoder = PgOutputDecoder(proto_version=self.s.capture.proto_version)
+        asm = Assembler(
+            self.s.name,
+            slice_max_changes=self.s.capture.slice_max_changes,
+            slice_max_bytes=self.s.capture.slice_max_bytes,
+            skip_origins=frozenset({f"replicator_{self.s.name}"}),
+        )
+        router = _Router(producer, self.topic, producer.partitions(self.topic), self.s.apply.partition_key)
+        inflight: deque[tuple[Sent, int | None]] = deque()
+        safe_end = self.stats.confirmed_lsn
+        last_status = 0.0
+        next_heartbeat = time.monotonic()
+        hb_conn = pg.connect(self.db, autocommit=True)
+        try:
+            while not stop.is_set():
+                frame = stream.read(timeout=0.1)
+                reply = False
+                if frame is not None:
+                    parsed = walframe.parse_frame(frame)
+                    if isinstance(parsed, walframe.XLogData):
+                        self.stats.received_lsn = max(self.stats.received_lsn, parsed.wal_end)
+                        try:
+                            msg = decoder.decode(parsed.payload)
+                        except PgOutputDecodeError as exc:
+                            # Nothing downstream could use a change we cannot read: stop here,
+                            # unconfirmed, so that a fixed version replays it.
+                            raise MalformedMessage(
+                                f"undecodable pgoutput message at {parsed.wal_start:X}: {exc}",
+                                hint="report this with the WAL position; the slot is not advanced",
+                            ) from None
+                        for out in asm.feed(msg):
+                            inflight.extend(router.send(out))
+                            self.stats.envelopes += 1
+                            self.stats.changes += len(out.envelope.changes)
+                        if not asm.in_txn:
+                            safe_end = max(safe_end, parsed.wal_start)
+                    else:
+                        reply = parsed.reply_requested
+                        if not asm.in_txn:
+                            safe_end = max(safe_end, parsed.wal_end)
+                # Confirm up to what Kafka has acknowledged, in order.
+                while inflight and inflight[0][0].done:
+                    sent, ack = inflight.popleft()
+                    sent.check()
+                    if ack is not None:
+                        self.stats.confirmed_lsn = max(self.stats.confirmed_lsn, ack)
+                if not inflight and not asm.in_txn:
+                    self.stats.confirmed_lsn = max(self.stats.confirmed_lsn, safe_end)
+                if self._kafka_down and not inflight:
+                    log.info("capture: Kafka acknowledges again")
+                    self._kafka_down = False
+                self.stats.relation_changes = asm.relation_changes
+                now = time.monotonic()
+                if reply or now - last_status >= self.s.capture.status_interval_s:
+                    c = self.stats.confirmed_lsn
+                    stream.send(walframe.standby_status(self.stats.received_lsn, c, c))
+                    last_status = now
+                if now >= next_heartbeat:
+                    with pg.translated(self.db.masked()):
+                        hb_conn.execute(HEARTBEAT_SQL, (CONTROL_PREFIX, self.s.name))
+                    self.stats.heartbeats += 1
+                    next_heartbeat = now + self.s.capture.heartbeat_interval_s
+            # Orderly stop: wait for Kafka, confirm, say goodbye.
+            producer.flush(timeout=30)
+            while inflight and inflight[0][0].done:
+                sent, ack = inflight.popleft()
+                sent.check()
+                if ack is not None:
+                    self.stats.confirmed_lsn = max(self.stats.confirmed_lsn, ack)
+            c = self.stats.confirmed_lsn
+            stream.send(walframe.standby_status(self.stats.received_lsn, c, c))
+        except psycopg.Error as exc:
+            raise ConnectionFailed(f"{self.db.masked()}: {exc}") from None
+        finally:
+            hb_conn.close()
+
+
+class _Router:
+    """Sends envelopes to partitions: all to 0 by default; by key in scale-out mode.
+
+    In scale-out mode a transaction's changes are split by partition key; each partition gets
+    its own slice sequence, every partition that received part of a transaction receives its
+    ``last`` slice, and control messages go to every partition.
+    """
+
+    def __init__(self, producer: Producer, topic: str, partitions: int, key_column: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.partitions = partitions
+        self.key_column = key_column
+        self._seq: dict[int, int] = {}  # partition -> next seq of the open transaction
+
+    def send(self, out: Output) -> list[tuple[Sent, int | None]]:
+        env = out.envelope
+        if self.partitions == 1:
+            return [(self.producer.send(self.topic, env.encode(), partition=0), out.ack_lsn)]
+        if env.control is not None:
+            pieces = {p: _copy(env, []) for p in range(self.partitions)}
+            for piece in pieces.values():
+                piece.control = env.control
+        else:
+            pieces = {}
+            for ch in env.changes:
+                p = self._partition(env, ch)
+                pieces.setdefault(p, _copy(env, [])).changes.append(ch)
+        if env.last:
+            for p in self._seq:
+                pieces.setdefault(p, _copy(env, []))
+        result: list[tuple[Sent, int | None]] = []
+        for p, piece in sorted(pieces.items()):
+            piece.seq = self._seq.get(p, 0)
+            piece.relations = {r: env.relations[r] for r in {c.rel for c in piece.changes}}
+            if env.last:
+                self._seq.pop(p, None)
+            else:
+                self._seq[p] = piece.seq + 1
+            result.append((self.producer.send(self.topic, piece.encode(), partition=p), None))
+        if result:
+            result[-1] = (result[-1][0], out.ack_lsn)
+        return result
+
+    def _partition(self, env: Envelope, ch: Any) -> int:
+        row = ch.new or ch.old or {}
+        rel = env.relations[ch.rel]
+        if self.key_column and self.key_column in row:
+            basis = str(row[self.key_column])
+        else:
+            basis = "|".join(str(row.get(k)) for k in rel.key_columns)
+        return zlib.crc32(basis.encode()) % self.partitions
+
+
+def _copy(env: Envelope, changes: list[Any]) -> Envelope:
+    return Envelope(
+        origin=env.origin,
+        xid=env.xid,
+        commit_lsn=env.commit_lsn,
+        commit_ts=env.commit_ts,
+        seq=env.seq,
+        last=env.last,
+        relations={},
+        changes=changes,
+        control=None,
+    )

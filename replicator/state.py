@@ -1,0 +1,72 @@
+"""The replicator's own state: the ``replicator`` schema on each database it writes to.
+
+Offsets live beside the rows they produced (same transaction), which is what makes the apply's
+effect exactly-once. The other tables are the control plane (ARCHITECTURE.md section 8):
+markers and heartbeats seen, the pipeline's desired and observed direction, the cutover journal,
+backfill progress and validation results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+SCHEMA_SQL = """
+CREATE SCHEMA IF NOT EXISTS replicator;
+CREATE TABLE IF NOT EXISTS replicator.offsets (
+    topic           text        NOT NULL,
+    partition       integer     NOT NULL,
+    next_offset     bigint      NOT NULL,
+    last_commit_lsn bigint      NOT NULL DEFAULT 0,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition)
+);
+CREATE TABLE IF NOT EXISTS replicator.heartbeats (
+    topic       text        NOT NULL,
+    partition   integer     NOT NULL,
+    emitted_at  timestamptz NOT NULL,
+    applied_at  timestamptz NOT NULL,
+    commit_lsn  bigint      NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+CREATE TABLE IF NOT EXISTS replicator.markers (
+    topic       text        NOT NULL,
+    marker_id   text        NOT NULL,
+    partition   integer     NOT NULL,
+    kind        text        NOT NULL,
+    commit_lsn  bigint      NOT NULL,
+    emitted_at  timestamptz,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, marker_id, partition)
+);
+CREATE TABLE IF NOT EXISTS replicator.pipeline (
+    name               text PRIMARY KEY,
+    desired_direction  text NOT NULL DEFAULT 'fwd',
+    observed_direction text NOT NULL DEFAULT 'fwd',
+    state              text NOT NULL DEFAULT 'sync',
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS replicator.table_stats (
+    topic        text   NOT NULL,
+    table_name   text   NOT NULL,
+    rows_applied bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (topic, table_name)
+);
+"""
+
+
+def ensure_schema(conn: psycopg.Connection[Any]) -> None:
+    """Create the state tables if missing (idempotent; concurrent callers serialise)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.ensure_schema'))")
+        conn.execute(SCHEMA_SQL)
+
+
+def load_offsets(conn: psycopg.Connection[Any], topic: str) -> dict[int, tuple[int, int]]:
+    """partition -> (next_offset, last_commit_lsn)."""
+    rows = conn.execute(
+        "SELECT partition, next_offset, last_commit_lsn FROM replicator.offsets WHERE topic = %s",
+        (topic,),
+    ).fetchall()
+    return {int(p): (int(o), int(lsn)) for p, o, lsn in rows}

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import Env, Services, isolated_env, start_services
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = str(item.path)
+        if "/integration/" in path:
+            item.add_marker(pytest.mark.integration)
+        elif "/e2e/" in path:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    svc = start_services()
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+@pytest.fixture
+def env(services: Services) -> Iterator[Env]:
+    with isolated_env(services) as e:
+        yield e

@@ -1,0 +1,155 @@
+"""The mapping API: pure functions from one source row change to target row operations.
+
+A transform never touches a socket. It receives typed Python values (the apply worker loads
+PostgreSQL's text form by type OID before calling it) and returns operations that the sink
+executes idempotently:
+
+- :class:`Upsert` — insert the row, or update the given columns when the key exists. Columns not
+  listed are left as they are, which is how unchanged-TOAST values survive an update.
+- :class:`Patch` — update the given columns of an existing row, insert nothing. This is the
+  N→1 merge: a second legacy table contributes disjoint columns to a row another table owns.
+- :class:`Delete` — delete by key.
+- :class:`Truncate` — empty a target table.
+
+Target keys must be derivable from the source key alone (deterministic id mapping), so a
+transform needs no look-ups. A transform that cannot map a row raises
+:class:`replicator.errors.TransformError`; the row goes to the dead-letter queue, the stream goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RowOp = Literal["insert", "update", "delete", "snapshot"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One source row change with typed values.
+
+    ``new`` lacks the columns listed in ``unchanged`` (TOASTed values the source did not send).
+    ``old`` holds the old key (or the whole old row under REPLICA IDENTITY FULL) for updates
+    that changed the key, and for deletes.
+    """
+
+    op: RowOp
+    table: str
+    new: Mapping[str, Any] | None = None
+    old: Mapping[str, Any] | None = None
+    unchanged: frozenset[str] = frozenset()
+    # The source relation's key columns, as the log reported them.
+    key_columns: tuple[str, ...] = ()
+
+    def value(self, column: str) -> Any:
+        """The new value of ``column`` (KeyError if the column is unchanged or absent)."""
+        assert self.new is not None, "delete has no new row"
+        return self.new[column]
+
+    def has(self, column: str) -> bool:
+        """Whether ``column`` has a new value (False for unchanged-TOAST and deletes)."""
+        return self.new is not None and column in self.new
+
+    @property
+    def key_row(self) -> Mapping[str, Any]:
+        """The row that carries the key: the old key when present, else the new row."""
+        row = self.old if self.old is not None else self.new
+        assert row is not None
+        return row
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    table: str
+    key: Mapping[str, Any]
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Patch:
+    table: str
+    key: Mapping[str, Any]
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    table: str
+    key: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    table: str
+
+
+TargetOp = Upsert | Patch | Delete | Truncate
+TransformFn = Callable[[RowChange], list[TargetOp]]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetTable:
+    """What a mapping writes into one target table (``check`` and ``validate`` read this)."""
+
+    name: str
+    key: tuple[str, ...]
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TableTransform:
+    """The transform for one source table, and what it writes."""
+
+    source: str
+    source_key: tuple[str, ...]
+    fn: TransformFn
+    writes: tuple[TargetTable, ...]
+
+    def __call__(self, change: RowChange) -> list[TargetOp]:
+        return self.fn(change)
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceSync:
+    """A sequence to set past the values in use on the side that becomes the writer."""
+
+    table: str
+    column: str
+
+
+@dataclass(frozen=True, slots=True)
+class Direction:
+    """Every table transform of one direction (forward: legacy → target; reverse: back)."""
+
+    tables: Mapping[str, TableTransform]
+    # Source tables that exist on this side but have no counterpart (filtered, never an error).
+    ignored: frozenset[str] = frozenset()
+    # Target sequences to set past the source values at the switch.
+    sequences: tuple[SequenceSync, ...] = ()
+
+    def transform_for(self, source_table: str) -> TableTransform | None:
+        return self.tables.get(source_table)
+
+    @property
+    def source_tables(self) -> list[str]:
+        return list(self.tables)
+
+    @property
+    def target_tables(self) -> dict[str, TargetTable]:
+        out: dict[str, TargetTable] = {}
+        for t in self.tables.values():
+            for w in t.writes:
+                prev = out.get(w.name)
+                cols = w.columns if prev is None else tuple(dict.fromkeys(prev.columns + w.columns))
+                out[w.name] = TargetTable(w.name, w.key, cols)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class MappingSet:
+    """A named migration: the forward direction and its reverse for rollback."""
+
+    name: str
+    forward: Direction
+    reverse: Direction
