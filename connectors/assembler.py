@@ -12,7 +12,6 @@ envelope before it are acknowledged by Kafka.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import tempfile
 from collections.abc import Iterator
@@ -23,11 +22,7 @@ from connectors import pgoutput as po
 from connectors.envelope import Change, Envelope, RelationInfo
 
 CONTROL_PREFIX = "replicator"
-_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-
-
-def pg_time(micros: int) -> str:
-    return (_PG_EPOCH + dt.timedelta(microseconds=micros)).isoformat()
+pg_time = po.pg_timestamp_iso
 
 
 @dataclass

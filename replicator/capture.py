@@ -169,7 +169,10 @@ class Capture:
                 frame = stream.read(timeout=0.1)
                 reply = False
                 if frame is not None:
-                    parsed = walframe.parse_frame(frame)
+                    try:
+                        parsed = walframe.parse_frame(frame)
+                    except walframe.WalFrameError as exc:
+                        raise MalformedMessage(f"undecodable walsender frame: {exc}") from None
                     if isinstance(parsed, walframe.XLogData):
                         self.stats.received_lsn = max(self.stats.received_lsn, parsed.wal_end)
                         try:

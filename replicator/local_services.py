@@ -30,7 +30,7 @@ from replicator.errors import PreconditionError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PG_BIN = Path(os.environ.get("REPLICATOR_PG_BIN", "/usr/lib/postgresql/15/bin"))
-PG_PASSWORD = "postgres"  # local development clusters only; bound to 127.0.0.1
+PG_PASSWORD = "local-dev-secret"  # local development clusters only; bound to 127.0.0.1
 KAFKA_POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 
 

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, then unit, integration and end-to-end tests against real
+# PostgreSQL and Kafka (started by the fixtures, stopped at the end).
+set -euo pipefail
+cd "$(dirname "$0")"
+bash deploy/local/bootstrap.sh
+echo "==> ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "==> mypy (strict)"
+.venv/bin/mypy replicator connectors transforms
+echo "==> pytest"
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"
