@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -72,7 +72,9 @@ class Assembler:
 
     # -- feeding -------------------------------------------------------------------------------
 
-    def feed(self, msg: po.Message) -> list[Output]:
+    def feed(self, msg: po.Message) -> Iterable[Output]:
+        """The envelopes ``msg`` completes. Lazy: a streamed transaction is sliced from its spool
+        as the caller consumes, so only one slice is in memory at a time."""
         if isinstance(msg, po.Relation):
             self._relation(msg)
             return []
@@ -110,7 +112,7 @@ class Assembler:
             self._stream_xid = None
             return []
         if isinstance(msg, po.StreamCommit):
-            return list(self._stream_commit(msg))
+            return self._stream_commit(msg)
         if isinstance(msg, po.StreamAbort):
             spool = self._spools.get(msg.xid)
             if spool is not None:
@@ -183,7 +185,10 @@ class Assembler:
             if not isinstance(control, dict):
                 raise ValueError("not an object")
         except ValueError:
-            control = {"kind": "unreadable", "content": bytes(msg.content).decode("utf-8", "replace")}
+            control = {
+                "kind": "unreadable",
+                "content": bytes(msg.content).decode("utf-8", "replace"),
+            }
         if msg.transactional and self._txn is not None:
             # Part of the transaction: the next slice carries it, in order.
             out = [self._slice(self._txn, last=False, ack=None)] if self._txn.changes else []
@@ -225,7 +230,10 @@ class _Spool:
     """Changes of one streamed transaction on disk, until it commits or aborts."""
 
     def __init__(self, directory: str | None) -> None:
-        self._file: IO[str] = tempfile.TemporaryFile("w+", dir=directory, encoding="utf-8")
+        # Lives as long as the spool; close() releases it.
+        self._file: IO[str] = tempfile.TemporaryFile(  # noqa: SIM115
+            "w+", dir=directory, encoding="utf-8"
+        )
         self._written: dict[int, RelationInfo] = {}
         self.aborted: set[int] = set()
 
@@ -243,14 +251,20 @@ class _Spool:
             if rec[0] == "R":
                 r = rec[2]
                 rels[rec[1]] = RelationInfo(
-                    r["schema"], r["table"], tuple(r["columns"]), tuple(r["type_oids"]), tuple(r["key_columns"])
+                    r["schema"],
+                    r["table"],
+                    tuple(r["columns"]),
+                    tuple(r["type_oids"]),
+                    tuple(r["key_columns"]),
                 )
                 continue
             if rec[1] in self.aborted:
                 continue
             c = rec[2]
-            yield c["rel"], rels[c["rel"]], Change(
-                c["op"], c["rel"], c.get("new"), c.get("old"), list(c.get("unchanged", ()))
+            yield (
+                c["rel"],
+                rels[c["rel"]],
+                Change(c["op"], c["rel"], c.get("new"), c.get("old"), list(c.get("unchanged", ()))),
             )
 
     def close(self) -> None:
@@ -270,7 +284,9 @@ def _row(rel: RelationInfo, values: tuple[Any, ...]) -> tuple[dict[str, str | No
     return new, unchanged
 
 
-def _old(rel: RelationInfo, kind: str | None, values: tuple[Any, ...] | None) -> dict[str, str | None] | None:
+def _old(
+    rel: RelationInfo, kind: str | None, values: tuple[Any, ...] | None
+) -> dict[str, str | None] | None:
     if values is None:
         return None
     row, _ = _row(rel, values)

@@ -12,7 +12,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaProducer,
+    TopicPartition,
+)
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -84,10 +90,16 @@ class Sent:
     """A message handed to the producer; ``acked`` turns true when Kafka has it (acks=all)."""
 
     future: Any
+    size: int = 0
 
     @property
     def done(self) -> bool:
         return bool(self.future.is_done)
+
+    def wait(self, timeout: float) -> None:
+        """Block until Kafka answers for this message (or ``timeout`` passes)."""
+        with contextlib.suppress(KafkaError):
+            self.future.get(timeout=timeout)
 
     def check(self) -> None:
         """Raise if Kafka refused the message."""
@@ -127,7 +139,9 @@ class Producer:
         self, topic: str, value: bytes, *, key: bytes | None = None, partition: int | None = None
     ) -> Sent:
         with translated("send failed"):
-            return Sent(self._producer.send(topic, value=value, key=key, partition=partition))
+            return Sent(
+                self._producer.send(topic, value=value, key=key, partition=partition), len(value)
+            )
 
     def flush(self, timeout: float | None = None) -> None:
         with translated("flush failed"):

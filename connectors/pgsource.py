@@ -86,7 +86,10 @@ def source_problems(conn: psycopg.Connection[Any], tables: list[str]) -> list[Pr
         ).fetchone()
         if info is None:
             problems.append(
-                SchemaError(f"source: mapped table {table} does not exist", hint="fix the mapping or create the table")
+                SchemaError(
+                    f"source: mapped table {table} does not exist",
+                    hint="fix the mapping or create the table",
+                )
             )
             continue
         replident, can_select, has_pk = info
@@ -161,7 +164,9 @@ class ReplicationStream:
 
     def start(self, start_lsn: int = 0) -> None:
         with pg.translated(self.db.masked()):
-            self._conn = psycopg.connect(self.db.conninfo(), replication="database", autocommit=True)
+            self._conn = psycopg.connect(
+                self.db.conninfo(), replication="database", autocommit=True
+            )
         opts = ", ".join(f"{k} '{v}'" for k, v in self.options.items())
         cmd = f'START_REPLICATION SLOT "{self.slot}" LOGICAL {format_lsn(start_lsn)} ({opts})'
         pgc = self._conn.pgconn
@@ -173,10 +178,16 @@ class ReplicationStream:
             select.select([pgc.socket], [], [], 1.0)
         res = pgc.get_result()
         if res is None or res.status != pq.ExecStatus.COPY_BOTH:
-            message = (res.error_message.decode(errors="replace").strip() if res else "") or "no result"
+            message = (
+                res.error_message.decode(errors="replace").strip() if res else ""
+            ) or "no result"
             sqlstate = res.error_field(pq.DiagnosticField.SQLSTATE) if res else None
             self.close()
-            exc = psycopg.errors.lookup(sqlstate.decode())(message) if sqlstate else psycopg.OperationalError(message)
+            exc = (
+                psycopg.errors.lookup(sqlstate.decode())(message)
+                if sqlstate
+                else psycopg.OperationalError(message)
+            )
             raise pg.translate(exc, where=self.db.masked())
         pgc.nonblocking = 1
 

@@ -42,6 +42,9 @@ from replicator.errors import (
 
 log = logging.getLogger(__name__)
 
+# Bytes handed to the producer and not yet acknowledged; past this the capture waits.
+MAX_PENDING_BYTES = 32 << 20
+
 HEARTBEAT_SQL = (
     "SELECT pg_logical_emit_message(false, %s, json_build_object("
     "'kind', 'heartbeat', 'emitted_at', clock_timestamp(), 'origin', %s::text)::text)"
@@ -60,7 +63,9 @@ class CaptureStats:
     started: float = field(default_factory=time.monotonic)
 
 
-def prepare_source(s: Settings, db: DatabaseSettings, tables: list[str], direction: str) -> int | None:
+def prepare_source(
+    s: Settings, db: DatabaseSettings, tables: list[str], direction: str
+) -> int | None:
     """Check the source, create publication and slot if missing; the slot's LSN if created."""
     with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
         problems = source_problems(conn, tables)
@@ -114,7 +119,9 @@ class Capture:
                 if not exc.retriable:
                     raise
                 if isinstance(exc, KafkaUnavailable) and not self._kafka_down:
-                    log.error("capture: Kafka unavailable (%s); the slot is not advanced", exc.message)
+                    log.error(
+                        "capture: Kafka unavailable (%s); the slot is not advanced", exc.message
+                    )
                     self._kafka_down = True
                 elif not isinstance(exc, KafkaUnavailable):
                     log.warning("capture: %s; reconnecting in %.1fs", exc.message, backoff)
@@ -150,7 +157,9 @@ class Capture:
             stream.close()
             producer.close()
 
-    def _session(self, stream: ReplicationStream, producer: Producer, stop: threading.Event) -> None:
+    def _session(
+        self, stream: ReplicationStream, producer: Producer, stop: threading.Event
+    ) -> None:
         decoder = PgOutputDecoder(proto_version=self.s.capture.proto_version)
         asm = Assembler(
             self.s.name,
@@ -158,8 +167,11 @@ class Capture:
             slice_max_bytes=self.s.capture.slice_max_bytes,
             skip_origins=frozenset({f"replicator_{self.s.name}"}),
         )
-        router = _Router(producer, self.topic, producer.partitions(self.topic), self.s.apply.partition_key)
+        router = _Router(
+            producer, self.topic, producer.partitions(self.topic), self.s.apply.partition_key
+        )
         inflight: deque[tuple[Sent, int | None]] = deque()
+        pending_bytes = 0
         safe_end = self.stats.confirmed_lsn
         last_status = 0.0
         next_heartbeat = time.monotonic()
@@ -185,21 +197,22 @@ class Capture:
                                 hint="report this with the WAL position; the slot is not advanced",
                             ) from None
                         for out in asm.feed(msg):
-                            inflight.extend(router.send(out))
+                            for sent in router.send(out):
+                                inflight.append(sent)
+                                pending_bytes += sent[0].size
                             self.stats.envelopes += 1
                             self.stats.changes += len(out.envelope.changes)
+                            # Backpressure: the producer's buffer is unbounded, ours is not.
+                            while pending_bytes > MAX_PENDING_BYTES and inflight:
+                                inflight[0][0].wait(self.s.kafka.request_timeout_ms / 1000)
+                                pending_bytes -= self._confirm(inflight)
                         if not asm.in_txn:
                             safe_end = max(safe_end, parsed.wal_start)
                     else:
                         reply = parsed.reply_requested
                         if not asm.in_txn:
                             safe_end = max(safe_end, parsed.wal_end)
-                # Confirm up to what Kafka has acknowledged, in order.
-                while inflight and inflight[0][0].done:
-                    sent, ack = inflight.popleft()
-                    sent.check()
-                    if ack is not None:
-                        self.stats.confirmed_lsn = max(self.stats.confirmed_lsn, ack)
+                pending_bytes -= self._confirm(inflight)
                 if not inflight and not asm.in_txn:
                     self.stats.confirmed_lsn = max(self.stats.confirmed_lsn, safe_end)
                 if self._kafka_down and not inflight:
@@ -218,17 +231,27 @@ class Capture:
                     next_heartbeat = now + self.s.capture.heartbeat_interval_s
             # Orderly stop: wait for Kafka, confirm, say goodbye.
             producer.flush(timeout=30)
-            while inflight and inflight[0][0].done:
-                sent, ack = inflight.popleft()
-                sent.check()
-                if ack is not None:
-                    self.stats.confirmed_lsn = max(self.stats.confirmed_lsn, ack)
+            self._confirm(inflight)
             c = self.stats.confirmed_lsn
             stream.send(walframe.standby_status(self.stats.received_lsn, c, c))
         except psycopg.Error as exc:
             raise ConnectionFailed(f"{self.db.masked()}: {exc}") from None
         finally:
             hb_conn.close()
+
+    def _confirm(self, inflight: deque[tuple[Sent, int | None]]) -> int:
+        """Pop what Kafka has acknowledged, in order, advancing the confirmable position.
+
+        Returns the bytes released. A refused message raises: the slot is not advanced past it.
+        """
+        released = 0
+        while inflight and inflight[0][0].done:
+            sent, ack = inflight.popleft()
+            sent.check()
+            released += sent.size
+            if ack is not None:
+                self.stats.confirmed_lsn = max(self.stats.confirmed_lsn, ack)
+        return released
 
 
 class _Router:

@@ -29,7 +29,11 @@ def _source(s: Settings, mapping: MappingSet) -> list[Finding]:
     with conn, pg.translated(s.source.masked()):
         problems = source_problems(conn, mapping.forward.source_tables)
     if not problems:
-        return [Finding("source", True, f"{s.source.masked()}: wal_level=logical, privileges and keys fine")]
+        return [
+            Finding(
+                "source", True, f"{s.source.masked()}: wal_level=logical, privileges and keys fine"
+            )
+        ]
     return [Finding("source", False, p.message, p.hint) for p in problems]
 
 

@@ -63,7 +63,11 @@ def main_options(
 
 
 def _settings(config: Path | None) -> cfg.Settings:
-    if config is None and not Path(cfg.DEFAULT_CONFIG_FILE).exists() and "REPLICATOR_CONFIG" not in os.environ:
+    if (
+        config is None
+        and not Path(cfg.DEFAULT_CONFIG_FILE).exists()
+        and "REPLICATOR_CONFIG" not in os.environ
+    ):
         return cfg.load_settings()
     return cfg.load_settings(config)
 
@@ -76,7 +80,9 @@ def _mapping(s: cfg.Settings) -> Any:
 
 @app.command()
 def init(
-    path: Annotated[Path, typer.Option(help="Where to write the template.")] = Path(cfg.DEFAULT_CONFIG_FILE),
+    path: Annotated[Path, typer.Option(help="Where to write the template.")] = Path(
+        cfg.DEFAULT_CONFIG_FILE
+    ),
     local: Annotated[
         bool, typer.Option(help="Fill in the local services' addresses (starts them).")
     ] = False,
@@ -89,7 +95,11 @@ def init(
     if local:
         from replicator import local_services as ls
 
-        legacy, target, kafka = ls.start_postgres("legacy"), ls.start_postgres("target"), ls.start_kafka()
+        legacy, target, kafka = (
+            ls.start_postgres("legacy"),
+            ls.start_postgres("target"),
+            ls.start_kafka(),
+        )
         values = {
             "source_port": legacy.port,
             "source_password": legacy.password,
@@ -200,7 +210,9 @@ def services_status() -> None:
     st = ls.status()
     table = Table("service", "running", "address", "log")
     for name, pg_ in st["postgres"].items():
-        table.add_row(f"postgres:{name}", str(pg_["running"]), f"127.0.0.1:{pg_['port']}", pg_["log"])
+        table.add_row(
+            f"postgres:{name}", str(pg_["running"]), f"127.0.0.1:{pg_['port']}", pg_["log"]
+        )
     if st["kafka"]:
         k = st["kafka"]
         table.add_row("kafka", str(k["running"]), k["bootstrap"], k["log"])
@@ -220,5 +232,7 @@ def main() -> None:
     except Exception as exc:  # a bug: say so plainly, trace only on request
         if _State.debug:
             raise
-        console.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug for a trace)")
+        console.print(
+            f"[red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug for a trace)"
+        )
         sys.exit(70)

@@ -38,8 +38,12 @@ class Server:
 
     def settings(self, dbname: str | None = None) -> DatabaseSettings:
         return DatabaseSettings(
-            host=self.host, port=self.port, user=self.user, password=self.password,
-            dbname=dbname or self.dbname, sslmode="disable",
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=dbname or self.dbname,
+            sslmode="disable",
         )
 
     def dsn(self, dbname: str | None = None) -> str:
@@ -49,8 +53,10 @@ class Server:
     def from_dsn(dsn: str) -> Server:
         d = conninfo_to_dict(dsn)
         return Server(
-            host=str(d.get("host", "127.0.0.1")), port=int(d.get("port", 5432)),
-            user=str(d.get("user", "postgres")), password=str(d.get("password", "")),
+            host=str(d.get("host", "127.0.0.1")),
+            port=int(d.get("port", 5432)),
+            user=str(d.get("user", "postgres")),
+            password=str(d.get("password", "")),
             dbname=str(d.get("dbname", "postgres")),
         )
 
@@ -83,7 +89,9 @@ def start_services() -> Services:
     env = os.environ
     if env.get("REPLICATOR_TEST_LEGACY_DSN") and env.get("REPLICATOR_TEST_KAFKA"):
         legacy = Server.from_dsn(env["REPLICATOR_TEST_LEGACY_DSN"])
-        target = Server.from_dsn(env.get("REPLICATOR_TEST_TARGET_DSN", env["REPLICATOR_TEST_LEGACY_DSN"]))
+        target = Server.from_dsn(
+            env.get("REPLICATOR_TEST_TARGET_DSN", env["REPLICATOR_TEST_LEGACY_DSN"])
+        )
         return Services(legacy, target, env["REPLICATOR_TEST_KAFKA"], "environment")
     if env.get("REPLICATOR_TEST_NO_DOCKER") != "1" and _docker_answers():
         return _containers()
@@ -97,13 +105,16 @@ def _containers() -> Services:
     pgs = []
     for _ in range(2):
         c = PostgresContainer("postgres:15", username="postgres", password="postgres")
-        c.with_command("postgres -c wal_level=logical -c max_replication_slots=40 -c max_wal_senders=40")
+        c.with_command(
+            "postgres -c wal_level=logical -c max_replication_slots=40 -c max_wal_senders=40"
+        )
         c.start()
         pgs.append(c)
     kafka = KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft()
     kafka.start()
     servers = [
-        Server(c.get_container_host_ip(), int(c.get_exposed_port(5432)), "postgres", "postgres") for c in pgs
+        Server(c.get_container_host_ip(), int(c.get_exposed_port(5432)), "postgres", "postgres")
+        for c in pgs
     ]
     svc = Services(servers[0], servers[1], kafka.get_bootstrap_server(), "testcontainers")
     svc._stop += [c.stop for c in pgs] + [kafka.stop]
@@ -129,7 +140,9 @@ def _local() -> Services:
     def server(c: ls.PgCluster) -> Server:
         return Server(c.host, c.port, c.user, c.password)
 
-    svc = Services(server(clusters["legacy"]), server(clusters["target"]), broker.bootstrap, "local")
+    svc = Services(
+        server(clusters["legacy"]), server(clusters["target"]), broker.bootstrap, "local"
+    )
     svc._stop = svc_stop
     return svc
 
@@ -179,7 +192,10 @@ class Env:
 
     def env_vars(self) -> dict[str, str]:
         """The same settings as REPLICATOR_* variables, for running the CLI."""
-        out = {"REPLICATOR_NAME": self.name, "REPLICATOR_KAFKA__BOOTSTRAP_SERVERS": self.services.kafka}
+        out = {
+            "REPLICATOR_NAME": self.name,
+            "REPLICATOR_KAFKA__BOOTSTRAP_SERVERS": self.services.kafka,
+        }
         for side, db in (("SOURCE", self.legacy), ("TARGET", self.target)):
             out.update(
                 {
@@ -212,7 +228,11 @@ def isolated_env(services: Services) -> Iterator[Env]:
         with contextlib.suppress(Exception):
             delete_topics(
                 services.kafka,
-                [f"{env.name}.{d}.{k}" for d in ("fwd", "rev") for k in ("changes", "snapshot", "dlq")],
+                [
+                    f"{env.name}.{d}.{k}"
+                    for d in ("fwd", "rev")
+                    for k in ("changes", "snapshot", "dlq")
+                ],
             )
 
 
@@ -220,7 +240,8 @@ def _drop(server: Server, dbname: str) -> None:
     with psycopg.connect(server.dsn(), autocommit=True) as c:
         for _ in range(50):
             slots = c.execute(
-                "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (dbname,)
+                "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s",
+                (dbname,),
             ).fetchall()
             if not slots:
                 break
@@ -233,7 +254,9 @@ def _drop(server: Server, dbname: str) -> None:
         c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2, what: str = ""
+) -> Any:
     """Poll until ``predicate`` returns a truthy value; fail the test with ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -242,4 +265,26 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value {last!r}")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or predicate}; last value {last!r}"
+    )
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> list[bytes]:
+    """Every message of partition 0 of ``topic`` up to its current end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while consumer.position(tp) < end and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend(r.value for r in records if r.offset < end)
+        return out
+    finally:
+        consumer.close()

@@ -22,9 +22,17 @@ def cli_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*REPLICATOR, *args], env=cli_env(env), cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+def run_cli(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*REPLICATOR, *args],
+        env=cli_env(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class Background:
@@ -33,8 +41,14 @@ class Background:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log_path = log
         self._log = open(log, "ab")  # noqa: SIM115 - owned by the child until stop()
-        self.proc = subprocess.Popen([*REPLICATOR, *args], env=cli_env(env), cwd=ROOT,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [*REPLICATOR, *args],
+            env=cli_env(env),
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

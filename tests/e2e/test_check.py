@@ -19,8 +19,11 @@ def test_check_passes_on_a_good_setup(env: Env) -> None:
 def test_check_reports_every_problem_at_once(env: Env) -> None:
     with env.legacy_conn() as c:
         c.execute("CREATE TABLE nokey (a int, b text)")
-    vars_ = {**env.env_vars(), "REPLICATOR_MAPPING": "identity:public.nokey,public.missing",
-             "REPLICATOR_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    vars_ = {
+        **env.env_vars(),
+        "REPLICATOR_MAPPING": "identity:public.nokey,public.missing",
+        "REPLICATOR_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    }
     r = run_cli(["check"], vars_)
     assert r.returncode != 0
     text = " ".join((r.stdout + r.stderr).split())
@@ -32,7 +35,11 @@ def test_check_reports_every_problem_at_once(env: Env) -> None:
 
 def test_wrong_password_says_authentication_failed_and_never_prints_it(env: Env) -> None:
     secret = "Wr0ng-Secret-XYZ"
-    vars_ = {**env.env_vars(), "REPLICATOR_MAPPING": "identity:public.item", "REPLICATOR_SOURCE__PASSWORD": secret}
+    vars_ = {
+        **env.env_vars(),
+        "REPLICATOR_MAPPING": "identity:public.item",
+        "REPLICATOR_SOURCE__PASSWORD": secret,
+    }
     r = run_cli(["check"], vars_)
     assert r.returncode != 0
     out = r.stdout + r.stderr
@@ -53,10 +60,14 @@ def test_wal_level_replica_is_named_with_the_fix(services: Services) -> None:
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
             c.execute("CREATE TABLE IF NOT EXISTS item (id int PRIMARY KEY)")
         vars_ = {
-            "REPLICATOR_SOURCE__PORT": str(cluster.port), "REPLICATOR_SOURCE__PASSWORD": cluster.password,
-            "REPLICATOR_SOURCE__DBNAME": "postgres", "REPLICATOR_TARGET__PORT": str(cluster.port),
-            "REPLICATOR_TARGET__PASSWORD": cluster.password, "REPLICATOR_TARGET__DBNAME": "postgres",
-            "REPLICATOR_KAFKA__BOOTSTRAP_SERVERS": services.kafka, "REPLICATOR_MAPPING": "identity:public.item",
+            "REPLICATOR_SOURCE__PORT": str(cluster.port),
+            "REPLICATOR_SOURCE__PASSWORD": cluster.password,
+            "REPLICATOR_SOURCE__DBNAME": "postgres",
+            "REPLICATOR_TARGET__PORT": str(cluster.port),
+            "REPLICATOR_TARGET__PASSWORD": cluster.password,
+            "REPLICATOR_TARGET__DBNAME": "postgres",
+            "REPLICATOR_KAFKA__BOOTSTRAP_SERVERS": services.kafka,
+            "REPLICATOR_MAPPING": "identity:public.item",
         }
         r = run_cli(["check"], vars_)
         assert r.returncode != 0

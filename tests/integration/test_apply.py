@@ -11,7 +11,15 @@ from connectors.envelope import Change, Envelope, RelationInfo
 from connectors.kafka_io import Producer, ensure_topics
 from replicator.apply import ApplyWorker
 from tests.support import Env, wait_for
-from transforms.api import Delete, Direction, RowChange, TableTransform, TargetOp, TargetTable, Upsert
+from transforms.api import (
+    Delete,
+    Direction,
+    RowChange,
+    TableTransform,
+    TargetOp,
+    TargetTable,
+    Upsert,
+)
 
 TEXT, INT4 = 25, 23
 REL = RelationInfo("public", "item", ("id", "title", "body"), (INT4, TEXT, TEXT), ("id",))
@@ -25,22 +33,35 @@ def _items(change: RowChange) -> list[TargetOp]:
     if change.new.get("title") == "poison":
         from replicator.errors import TransformError
 
-        raise TransformError("title may not be 'poison'", table=change.table, key=key, column="title")
+        raise TransformError(
+            "title may not be 'poison'", table=change.table, key=key, column="title"
+        )
     return [Upsert("public.item", key, {k: v for k, v in change.new.items() if k != "id"})]
 
 
 DIRECTION = Direction(
     tables={
         "public.item": TableTransform(
-            "public.item", ("id",), _items, (TargetTable("public.item", ("id",), ("id", "title", "body")),)
+            "public.item",
+            ("id",),
+            _items,
+            (TargetTable("public.item", ("id",), ("id", "title", "body")),),
         )
     }
 )
 
 
 def _env(lsn: int, *changes: Change, seq: int = 0, last: bool = True) -> bytes:
-    return Envelope("t", xid=lsn, commit_lsn=lsn, commit_ts=None, seq=seq, last=last,
-                    relations={1: REL}, changes=list(changes)).encode()
+    return Envelope(
+        "t",
+        xid=lsn,
+        commit_lsn=lsn,
+        commit_ts=None,
+        seq=seq,
+        last=last,
+        relations={1: REL},
+        changes=list(changes),
+    ).encode()
 
 
 def ins(i: int, title: str, body: str | None = "b") -> Change:
@@ -69,7 +90,7 @@ def rows(env: Env) -> list[tuple[Any, ...]]:
 
 
 def test_apply_is_idempotent_and_keeps_unchanged_toast(env: Env, setup: Any) -> None:
-    s, producer, worker, thread, stop = setup
+    s, producer, worker, thread, _stop = setup
     topic = s.topic("fwd", "changes")
     producer.send(topic, _env(100, ins(1, "a"), ins(2, "b")))
     producer.send(topic, _env(100, ins(1, "a"), ins(2, "b")))  # a capture replay: skipped
@@ -78,7 +99,9 @@ def test_apply_is_idempotent_and_keeps_unchanged_toast(env: Env, setup: Any) -> 
     producer.send(topic, _env(200, ins(3, "c"), seq=0, last=False))  # replayed slice
     producer.send(topic, _env(200, ins(4, "d"), seq=1, last=True))
     # Update with an unchanged TOASTed column: body must keep its value.
-    producer.send(topic, _env(300, Change("update", 1, new={"id": "1", "title": "a2"}, unchanged=["body"])))
+    producer.send(
+        topic, _env(300, Change("update", 1, new={"id": "1", "title": "a2"}, unchanged=["body"]))
+    )
     producer.send(topic, _env(400, Change("delete", 1, old={"id": "2"})))
     producer.flush()
     thread.start()
@@ -88,12 +111,15 @@ def test_apply_is_idempotent_and_keeps_unchanged_toast(env: Env, setup: Any) -> 
 
 
 def test_poison_row_goes_to_dlq_and_stream_goes_on(env: Env, setup: Any) -> None:
-    s, producer, worker, thread, stop = setup
+    s, producer, worker, thread, _stop = setup
     topic = s.topic("fwd", "changes")
     producer.send(topic, _env(100, ins(1, "ok")))
     producer.send(topic, _env(200, ins(2, "poison"), ins(3, "fine")))
     # The target refuses this one (NOT NULL): isolated and dead-lettered alone.
-    producer.send(topic, _env(300, Change("insert", 1, new={"id": "4", "title": None, "body": "x"}), ins(5, "five")))
+    producer.send(
+        topic,
+        _env(300, Change("insert", 1, new={"id": "4", "title": None, "body": "x"}), ins(5, "five")),
+    )
     producer.send(topic, _env(400, ins(6, "six")))
     producer.flush()
     thread.start()
@@ -103,7 +129,7 @@ def test_poison_row_goes_to_dlq_and_stream_goes_on(env: Env, setup: Any) -> None
 
 
 def test_truncate_is_applied(env: Env, setup: Any) -> None:
-    s, producer, worker, thread, stop = setup
+    s, producer, worker, thread, _stop = setup
     topic = s.topic("fwd", "changes")
     producer.send(topic, _env(100, ins(1, "a"), ins(2, "b")))
     producer.send(topic, _env(200, Change("truncate", 1), ins(7, "after")))

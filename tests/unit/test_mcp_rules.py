@@ -1,0 +1,230 @@
+"""The MCP Manager mapping's specific value choices, and validation at the boundary."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from replicator.errors import TransformError
+from tests.unit.test_mcp_mapping import LEGACY_KEYS, TARGET_COLUMNS, TARGET_KEYS
+from transforms.api import Delete, Patch, RowChange, TargetOp, Upsert
+from transforms.mcp_manager import MAPPING
+from transforms.mcp_manager.ids import credential_account_id, member_id
+
+
+def forward(table: str, new: dict[str, Any], op: str = "insert") -> list[TargetOp]:
+    t = MAPPING.forward.tables[table]
+    return t(RowChange(op, table, new=new, key_columns=LEGACY_KEYS[table]))  # type: ignore[arg-type]
+
+
+def reverse(
+    table: str,
+    new: dict[str, Any] | None = None,
+    op: str = "insert",
+    old: dict[str, Any] | None = None,
+) -> list[TargetOp]:
+    t = MAPPING.reverse.tables[table]
+    return t(RowChange(op, table, new=new, old=old, key_columns=TARGET_KEYS[table]))  # type: ignore[arg-type]
+
+
+UID = uuid.UUID("6f9619ff-8b86-4011-b42d-00c04fc964ff")
+USER: dict[str, Any] = {
+    "id": UID,
+    "email": "zoë@example.com",
+    "full_name": "Zoë",
+    "hashed_password": "$argon2id$v=19$x",
+    "is_active": False,
+    "is_superuser": True,
+    "created_at": datetime(2024, 1, 1),
+}
+
+
+def test_user_splits_into_user_and_credential_account() -> None:
+    user, account = forward("public.user", USER)
+    uid = str(USER["id"])
+    assert isinstance(user, Upsert) and user.key == {"id": uid}
+    assert user.values["banned"] is True and user.values["role"] == "admin"
+    assert (
+        user.values["created_at"] == datetime(2024, 1, 1, tzinfo=UTC) == user.values["updated_at"]
+    )
+    assert isinstance(account, Upsert)
+    assert account.key == {"id": credential_account_id(UID)}
+    assert account.values["provider_id"] == "credential" and account.values["account_id"] == uid
+    assert account.values["password"] == "$argon2id$v=19$x"
+    deletes = MAPPING.forward.tables["public.user"](
+        RowChange("delete", "public.user", old={"id": USER["id"]})
+    )
+    assert deletes == [Delete("public.user", {"id": uid}), Delete("public.account", account.key)]
+
+
+def test_member_id_is_derived_from_the_composite_key() -> None:
+    o, u = uuid.uuid4(), uuid.uuid4()
+    (op,) = forward(
+        "public.organization_member",
+        {
+            "organization_id": o,
+            "user_id": u,
+            "role": "admin",
+            "created_at": datetime(2024, 1, 1, tzinfo=UTC),
+        },
+    )
+    assert isinstance(op, Upsert)
+    assert op.key == {"id": member_id(o, u)} and member_id(o, u) != member_id(u, o)
+
+
+def test_reverse_of_target_only_rows() -> None:
+    # A non-credential account has no legacy counterpart; a disabled key goes back expired.
+    assert (
+        reverse(
+            "public.account",
+            {"id": "x", "provider_id": "github", "user_id": str(uuid.uuid4()), "password": None},
+        )
+        == []
+    )
+    when = datetime(2025, 3, 1, tzinfo=UTC)
+    (op,) = reverse(
+        "public.apikey",
+        {
+            "id": str(uuid.uuid4()),
+            "user_id": str(uuid.uuid4()),
+            "name": None,
+            "key": "k",
+            "start": None,
+            "permissions": '{"servers":["read","write"]}',
+            "metadata": None,
+            "enabled": False,
+            "expires_at": None,
+            "created_at": when,
+            "updated_at": when,
+        },
+    )
+    assert isinstance(op, Upsert)
+    assert op.values["expires_at"] == when and op.values["name"] == "" and op.values["prefix"] == ""
+    assert op.values["scopes"] == ["servers:read", "servers:write"]
+
+
+def test_scopes_follow_permissions_changed_on_the_target() -> None:
+    stale = json.dumps({"scopes": ["a:x", "b:y"]})
+    (op,) = reverse(
+        "public.apikey",
+        {
+            "id": str(uuid.uuid4()),
+            "user_id": str(uuid.uuid4()),
+            "name": "n",
+            "key": "k",
+            "start": "s",
+            "permissions": '{"a":["x"]}',
+            "metadata": stale,
+            "enabled": True,
+            "expires_at": None,
+            "created_at": USER["created_at"],
+            "updated_at": USER["created_at"],
+        },
+    )
+    assert isinstance(op, Upsert) and op.values["scopes"] == ["a:x"]
+
+
+def test_profile_delete_clears_the_merged_columns() -> None:
+    t = MAPPING.forward.tables["public.user_profile"]
+    ops = t(RowChange("delete", "public.user_profile", old={"user_id": USER["id"]}))
+    assert ops == [
+        Patch(
+            "public.user", {"id": str(USER["id"])}, {"image": None, "bio": None, "timezone": None}
+        )
+    ]
+
+
+def test_mapping_structure() -> None:
+    assert set(MAPPING.forward.tables) == set(LEGACY_KEYS)
+    assert set(MAPPING.reverse.tables) | MAPPING.reverse.ignored == set(TARGET_COLUMNS)
+    assert MAPPING.reverse.ignored == {"public.session", "public.verification", "public.invitation"}
+    assert [(s.table, s.column) for s in MAPPING.forward.sequences] == [
+        ("public.mcp_server", "id"),
+        ("public.audit_log", "id"),
+    ]
+    assert MAPPING.reverse.sequences == MAPPING.forward.sequences
+    for table, target in MAPPING.forward.target_tables.items():
+        assert set(target.columns) <= set(TARGET_COLUMNS[table]), table
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "row", "column", "reason"),
+    [
+        ("public.user", {**USER, "email": "Zoë@example.com"}, "email", "not lower-case"),
+        ("public.user", {**USER, "email": "no-at-sign"}, "email", "not an email"),
+        ("public.user", {**USER, "full_name": ""}, "full_name", "set it to NULL"),
+        ("public.user", {**USER, "full_name": "x" * 256}, "full_name", "at most 255"),
+        ("public.user", {**USER, "id": str(USER["id"])}, "id", "UUID"),
+        (
+            "public.organization_member",
+            {
+                "organization_id": USER["id"],
+                "user_id": USER["id"],
+                "role": "guest",
+                "created_at": USER["created_at"],
+            },
+            "role",
+            "'owner', 'admin' or 'member'",
+        ),
+        (
+            "public.mcp_server",
+            {"id": 5, "transport": "http"},
+            "transport",
+            "'stdio', 'sse' or 'streamable_http'",
+        ),
+        ("public.mcp_server", {"id": 5, "config": {"env": "a\x00b"}}, "config", "NUL"),
+        ("public.api_key", {"id": USER["id"], "scopes": ["admin"]}, "scopes", "resource:action"),
+    ],
+)
+def test_forward_validation_names_table_key_and_column(
+    table: str, row: dict[str, Any], column: str, reason: str
+) -> None:
+    with pytest.raises(TransformError) as e:
+        forward(table, row)
+    err = e.value
+    assert err.table == table and err.column == column and reason in err.message
+    assert err.key == {k: row[k] for k in LEGACY_KEYS[table]}
+
+
+def test_reverse_validation() -> None:
+    with pytest.raises(TransformError) as e:
+        reverse(
+            "public.user",
+            {"id": "Xy12abc", "email": "a@b.co", "name": "n", "created_at": USER["created_at"]},
+        )
+    assert (e.value.table, e.value.column, e.value.key) == ("public.user", "id", {"id": "Xy12abc"})
+    with pytest.raises(TransformError) as e:
+        reverse(
+            "public.member",
+            {
+                "id": "m1",
+                "organization_id": str(uuid.uuid4()),
+                "user_id": str(uuid.uuid4()),
+                "role": "owner,admin",
+            },
+        )
+    assert e.value.column == "role"
+    with pytest.raises(TransformError) as e:
+        reverse("public.member", op="delete", old={"id": "m1"})
+    assert e.value.hint is not None and "REPLICA IDENTITY FULL on public.member" in e.value.hint
+    with pytest.raises(TransformError) as e:
+        reverse("public.apikey", {"id": str(uuid.uuid4()), "permissions": "[1]", "metadata": None})
+    assert e.value.column == "permissions"
+    with pytest.raises(TransformError) as e:
+        reverse(
+            "public.account",
+            {
+                "id": "a",
+                "provider_id": "credential",
+                "user_id": str(uuid.uuid4()),
+                "password": None,
+            },
+        )
+    assert e.value.column == "password"

@@ -1,0 +1,107 @@
+"""Reusable column converters for mappings.
+
+A converter is a pure function of the source value(s). It signals a value outside the target's
+domain by raising ``ValueError`` (or ``TypeError``); the table mapping turns that into a
+:class:`replicator.errors.TransformError` naming the table, key and column, so converters stay
+free of error plumbing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Hashable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V", bound=Hashable)
+
+
+def uuid_to_text(value: uuid.UUID) -> str:
+    """A legacy UUID as the canonical lower-case text id that the target uses."""
+    if not isinstance(value, uuid.UUID):
+        raise TypeError(f"expected a UUID, got {type(value).__name__}")
+    return str(value)
+
+
+def text_to_uuid(value: str) -> uuid.UUID:
+    """A target text id back to a UUID.
+
+    Only the canonical form (``str(uuid.UUID(...))``) is accepted: ``uuid.UUID`` also parses
+    upper-case, braces and ``urn:uuid:`` forms, and two target ids collapsing onto one legacy id
+    would silently merge rows.
+    """
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        parsed = uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise ValueError(f"{value!r} is not a UUID (ids must be UUIDs to go back)") from None
+    if str(parsed) != value:
+        raise ValueError(f"{value!r} is not a canonical lower-case UUID")
+    return parsed
+
+
+def to_utc(value: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken as UTC (the legacy app wrote UTC)."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def negate(value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected a boolean, got {type(value).__name__}")
+    return not value
+
+
+def jsonb_safe(value: Any) -> Any:
+    """Pass a JSON value through, rejecting what ``jsonb`` refuses but ``json`` accepts.
+
+    A legacy ``json`` column stores its text as given; ``jsonb`` rejects ``\\u0000`` in strings
+    and keys. Catching it here dead-letters the row with a reason instead of failing a batch.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("JSON contains a NUL character (\\u0000), which jsonb rejects")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+class ValueMap(Generic[K, V]):
+    """A closed value mapping (e.g. an enum rename), with its inverse for the reverse direction.
+
+    A value outside the mapping raises ``ValueError`` rather than passing through, so that a new
+    enum member on the source dead-letters instead of writing a value the target does not know.
+    """
+
+    __slots__ = ("_forward", "name")
+
+    def __init__(self, mapping: Mapping[K, V], *, name: str = "value") -> None:
+        self._forward: dict[K, V] = dict(mapping)
+        self.name = name
+
+    def __call__(self, value: K) -> V:
+        try:
+            return self._forward[value]
+        except (KeyError, TypeError):
+            allowed = ", ".join(repr(k) for k in self._forward)
+            raise ValueError(f"{self.name} {value!r} is not one of {allowed}") from None
+
+    def inverse(self) -> ValueMap[V, K]:
+        """The reverse mapping; only an injective mapping has one."""
+        back: dict[V, K] = {}
+        for k, v in self._forward.items():
+            if v in back:
+                raise ValueError(f"{self.name}: {back[v]!r} and {k!r} both map to {v!r}")
+            back[v] = k
+        return ValueMap(back, name=self.name)
