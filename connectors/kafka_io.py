@@ -180,6 +180,9 @@ class Consumer:
                 fetch_max_bytes=64 << 20,
                 max_partition_fetch_bytes=16 << 20,
                 isolation_level="read_committed",
+                # A killed worker's partitions move on after 6 s (the broker's minimum), not 45.
+                session_timeout_ms=6_000,
+                heartbeat_interval_ms=1_500,
                 client_id="replicator-apply",
             )
             self._consumer.subscribe([topic], listener=_Rebalance(self))

@@ -74,8 +74,14 @@ class ApplyWorker:
         self.direction = direction
         self.dir_name = dir_name
         self.db = target if target is not None else settings.target
-        self.topic = settings.topic(dir_name, "changes")
+        self.changes_topic = settings.topic(dir_name, "changes")
+        self.snapshot_topic = settings.topic(dir_name, "snapshot")
+        self.topic = self.changes_topic  # the topic of the current phase
         self.stats = ApplyStats()
+        # Phase switch requested by a control message, taken after the next commit.
+        self._switch = False
+        self._backfill_id: str | None = None
+        self._snapshot_rows: dict[str, int] = {}
         self._loader = TextLoader()
         self._on_commit = on_commit
         self._parts: dict[int, _Partition] = {}
@@ -131,6 +137,7 @@ class ApplyWorker:
             self.conn.commit()
         self._reseeked = True
         self._dead_pending = []
+        self._snapshot_rows = {}
         self._parts = {}
         out = {}
         for p in partitions:
@@ -159,16 +166,24 @@ class ApplyWorker:
         self.sink = Sink(self.conn)
         producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
         self.dlq = DeadLetterWriter(producer, self.s.topic(self.dir_name, "dlq"))
-        consumer = Consumer(
-            self.s.kafka.bootstrap_servers,
-            self.topic,
-            group=f"{self.s.name}-{self.dir_name}-apply",
-            seek_to=self._positions,
-        )
         try:
-            self._loop(consumer, stop)
+            while not stop.is_set():
+                # A backfill in its snapshot phase is loaded before any later change.
+                self._backfill_id = self._pending_backfill()
+                snapshot = self._backfill_id is not None
+                self.topic = self.snapshot_topic if snapshot else self.changes_topic
+                consumer = Consumer(
+                    self.s.kafka.bootstrap_servers,
+                    self.topic,
+                    group=f"{self.s.name}-{self.dir_name}-{'snapshot' if snapshot else 'apply'}",
+                    seek_to=self._positions,
+                )
+                try:
+                    self._loop(consumer, stop)
+                finally:
+                    consumer.close()
+                self._switch = False
         finally:
-            consumer.close()
             producer.close()
             try:
                 self.conn.rollback()
@@ -176,12 +191,27 @@ class ApplyWorker:
             except psycopg.Error:
                 pass
 
+    def _pending_backfill(self) -> str | None:
+        with pg.translated(self.db.masked()):
+            row = self.conn.execute(
+                "SELECT id FROM replicator.backfill WHERE status = 'snapshot' "
+                "ORDER BY started_at LIMIT 1"
+            ).fetchone()
+            self.conn.commit()
+        return str(row[0]) if row else None
+
     def _loop(self, consumer: Consumer, stop: threading.Event) -> None:
         batch = Batch()
-        started = time.monotonic()
+        started = last_phase_check = time.monotonic()
         max_wait = self.s.apply.batch_max_wait_ms / 1000
-        while not stop.is_set():
+        while not stop.is_set() and not self._switch:
             records = consumer.poll(timeout_ms=100 if len(batch) else 500)
+            if not records and self._backfill_id and time.monotonic() - last_phase_check > 2:
+                # A worker without the snapshot partition learns from the target when the
+                # snapshot phase is over.
+                last_phase_check = time.monotonic()
+                if not len(batch) and self._pending_backfill() != self._backfill_id:
+                    return
             if self._reseeked:
                 self._reseeked = False
                 batch, started = Batch(), time.monotonic()
@@ -198,10 +228,16 @@ class ApplyWorker:
                             # Inside a large source transaction: write, commit at its end.
                             self._flush(batch)
                         continue
-                    if self._isolate_until or len(batch) >= self.s.apply.batch_max_changes:
+                    if (
+                        self._isolate_until
+                        or self._switch
+                        or len(batch) >= self.s.apply.batch_max_changes
+                    ):
                         self._commit(batch, consumer)
                         batch, started = Batch(), time.monotonic()
                         self._leave_isolation()
+                        if self._switch:
+                            return
                 dirty = any(p.dirty for p in self._parts.values())
                 waited = time.monotonic() - started >= max_wait
                 if dirty and self._at_boundary() and (not records or waited):
@@ -237,6 +273,19 @@ class ApplyWorker:
         except DataError as exc:
             self._dead(exc, partition, offset, None, value.decode("utf-8", "replace")[:10_000])
             return
+        if self.topic == self.snapshot_topic:
+            # Snapshot chunks are idempotent upserts: a re-sent chunk needs no de-duplication.
+            if env.control is not None:
+                self._control(env, partition, batch)
+            for change in env.changes:
+                self._change(env, change, partition, offset, batch)
+            return
+        if env.xid == 0 and env.control is not None:
+            # A message outside any transaction (heartbeat). Its LSN is the *end* of its WAL
+            # record, which can equal the commit LSN of the next transaction: it must not
+            # advance the position that de-duplicates transactions. Replays are harmless.
+            self._control(env, partition, batch)
+            return
         if part.open_lsn is not None:
             if env.commit_lsn != part.open_lsn:
                 raise StateError(
@@ -254,7 +303,7 @@ class ApplyWorker:
         if env.last:
             part.last_lsn = env.commit_lsn
         if env.control is not None:
-            self._control(env, partition)
+            self._control(env, partition, batch)
             return
         for change in env.changes:
             self._change(env, change, partition, offset, batch)
@@ -276,6 +325,8 @@ class ApplyWorker:
                 change.to_wire(),
             )
             return
+        if change.op == "snapshot":
+            self._snapshot_rows[table] = self._snapshot_rows.get(table, 0) + 1
         if change.op == "truncate":
             self._flush(batch)
             owned = self._truncate_owned.get(table, [])
@@ -315,7 +366,7 @@ class ApplyWorker:
             else:
                 batch.add(op)
 
-    def _control(self, env: Envelope, partition: int) -> None:
+    def _control(self, env: Envelope, partition: int, batch: Batch) -> None:
         ctl = env.control or {}
         kind = ctl.get("kind")
         if kind == "heartbeat":
@@ -323,9 +374,35 @@ class ApplyWorker:
                 "INSERT INTO replicator.heartbeats (topic, partition, emitted_at, applied_at, commit_lsn)"
                 " VALUES (%s, %s, %s, clock_timestamp(), %s) ON CONFLICT (topic, partition) DO UPDATE"
                 " SET emitted_at = EXCLUDED.emitted_at, applied_at = EXCLUDED.applied_at,"
-                " commit_lsn = EXCLUDED.commit_lsn",
+                " commit_lsn = EXCLUDED.commit_lsn"
+                " WHERE heartbeats.emitted_at < EXCLUDED.emitted_at",
                 (self.topic, partition, ctl.get("emitted_at"), env.commit_lsn),
             )
+        elif kind == "backfill_started" and self.topic == self.changes_topic:
+            # Every change before this marker is in the batch being committed; the snapshot
+            # (read after the marker) goes next, then the changes after it.
+            cur = self.conn.execute(
+                "UPDATE replicator.backfill SET status = 'snapshot' WHERE id = %s "
+                "AND status = 'pending'",
+                (ctl.get("backfill_id"),),
+            )
+            if cur.rowcount:
+                if ctl.get("truncate"):
+                    self._flush(batch)
+                    owned = [
+                        t
+                        for src in ctl.get("tables", [])
+                        for t in self._truncate_owned.get(src, [])
+                    ]
+                    if owned:
+                        self.sink.truncate(owned)
+                self._switch = True
+        elif kind == "snapshot_done" and ctl.get("backfill_id") == self._backfill_id:
+            self.conn.execute(
+                "UPDATE replicator.backfill SET status = 'applied', finished_at = now() WHERE id = %s",
+                (self._backfill_id,),
+            )
+            self._switch = True
         elif kind == "marker":
             self.conn.execute(
                 "INSERT INTO replicator.markers (topic, marker_id, partition, kind, commit_lsn, emitted_at)"
@@ -390,6 +467,7 @@ class ApplyWorker:
         try:
             self._flush(batch)
             self._store_offsets()
+            self._store_snapshot_progress()
             for letter in self._dead_pending:
                 self.dlq.write(letter)
             with pg.translated(self.db.masked()):
@@ -407,6 +485,18 @@ class ApplyWorker:
         consumer.commit_advisory(done)
         if self._on_commit is not None:
             self._on_commit(self.stats)
+
+    def _store_snapshot_progress(self) -> None:
+        if not self._snapshot_rows or self._backfill_id is None:
+            return
+        with pg.translated(self.db.masked()):
+            for table, n in self._snapshot_rows.items():
+                self.conn.execute(
+                    "UPDATE replicator.backfill_progress SET rows_applied = rows_applied + %s, "
+                    "updated_at = now() WHERE backfill_id = %s AND table_name = %s",
+                    (n, self._backfill_id, table),
+                )
+        self._snapshot_rows = {}
 
     def _store_offsets(self) -> None:
         """Store positions, fenced: a worker that lost its partition to another cannot commit."""

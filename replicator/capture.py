@@ -97,17 +97,20 @@ class Capture:
         self.stats = CaptureStats()
         self._kafka_down = False
 
-    def prepare(self) -> None:
-        prepare_source(self.s, self.db, self.tables, self.direction)
+    def prepare(self) -> int | None:
+        """Publication, slot and topics; returns the slot's LSN when this call created it."""
+        created = prepare_source(self.s, self.db, self.tables, self.direction)
         ensure_topics(
             self.s.kafka.bootstrap_servers,
             {
                 self.topic: self.s.kafka.partitions,
-                self.s.topic(self.direction, "snapshot"): self.s.kafka.partitions,
+                # One partition: chunks are loaded in the order they were read.
+                self.s.topic(self.direction, "snapshot"): 1,
                 self.s.topic(self.direction, "dlq"): 1,
             },
             self.s.kafka.replication_factor,
         )
+        return created
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.5

@@ -87,6 +87,11 @@ class ApplySettings(_Strict):
     partition_key: str = ""
 
 
+class BackfillSettings(_Strict):
+    chunk_rows: int = Field(5_000, ge=1)
+    parallel: int = Field(2, ge=1)  # tables read at once (within a foreign-key level)
+
+
 class CutoverSettings(_Strict):
     max_lag_s: float = 2.0
     lock_timeout_ms: int = 200
@@ -115,6 +120,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     apply: ApplySettings = Field(default_factory=ApplySettings)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
     cutover: CutoverSettings = Field(default_factory=CutoverSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
@@ -211,6 +217,10 @@ proto_version = 2       # 2 streams large transactions so memory stays bounded
 [apply]
 batch_max_changes = 5000
 batch_max_wait_ms = 50
+
+[backfill]
+chunk_rows = 5000
+parallel = 2            # tables read at once
 
 [cutover]
 max_lag_s = 2.0

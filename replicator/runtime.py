@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from replicator.apply import ApplyWorker
+from replicator.backfill import Backfill, ProgressFn, unfinished
 from replicator.capture import Capture
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
@@ -25,24 +26,39 @@ class Pipeline:
     settings: Settings
     mapping: MappingSet
     capture: Capture | None = None
+    backfill: Backfill | None = None
     workers: list[ApplyWorker] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     _threads: list[threading.Thread] = field(default_factory=list)
 
-    def start(self, *, run_capture: bool = True, run_apply: bool = True, workers: int = 1) -> None:
+    def start(
+        self,
+        *,
+        run_capture: bool = True,
+        run_apply: bool = True,
+        workers: int = 1,
+        backfill: bool | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        """Start the stages. ``backfill=None`` backfills when this start created the slot (a
+        fresh pipeline); True and False force it either way."""
         s = self.settings
         if run_capture:
             self.capture = Capture(s, self.mapping.forward.source_tables)
-            self.capture.prepare()
+            created = self.capture.prepare()
             self._spawn("capture", self.capture.run)
+            if backfill or (backfill is None and (created is not None or unfinished(s))):
+                self.backfill = Backfill(s, self.mapping.forward)
+                bf = self.backfill
+                self._spawn("backfill", lambda stop: bf.run(stop, progress))
         if run_apply:
             for i in range(workers):
                 worker = ApplyWorker(s, self.mapping.forward)
                 self.workers.append(worker)
                 self._spawn(f"apply-{i}", worker.run)
 
-    def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
+    def _spawn(self, name: str, target: Callable[[threading.Event], object]) -> None:
         def body() -> None:
             try:
                 target(self.stop)

@@ -47,6 +47,27 @@ CREATE TABLE IF NOT EXISTS replicator.pipeline (
     state              text NOT NULL DEFAULT 'sync',
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS replicator.backfill (
+    id          text PRIMARY KEY,
+    tables      text[] NOT NULL,
+    reading     boolean NOT NULL DEFAULT true,  -- until every chunk is in Kafka
+    status      text NOT NULL DEFAULT 'pending',  -- apply's phase: pending | snapshot | applied
+    truncate    boolean NOT NULL DEFAULT false,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE TABLE IF NOT EXISTS replicator.backfill_progress (
+    backfill_id  text NOT NULL,
+    table_name   text NOT NULL,
+    rows_total   bigint NOT NULL DEFAULT 0,
+    rows_read    bigint NOT NULL DEFAULT 0,
+    rows_applied bigint NOT NULL DEFAULT 0,
+    chunks       integer NOT NULL DEFAULT 0,
+    last_key     jsonb,
+    done         boolean NOT NULL DEFAULT false,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (backfill_id, table_name)
+);
 CREATE TABLE IF NOT EXISTS replicator.table_stats (
     topic        text   NOT NULL,
     table_name   text   NOT NULL,
