@@ -85,6 +85,10 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
+def partition_count(bootstrap: str, topic: str) -> int:
+    return max(1, len(end_offsets(bootstrap, topic)))
+
+
 @dataclass
 class Sent:
     """A message handed to the producer; ``acked`` turns true when Kafka has it (acks=all)."""

@@ -73,7 +73,7 @@ def prepare_source(
             raise PreconditionError(
                 "the source cannot be captured:\n  " + "\n  ".join(str(p) for p in problems)
             )
-        ensure_publication(conn, s.publication, tables)
+        ensure_publication(conn, s.publication_for(direction), tables)
         info = slot_info(conn, s.slot(direction))
     if not info.exists:
         return create_slot(db, s.slot(direction))
@@ -137,7 +137,7 @@ class Capture:
     def _stream(self, stop: threading.Event) -> None:
         options = {
             "proto_version": str(self.s.capture.proto_version),
-            "publication_names": self.s.publication,
+            "publication_names": self.s.publication_for(self.direction),
             "messages": "true",
         }
         if self.s.capture.proto_version >= 2:

@@ -227,6 +227,74 @@ def validate(
 
 
 @app.command()
+def cutover(
+    config: ConfigOpt = None,
+    max_lag: Annotated[
+        float | None, typer.Option(help="Seconds of end-to-end lag allowed (cutover.max_lag_s).")
+    ] = None,
+    lock_timeout: Annotated[
+        int | None, typer.Option(help="Milliseconds to wait for table locks.")
+    ] = None,
+    switch_hook: Annotated[
+        str | None, typer.Option(help="Command that switches the application.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Rehearse: fence, drain, verify, unfence; no switch.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Fence legacy writes, drain, verify, sync sequences, arm the reverse stream, switch."""
+    _switch("cutover", config, max_lag, lock_timeout, switch_hook, dry_run, yes, json_out)
+
+
+def _switch(
+    action: str,
+    config: Path | None,
+    max_lag: float | None,
+    lock_timeout: int | None,
+    switch_hook: str | None,
+    dry_run: bool,
+    yes: bool,
+    json_out: bool,
+) -> None:
+    from replicator.cutover import Cutover, StepResult, outcome_json
+
+    s = _settings(config)
+    if not dry_run and not yes:
+        if not sys.stdin.isatty():
+            raise ReplicatorError(
+                f"{action} needs confirmation", hint="pass --yes (or rehearse with --dry-run)"
+            )
+        typer.confirm(f"{action}: fence writes on the current writer and switch?", abort=True)
+
+    def show(r: StepResult) -> None:
+        if not json_out:
+            mark = "[green]ok[/]" if r.ok else "[red]FAILED[/]"
+            out.print(f"{r.name:<14} {mark} {r.seconds * 1000:9.1f} ms  {r.detail}")
+
+    result = Cutover(
+        s,
+        _mapping(s),
+        action=action,
+        max_lag_s=max_lag,
+        lock_timeout_ms=lock_timeout,
+        switch_hook=switch_hook,
+        report=show,
+    ).run(dry_run=dry_run)
+    if json_out:
+        out.print(outcome_json(result), highlight=False)
+        return
+    pause = f"{(result.pause_s or 0) * 1000:.0f} ms"
+    if dry_run:
+        out.print(
+            f"[green]dry run complete[/]: writes were paused for {pause}; nothing was switched"
+        )
+    else:
+        out.print(f"[green]{action} complete[/]: write pause {pause}")
+
+
+@app.command()
 def demo(
     rows: Annotated[int, typer.Option(help="Scale of the generated legacy data.")] = 200,
     keep_running: Annotated[bool, typer.Option(help="Keep live sync running at the end.")] = False,

@@ -153,6 +153,10 @@ class Settings(BaseSettings):
     def publication(self) -> str:
         return self.capture.publication or f"{self.name}_pub"
 
+    def publication_for(self, direction: str) -> str:
+        """The forward publication on legacy; the reverse one on the target."""
+        return self.publication if direction == "fwd" else f"{self.publication}_{direction}"
+
     def slot(self, direction: str) -> str:
         return f"{self.name}_{direction}"
 

@@ -1,0 +1,114 @@
+"""Validation throughput: rows validated per second, against a bare ``count(*)`` of both sides.
+
+The limit is what reading the same tables costs at the very least: ``SELECT count(*)`` over every
+mapped legacy table and every mapped target table, timed in the same run. Validation reads both
+sides in full, transforms every legacy row and canonicalises every value, so it is expected to be
+well below the limit; the ratio says by how much.
+
+    python -m bench.validate [--quick]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from bench.harness import Timer, bench_env, emit, log, parse_args, peak_rss_mb
+from connectors import pg
+from connectors.pgsink import Batch, Sink
+from replicator.config import DatabaseSettings
+from replicator.errors import DataError
+from replicator.validate import validate
+from transforms.api import RowChange
+from transforms.mcp_manager import MAPPING
+from transforms.mcp_manager.generate import generate
+from transforms.mcp_manager.legacy import create_legacy_schema
+from transforms.mcp_manager.target_schema import apply_target_schema
+
+
+def _url(db: DatabaseSettings) -> str:
+    password = quote(db.password.get_secret_value(), safe="")
+    return f"postgresql://{db.user}:{password}@{db.host}:{db.port}/{db.dbname}"
+
+
+def _load(legacy: DatabaseSettings, target: DatabaseSettings) -> None:
+    """Every legacy row through the forward transforms into the target (a direct backfill)."""
+    with pg.connect(legacy, autocommit=True) as lc, pg.connect(target) as tc:
+        tc.execute("SET session_replication_role = replica")
+        sink = Sink(tc)
+        for t in MAPPING.forward.tables.values():
+            batch = Batch()
+            with lc.cursor(row_factory=dict_row) as cur:
+                for row in cur.execute(sql.SQL("SELECT * FROM {}").format(_ident(t.source))):
+                    try:
+                        ops = t(RowChange("insert", t.source, new=row, key_columns=t.source_key))
+                    except DataError:
+                        continue
+                    for op in ops:
+                        batch.add(op)
+            sink.flush(batch)
+        tc.commit()
+
+
+def _ident(table: str) -> sql.Identifier:
+    schema, _, name = table.partition(".")
+    return sql.Identifier(schema, name)
+
+
+def _count_all(db: DatabaseSettings, tables: list[str]) -> int:
+    with pg.connect(db, autocommit=True) as c:
+        total = 0
+        for t in tables:
+            row = c.execute(sql.SQL("SELECT count(*) FROM {}").format(_ident(t))).fetchone()
+            total += int(row[0]) if row else 0
+        return total
+
+
+def main() -> dict[str, Any]:
+    args = parse_args("validate", __doc__ or "")
+    scale = 2 if args.quick else 20
+    with bench_env() as env:
+        log(f"generating scale {scale} and loading the target…")
+        create_legacy_schema(_url(env.legacy))
+        apply_target_schema(_url(env.target))
+        generate(_url(env.legacy), scale=scale, seed=1, create_schema=False)
+        _load(env.legacy, env.target)
+        s = env.settings()
+        sources = list(MAPPING.forward.tables)
+        targets = list(MAPPING.forward.target_tables)
+        # Warm both caches the same way for both measurements.
+        _count_all(env.legacy, sources)
+        _count_all(env.target, targets)
+        with Timer() as counted:
+            rows_counted = _count_all(env.legacy, sources) + _count_all(env.target, targets)
+        with Timer() as validated:
+            report = validate(s, MAPPING, save=False)
+        if report.outcome != "clean":
+            raise SystemExit(f"validation of clean data failed: {report.to_json(limit=5)}")
+        rows = report.rows_checked
+        rate = rows / validated.seconds
+        limit = rows / counted.seconds
+        log(
+            f"validated {rows} rows in {validated.seconds:.2f}s ({rate:,.0f} rows/s); count(*) of "
+            f"{rows_counted} rows on both sides took {counted.seconds:.3f}s"
+        )
+        return emit(
+            "validate_rows_per_s",
+            value=rate,
+            unit="rows/s",
+            limit=limit,
+            goal="a full validation of the target within minutes at production scale",
+            scale=scale,
+            rows_checked=rows,
+            validate_s=round(validated.seconds, 3),
+            count_s=round(counted.seconds, 4),
+            rows_counted=rows_counted,
+            peak_rss_mb=round(peak_rss_mb(), 1),
+        )
+
+
+if __name__ == "__main__":
+    main()
