@@ -50,6 +50,7 @@ class Assembler:
         *,
         slice_max_changes: int = 5_000,
         slice_max_bytes: int = 8 << 20,
+        # Transactions whose origin name starts with one of these are our own apply's writes.
         skip_origins: frozenset[str] = frozenset(),
         spool_dir: str | None = None,
     ) -> None:
@@ -87,7 +88,7 @@ class Assembler:
         if isinstance(msg, po.Origin):
             if self._txn is not None:
                 self._txn.origin = msg.name
-                self._skip = msg.name in self.skip_origins
+                self._skip = any(msg.name.startswith(prefix) for prefix in self.skip_origins)
             return []
         if isinstance(msg, po.Commit):
             txn, self._txn = self._txn, None

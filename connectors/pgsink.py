@@ -26,6 +26,7 @@ class _KeyState:
     deleted_first: bool = False  # an existing row must go before the values are written
     kind: str = "patch"  # "upsert" | "patch" | "delete"
     values: dict[str, Any] = field(default_factory=dict)
+    insert_only: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Batch:
             st.kind = "upsert"
             st.values.update(op.values)
             st.values.update(op.key)
+            st.insert_only.update(op.insert_only)
         elif isinstance(op, Patch):
             if st.kind == "delete":
                 return  # the row is gone: nothing to patch
@@ -165,13 +167,15 @@ class Sink:
         for table, states in batch.tables.items():
             info = self.table(table)
             keys = batch.key_columns[table]
-            groups: dict[tuple[str, tuple[str, ...]], list[Mapping[str, Any]]] = {}
+            groups: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[Mapping[str, Any]]] = {}
             for st in states.values():
                 if st.kind == "delete":
                     continue
-                cols = tuple(sorted(st.values))
-                groups.setdefault((st.kind, cols), []).append(st.values)
-            for (kind, cols), rows in groups.items():
+                only = tuple(sorted(c for c in st.insert_only if c not in st.values))
+                row = {**st.insert_only, **st.values} if only else st.values
+                groups.setdefault((st.kind, tuple(sorted(st.values)), only), []).append(row)
+            for (kind, set_cols, only), rows in groups.items():
+                cols = tuple(sorted(set_cols + only))
                 unknown = [c for c in cols if c not in info.columns]
                 if unknown:
                     raise SchemaError(
@@ -179,7 +183,7 @@ class Sink:
                         hint="run `replicator check` to compare the mapping with the target",
                     )
                 if kind == "upsert":
-                    self._upsert(info, keys, cols, rows)
+                    self._upsert(info, keys, cols, rows, frozenset(only))
                 else:
                     self._patch(info, keys, cols, rows)
                 touched[table] = touched.get(table, 0) + len(rows)
@@ -204,10 +208,11 @@ class Sink:
         keys: tuple[str, ...],
         cols: tuple[str, ...],
         rows: list[Mapping[str, Any]],
+        insert_only: frozenset[str] = frozenset(),
     ) -> None:
         stage = self._stage(info, cols)
         self._copy(stage, cols, ([r[c] for c in cols] for r in rows))
-        rest = [c for c in cols if c not in keys]
+        rest = [c for c in cols if c not in keys and c not in insert_only]
         action = (
             sql.SQL("DO UPDATE SET {}").format(
                 sql.SQL(", ").join(

@@ -39,6 +39,8 @@ from transforms.api import Direction, RowChange, Truncate
 
 log = logging.getLogger(__name__)
 
+ORIGIN_PREFIX = "replicator_"
+
 
 @dataclass
 class _Partition:
@@ -112,7 +114,35 @@ class ApplyWorker:
                     "(grant superuser, or run `replicator check` for the fix)"
                 )
             conn.commit()
+            self._tag_origin(conn)
         return conn
+
+    def _tag_origin(self, conn: psycopg.Connection[Any]) -> None:
+        """Tag this session's writes with a replication origin: the capture of the other
+        direction skips them, a second guard against echo. PostgreSQL 15 lets one session use
+        an origin at a time, so each worker claims one of a few numbered origins."""
+        for k in range(32):
+            name = f"{ORIGIN_PREFIX}{self.s.name}_{self.dir_name}_{k}"
+            try:
+                conn.execute(
+                    "SELECT pg_replication_origin_create(%s) WHERE NOT EXISTS "
+                    "(SELECT 1 FROM pg_replication_origin WHERE roname = %s)",
+                    (name, name),
+                )
+                conn.execute("SELECT pg_replication_origin_session_setup(%s)", (name,))
+                conn.commit()
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                conn.rollback()
+                log.warning(
+                    "apply role may not use replication origins; echo is guarded by the slot order only"
+                )
+                return
+            except psycopg.Error:
+                conn.rollback()  # in use by another worker: try the next one
+        log.warning(
+            "no free replication origin for %s; echo is guarded by the slot order only", self.s.name
+        )
 
     def _exclusive_targets(self) -> dict[str, list[str]]:
         """Source table -> target tables it alone writes (safe to truncate with it)."""

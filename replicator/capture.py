@@ -168,7 +168,7 @@ class Capture:
             self.s.name,
             slice_max_changes=self.s.capture.slice_max_changes,
             slice_max_bytes=self.s.capture.slice_max_bytes,
-            skip_origins=frozenset({f"replicator_{self.s.name}"}),
+            skip_origins=frozenset({f"replicator_{self.s.name}_"}),
         )
         router = _Router(
             producer, self.topic, producer.partitions(self.topic), self.s.apply.partition_key

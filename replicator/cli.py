@@ -248,6 +248,29 @@ def cutover(
     _switch("cutover", config, max_lag, lock_timeout, switch_hook, dry_run, yes, json_out)
 
 
+@app.command()
+def rollback(
+    config: ConfigOpt = None,
+    max_lag: Annotated[
+        float | None, typer.Option(help="Seconds of end-to-end lag allowed.")
+    ] = None,
+    lock_timeout: Annotated[
+        int | None, typer.Option(help="Milliseconds to wait for table locks.")
+    ] = None,
+    switch_hook: Annotated[
+        str | None, typer.Option(help="Command that switches the application back.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Rehearse: fence, drain, unfence; no switch.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """After a cutover: fence the target, drain the reverse stream, sync legacy sequences,
+    re-arm the forward stream, switch back."""
+    _switch("rollback", config, max_lag, lock_timeout, switch_hook, dry_run, yes, json_out)
+
+
 def _switch(
     action: str,
     config: Path | None,

@@ -162,6 +162,7 @@ class Cutover:
             with self._step(out, "reverse slot"):
                 self._arm_next_direction()
             with self._step(out, "switch"):
+                fencing.drop_fence(p.new)  # a fence left by an earlier switch the other way
                 self._run_hook()
                 self._set_direction(p.new_dir)
             out.pause_s = time.monotonic() - f.committed_at
@@ -332,6 +333,15 @@ class Cutover:
         writing, so nothing it wrote can echo back through the new stream."""
         p = self.plan
         with pg.connect(p.new, autocommit=True) as conn, pg.translated(p.new.masked()):
+            if p.new_dir == "rev":
+                # Reverse deletes need the whole old row: the target's keys are derived ids,
+                # the legacy key is in its columns (member → organization_member).
+                for table in p.arm.source_tables:
+                    conn.execute(
+                        sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(
+                            sql.Identifier(*table.split(".", 1))
+                        )
+                    )
             ensure_publication(conn, self.s.publication_for(p.new_dir), p.arm.source_tables)
             if slot_info(conn, self.s.slot(p.new_dir)).exists:
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (self.s.slot(p.new_dir),))

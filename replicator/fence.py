@@ -152,6 +152,14 @@ def unfence(db: DatabaseSettings, f: Fence) -> None:
         _restore_privileges(conn, f, db)
 
 
+def drop_fence(db: DatabaseSettings) -> list[str]:
+    """Remove every fence trigger from ``db`` (it becomes the writer); returns the tables."""
+    with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
+        tables = fenced_tables(conn)
+    unfence(db, Fence(marker_id="", tables=tables))
+    return tables
+
+
 def fenced_tables(conn: psycopg.Connection[Any]) -> list[str]:
     rows = conn.execute(
         "SELECT DISTINCT n.nspname || '.' || c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "

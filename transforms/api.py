@@ -61,9 +61,14 @@ class RowChange:
 
 @dataclass(frozen=True, slots=True)
 class Upsert:
+    """``insert_only`` columns are written when the row is inserted and never overwritten:
+    a surrogate id derived for rows the source creates, which must not replace the id of a
+    row the other side created (a credential account signed up on the target)."""
+
     table: str
     key: Mapping[str, Any]
     values: Mapping[str, Any] = field(default_factory=dict)
+    insert_only: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +100,9 @@ class TargetTable:
     name: str
     key: tuple[str, ...]
     columns: tuple[str, ...]
+    # Set on insert only (see Upsert.insert_only): produced, but not determined by the source
+    # for rows the other side created, so validation does not compare them.
+    insert_only: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +150,12 @@ class Direction:
             for w in t.writes:
                 prev = out.get(w.name)
                 cols = w.columns if prev is None else tuple(dict.fromkeys(prev.columns + w.columns))
-                out[w.name] = TargetTable(w.name, w.key, cols)
+                only = (
+                    w.insert_only
+                    if prev is None
+                    else tuple(dict.fromkeys(prev.insert_only + w.insert_only))
+                )
+                out[w.name] = TargetTable(w.name, w.key, cols, only)
         return out
 
 

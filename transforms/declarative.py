@@ -98,13 +98,20 @@ class Target:
     table: str
     key: Mapping[str, ColumnSpec]
     columns: Mapping[str, ColumnSpec] = field(default_factory=dict)
+    # Written on insert only, never compared by validation (see transforms.api.Upsert).
+    insert_only: Mapping[str, ColumnSpec] = field(default_factory=dict)
     patch: bool = False
     on_delete: OnDelete = "delete"
     when: Callable[[Mapping[str, Any]], bool] | None = None
 
     @property
     def written(self) -> TargetTable:
-        return TargetTable(self.table, tuple(self.key), tuple(self.key) + tuple(self.columns))
+        return TargetTable(
+            self.table,
+            tuple(self.key),
+            tuple(self.key) + tuple(self.columns),
+            tuple(self.insert_only),
+        )
 
 
 class RowValidator:
@@ -207,11 +214,17 @@ class _Plan:
     target: Target
     key: tuple[_Column, ...]
     columns: tuple[_Column, ...]
+    insert_only: tuple[_Column, ...] = ()
 
     @classmethod
     def of(cls, t: Target) -> _Plan:
         key = tuple(_Column.of(n, s) for n, s in t.key.items())
-        return cls(t, key, tuple(_Column.of(n, s) for n, s in t.columns.items()))
+        return cls(
+            t,
+            key,
+            tuple(_Column.of(n, s) for n, s in t.columns.items()),
+            tuple(_Column.of(n, s) for n, s in t.insert_only.items()),
+        )
 
     def key_of(self, ctx: _Context, row: Mapping[str, Any]) -> dict[str, Any] | None:
         """The target key from ``row``, or None when ``row`` lacks a key source."""
@@ -285,7 +298,12 @@ class _Plan:
                 moved = True
         values = self.values(ctx, row, whole=moved)
         if not t.patch:
-            ops.append(Upsert(t.table, key, values))
+            extra = {
+                c.name: c.compute(ctx, row)
+                for c in self.insert_only
+                if all(s in row for s in c.sources)
+            }
+            ops.append(Upsert(t.table, key, values, extra))
         elif values:
             ops.append(Patch(t.table, key, values))
         return ops

@@ -20,7 +20,9 @@ from transforms.loader import load_mapping
 
 def _url(env: Env, side: str) -> str:
     db = env.legacy if side == "legacy" else env.target
-    return f"postgresql://{db.user}:{db.password.get_secret_value()}@{db.host}:{db.port}/{db.dbname}"
+    return (
+        f"postgresql://{db.user}:{db.password.get_secret_value()}@{db.host}:{db.port}/{db.dbname}"
+    )
 
 
 @pytest.fixture
@@ -73,11 +75,17 @@ class AuditWriter:
             n += 1
             tag = f"w{n}"
             if self.on_target.is_set():
-                target.execute("INSERT INTO audit_log (action, target, created_at) VALUES (%s, 'x', now())", (tag,))
+                target.execute(
+                    "INSERT INTO audit_log (action, target, created_at) VALUES (%s, 'x', now())",
+                    (tag,),
+                )
                 self.target_ok.append(tag)
             else:
                 try:
-                    legacy.execute("INSERT INTO audit_log (action, target, created_at) VALUES (%s, 'x', now())", (tag,))
+                    legacy.execute(
+                        "INSERT INTO audit_log (action, target, created_at) VALUES (%s, 'x', now())",
+                        (tag,),
+                    )
                     self.legacy_ok.append(tag)
                 except psycopg.Error:
                     self.legacy_failed.append(tag)
@@ -96,7 +104,10 @@ class AuditWriter:
 
 def _tags(conn: psycopg.Connection[Any]) -> set[str]:
     with conn:
-        return {r[0] for r in conn.execute("SELECT action FROM audit_log WHERE action LIKE 'w%'").fetchall()}
+        return {
+            r[0]
+            for r in conn.execute("SELECT action FROM audit_log WHERE action LIKE 'w%'").fetchall()
+        }
 
 
 def test_cutover_with_a_writer_running_loses_and_splits_nothing(env: Env, synced: Any) -> None:
@@ -108,32 +119,68 @@ def test_cutover_with_a_writer_running_loses_and_splits_nothing(env: Env, synced
         w.on_target.set()
         time.sleep(0.5)
     assert out.switched and out.pause_s is not None
-    assert [st.name for st in out.steps] == ["preflight", "fence", "drain", "verify", "sequences", "reverse slot", "switch"]
+    assert [st.name for st in out.steps] == [
+        "preflight",
+        "fence",
+        "drain",
+        "verify",
+        "sequences",
+        "reverse slot",
+        "switch",
+    ]
     legacy_rows = _tags(env.legacy_conn())
     target_rows = _tags(env.target_conn())
     assert set(w.legacy_ok) == legacy_rows  # a write refused by the fence never committed on legacy
-    assert set(w.legacy_ok) <= target_rows  # every write committed before the fence is in the target
-    assert set(w.target_ok) <= target_rows and w.target_ok  # after the switch, writes succeed on the target
+    assert (
+        set(w.legacy_ok) <= target_rows
+    )  # every write committed before the fence is in the target
+    assert (
+        set(w.target_ok) <= target_rows and w.target_ok
+    )  # after the switch, writes succeed on the target
     with env.legacy_conn() as c, pytest.raises(psycopg.Error, match="fenced"):
         c.execute("INSERT INTO audit_log (action, created_at) VALUES ('late', now())")
     with env.target_conn() as c:
-        assert c.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (s.slot("rev"),)).fetchone()[0] == 1  # type: ignore[index]
-        steps = c.execute("SELECT step FROM replicator.cutover_journal WHERE run_id = %s", (out.run_id,)).fetchall()
+        assert (
+            c.execute(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (s.slot("rev"),)
+            ).fetchone()[0]
+            == 1
+        )  # type: ignore[index]
+        steps = c.execute(
+            "SELECT step FROM replicator.cutover_journal WHERE run_id = %s", (out.run_id,)
+        ).fetchall()
         assert len(steps) == 7
 
 
-def test_failure_at_each_step_leaves_legacy_writable_and_sync_running(env: Env, synced: Any) -> None:
+def test_failure_at_each_step_leaves_legacy_writable_and_sync_running(
+    env: Env, synced: Any
+) -> None:
     s, pipeline = synced
-    for i, step in enumerate(["preflight", "fence", "drain", "verify", "sequences", "reverse slot", "switch"]):
+    for i, step in enumerate(
+        ["preflight", "fence", "drain", "verify", "sequences", "reverse slot", "switch"]
+    ):
         with pytest.raises(CutoverAborted) as err:
             Cutover(s, pipeline.mapping, fail_at=step).run()
         assert err.value.step == step
         with env.legacy_conn() as c:
-            c.execute("INSERT INTO audit_log (action, created_at) VALUES (%s, now())", (f"after-{i}",))
-            assert c.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'replicator_fence'").fetchone()[0] == 0  # type: ignore[index]
+            c.execute(
+                "INSERT INTO audit_log (action, created_at) VALUES (%s, now())", (f"after-{i}",)
+            )
+            assert (
+                c.execute(
+                    "SELECT count(*) FROM pg_trigger WHERE tgname = 'replicator_fence'"
+                ).fetchone()[0]
+                == 0
+            )  # type: ignore[index]
         wait_for(lambda: f"after-{i}" in _actions(env), 30, what=f"sync after an abort at {step}")
         with env.target_conn() as c:
-            assert c.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (s.slot("rev"),)).fetchone()[0] == 0  # type: ignore[index]
+            assert (
+                c.execute(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
+                    (s.slot("rev"),),
+                ).fetchone()[0]
+                == 0
+            )  # type: ignore[index]
 
 
 def test_dry_run_changes_nothing_and_reports_the_pause(env: Env, synced: Any) -> None:
@@ -160,3 +207,99 @@ def test_preflight_lists_every_reason(env: Env) -> None:
 def _actions(env: Env) -> set[str]:
     with env.target_conn() as c:
         return {r[0] for r in c.execute("SELECT action FROM audit_log").fetchall()}
+
+
+def _sign_up(c: psycopg.Connection[Any], email: str) -> str:
+    """What Better-Auth writes for an email sign-up with generateId 'uuid' and a bcrypt hash."""
+    import uuid as _uuid
+
+    uid, acc = str(_uuid.uuid4()), str(_uuid.uuid4())
+    with c.transaction():
+        c.execute(
+            'INSERT INTO "user" (id, name, email, email_verified, created_at, updated_at, role, banned) '
+            "VALUES (%s, 'Signed Up', %s, false, now(), now(), 'user', false)",
+            (uid, email),
+        )
+        c.execute(
+            "INSERT INTO account (id, account_id, provider_id, user_id, password, created_at, updated_at) "
+            "VALUES (%s, %s, 'credential', %s, '$2b$10$abcdefghijklmnopqrstuuJ1x0bO1m0a3d5C1o7l4bU8qA9sG1F2e', now(), now())",
+            (acc, uid, uid),
+        )
+    return uid
+
+
+def test_cutover_rollback_cutover_round_trip(env: Env, synced: Any) -> None:
+    s, pipeline = synced
+    out = Cutover(s, pipeline.mapping).run()
+    assert out.switched
+    wait_for(
+        lambda: pipeline.direction == "rev" and pipeline.workers,
+        30,
+        what="the reverse direction to run",
+    )
+    with env.target_conn() as c:
+        new_id = _sign_up(c, "fresh@example.com")
+        c.execute(
+            'UPDATE "user" SET name = \'Renamed On Target\' WHERE id = (SELECT min(id) FROM "user" WHERE id <> %s)',
+            (new_id,),
+        )
+        gone = c.execute(
+            'SELECT min(u.id) FROM "user" u WHERE u.id <> %s AND NOT EXISTS '
+            "(SELECT 1 FROM member m WHERE m.user_id = u.id)",
+            (new_id,),
+        ).fetchone()[0]  # type: ignore[index]
+        c.execute("DELETE FROM account WHERE user_id = %s", (gone,))
+        c.execute('DELETE FROM "user" WHERE id = %s', (gone,))
+        c.execute(
+            "UPDATE mcp_server SET config = '{\"changed\": true}'::jsonb WHERE id = (SELECT min(id) FROM mcp_server)"
+        )
+        c.execute("INSERT INTO audit_log (action, created_at) VALUES ('on-target', now())")
+
+    def legacy_caught_up() -> bool:
+        with env.legacy_conn() as c:
+            new = c.execute(
+                'SELECT email, hashed_password FROM "user" WHERE id = %s', (new_id,)
+            ).fetchone()
+            deleted = c.execute('SELECT 1 FROM "user" WHERE id = %s', (gone,)).fetchone()
+            cfg = c.execute("SELECT config FROM mcp_server ORDER BY id LIMIT 1").fetchone()
+            audit = c.execute("SELECT 1 FROM audit_log WHERE action = 'on-target'").fetchone()
+            return bool(
+                new
+                and new[1].startswith("$2b$")
+                and deleted is None
+                and cfg
+                and cfg[0] == {"changed": True}
+                and audit
+            )
+
+    wait_for(legacy_caught_up, 60, what="legacy to receive the target's writes")
+    back = Cutover(s, pipeline.mapping, action="rollback").run()
+    assert back.switched
+    with env.target_conn() as c, pytest.raises(psycopg.Error, match="fenced"):
+        c.execute("INSERT INTO audit_log (action, created_at) VALUES ('late', now())")
+    wait_for(
+        lambda: pipeline.direction == "fwd" and pipeline.workers,
+        30,
+        what="the forward direction again",
+    )
+    with env.legacy_conn() as c:  # legacy is the writer again, and its writes flow forward
+        c.execute("INSERT INTO audit_log (action, created_at) VALUES ('after-rollback', now())")
+    wait_for(lambda: "after-rollback" in _actions(env), 60, what="forward sync after the rollback")
+    report = validate(s, pipeline.mapping)
+    assert report.outcome == "clean", report.differences
+    again = Cutover(s, pipeline.mapping).run()
+    assert again.switched
+    with env.legacy_conn() as lc, env.target_conn() as tc:
+        for action in ("on-target", "after-rollback"):
+            assert (
+                lc.execute(
+                    "SELECT count(*) FROM audit_log WHERE action = %s", (action,)
+                ).fetchone()[0]
+                == 1
+            )  # type: ignore[index]
+            assert (
+                tc.execute(
+                    "SELECT count(*) FROM audit_log WHERE action = %s", (action,)
+                ).fetchone()[0]
+                == 1
+            )  # type: ignore[index]

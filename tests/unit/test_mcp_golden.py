@@ -60,6 +60,8 @@ def encode_op(op: TargetOp) -> dict[str, Any]:
     }
     if isinstance(op, Upsert | Patch):
         out["values"] = encode(dict(op.values))
+    if isinstance(op, Upsert) and op.insert_only:
+        out["insert_only"] = encode(dict(op.insert_only))
     assert isinstance(op, Upsert | Patch | Delete)
     return out
 

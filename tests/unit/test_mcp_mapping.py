@@ -61,7 +61,8 @@ def apply(db: DB, ops: Iterable[TargetOp]) -> None:
             continue
         k = (op.table, frozen(op.key))
         if isinstance(op, Upsert):
-            db.setdefault(k, dict(op.key)).update(op.values)
+            # insert_only columns are written when the row is created, never overwritten.
+            db.setdefault(k, {**op.insert_only, **op.key}).update(op.values)
         elif isinstance(op, Patch):
             if k in db:
                 db[k].update(op.values)

@@ -52,8 +52,9 @@ def test_user_splits_into_user_and_credential_account() -> None:
         user.values["created_at"] == datetime(2024, 1, 1, tzinfo=UTC) == user.values["updated_at"]
     )
     assert isinstance(account, Upsert)
-    assert account.key == {"id": credential_account_id(UID)}
-    assert account.values["provider_id"] == "credential" and account.values["account_id"] == uid
+    assert account.key == {"user_id": uid, "provider_id": "credential"}
+    assert account.insert_only == {"id": credential_account_id(UID)}
+    assert account.values["account_id"] == uid
     assert account.values["password"] == "$argon2id$v=19$x"
     deletes = MAPPING.forward.tables["public.user"](
         RowChange("delete", "public.user", old={"id": USER["id"]})

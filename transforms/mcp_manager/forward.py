@@ -89,13 +89,14 @@ USER = table_mapping(
         ),
         # 1→N: the password hash moves to Better-Auth's credential account, as it is (bcrypt
         # or argon2id); the target's verify() dispatches on the hash prefix.
+        # Keyed by (user_id, provider_id), unique in the schema: a credential account that
+        # Better-Auth created on the target (random id) is the same account after a rollback.
         Target(
             "public.account",
-            key={"id": col("id", convert=credential_account_id)},
+            key={"user_id": _uuid("id"), "provider_id": const("credential")},
+            insert_only={"id": col("id", convert=credential_account_id)},
             columns={
                 "account_id": _uuid("id"),
-                "provider_id": const("credential"),
-                "user_id": _uuid("id"),
                 "password": "hashed_password",
                 "created_at": _utc("created_at"),
                 "updated_at": _utc("created_at"),

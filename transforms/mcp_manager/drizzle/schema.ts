@@ -85,7 +85,12 @@ export const account = pgTable(
     createdAt: tstz("created_at").notNull().defaultNow(),
     updatedAt: tstz("updated_at").notNull(),
   },
-  (t) => [index("account_user_id_idx").on(t.userId)],
+  (t) => [
+    index("account_user_id_idx").on(t.userId),
+    // One account per provider and user: the replicator keys credential accounts on it, so
+    // an account signed up here keeps its id across a rollback and a second cutover.
+    uniqueIndex("account_user_provider_uq").on(t.userId, t.providerId),
+  ],
 );
 
 export const verification = pgTable(

@@ -1,0 +1,1 @@
+CREATE UNIQUE INDEX "account_user_provider_uq" ON "account" USING btree ("user_id","provider_id");
