@@ -172,7 +172,8 @@ def test_failure_at_each_step_leaves_legacy_writable_and_sync_running(
                 ).fetchone()[0]
                 == 0
             )  # type: ignore[index]
-        wait_for(lambda: f"after-{i}" in _actions(env), 30, what=f"sync after an abort at {step}")
+        tag = f"after-{i}"
+        wait_for(lambda tag=tag: tag in _actions(env), 30, what=f"sync after an abort at {step}")
         with env.target_conn() as c:
             assert (
                 c.execute(
