@@ -61,6 +61,7 @@ class Assembler:
         self.spool_dir = spool_dir
         self.relations: dict[int, RelationInfo] = {}
         self.relation_changes = 0  # relations whose columns changed mid-stream
+        self.changed_relations: list[str] = []  # their names, for the capture to report
         self._txn: _Txn | None = None
         self._skip = False
         self._stream_xid: int | None = None
@@ -136,6 +137,7 @@ class Assembler:
         old = self.relations.get(msg.relid)
         if old is not None and (old.columns, old.type_oids) != (info.columns, info.type_oids):
             self.relation_changes += 1
+            self.changed_relations.append(info.qualname)
         self.relations[msg.relid] = info
 
     def _changes(self, msg: po.Insert | po.Update | po.Delete | po.Truncate) -> list[Change]:

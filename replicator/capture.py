@@ -221,6 +221,16 @@ class Capture:
                 if self._kafka_down and not inflight:
                     log.info("capture: Kafka acknowledges again")
                     self._kafka_down = False
+                if asm.changed_relations:
+                    # The new shape travels in every later envelope; transforms see it, and
+                    # `replicator check` says whether the mapping still fits.
+                    for name in asm.changed_relations:
+                        log.warning(
+                            "capture: the columns of %s changed mid-stream; forwarding the new "
+                            "relation (run `replicator check` to compare it with the mapping)",
+                            name,
+                        )
+                    asm.changed_relations.clear()
                 self.stats.relation_changes = asm.relation_changes
                 now = time.monotonic()
                 if reply or now - last_status >= self.s.capture.status_interval_s:

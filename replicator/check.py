@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
 
 from connectors import kafka_io, pg
 from connectors.pgsource import source_problems
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
-from transforms.api import MappingSet
+from transforms.api import Catalog, ColumnSpec, MappingSet
+from transforms.schema_check import mapping_problems
 
 
 @dataclass(frozen=True)
@@ -61,13 +65,29 @@ def _target(s: Settings, mapping: MappingSet) -> list[Finding]:
     return findings
 
 
-def _mapping_findings(conn: object, mapping: MappingSet) -> list[Finding]:
-    """Mapping vs live catalog (and Drizzle snapshot), when the schema checker is present."""
-    try:
-        from transforms.schema_check import mapping_problems
-    except ImportError:
-        return []
-    return [Finding("mapping", False, m, h) for m, h in mapping_problems(conn, mapping)]
+_CATALOG_SQL = """
+SELECT n.nspname || '.' || c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+       a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+  FROM pg_attribute a
+  JOIN pg_class c ON c.oid = a.attrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'replicator')
+"""
+
+
+def live_catalog(conn: psycopg.Connection[Any]) -> Catalog:
+    out: dict[str, dict[str, ColumnSpec]] = {}
+    for table, col, typ, not_null, has_default in conn.execute(_CATALOG_SQL).fetchall():
+        out.setdefault(table, {})[col] = ColumnSpec(typ, not_null, has_default)
+    return out
+
+
+def _mapping_findings(conn: psycopg.Connection[Any], mapping: MappingSet) -> list[Finding]:
+    """The mapping against the live catalog and the schema it was written for."""
+    expected = mapping.expected_target() if mapping.expected_target is not None else None
+    problems = mapping_problems(mapping.forward, live_catalog(conn), expected)
+    return [Finding("mapping", False, p.message, p.hint) for p in problems]
 
 
 def _kafka(s: Settings, mapping: MappingSet) -> list[Finding]:

@@ -184,6 +184,23 @@ class Env:
         os.environ["REPLICATOR_CONFIG"] = os.devnull
         return Settings(**base)
 
+    def url(self, side: str) -> str:
+        """A URL DSN (what drizzle-kit and the schema helpers take) for "legacy" or "target"."""
+        db = self.legacy if side == "legacy" else self.target
+        pw = db.password.get_secret_value()
+        return f"postgresql://{db.user}:{pw}@{db.host}:{db.port}/{db.dbname}"
+
+    def mcp_schemas(self, scale: int = 0, seed: int = 1) -> None:
+        """The MCP Manager legacy schema (filled at ``scale``) and the Drizzle target schema."""
+        from transforms.mcp_manager.generate import generate
+        from transforms.mcp_manager.legacy import create_legacy_schema
+        from transforms.mcp_manager.target_schema import apply_target_schema
+
+        create_legacy_schema(self.url("legacy"))
+        if scale:
+            generate(self.url("legacy"), scale=scale, seed=seed)
+        apply_target_schema(self.url("target"))
+
     def legacy_conn(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.legacy.conninfo(), autocommit=True)
 

@@ -160,9 +160,25 @@ class Direction:
 
 
 @dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    """One column as a schema defines it (``replicator check`` compares these)."""
+
+    type: str
+    not_null: bool = False
+    has_default: bool = False
+
+
+# table ("public.user") -> column -> spec
+Catalog = Mapping[str, Mapping[str, ColumnSpec]]
+
+
+@dataclass(frozen=True, slots=True)
 class MappingSet:
     """A named migration: the forward direction and its reverse for rollback."""
 
     name: str
     forward: Direction
     reverse: Direction
+    # The target schema the forward mapping was written against (e.g. a Drizzle snapshot):
+    # ``check`` reports live columns whose type differs from it. None: types are not checked.
+    expected_target: Callable[[], Catalog] | None = None

@@ -11,6 +11,8 @@ from tests.support import Env, Services
 def test_check_passes_on_a_good_setup(env: Env) -> None:
     with env.legacy_conn() as c:
         c.execute("CREATE TABLE item (id int PRIMARY KEY, title text)")
+    with env.target_conn() as c:
+        c.execute("CREATE TABLE item (id int PRIMARY KEY, title text)")
     r = run_cli(["check"], {**env.env_vars(), "REPLICATOR_MAPPING": "identity:public.item"})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "FAIL" not in r.stdout
@@ -76,3 +78,23 @@ def test_wal_level_replica_is_named_with_the_fix(services: Services) -> None:
         assert "ALTER SYSTEM SET wal_level = logical" in text
     finally:
         ls.destroy_postgres("check_replica")
+
+
+MCP = {"REPLICATOR_MAPPING": "transforms.mcp_manager:MAPPING"}
+
+
+def test_check_passes_on_the_drizzle_schema_and_lists_every_drift(env: Env) -> None:
+    env.mcp_schemas()
+    r = run_cli(["check"], {**env.env_vars(), **MCP})
+    assert r.returncode == 0, r.stdout + r.stderr
+    with env.target_conn() as c:
+        c.execute('ALTER TABLE "user" DROP COLUMN timezone')
+        c.execute("ALTER TABLE mcp_server ALTER COLUMN name TYPE varchar(8)")
+        c.execute("ALTER TABLE organization ADD COLUMN billing_id text NOT NULL")
+    r = run_cli(["check"], {**env.env_vars(), **MCP})
+    assert r.returncode != 0
+    text = " ".join((r.stdout + r.stderr).split())
+    assert "public.user.timezone is written by the mapping but does not exist" in text
+    assert "public.mcp_server.name is character varying(8) on the target" in text
+    assert "public.organization.billing_id is NOT NULL without a default" in text
+    assert "Traceback" not in text

@@ -193,3 +193,22 @@ def _peak_rss_kb(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise AssertionError("no VmHWM")
+
+
+def test_relation_changed_mid_stream_is_forwarded_and_flagged(env: Env, capture: Any) -> None:
+    s, cap, _stop = capture
+    with env.legacy_conn() as c:
+        c.execute("INSERT INTO account VALUES (1, 'before', 1)")
+        c.execute("ALTER TABLE account ADD COLUMN email text")
+        c.execute("INSERT INTO account VALUES (2, 'after', 2, 'a@example.com')")
+    wait_for(lambda: len(_data(read_log(s, 0.5))) >= 2, 30, what="both inserts in Kafka")
+    before, after = _data(read_log(s))[:2]
+    assert before.relations[before.changes[0].rel].columns == ("id", "name", "balance")
+    assert after.relations[after.changes[0].rel].columns == ("id", "name", "balance", "email")
+    assert after.changes[0].new == {
+        "id": "2",
+        "name": "after",
+        "balance": "2",
+        "email": "a@example.com",
+    }
+    wait_for(lambda: cap.stats.relation_changes == 1, 10, what="the change to be flagged")

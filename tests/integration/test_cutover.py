@@ -304,3 +304,27 @@ def test_cutover_rollback_cutover_round_trip(env: Env, synced: Any) -> None:
                 ).fetchone()[0]
                 == 1
             )  # type: ignore[index]
+
+
+def test_failure_at_each_rollback_step_leaves_the_target_writable(env: Env, synced: Any) -> None:
+    s, pipeline = synced
+    assert Cutover(s, pipeline.mapping).run().switched
+    wait_for(
+        lambda: pipeline.direction == "rev" and pipeline.workers, 30, what="the reverse direction"
+    )
+    for i, step in enumerate(
+        ["preflight", "fence", "drain", "sequences", "reverse slot", "switch"]
+    ):
+        with pytest.raises(CutoverAborted):
+            Cutover(s, pipeline.mapping, action="rollback", fail_at=step).run()
+        tag = f"target-{i}"
+        with env.target_conn() as c:
+            c.execute("INSERT INTO audit_log (action, created_at) VALUES (%s, now())", (tag,))
+        with env.legacy_conn() as c:
+            wait_for(
+                lambda tag=tag: c.execute(
+                    "SELECT 1 FROM audit_log WHERE action = %s", (tag,)
+                ).fetchone(),
+                30,
+                what=f"reverse sync after an abort at {step}",
+            )

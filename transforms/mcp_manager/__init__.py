@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from transforms.api import MappingSet
 from transforms.mcp_manager import forward, reverse
+from transforms.mcp_manager.snapshot import snapshot_catalog
 
-MAPPING = MappingSet("mcp_manager", forward=forward.build(), reverse=reverse.build())
+MAPPING = MappingSet(
+    "mcp_manager",
+    forward=forward.build(),
+    reverse=reverse.build(),
+    expected_target=snapshot_catalog,
+)
 
 __all__ = ["MAPPING"]

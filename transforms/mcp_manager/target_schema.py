@@ -8,20 +8,17 @@ than a Python copy of it. Needs Node.js and ``npm ci`` run once in the ``drizzle
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
-from typing import Any
 
 import psycopg
 
 from replicator.errors import ConnectionFailed, PreconditionError, SchemaError
+from transforms.mcp_manager.snapshot import DRIZZLE_DIR, MIGRATIONS_DIR, load_drizzle_snapshot
 
-DRIZZLE_DIR = Path(__file__).resolve().parent / "drizzle"
-MIGRATIONS_DIR = DRIZZLE_DIR / "migrations"
+__all__ = ["DRIZZLE_DIR", "MIGRATIONS_DIR", "apply_target_schema", "load_drizzle_snapshot"]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -71,22 +68,3 @@ def apply_target_schema(dsn: str, *, timeout: float = 300.0) -> None:
             f"drizzle-kit migrate failed (exit {done.returncode}): {out}",
             hint="check DATABASE_URL and that the role may create tables and types",
         )
-
-
-def load_drizzle_snapshot() -> dict[str, Any]:
-    """The latest Drizzle snapshot: ``tables["public.user"]["columns"]["email"]`` etc."""
-    journal_path = MIGRATIONS_DIR / "meta" / "_journal.json"
-    try:
-        journal = json.loads(journal_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SchemaError(
-            f"no Drizzle journal at {journal_path}",
-            hint=f"run `npx drizzle-kit generate` in {DRIZZLE_DIR}",
-        ) from None
-    entries = journal.get("entries") or []
-    if not entries:
-        raise SchemaError(f"the Drizzle journal {journal_path} lists no migration")
-    latest = max(entries, key=lambda e: int(e["idx"]))
-    path = MIGRATIONS_DIR / "meta" / f"{int(latest['idx']):04d}_snapshot.json"
-    snapshot: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return snapshot
