@@ -10,6 +10,7 @@ boundaries where no partition is inside an unfinished source transaction.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -50,6 +51,8 @@ class _Partition:
     open_lsn: int | None = None  # a source transaction begun but not finished (slices)
     open_seq: int = 0
     dirty: bool = False
+    # Stopped at a backfill's start marker until every partition has reached it.
+    held: bool = False
 
 
 @dataclass
@@ -164,6 +167,7 @@ class ApplyWorker:
         with pg.translated(self.db.masked()):
             self.conn.rollback()
             stored = load_offsets(self.conn, self.topic)
+            held = self._held_partitions() if self.topic == self.changes_topic else set()
             self.conn.commit()
         self._reseeked = True
         self._dead_pending = []
@@ -172,9 +176,21 @@ class ApplyWorker:
         out = {}
         for p in partitions:
             off, lsn = stored.get(p, (0, 0))
-            self._parts[p] = _Partition(next_offset=off, last_lsn=lsn, committed=off)
+            self._parts[p] = _Partition(
+                next_offset=off, last_lsn=lsn, committed=off, held=p in held
+            )
             out[p] = off
         return out
+
+    def _held_partitions(self) -> set[int]:
+        """Partitions stopped at the start marker of a backfill that is not applied yet: no
+        change after the marker may land before the snapshot, whichever worker reads it."""
+        rows = self.conn.execute(
+            "SELECT b.partition FROM replicator.backfill_barrier b "
+            "JOIN replicator.backfill f ON f.id = b.backfill_id "
+            "WHERE f.status IN ('pending', 'snapshot')"
+        ).fetchall()
+        return {int(r[0]) for r in rows}
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -242,6 +258,13 @@ class ApplyWorker:
                 last_phase_check = time.monotonic()
                 if not len(batch) and self._pending_backfill() != self._backfill_id:
                     return
+            holding = any(p.held for p in self._parts.values())
+            if holding and not records and time.monotonic() - last_phase_check > 0.5:
+                # Held at a backfill marker: learn from the target when the others are there.
+                last_phase_check = time.monotonic()
+                idle = not len(batch) and not any(p.dirty for p in self._parts.values())
+                if idle and self._held_released():
+                    return
             if self._reseeked:
                 self._reseeked = False
                 batch, started = Batch(), time.monotonic()
@@ -250,6 +273,8 @@ class ApplyWorker:
                     part = self._parts.get(partition)
                     if part is None or offset < part.next_offset:
                         continue  # re-delivered from before a re-seek
+                    if part.held:
+                        continue  # read again from the stored offset after the snapshot
                     self._handle(partition, offset, value, batch)
                     part.next_offset = offset + 1
                     part.dirty = True
@@ -280,6 +305,16 @@ class ApplyWorker:
                 log.warning("target refused a batch (%s); isolating the row", exc.message)
                 self._isolate_until = {p: part.next_offset for p, part in self._parts.items()}
                 consumer.reseek()
+
+    def _held_released(self) -> bool:
+        """Time to leave the held changes phase: the snapshot phase began (load it), or the
+        backfill is applied (resume after the markers)."""
+        if self._pending_backfill() is not None:
+            return True
+        with pg.translated(self.db.masked()):
+            held = self._held_partitions()
+            self.conn.commit()
+        return not held & {p for p, part in self._parts.items() if part.held}
 
     def _at_boundary(self) -> bool:
         return all(p.open_lsn is None for p in self._parts.values())
@@ -409,24 +444,7 @@ class ApplyWorker:
                 (self.topic, partition, ctl.get("emitted_at"), env.commit_lsn),
             )
         elif kind == "backfill_started" and self.topic == self.changes_topic:
-            # Every change before this marker is in the batch being committed; the snapshot
-            # (read after the marker) goes next, then the changes after it.
-            cur = self.conn.execute(
-                "UPDATE replicator.backfill SET status = 'snapshot' WHERE id = %s "
-                "AND status = 'pending'",
-                (ctl.get("backfill_id"),),
-            )
-            if cur.rowcount:
-                if ctl.get("truncate"):
-                    self._flush(batch)
-                    owned = [
-                        t
-                        for src in ctl.get("tables", [])
-                        for t in self._truncate_owned.get(src, [])
-                    ]
-                    if owned:
-                        self.sink.truncate(owned)
-                self._switch = True
+            self._reach_backfill_marker(ctl, partition, batch)
         elif kind == "snapshot_done" and ctl.get("backfill_id") == self._backfill_id:
             self.conn.execute(
                 "UPDATE replicator.backfill SET status = 'applied', finished_at = now() WHERE id = %s",
@@ -446,6 +464,40 @@ class ApplyWorker:
                     ctl.get("emitted_at"),
                 ),
             )
+
+    def _reach_backfill_marker(self, ctl: dict[str, Any], partition: int, batch: Batch) -> None:
+        """Hold this partition at the marker; the last partition to reach it starts the
+        snapshot phase. Every change before the marker is applied (on every partition) before
+        the snapshot, and none after it, which is what makes the backfill converge."""
+        backfill_id = ctl.get("backfill_id")
+        # The row lock orders workers reaching the marker on different partitions, so
+        # exactly one of them sees the count complete.
+        row = self.conn.execute(
+            "SELECT status FROM replicator.backfill WHERE id = %s FOR UPDATE", (backfill_id,)
+        ).fetchone()
+        if row is None or row[0] != "pending":
+            return  # the marker of a backfill already under way or done (a replay)
+        self.conn.execute(
+            "INSERT INTO replicator.backfill_barrier (backfill_id, partition) VALUES (%s, %s) "
+            "ON CONFLICT DO NOTHING",
+            (backfill_id, partition),
+        )
+        self._parts[partition].held = True
+        reached = self.conn.execute(
+            "SELECT count(*) FROM replicator.backfill_barrier WHERE backfill_id = %s",
+            (backfill_id,),
+        ).fetchone()
+        if reached is None or int(reached[0]) < int(ctl.get("partitions", 1)):
+            return
+        self.conn.execute(
+            "UPDATE replicator.backfill SET status = 'snapshot' WHERE id = %s", (backfill_id,)
+        )
+        if ctl.get("truncate"):
+            self._flush(batch)
+            owned = [t for src in ctl.get("tables", []) for t in self._truncate_owned.get(src, [])]
+            if owned:
+                self.sink.truncate(owned)
+        self._switch = True
 
     def _dead(
         self, exc: ReplicatorError, partition: int, offset: int, lsn: int | None, change: Any
@@ -505,7 +557,9 @@ class ApplyWorker:
             self.stats.dead_letters += len(self._dead_pending)
             self._dead_pending = []
         except ReplicatorError:
-            self.conn.rollback()
+            # The connection may be the thing that failed; the error raised says so already.
+            with contextlib.suppress(psycopg.Error):
+                self.conn.rollback()
             raise
         done = {p: part.next_offset for p, part in self._parts.items() if part.dirty}
         for part in self._parts.values():

@@ -289,7 +289,8 @@ class _Router:
         if env.control is not None:
             pieces = {p: _copy(env, []) for p in range(self.partitions)}
             for piece in pieces.values():
-                piece.control = env.control
+                # Apply needs to know how many partitions carry a marker to hold them all.
+                piece.control = {**env.control, "partitions": self.partitions}
         else:
             pieces = {}
             for ch in env.changes:

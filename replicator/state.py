@@ -56,6 +56,14 @@ CREATE TABLE IF NOT EXISTS replicator.backfill (
     started_at  timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz
 );
+-- Partitions of the changes topic that reached a backfill's start marker: each holds there
+-- until all have, so no change after the marker is applied before the snapshot.
+CREATE TABLE IF NOT EXISTS replicator.backfill_barrier (
+    backfill_id text NOT NULL,
+    partition   integer NOT NULL,
+    reached_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (backfill_id, partition)
+);
 CREATE TABLE IF NOT EXISTS replicator.backfill_progress (
     backfill_id  text NOT NULL,
     table_name   text NOT NULL,
