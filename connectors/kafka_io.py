@@ -22,7 +22,7 @@ from kafka import (
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from replicator.errors import KafkaUnavailable
+from replicator.errors import KafkaUnavailable, ReplicatorError
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +187,14 @@ class Consumer:
                 # A killed worker's partitions move on after 6 s (the broker's minimum), not 45.
                 session_timeout_ms=6_000,
                 heartbeat_interval_ms=1_500,
+                # A topic created a moment ago may be missing from the first metadata answer;
+                # the group gets its partitions at the next refresh, so make that soon.
+                metadata_max_age_ms=5_000,
                 client_id="replicator-apply",
             )
             self._consumer.subscribe([topic], listener=_Rebalance(self))
         self.assigned: set[int] = set()
+        self._assign_error: ReplicatorError | None = None
 
     def _on_assigned(self, partitions: list[int]) -> None:
         self.assigned = set(partitions)
@@ -210,6 +214,9 @@ class Consumer:
         """(partition, offset, value) in offset order per partition."""
         with translated("poll failed"):
             batch = self._consumer.poll(timeout_ms=timeout_ms)
+        if self._assign_error is not None:
+            exc, self._assign_error = self._assign_error, None
+            raise exc
         out: list[tuple[int, int, bytes]] = []
         for tp, records in batch.items():
             out.extend((tp.partition, r.offset, r.value) for r in records)
@@ -242,4 +249,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._owner.assigned = set()
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        self._owner._on_assigned([tp.partition for tp in assigned])
+        try:
+            self._owner._on_assigned([tp.partition for tp in assigned])
+        except ReplicatorError as exc:
+            # Raised from poll() instead: kafka-python would log it with a stack trace and go
+            # on reading from positions that were never set.
+            self._owner._assign_error = exc

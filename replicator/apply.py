@@ -22,7 +22,7 @@ import psycopg
 
 from connectors import pg
 from connectors.envelope import Envelope, decode_envelope
-from connectors.kafka_io import Consumer, Producer
+from connectors.kafka_io import Consumer, Producer, ensure_topics
 from connectors.pgsink import Batch, Sink
 from connectors.pgtypes import TextLoader
 from replicator.config import Settings
@@ -85,6 +85,7 @@ class ApplyWorker:
         self.stats = ApplyStats()
         # Phase switch requested by a control message, taken after the next commit.
         self._switch = False
+        self._barrier_reached = False  # a barrier row in the open batch: try the phase after it
         self._backfill_id: str | None = None
         self._snapshot_rows: dict[str, int] = {}
         self._loader = TextLoader()
@@ -144,7 +145,10 @@ class ApplyWorker:
             except psycopg.Error:
                 conn.rollback()  # in use by another worker: try the next one
         log.warning(
-            "no free replication origin for %s; echo is guarded by the slot order only", self.s.name
+            "no free replication origin for %s; echo is guarded by the slot order only "
+            "(each origin in use holds one of max_replication_slots: raise it on the target, or "
+            "drop unused ones with pg_replication_origin_drop)",
+            self.s.name,
         )
 
     def _exclusive_targets(self) -> dict[str, list[str]]:
@@ -171,6 +175,7 @@ class ApplyWorker:
             self.conn.commit()
         self._reseeked = True
         self._dead_pending = []
+        self._barrier_reached = False
         self._snapshot_rows = {}
         self._parts = {}
         out = {}
@@ -208,6 +213,13 @@ class ApplyWorker:
                 backoff = min(backoff * 2, 10.0)
 
     def _run_once(self, stop: threading.Event) -> None:
+        # Subscribing to a topic that does not exist yet would leave the group without
+        # partitions until the next metadata refresh: create them if the capture has not.
+        ensure_topics(
+            self.s.kafka.bootstrap_servers,
+            self.s.topics(self.dir_name),
+            self.s.kafka.replication_factor,
+        )
         self.conn = self._connect()
         self.sink = Sink(self.conn)
         producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
@@ -273,8 +285,10 @@ class ApplyWorker:
                     part = self._parts.get(partition)
                     if part is None or offset < part.next_offset:
                         continue  # re-delivered from before a re-seek
-                    if part.held:
-                        continue  # read again from the stored offset after the snapshot
+                    if part.held and part.open_lsn is None:
+                        # Past the marker's transaction: read again from the stored offset
+                        # after the snapshot.
+                        continue
                     self._handle(partition, offset, value, batch)
                     part.next_offset = offset + 1
                     part.dirty = True
@@ -309,7 +323,7 @@ class ApplyWorker:
     def _held_released(self) -> bool:
         """Time to leave the held changes phase: the snapshot phase began (load it), or the
         backfill is applied (resume after the markers)."""
-        if self._pending_backfill() is not None:
+        if self._try_snapshot_phase() or self._pending_backfill() is not None:
             return True
         with pg.translated(self.db.masked()):
             held = self._held_partitions()
@@ -444,7 +458,7 @@ class ApplyWorker:
                 (self.topic, partition, ctl.get("emitted_at"), env.commit_lsn),
             )
         elif kind == "backfill_started" and self.topic == self.changes_topic:
-            self._reach_backfill_marker(ctl, partition, batch)
+            self._reach_backfill_marker(ctl, partition)
         elif kind == "snapshot_done" and ctl.get("backfill_id") == self._backfill_id:
             self.conn.execute(
                 "UPDATE replicator.backfill SET status = 'applied', finished_at = now() WHERE id = %s",
@@ -465,39 +479,43 @@ class ApplyWorker:
                 ),
             )
 
-    def _reach_backfill_marker(self, ctl: dict[str, Any], partition: int, batch: Batch) -> None:
-        """Hold this partition at the marker; the last partition to reach it starts the
-        snapshot phase. Every change before the marker is applied (on every partition) before
-        the snapshot, and none after it, which is what makes the backfill converge."""
+    def _reach_backfill_marker(self, ctl: dict[str, Any], partition: int) -> None:
+        """Hold this partition at the marker (committed with its offset). Once every partition
+        has reached it, the snapshot phase begins: every change before the marker is applied
+        on every partition before the snapshot, and none after it — why the backfill converges."""
         backfill_id = ctl.get("backfill_id")
-        # The row lock orders workers reaching the marker on different partitions, so
-        # exactly one of them sees the count complete.
         row = self.conn.execute(
-            "SELECT status FROM replicator.backfill WHERE id = %s FOR UPDATE", (backfill_id,)
+            "SELECT status FROM replicator.backfill WHERE id = %s", (backfill_id,)
         ).fetchone()
         if row is None or row[0] != "pending":
             return  # the marker of a backfill already under way or done (a replay)
         self.conn.execute(
-            "INSERT INTO replicator.backfill_barrier (backfill_id, partition) VALUES (%s, %s) "
-            "ON CONFLICT DO NOTHING",
-            (backfill_id, partition),
+            "INSERT INTO replicator.backfill_barrier (backfill_id, partition, partitions) "
+            "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (backfill_id, partition, int(ctl.get("partitions", 1))),
         )
         self._parts[partition].held = True
-        reached = self.conn.execute(
-            "SELECT count(*) FROM replicator.backfill_barrier WHERE backfill_id = %s",
-            (backfill_id,),
-        ).fetchone()
-        if reached is None or int(reached[0]) < int(ctl.get("partitions", 1)):
-            return
-        self.conn.execute(
-            "UPDATE replicator.backfill SET status = 'snapshot' WHERE id = %s", (backfill_id,)
-        )
-        if ctl.get("truncate"):
-            self._flush(batch)
-            owned = [t for src in ctl.get("tables", []) for t in self._truncate_owned.get(src, [])]
-            if owned:
-                self.sink.truncate(owned)
-        self._switch = True
+        self._barrier_reached = True
+
+    def _try_snapshot_phase(self) -> bool:
+        """Start the snapshot phase of a backfill whose marker every partition has reached.
+
+        Its own short transaction, after the barrier rows are committed: a row lock held across
+        Kafka polls could deadlock with a rebalance. Whoever runs last sees the barrier complete;
+        the status condition lets exactly one worker switch."""
+        with pg.translated(self.db.masked()):
+            row = self.conn.execute(
+                "UPDATE replicator.backfill f SET status = 'snapshot' WHERE f.status = 'pending' "
+                "AND (SELECT count(*) FROM replicator.backfill_barrier b WHERE b.backfill_id = f.id)"
+                " >= (SELECT max(partitions) FROM replicator.backfill_barrier b "
+                "WHERE b.backfill_id = f.id) RETURNING f.truncate, f.tables"
+            ).fetchone()
+            if row is not None and row[0]:
+                owned = [t for src in row[1] for t in self._truncate_owned.get(src, [])]
+                if owned:
+                    self.sink.truncate(owned)
+            self.conn.commit()
+        return row is not None
 
     def _dead(
         self, exc: ReplicatorError, partition: int, offset: int, lsn: int | None, change: Any
@@ -561,6 +579,10 @@ class ApplyWorker:
             with contextlib.suppress(psycopg.Error):
                 self.conn.rollback()
             raise
+        if self._barrier_reached:
+            self._barrier_reached = False
+            if self._try_snapshot_phase():
+                self._switch = True
         done = {p: part.next_offset for p, part in self._parts.items() if part.dirty}
         for part in self._parts.values():
             part.dirty = False

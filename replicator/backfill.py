@@ -178,11 +178,7 @@ class Backfill:
         prepare_source(s, s.source, self.direction.source_tables, "fwd")
         ensure_topics(
             s.kafka.bootstrap_servers,
-            {
-                s.topic("fwd", "changes"): s.kafka.partitions,
-                self.topic: 1,
-                s.topic("fwd", "dlq"): 1,
-            },
+            s.topics("fwd"),
             s.kafka.replication_factor,
         )
         with (

@@ -102,12 +102,7 @@ class Capture:
         created = prepare_source(self.s, self.db, self.tables, self.direction)
         ensure_topics(
             self.s.kafka.bootstrap_servers,
-            {
-                self.topic: self.s.kafka.partitions,
-                # One partition: chunks are loaded in the order they were read.
-                self.s.topic(self.direction, "snapshot"): 1,
-                self.s.topic(self.direction, "dlq"): 1,
-            },
+            self.s.topics(self.direction),
             self.s.kafka.replication_factor,
         )
         return created

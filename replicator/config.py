@@ -149,6 +149,15 @@ class Settings(BaseSettings):
     def topic(self, direction: str, kind: str) -> str:
         return f"{self.prefix}.{direction}.{kind}"
 
+    def topics(self, direction: str) -> dict[str, int]:
+        """A direction's topics and their partition counts (whoever starts first creates them)."""
+        return {
+            self.topic(direction, "changes"): self.kafka.partitions,
+            # One partition: chunks are loaded in the order they were read.
+            self.topic(direction, "snapshot"): 1,
+            self.topic(direction, "dlq"): 1,
+        }
+
     @property
     def publication(self) -> str:
         return self.capture.publication or f"{self.name}_pub"

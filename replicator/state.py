@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS replicator.backfill (
 CREATE TABLE IF NOT EXISTS replicator.backfill_barrier (
     backfill_id text NOT NULL,
     partition   integer NOT NULL,
+    partitions  integer NOT NULL,  -- how many carry the marker
     reached_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (backfill_id, partition)
 );

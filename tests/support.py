@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -240,6 +242,8 @@ def isolated_env(services: Services) -> Iterator[Env]:
     finally:
         _drop(services.legacy, env.legacy_db)
         _drop(services.target, env.target_db)
+        for server in (services.legacy, services.target):
+            drop_origins(server, f"replicator_{env.name}_")
         from connectors.kafka_io import delete_topics
 
         with contextlib.suppress(Exception):
@@ -251,6 +255,18 @@ def isolated_env(services: Services) -> Iterator[Env]:
                     for k in ("changes", "snapshot", "dlq")
                 ],
             )
+
+
+def drop_origins(server: Server, prefix: str) -> None:
+    """Replication origins are cluster-wide and outlive the test's databases; each one used
+    holds one of max_replication_slots' tracking states, so they must go with the test."""
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        names = c.execute(
+            "SELECT roname FROM pg_replication_origin WHERE starts_with(roname, %s)", (prefix,)
+        ).fetchall()
+        for (name,) in names:
+            with contextlib.suppress(psycopg.Error):  # still in use: a running test's
+                c.execute("SELECT pg_replication_origin_drop(%s)", (name,))
 
 
 def _drop(server: Server, dbname: str) -> None:
@@ -305,3 +321,33 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> list[bytes]
         return out
     finally:
         consumer.close()
+
+
+def mcp_writer(env: Env, stop: threading.Event, counts: dict[str, int]) -> None:
+    """Keeps changing legacy: new audit rows, edited servers and organizations, deleted keys."""
+    rng = random.Random(3)
+    with env.legacy_conn() as c:
+        servers = [r[0] for r in c.execute("SELECT id FROM mcp_server").fetchall()]
+        orgs = [r[0] for r in c.execute("SELECT id FROM organization ORDER BY id").fetchall()]
+        keys = [r[0] for r in c.execute("SELECT id FROM api_key").fetchall()]
+        rng.shuffle(keys)
+        while not stop.is_set():
+            with c.transaction():
+                c.execute(
+                    "INSERT INTO audit_log (organization_id, action, metadata, created_at)"
+                    " VALUES (%s, 'login', '{\"n\": 1}', now())",
+                    (rng.choice(orgs),),
+                )
+                c.execute(
+                    "UPDATE mcp_server SET enabled = NOT enabled, updated_at = now() WHERE id = %s",
+                    (rng.choice(servers),),
+                )
+                if rng.random() < 0.3:
+                    c.execute(
+                        "UPDATE organization SET name = %s WHERE id = %s",
+                        (f"org {uuid.uuid4().hex[:6]}", rng.choice(orgs[1:])),
+                    )
+                if keys and rng.random() < 0.2:
+                    c.execute("DELETE FROM api_key WHERE id = %s", (keys.pop(),))
+            counts["txns"] = counts.get("txns", 0) + 1
+            time.sleep(0.05)  # ~15 txn/s: busy, yet each row rarely changes twice a second

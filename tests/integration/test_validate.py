@@ -4,10 +4,7 @@ corruption is found with its key, and the same holds while live sync runs under 
 from __future__ import annotations
 
 import json
-import random
 import threading
-import time
-import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +20,7 @@ from replicator.runtime import Pipeline
 from replicator.validate import validate
 from replicator.validate_report import Report, last_validation
 from tests.e2e.cli import run_cli
-from tests.support import Env, wait_for
+from tests.support import Env, mcp_writer, wait_for
 from transforms.api import RowChange
 from transforms.mcp_manager import MAPPING
 from transforms.mcp_manager.generate import generate
@@ -146,36 +143,6 @@ def test_every_corruption_is_found_with_its_key(loaded: Env) -> None:
 # -- live sync -----------------------------------------------------------------------------------
 
 
-def _writer(env: Env, stop: threading.Event, counts: dict[str, int]) -> None:
-    """Keeps changing legacy: new audit rows, edited servers and organizations, deleted keys."""
-    rng = random.Random(3)
-    with env.legacy_conn() as c:
-        servers = [r[0] for r in c.execute("SELECT id FROM mcp_server").fetchall()]
-        orgs = [r[0] for r in c.execute("SELECT id FROM organization ORDER BY id").fetchall()]
-        keys = [r[0] for r in c.execute("SELECT id FROM api_key").fetchall()]
-        rng.shuffle(keys)
-        while not stop.is_set():
-            with c.transaction():
-                c.execute(
-                    "INSERT INTO audit_log (organization_id, action, metadata, created_at)"
-                    " VALUES (%s, 'login', '{\"n\": 1}', now())",
-                    (rng.choice(orgs),),
-                )
-                c.execute(
-                    "UPDATE mcp_server SET enabled = NOT enabled, updated_at = now() WHERE id = %s",
-                    (rng.choice(servers),),
-                )
-                if rng.random() < 0.3:
-                    c.execute(
-                        "UPDATE organization SET name = %s WHERE id = %s",
-                        (f"org {uuid.uuid4().hex[:6]}", rng.choice(orgs[1:])),
-                    )
-                if keys and rng.random() < 0.2:
-                    c.execute("DELETE FROM api_key WHERE id = %s", (keys.pop(),))
-            counts["txns"] = counts.get("txns", 0) + 1
-            time.sleep(0.05)  # ~15 txn/s: busy, yet each row rarely changes twice a second
-
-
 def test_live_sync_under_a_writer(env: Env) -> None:
     _schemas(env)
     s = env.settings()
@@ -191,7 +158,7 @@ def test_live_sync_under_a_writer(env: Env) -> None:
                 what="generated rows applied",
             )
         counts: dict[str, int] = {}
-        writer = threading.Thread(target=_writer, args=(env, stop, counts), daemon=True)
+        writer = threading.Thread(target=mcp_writer, args=(env, stop, counts), daemon=True)
         writer.start()
         wait_for(lambda: counts.get("txns", 0) > 20, timeout=20, what="writer running")
 
