@@ -50,7 +50,9 @@ def _setup_logging(verbose: bool) -> None:
         datefmt="%H:%M:%S",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
     )
-    logging.getLogger("kafka").setLevel(logging.ERROR)
+    # kafka-python logs every broker hiccup at ERROR with a stack trace; the replicator says
+    # what it means ("Kafka unreachable, retrying") itself. --verbose shows the library's view.
+    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 @app.callback()
