@@ -85,6 +85,54 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
+def read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, bytes]]:
+    """Every record of ``topic`` now, as (partition, offset, value): for small topics (DLQ)."""
+    ends = end_offsets(bootstrap, topic)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    out: list[tuple[int, int, bytes]] = []
+    try:
+        with translated("read failed"):
+            tps = [TopicPartition(topic, p) for p, end in ends.items() if end > 0]
+            if not tps:
+                return out
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek_to_beginning(tp)
+            pending = {tp.partition for tp in tps}
+            while pending:
+                polled = consumer.poll(timeout_ms=2_000)
+                if not polled:
+                    break
+                for tp, records in polled.items():
+                    for r in records:
+                        out.append((tp.partition, r.offset, r.value))
+                        if r.offset + 1 >= ends[tp.partition]:
+                            pending.discard(tp.partition)
+    finally:
+        consumer.close()
+    return sorted(out)
+
+
+def read_at(bootstrap: str, topic: str, partition: int, offset: int) -> bytes | None:
+    """The record at one position, or None when it is gone (retention) or never existed."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        with translated("read failed"):
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, offset)
+            for _ in range(5):
+                for records in consumer.poll(timeout_ms=2_000).values():
+                    for r in records:
+                        if r.offset == offset:
+                            return bytes(r.value)
+                        if r.offset > offset:
+                            return None
+    finally:
+        consumer.close()
+    return None
+
+
 def partition_count(bootstrap: str, topic: str) -> int:
     return max(1, len(end_offsets(bootstrap, topic)))
 

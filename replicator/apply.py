@@ -86,6 +86,7 @@ class ApplyWorker:
         # Phase switch requested by a control message, taken after the next commit.
         self._switch = False
         self._barrier_reached = False  # a barrier row in the open batch: try the phase after it
+        self._batch_rows: dict[str, int] = {}  # rows written by the open batch, per table
         self._backfill_id: str | None = None
         self._snapshot_rows: dict[str, int] = {}
         self._loader = TextLoader()
@@ -176,6 +177,7 @@ class ApplyWorker:
         self._reseeked = True
         self._dead_pending = []
         self._barrier_reached = False
+        self._batch_rows = {}
         self._snapshot_rows = {}
         self._parts = {}
         out = {}
@@ -544,6 +546,7 @@ class ApplyWorker:
                 touched = self.sink.flush(batch)
         for t, n in touched.items():
             self.stats.rows[t] = self.stats.rows.get(t, 0) + n
+            self._batch_rows[t] = self._batch_rows.get(t, 0) + n
         batch.tables.clear()
         batch.size = 0
 
@@ -568,6 +571,7 @@ class ApplyWorker:
             self._flush(batch)
             self._store_offsets()
             self._store_snapshot_progress()
+            self._store_table_stats()
             for letter in self._dead_pending:
                 self.dlq.write(letter)
             with pg.translated(self.db.masked()):
@@ -591,6 +595,18 @@ class ApplyWorker:
         consumer.commit_advisory(done)
         if self._on_commit is not None:
             self._on_commit(self.stats)
+
+    def _store_table_stats(self) -> None:
+        """Rows applied per target table, with the batch (``status`` derives throughput)."""
+        with pg.translated(self.db.masked()):
+            for table, n in sorted(self._batch_rows.items()):
+                self.conn.execute(
+                    "INSERT INTO replicator.table_stats AS s (topic, table_name, rows_applied) "
+                    "VALUES (%s, %s, %s) ON CONFLICT (topic, table_name) DO UPDATE "
+                    "SET rows_applied = s.rows_applied + EXCLUDED.rows_applied",
+                    (self.topic, table, n),
+                )
+        self._batch_rows = {}
 
     def _store_snapshot_progress(self) -> None:
         if not self._snapshot_rows or self._backfill_id is None:

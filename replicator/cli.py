@@ -143,6 +143,9 @@ def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     pipeline.start(run_capture=run_capture, run_apply=run_apply, workers=workers)
+    from replicator.metrics import serve_metrics
+
+    serve_metrics(s)
     console.print(
         f"[green]running[/] pipeline {s.name}: "
         + ", ".join(x for x, on in (("capture", run_capture), ("apply", run_apply)) if on)
@@ -385,3 +388,7 @@ def main() -> None:
             f"[red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug for a trace)"
         )
         sys.exit(70)
+
+
+# The operations commands register themselves on `app` (kept apart to keep this module small).
+from replicator import cli_ops as _cli_ops  # noqa: E402,F401

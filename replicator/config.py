@@ -102,7 +102,8 @@ class CutoverSettings(_Strict):
 
 
 class MetricsSettings(_Strict):
-    port: int = 0  # 0: no metrics endpoint
+    port: int = Field(0, ge=0, le=65535)  # 0: no metrics endpoint
+    host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host scrape
 
 
 class Settings(BaseSettings):

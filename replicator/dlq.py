@@ -78,3 +78,59 @@ class DeadLetterWriter:
         self._producer.flush()
         sent.check()
         self.count += 1
+
+
+# -- reading and bookkeeping (``replicator dlq``) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Letter:
+    partition: int
+    offset: int
+    letter: DeadLetter
+
+    @property
+    def position(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+def read_letters(bootstrap: str, topic: str, done: set[tuple[int, int]]) -> list[Letter]:
+    """The letters of ``topic`` not replayed or purged yet, oldest first."""
+    from connectors.kafka_io import read_topic
+
+    out = []
+    for p, o, value in read_topic(bootstrap, topic):
+        if (p, o) in done:
+            continue
+        try:
+            letter = DeadLetter.decode(value)
+        except (TypeError, ValueError) as exc:
+            raise DataError(
+                f"{topic} {p}:{o} is not a dead-letter record: {exc}",
+                hint="only the replicator should write to its DLQ topic",
+            ) from None
+        out.append(Letter(p, o, letter))
+    return out
+
+
+def done_positions(conn: Any, topic: str) -> set[tuple[int, int]]:
+    rows = conn.execute(
+        "SELECT partition, dlq_offset FROM replicator.dlq_done WHERE topic = %s", (topic,)
+    ).fetchall()
+    return {(int(p), int(o)) for p, o in rows}
+
+
+def done_count(conn: Any, topic: str) -> int:
+    if not conn.execute("SELECT to_regclass('replicator.dlq_done') IS NOT NULL").fetchone()[0]:
+        return 0
+    row = conn.execute("SELECT count(*) FROM replicator.dlq_done WHERE topic = %s", (topic,))
+    return int(row.fetchone()[0])
+
+
+def mark_done(conn: Any, topic: str, letters: list[Letter], action: str) -> None:
+    for item in letters:
+        conn.execute(
+            "INSERT INTO replicator.dlq_done (topic, partition, dlq_offset, action)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (topic, item.partition, item.offset, action),
+        )

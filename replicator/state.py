@@ -77,6 +77,15 @@ CREATE TABLE IF NOT EXISTS replicator.backfill_progress (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (backfill_id, table_name)
 );
+-- Dead letters dealt with (replayed or purged); the rest are what `dlq list` shows.
+CREATE TABLE IF NOT EXISTS replicator.dlq_done (
+    topic      text NOT NULL,
+    partition  integer NOT NULL,
+    dlq_offset bigint NOT NULL,
+    action     text NOT NULL,  -- replayed | purged
+    done_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition, dlq_offset)
+);
 CREATE TABLE IF NOT EXISTS replicator.table_stats (
     topic        text   NOT NULL,
     table_name   text   NOT NULL,

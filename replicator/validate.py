@@ -263,6 +263,13 @@ def validate(
 ) -> Report:
     """Validate the target against the legacy data; the report is stored unless ``save=False``."""
     selected = select_tables(mapping.forward, table)
+    unkeyed = sorted(t for t, tt in mapping.forward.target_tables.items() if not tt.key)
+    if unkeyed:
+        raise PreconditionError(
+            f"validation compares rows by key, and the mapping declares none for "
+            f"{', '.join(unkeyed)} (identity mappings do not)",
+            hint="write a mapping module with keys (docs/transforms.md) to validate these tables",
+        )
     report = Report(
         "fast" if fast else "full", sorted(selected) if table else None, datetime.now(UTC)
     )
