@@ -1,0 +1,52 @@
+"""The readiness verdict: every reason named, none when all is well."""
+
+from __future__ import annotations
+
+from replicator.status import KafkaStatus, SourceStatus, Status, TargetStatus, verdict
+
+
+def _healthy() -> Status:
+    return Status(
+        pipeline="p",
+        direction="fwd",
+        collected_at="2026-11-25T00:00:00+00:00",
+        source=SourceStatus("p_fwd", True, True, "reserved", 0, 1024),
+        kafka=KafkaStatus("p.fwd.changes", [], 0, 0),
+        target=TargetStatus(
+            end_to_end_lag_s=0.2,
+            backfill={"id": "b1", "status": "applied", "rows_total": 1, "rows_applied": 1},
+            validation={"outcome": "clean", "age_s": 60.0, "differences": 0},
+        ),
+    )
+
+
+def test_a_healthy_pipeline_is_ready() -> None:
+    assert verdict(_healthy(), 2.0) == (True, [])
+
+
+def test_every_reason_is_listed() -> None:
+    st = _healthy()
+    assert st.source is not None and st.kafka is not None and st.target is not None
+    st.source.slot_active = False
+    st.source.wal_status = "unreserved"
+    st.kafka.dlq_messages = 3
+    st.target.end_to_end_lag_s = 7.5
+    st.target.backfill = {"id": "b2", "status": "snapshot", "rows_total": 9, "rows_applied": 1}
+    st.target.validation = {"outcome": "clean", "age_s": 3 * 86400.0, "differences": 0}
+    ready, reasons = verdict(st, 2.0)
+    assert not ready
+    assert reasons == [
+        "replication slot p_fwd has no capture attached",
+        "slot p_fwd is in danger: wal_status=unreserved",
+        "end-to-end lag 7.5 s is over the threshold 2 s",
+        "backfill b2 is incomplete (snapshot)",
+        "last validation is stale (72 h old)",
+        "3 dead letter(s) in p's DLQ",
+    ]
+
+
+def test_an_unreachable_part_is_a_reason_and_the_rest_still_counts() -> None:
+    st = _healthy()
+    st.target = None
+    st.unreachable = [{"part": "target", "message": "cannot connect", "hint": "check"}]
+    assert verdict(st, 2.0) == (False, ["target unreachable: cannot connect"])
