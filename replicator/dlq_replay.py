@@ -5,6 +5,11 @@ values. It finds the source row the letter is about (through the logged message)
 row's *current* state from the source and writes its transform, or deletes it when the row is
 gone. A later change of the same key that the stream applied meanwhile is therefore never undone,
 and replaying a letter twice is harmless.
+
+One race is left between reading the source and writing the target: the stream could apply a
+newer change in between. So the source row is read again after the write, while the written
+target rows are still locked: unchanged, any newer change commits on the source after that read
+and the apply writes it after this commit; changed, the write is rolled back and done again.
 """
 
 from __future__ import annotations
@@ -52,15 +57,41 @@ def replay(
         sink = Sink(tgt)
         for item in letters:
             try:
-                _replay_one(s, direction, src, sink, loader, item)
-                with pg.translated(target.masked()):
-                    tgt.commit()
+                _replay_checked(s, direction, src, tgt, sink, loader, item)
                 results.append(ReplayResult(item, None))
             except ReplicatorError as exc:
                 with contextlib.suppress(psycopg.Error):
                     tgt.rollback()
                 results.append(ReplayResult(item, exc.message))
     return results
+
+
+_ATTEMPTS = 5
+
+
+def _replay_checked(
+    s: Settings,
+    direction: Direction,
+    src: psycopg.Connection[Any],
+    tgt: psycopg.Connection[Any],
+    sink: Sink,
+    loader: TextLoader,
+    item: Letter,
+) -> None:
+    """Write the letter's rows and commit only if the source rows did not change meanwhile."""
+    for _ in range(_ATTEMPTS):
+        read = _replay_one(s, direction, src, sink, loader, item)
+        if all(_read_row(src, rel, key) == row for rel, key, row in read):
+            with pg.translated("target"):
+                tgt.commit()
+            return
+        with pg.translated("target"):
+            tgt.rollback()
+    raise DataError(
+        f"the source row of {item.letter.table} {item.letter.key} kept changing during the replay",
+        table=item.letter.table,
+        hint="replay it again once writes to that row calm down",
+    )
 
 
 def _replay_one(
@@ -70,7 +101,9 @@ def _replay_one(
     sink: Sink,
     loader: TextLoader,
     item: Letter,
-) -> None:
+) -> list[tuple[RelationInfo, dict[str, str | None], dict[str, str | None] | None]]:
+    """Write (not commit) the transform of the current state of the letter's source rows;
+    returns what was read, for the re-check."""
     letter = item.letter
     raw = kafka_io.read_at(
         s.kafka.bootstrap_servers,
@@ -92,11 +125,13 @@ def _replay_one(
             hint="purge the letter if the row is no longer wanted",
         )
     batch = Batch()
+    read = []
     for rel, key in rows:
         transform = direction.transform_for(rel.qualname)
         if transform is None:
             raise DataError(f"no mapping for source table {rel.qualname}", table=rel.qualname)
         current = _read_row(src, rel, key)
+        read.append((rel, key, current))
         new = loader.row(current, rel.columns, rel.type_oids) if current is not None else None
         old = loader.row(key, rel.key_columns, _key_oids(rel)) if current is None else None
         change = RowChange(
@@ -111,6 +146,7 @@ def _replay_one(
                 batch.add(op)
     with pg.translated("target"):
         sink.flush(batch)
+    return read
 
 
 def _source_rows(

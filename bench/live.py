@@ -1,0 +1,212 @@
+"""Live sync, end to end: row changes per second from legacy commit to target commit, for one
+bulk transaction and for many small transactions from concurrent clients, and the p50/p99 lag
+at a fixed offered load; against PostgreSQL's native logical replication in the same run.
+
+The replicator runs as the operator runs it (``replicator run``, its own process, identity
+mapping on ``public.a`` and ``public.b``) into the target database. The limit is a
+``CREATE SUBSCRIPTION … WITH (copy_data = false)`` from a publication of the same tables into a
+third, identically shaped database on the target cluster. The two never run at once: on two
+shared cores they would measure each other. The replicator goes first and is stopped (its slot
+left idle, costing nothing); the subscription is created after, so it starts at that point of
+the WAL and decodes only its own phase's writes.
+
+    python -m bench.live [--quick]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from bench import _live_load as load
+from bench.harness import bench_env, emit, log, parse_args, peak_rss_mb
+from tests.e2e.cli import Background
+from tests.support import Env, wait_for
+
+OFFERED_RATE = 5_000  # row changes per second for the lag measurement (the issue's figure)
+
+
+@dataclass
+class Sizes:
+    bulk: int  # row changes in the bulk transaction
+    clients: int
+    txns: int  # per client, three row changes each
+    paced_s: float
+
+
+@dataclass
+class Result:
+    bulk: load.Bulk
+    small: load.Small
+    lag: load.Lag
+
+    @property
+    def changes(self) -> int:
+        return self.bulk.changes + self.small.changes
+
+    @property
+    def rate(self) -> float:
+        """Both throughput workloads together: all their row changes over all their time."""
+        return self.changes / (self.bulk.visible_s + self.small.total_s)
+
+
+def _workloads(legacy: str, target: str, ids: load.Ids, n: Sizes, who: str) -> Result:
+    with psycopg.connect(target, autocommit=True) as tc:
+        probe = load.has_row(tc)
+        # A first row through the whole path: every connection open, every cache warm.
+        warm = ids.take(1)
+        with psycopg.connect(legacy, autocommit=True) as lc:
+            lc.execute("INSERT INTO a (id, client, v) VALUES (%s, 0, 'warm')", (warm,))
+        load.wait_visible(probe, warm, 120, f"{who}: warm-up")
+        log(f"{who}: bulk transaction of {n.bulk:,} row changes")
+        bulk = load.bulk(legacy, ids, probe, n.bulk, timeout=600)
+        log(f"{who}: {n.clients} clients x {n.txns:,} small transactions")
+        small = load.small(legacy, ids, probe, n.clients, n.txns, timeout=600)
+    log(f"{who}: {OFFERED_RATE:,} row changes/s for {n.paced_s:.0f}s")
+    lag = load.paced(legacy, ids, target, OFFERED_RATE, n.paced_s)
+    r = Result(bulk, small, lag)
+    log(
+        f"{who}: bulk {bulk.rate:,.0f}/s (write {bulk.write_s:.2f}s, visible after "
+        f"{bulk.visible_s:.2f}s); small {small.rate:,.0f}/s (offered {small.offered:,.0f}/s); "
+        f"lag p50 {lag.pct(50):.0f} ms p99 {lag.pct(99):.0f} ms at {lag.offered:,.0f}/s"
+    )
+    return r
+
+
+def _tables(conninfo: str) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        for ddl in load.DDL:
+            c.execute(ddl)
+
+
+def _replicator(env: Env, ids: load.Ids, n: Sizes, logdir: Path) -> Result:
+    vars_ = {
+        **env.env_vars(),
+        "REPLICATOR_MAPPING": "identity:public.a,public.b",
+        "REPLICATOR_CAPTURE__HEARTBEAT_INTERVAL_S": "1",
+    }
+    proc = Background(["run"], vars_, logdir / "run.log")
+    try:
+        wait_for(
+            lambda: _slot_active(env, f"{env.name}_fwd") or proc.proc.poll() is not None,
+            120,
+            what="the replicator's slot",
+        )
+        if proc.proc.poll() is not None:
+            raise SystemExit(f"replicator run exited:\n{proc.output()}")
+        return _workloads(env.legacy.conninfo(), env.target.conninfo(), ids, n, "replicator")
+    finally:
+        proc.stop()
+        if "Traceback" in proc.output():
+            log(proc.output()[-3000:])
+
+
+def _slot_active(env: Env, slot: str) -> bool:
+    with env.legacy_conn() as c:
+        row = c.execute(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()
+        return bool(row and row[0])
+
+
+@contextlib.contextmanager
+def _native_db(env: Env) -> Iterator[str]:
+    """A third database on the target cluster, with the same tables; dropped afterwards."""
+    name = f"native_{uuid.uuid4().hex[:8]}"
+    admin = env.services.target.dsn()
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield env.services.target.dsn(name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def _native(env: Env, ids: load.Ids, n: Sizes) -> Result:
+    sub = f"{env.name}_native"
+    with _native_db(env) as native:
+        _tables(native)
+        with env.legacy_conn() as c:
+            c.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE a, b").format(sql.Identifier(sub)))
+        with psycopg.connect(native, autocommit=True) as c:
+            # Streaming on: the subscriber's best setting for a large transaction.
+            c.execute(
+                sql.SQL(
+                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} "
+                    "WITH (copy_data = false, streaming = on)"
+                ).format(
+                    sql.Identifier(sub),
+                    sql.Literal(env.legacy.conninfo()),
+                    sql.Identifier(sub),
+                )
+            )
+        try:
+            wait_for(lambda: _slot_active(env, sub), 120, what="the subscription's slot")
+            return _workloads(env.legacy.conninfo(), native, ids, n, "native")
+        finally:
+            with psycopg.connect(native, autocommit=True) as c:
+                # Drops the subscription's slot on legacy too.
+                c.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(sub)))
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else 0.0
+
+
+def main() -> dict[str, Any]:
+    args = parse_args("live", __doc__ or "")
+    n = (
+        Sizes(bulk=100_000, clients=4, txns=1_500, paced_s=10)
+        if args.quick
+        else Sizes(bulk=1_000_000, clients=8, txns=5_000, paced_s=60)
+    )
+    ids = load.Ids()
+    with bench_env() as env, tempfile.TemporaryDirectory() as tmp:
+        _tables(env.legacy.conninfo())
+        _tables(env.target.conninfo())
+        ours = _replicator(env, ids, n, Path(tmp))
+        time.sleep(1)  # the replicator's process is gone before the native phase starts
+        theirs = _native(env, ids, n)
+    p99 = ours.lag.pct(99)
+    return emit(
+        "live_throughput",
+        value=ours.rate,
+        unit="row changes/s",
+        limit=theirs.rate,
+        goal="ratio >= 0.5 of native; p99 lag <= 300 ms at 5,000 row changes/s",
+        bulk_rows_per_s=round(ours.bulk.rate),
+        bulk_native_rows_per_s=round(theirs.bulk.rate),
+        bulk_ratio=_ratio(ours.bulk.rate, theirs.bulk.rate),
+        small_rows_per_s=round(ours.small.rate),
+        small_native_rows_per_s=round(theirs.small.rate),
+        small_ratio=_ratio(ours.small.rate, theirs.small.rate),
+        small_offered_rows_per_s=round(ours.small.offered),
+        lag_offered_rows_per_s=round(ours.lag.offered),
+        lag_p50_ms=round(ours.lag.pct(50), 1),
+        lag_p99_ms=round(p99, 1) if not math.isnan(p99) else None,
+        lag_samples=len(ours.lag.lags_ms),
+        lag_missing=ours.lag.missing,
+        native_lag_p50_ms=round(theirs.lag.pct(50), 1),
+        native_lag_p99_ms=round(theirs.lag.pct(99), 1),
+        lag_goal_met=bool(p99 <= 300),
+        bulk_changes=n.bulk,
+        small_changes=ours.small.changes,
+        peak_rss_mb=round(peak_rss_mb(), 1),
+    )
+
+
+if __name__ == "__main__":
+    main()
