@@ -405,8 +405,8 @@ def start_kafka(*, timeout: float = 90.0) -> KafkaBroker:
                 "kafka.tools.StorageTool",
                 "format",
                 "--standalone",
-                "-t",
-                cluster_id,
+                # Joined with "=": an id starting with "-" (1 in 64) would read as an option.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(props),
             ],

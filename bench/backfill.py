@@ -1,0 +1,208 @@
+"""Backfill throughput through Kafka with the MCP Manager transforms, against a raw COPY pipe.
+
+The product: ``replicator run`` (its own process, as an operator starts it) on a fresh pipeline
+creates the slot and backfills every mapped legacy table — keyset chunks read as text, the
+snapshot topic, the forward transforms, COPY-staged upserts into the Drizzle schema — until
+``replicator.backfill`` says ``applied``. Its time is the backfill row's own interval on the
+target (``started_at`` → ``finished_at``, so the process start-up is not counted; the wall time
+from launch is reported beside it).
+
+The limit, timed in the same run on the same servers: the same legacy tables streamed with
+``COPY … TO STDOUT (FORMAT binary)`` straight into ``COPY … FROM STDIN (FORMAT binary)`` of an
+identically shaped copy (the legacy schema, indexes included) in a scratch database on the
+target server, one table after another, foreign-key triggers off as apply has them. Goal: ratio
+≥ 0.5. Peak RSS is the ``replicator run`` process's high-water mark (``VmHWM`` from /proc, read
+just before it is stopped), not this benchmark process's.
+
+    python -m bench.backfill [--quick] [--scale N]     (1 unit of scale ≈ 2,360 legacy rows)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from bench._writer import MAPPING_REF
+from bench.harness import Timer, bench_env, emit, log, parse_args
+from tests.e2e.cli import Background
+from tests.support import Env, wait_for
+from transforms.mcp_manager import MAPPING
+from transforms.mcp_manager.legacy import create_legacy_schema
+
+# Not the 5,000-row default: a 5,000-row chunk of mcp_server (~1.3 kB a row as text) is ~4 MB
+# even lz4-compressed, over the broker's default message.max.bytes (1 MiB), and the backfill
+# fails with MessageSizeTooLargeError from scale ~30 on. 1,000 rows is ~0.9 MB compressed, too
+# close to it (two chunks can share a producer batch): 500 leaves room.
+CHUNK_ROWS = 500
+
+
+def _ident(table: str) -> sql.Identifier:
+    return sql.Identifier(*table.split(".", 1))
+
+
+def raw_copy(env: Env, tables: list[str]) -> tuple[int, float]:
+    """Binary COPY pipe of ``tables`` into a scratch copy of the legacy schema: (rows, seconds)."""
+    scratch = f"{env.target_db}_raw"
+    server = env.services.target
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+    try:
+        db = server.settings(scratch)
+        pw = db.password.get_secret_value()
+        create_legacy_schema(f"postgresql://{db.user}:{pw}@{db.host}:{db.port}/{scratch}")
+        rows = 0
+        with (
+            psycopg.connect(env.legacy.conninfo(), autocommit=True) as src,
+            psycopg.connect(db.conninfo()) as dst,
+        ):
+            dst.execute("SET session_replication_role = replica")
+            with Timer() as t:
+                for table in tables:
+                    out_stmt = sql.SQL("COPY {} TO STDOUT (FORMAT binary)").format(_ident(table))
+                    in_stmt = sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(_ident(table))
+                    with (
+                        src.cursor().copy(out_stmt) as cp_out,
+                        dst.cursor() as cur,
+                        cur.copy(in_stmt) as cp_in,
+                    ):
+                        for block in cp_out:
+                            cp_in.write(block)
+                dst.commit()
+            for table in tables:
+                got = dst.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(_ident(table))
+                ).fetchone()
+                rows += int(got[0]) if got else 0
+        return rows, t.seconds
+    finally:
+        with psycopg.connect(server.dsn(), autocommit=True) as c:
+            c.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))
+            )
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's resident-set high-water mark (Linux ``VmHWM``), 0 if unreadable."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class BackfillRun:
+    status: str
+    rows: int  # legacy rows read into the snapshot topic
+    seconds: float  # backfill started → applied (the target's clock)
+    reading: bool  # until every chunk is in Kafka
+    wall_s: float = 0.0  # from launching `replicator run`
+    read_wall_s: float = 0.0  # launch → every chunk in Kafka (±0.2 s polling): the rest is apply
+    peak_rss_mb: float = 0.0
+
+
+def _status(env: Env) -> BackfillRun | None:
+    """The pipeline's backfill as the target records it, if it started."""
+    with env.target_conn() as c:
+        try:
+            row = c.execute(
+                "SELECT b.status, (SELECT coalesce(sum(p.rows_read), 0) FROM"
+                " replicator.backfill_progress p WHERE p.backfill_id = b.id),"
+                " extract(epoch FROM coalesce(b.finished_at, now()) - b.started_at), b.reading"
+                " FROM replicator.backfill b LIMIT 1"
+            ).fetchone()
+        except psycopg.Error:
+            return None  # the replicator schema is not there yet
+    if row is None:
+        return None
+    return BackfillRun(str(row[0]), int(row[1]), float(row[2]), bool(row[3]))
+
+
+def backfill(env: Env, logdir: Path, chunk_rows: int) -> BackfillRun:
+    """``replicator run`` on a fresh pipeline until its backfill is applied."""
+    vars_ = {
+        **env.env_vars(),
+        "REPLICATOR_MAPPING": MAPPING_REF,
+        "REPLICATOR_CAPTURE__STATUS_INTERVAL_S": "0.5",
+        "REPLICATOR_BACKFILL__CHUNK_ROWS": str(chunk_rows),
+    }
+    started = time.monotonic()
+    read_at: list[float] = []
+    with Background(["run"], vars_, logdir / "run.log") as proc:
+
+        def applied() -> bool:
+            if proc.proc.poll() is not None:
+                raise SystemExit(f"`replicator run` exited:\n{proc.output()[-3000:]}")
+            st = _status(env)
+            if st is not None and not st.reading and not read_at:
+                read_at.append(time.monotonic())
+            return st is not None and st.status == "applied"
+
+        wait_for(applied, 3600, what="the backfill to be applied")
+        wall = time.monotonic() - started
+        rss = _peak_rss_mb(proc.proc.pid)
+    run = _status(env)
+    assert run is not None
+    run.wall_s, run.peak_rss_mb = wall, rss
+    run.read_wall_s = (read_at[0] if read_at else time.monotonic()) - started
+    return run
+
+
+def main() -> dict[str, Any]:
+    args = parse_args(
+        "backfill",
+        __doc__ or "",
+        [
+            ("--scale", {"type": int, "default": None, "help": "MCP data scale (default 40, 400)"}),
+            ("--chunk-rows", {"type": int, "default": CHUNK_ROWS, "help": "backfill.chunk_rows"}),
+        ],
+    )
+    chunk_rows = int(args.raw.chunk_rows)
+    scale = int(args.raw.scale or (40 if args.quick else 400))
+    tables = list(MAPPING.forward.source_tables)
+    with bench_env() as env, tempfile.TemporaryDirectory(prefix="bench-backfill-") as tmp:
+        log(f"generating the MCP schemas at scale {scale}…")
+        with Timer() as gen:
+            env.mcp_schemas(scale=scale, seed=1)
+        log(f"generated in {gen.seconds:.1f}s; raw COPY pipe of {len(tables)} tables…")
+        raw_rows, raw_s = raw_copy(env, tables)
+        log(f"raw pipe: {raw_rows} rows in {raw_s:.2f}s; backfilling through Kafka…")
+        run = backfill(env, Path(tmp), chunk_rows)
+        rows = run.rows
+        if rows != raw_rows:
+            log(f"note: the backfill read {rows} rows, the raw pipe copied {raw_rows}")
+        rate, limit = rows / run.seconds, raw_rows / raw_s
+        log(
+            f"backfill: {rows} rows in {run.seconds:.2f}s ({rate:,.0f} rows/s; {run.wall_s:.2f}s"
+            f" from launch, all chunks in Kafka at {run.read_wall_s:.2f}s); raw pipe {limit:,.0f} rows/s;"
+            f" peak RSS {run.peak_rss_mb:.0f} MB"
+        )
+        return emit(
+            "backfill_rows_per_s",
+            value=rate,
+            unit="rows/s",
+            limit=limit,
+            goal="ratio >= 0.5 of a raw binary COPY pipe",
+            scale=scale,
+            chunk_rows=chunk_rows,
+            rows=rows,
+            backfill_s=round(run.seconds, 3),
+            read_wall_s=round(run.read_wall_s, 3),
+            wall_s=round(run.wall_s, 3),
+            raw_rows=raw_rows,
+            raw_s=round(raw_s, 3),
+            generate_s=round(gen.seconds, 1),
+            peak_rss_mb=round(run.peak_rss_mb, 1),
+            rss_of="the `replicator run` process (VmHWM)",
+        )
+
+
+if __name__ == "__main__":
+    main()
