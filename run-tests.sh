@@ -7,6 +7,8 @@ bash deploy/local/bootstrap.sh
 echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+echo "==> tsc (the Drizzle schema and the Better-Auth instance)"
+(cd transforms/mcp_manager/drizzle && node_modules/.bin/tsc --noEmit)
 echo "==> mypy (strict)"
 .venv/bin/mypy replicator connectors transforms
 echo "==> pytest"

@@ -15,13 +15,16 @@ slot, publication and topics.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -202,6 +205,26 @@ class Env:
         if scale:
             generate(self.url("legacy"), scale=scale, seed=seed)
         apply_target_schema(self.url("target"))
+
+    def better_auth(self, *args: str) -> dict[str, Any]:
+        """Runs the real Better-Auth instance against the target (``sign-in EMAIL PASSWORD`` or
+        ``sign-up EMAIL PASSWORD NAME``): its JSON answer plus ``exit`` (0 ok, 1 refused)."""
+        drizzle = Path(__file__).resolve().parents[1] / "transforms" / "mcp_manager" / "drizzle"
+        r = subprocess.run(
+            [str(drizzle / "node_modules" / ".bin" / "tsx"), "auth-cli.ts", *args],
+            cwd=drizzle,
+            env={**os.environ, "DATABASE_URL": self.url("target")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        lines = r.stdout.strip().splitlines()
+        if r.returncode not in (0, 1) or not lines:
+            raise AssertionError(
+                f"auth-cli {args[0]} failed ({r.returncode}): {r.stdout}{r.stderr}"
+            )
+        answer: dict[str, Any] = json.loads(lines[-1])
+        return {"exit": r.returncode, **answer}
 
     def legacy_conn(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.legacy.conninfo(), autocommit=True)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import bcrypt
 import psycopg
 import pytest
 
@@ -213,25 +214,6 @@ def _actions(env: Env) -> set[str]:
         return {r[0] for r in c.execute("SELECT action FROM audit_log").fetchall()}
 
 
-def _sign_up(c: psycopg.Connection[Any], email: str) -> str:
-    """What Better-Auth writes for an email sign-up with generateId 'uuid' and a bcrypt hash."""
-    import uuid as _uuid
-
-    uid, acc = str(_uuid.uuid4()), str(_uuid.uuid4())
-    with c.transaction():
-        c.execute(
-            'INSERT INTO "user" (id, name, email, email_verified, created_at, updated_at, role, banned) '
-            "VALUES (%s, 'Signed Up', %s, false, now(), now(), 'user', false)",
-            (uid, email),
-        )
-        c.execute(
-            "INSERT INTO account (id, account_id, provider_id, user_id, password, created_at, updated_at) "
-            "VALUES (%s, %s, 'credential', %s, '$2b$10$abcdefghijklmnopqrstuuJ1x0bO1m0a3d5C1o7l4bU8qA9sG1F2e', now(), now())",
-            (acc, uid, uid),
-        )
-    return uid
-
-
 def test_cutover_rollback_cutover_round_trip(env: Env, synced: Any) -> None:
     s, pipeline = synced
     out = Cutover(s, pipeline.mapping).run()
@@ -241,8 +223,12 @@ def test_cutover_rollback_cutover_round_trip(env: Env, synced: Any) -> None:
         30,
         what="the reverse direction to run",
     )
+    # A new user signs up through the real Better-Auth instance (user, credential account and a
+    # session; the session has no legacy counterpart and is filtered).
+    signed_up = env.better_auth("sign-up", "fresh@example.com", "fresh-password", "Fresh User")
+    assert signed_up["exit"] == 0, signed_up
+    new_id = signed_up["userId"]
     with env.target_conn() as c:
-        new_id = _sign_up(c, "fresh@example.com")
         c.execute(
             'UPDATE "user" SET name = \'Renamed On Target\' WHERE id = (SELECT min(id) FROM "user" WHERE id <> %s)',
             (new_id,),
@@ -270,6 +256,7 @@ def test_cutover_rollback_cutover_round_trip(env: Env, synced: Any) -> None:
             return bool(
                 new
                 and new[1].startswith("$2b$")
+                and bcrypt.checkpw(b"fresh-password", new[1].encode())  # legacy can verify it
                 and deleted is None
                 and cfg
                 and cfg[0] == {"changed": True}

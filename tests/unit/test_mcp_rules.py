@@ -49,11 +49,13 @@ def test_user_splits_into_user_and_credential_account() -> None:
     assert isinstance(user, Upsert) and user.key == {"id": uid}
     assert user.values["banned"] is True and user.values["role"] == "admin"
     assert (
-        user.values["created_at"] == datetime(2024, 1, 1, tzinfo=UTC) == user.values["updated_at"]
+        user.values["created_at"]
+        == datetime(2024, 1, 1, tzinfo=UTC)
+        == user.insert_only["updated_at"]
     )
     assert isinstance(account, Upsert)
     assert account.key == {"user_id": uid, "provider_id": "credential"}
-    assert account.insert_only == {"id": credential_account_id(UID)}
+    assert account.insert_only["id"] == credential_account_id(UID)
     assert account.values["account_id"] == uid
     assert account.values["password"] == "$argon2id$v=19$x"
     deletes = MAPPING.forward.tables["public.user"](

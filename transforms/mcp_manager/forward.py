@@ -83,9 +83,10 @@ USER = table_mapping(
                 "banned": col("is_active", convert=negate),
                 "role": col("is_superuser", convert=ROLE),
                 "created_at": _utc("created_at"),
-                # The legacy user has no updated_at: the creation time is the last known change.
-                "updated_at": _utc("created_at"),
             },
+            # The legacy user has no updated_at: a migrated row starts with its creation time,
+            # and a later change made on the target (which legacy cannot record) is kept.
+            insert_only={"updated_at": _utc("created_at")},
         ),
         # 1→N: the password hash moves to Better-Auth's credential account, as it is (bcrypt
         # or argon2id); the target's verify() dispatches on the hash prefix.
@@ -94,13 +95,14 @@ USER = table_mapping(
         Target(
             "public.account",
             key={"user_id": _uuid("id"), "provider_id": const("credential")},
-            insert_only={"id": col("id", convert=credential_account_id)},
-            columns={
-                "account_id": _uuid("id"),
-                "password": "hashed_password",
+            # Legacy keeps no account times: an account Better-Auth created on the target keeps
+            # its own through a rollback and a second cutover.
+            insert_only={
+                "id": col("id", convert=credential_account_id),
                 "created_at": _utc("created_at"),
                 "updated_at": _utc("created_at"),
             },
+            columns={"account_id": _uuid("id"), "password": "hashed_password"},
         ),
     ],
     source_key=("id",),
