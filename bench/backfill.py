@@ -36,11 +36,9 @@ from tests.support import Env, wait_for
 from transforms.mcp_manager import MAPPING
 from transforms.mcp_manager.legacy import create_legacy_schema
 
-# Not the 5,000-row default: a 5,000-row chunk of mcp_server (~1.3 kB a row as text) is ~4 MB
-# even lz4-compressed, over the broker's default message.max.bytes (1 MiB), and the backfill
-# fails with MessageSizeTooLargeError from scale ~30 on. 1,000 rows is ~0.9 MB compressed, too
-# close to it (two chunks can share a producer batch): 500 leaves room.
-CHUNK_ROWS = 500
+# The product's default (backfill.chunk_rows); a chunk of wide rows is split into messages
+# that fit the broker (replicator.backfill.snapshot_messages).
+CHUNK_ROWS = 5_000
 
 
 def _ident(table: str) -> sql.Identifier:

@@ -47,6 +47,11 @@ def admin(bootstrap: str, timeout_ms: int = 10_000) -> KafkaAdminClient:
         )
 
 
+# The largest message the producer sends (its max_request_size) and the topics accept. The
+# broker's default (1 MiB) is smaller than a backfill chunk of wide rows or a transaction slice.
+MAX_MESSAGE_BYTES = 16 << 20
+
+
 def ensure_topics(bootstrap: str, topics: dict[str, int], replication_factor: int = 1) -> None:
     """Create the topics that do not exist yet (name -> partitions). Existing ones are kept."""
     client = admin(bootstrap)
@@ -54,7 +59,12 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], replication_factor: in
         with translated("topic creation failed"):
             existing = set(client.list_topics())
             new = [
-                NewTopic(name, num_partitions=parts, replication_factor=replication_factor)
+                NewTopic(
+                    name,
+                    num_partitions=parts,
+                    replication_factor=replication_factor,
+                    topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+                )
                 for name, parts in topics.items()
                 if name not in existing
             ]
@@ -172,7 +182,7 @@ class Producer:
                 compression_type=compression or None,
                 linger_ms=5,
                 batch_size=1 << 20,
-                max_request_size=16 << 20,
+                max_request_size=MAX_MESSAGE_BYTES,
                 request_timeout_ms=timeout_ms,
                 # Retries are unbounded within delivery_timeout: ordering holds (idempotence).
                 delivery_timeout_ms=max(120_000, timeout_ms * 2),

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +138,37 @@ def unfinished(settings: Settings) -> bool:
         ensure_schema(tgt)
         row = tgt.execute("SELECT 1 FROM replicator.backfill WHERE reading LIMIT 1").fetchone()
     return row is not None
+
+
+# A chunk's rows are split over several messages above this (before compression): wide rows —
+# TOASTed JSON configs — must not make a message the broker refuses (kafka_io.MAX_MESSAGE_BYTES)
+# or one the apply worker has to hold whole.
+SNAPSHOT_MESSAGE_BYTES = 4 << 20
+
+
+def snapshot_messages(
+    origin: str, source: _Source, rows: list[tuple[Any, ...]], limit: int = SNAPSHOT_MESSAGE_BYTES
+) -> Iterator[bytes]:
+    """The encoded snapshot envelopes of one chunk, each at most ``limit`` bytes unless it holds
+    a single row (a row is never split; the producer refuses one above its own limit)."""
+    envelope = Envelope(
+        origin=origin,
+        xid=0,
+        commit_lsn=0,
+        commit_ts=None,
+        relations={source.relid: source.relation},
+        changes=[
+            Change("snapshot", source.relid, new=dict(zip(source.columns, r, strict=True)))
+            for r in rows
+        ],
+    )
+    encoded = envelope.encode()
+    if len(encoded) <= limit or len(rows) == 1:
+        yield encoded
+        return
+    half = len(rows) // 2
+    yield from snapshot_messages(origin, source, rows[:half], limit)
+    yield from snapshot_messages(origin, source, rows[half:], limit)
 
 
 def emit_marker(conn: psycopg.Connection[Any], control: dict[str, Any]) -> None:
@@ -308,24 +339,13 @@ class Backfill:
                     query = first if last_key is None else after
                     rows = src.execute(query, (*(last_key or []), self.chunk_rows)).fetchall()
                 if rows:
-                    env = Envelope(
-                        origin=s.name,
-                        xid=0,
-                        commit_lsn=0,
-                        commit_ts=None,
-                        relations={source.relid: source.relation},
-                        changes=[
-                            Change(
-                                "snapshot",
-                                source.relid,
-                                new=dict(zip(source.columns, r, strict=True)),
-                            )
-                            for r in rows
-                        ],
-                    )
-                    sent = producer.send(self.topic, env.encode(), partition=0)
+                    sent = [
+                        producer.send(self.topic, message, partition=0)
+                        for message in snapshot_messages(s.name, source, rows)
+                    ]
                     producer.flush()
-                    sent.check()
+                    for one in sent:
+                        one.check()
                     key_idx = [source.columns.index(k) for k in source.key]
                     last_key = [rows[-1][i] for i in key_idx]
                     read += len(rows)

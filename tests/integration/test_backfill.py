@@ -211,3 +211,30 @@ def test_mcp_backfill_with_two_workers_under_a_writer_converges(env: Env) -> Non
     finally:
         stop.set()
         pipeline.shutdown()
+
+
+def test_chunks_of_wide_rows_fit_the_broker(env: Env) -> None:
+    # 3,000 rows of ~2.6 kB of hex (lz4 barely shrinks it): one default 5,000-row chunk is ~8 MB,
+    # far over the broker's default 1 MiB message limit, and is split into several messages.
+    schema = "CREATE TABLE wide (id int PRIMARY KEY, body text NOT NULL)"
+    with env.legacy_conn() as c:
+        c.execute(schema)
+        c.execute(
+            "INSERT INTO wide SELECT g, (SELECT string_agg(md5(g::text || k::text), '') "
+            "FROM generate_series(1, 80) k) FROM generate_series(1, 3000) g"
+        )
+    with env.target_conn() as c:
+        c.execute(schema)
+    s = env.settings()
+    assert s.backfill.chunk_rows >= 3000  # the default: the whole table is one chunk
+    pipeline = Pipeline(s, load_mapping("identity:public.wide"))
+    pipeline.start()
+    try:
+        wait_for(lambda: _status(env) == "applied", 120, what="the backfill to be applied")
+        with env.legacy_conn() as lc, env.target_conn() as tc:
+            query = "SELECT count(*), sum(length(body)), md5(string_agg(body, '' ORDER BY id)) FROM wide"
+            assert tc.execute(query).fetchone() == lc.execute(query).fetchone()
+        messages = read_topic(env.services.kafka, s.topic("fwd", "snapshot"))
+        assert len(messages) >= 2
+    finally:
+        pipeline.shutdown()
