@@ -77,9 +77,12 @@ class Assembler:
     def feed(self, msg: po.Message) -> Iterable[Output]:
         """The envelopes ``msg`` completes. Lazy: a streamed transaction is sliced from its spool
         as the caller consumes, so only one slice is in memory at a time."""
+        if type(msg) in _ROW_MESSAGES and self._stream_xid is None:  # most of the traffic first
+            if self._txn is None or self._skip:
+                return []
+            return self._add(self._txn, self._changes(msg))  # type: ignore[arg-type]
         if isinstance(msg, po.Relation):
-            self._relation(msg)
-            return []
+            return self._relation(msg)
         if self._stream_xid is not None and not isinstance(msg, po.StreamStop | po.StreamStart):
             return self._streamed(msg)
         if isinstance(msg, po.Begin):
@@ -126,7 +129,7 @@ class Assembler:
             return []
         return []  # Type and anything informational
 
-    def _relation(self, msg: po.Relation) -> None:
+    def _relation(self, msg: po.Relation) -> list[Output]:
         info = RelationInfo(
             schema=msg.namespace or "pg_catalog",
             table=msg.name,
@@ -139,6 +142,16 @@ class Assembler:
             self.relation_changes += 1
             self.changed_relations.append(info.qualname)
         self.relations[msg.relid] = info
+        txn = self._txn
+        if (
+            self._stream_xid is None
+            and txn is not None
+            and txn.relations.get(msg.relid, info) != info
+        ):
+            # The table changed inside this transaction (ALTER TABLE, then more rows): an
+            # envelope has one shape per table, so the rows of the old shape go in a slice first.
+            return [self._slice(txn, last=False, ack=None)]
+        return []
 
     def _changes(self, msg: po.Insert | po.Update | po.Delete | po.Truncate) -> list[Change]:
         if isinstance(msg, po.Truncate):
@@ -157,8 +170,9 @@ class Assembler:
         out: list[Output] = []
         for ch in changes:
             txn.changes.append(ch)
-            txn.relations[ch.rel] = self.relations[ch.rel]
-            txn.size += 64 + sum(len(v) for v in (ch.new or {}).values() if v)
+            if ch.rel not in txn.relations:
+                txn.relations[ch.rel] = self.relations[ch.rel]
+            txn.size += 64 + (sum(map(len, filter(None, ch.new.values()))) if ch.new else 0)
             if len(txn.changes) >= self.slice_max_changes or txn.size >= self.slice_max_bytes:
                 out.append(self._slice(txn, last=False, ack=None))
         return out
@@ -222,7 +236,7 @@ class Assembler:
             for rel_id, rel, ch in spool.replay():
                 txn.changes.append(ch)
                 txn.relations[rel_id] = rel
-                txn.size += 64 + sum(len(v) for v in (ch.new or {}).values() if v)
+                txn.size += 64 + (sum(map(len, filter(None, ch.new.values()))) if ch.new else 0)
                 if len(txn.changes) >= self.slice_max_changes or txn.size >= self.slice_max_bytes:
                     yield self._slice(txn, last=False, ack=None)
             spool.close()
@@ -274,7 +288,17 @@ class _Spool:
         self._file.close()
 
 
+_PLAIN = frozenset({str, type(None)})
+_ROW_MESSAGES = frozenset({po.Insert, po.Update, po.Delete})
+
+
 def _row(rel: RelationInfo, values: tuple[Any, ...]) -> tuple[dict[str, str | None], list[str]]:
+    if len(values) != len(rel.columns):
+        raise ValueError(
+            f"{len(values)} values for the {len(rel.columns)} columns of {rel.qualname}"
+        )
+    if _PLAIN.issuperset(map(type, values)):  # the common case: text and NULLs only
+        return dict(zip(rel.columns, values, strict=True)), []
     new: dict[str, str | None] = {}
     unchanged: list[str] = []
     for col, v in zip(rel.columns, values, strict=True):

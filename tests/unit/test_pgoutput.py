@@ -381,11 +381,11 @@ def test_timestamps() -> None:
         po.pg_timestamp(2**63 - 1)
 
 
-def test_messages_are_frozen() -> None:
+def test_messages_are_slotted() -> None:
     msg = decode_message(insert("a"))
     assert isinstance(msg, po.Insert)
     with pytest.raises(AttributeError):
-        msg.relid = 1  # type: ignore[misc]
+        msg.extra = 1  # type: ignore[attr-defined]
 
 
 # -- properties ---------------------------------------------------------------------------------

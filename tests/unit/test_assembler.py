@@ -1,0 +1,96 @@
+"""Transaction assembly: decoded pgoutput messages in, envelopes out (pure, no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectors import pgoutput as po
+from connectors.assembler import Assembler, Output
+
+ITEM = po.Relation(
+    16384,
+    "public",
+    "item",
+    "d",
+    (po.Column(1, "id", 23, -1), po.Column(0, "title", 25, -1), po.Column(0, "body", 25, -1)),
+)
+
+
+def _feed(asm: Assembler, *msgs: Any) -> list[Output]:
+    out: list[Output] = []
+    for m in msgs:
+        out.extend(asm.feed(m))
+    return out
+
+
+def _txn(*changes: Any, xid: int = 7, lsn: int = 100) -> list[Any]:
+    return [po.Begin(lsn, 0, xid), *changes, po.Commit(0, lsn, lsn + 8, 0)]
+
+
+def test_a_transaction_is_one_envelope_acknowledged_at_its_commit_end() -> None:
+    asm = Assembler("o")
+    out = _feed(
+        asm,
+        ITEM,
+        *_txn(
+            po.Insert(16384, ("1", "a", None)),
+            po.Update(16384, None, None, ("1", "b", po.UNCHANGED)),
+            po.Delete(16384, "K", ("1", None, None)),
+        ),
+    )
+    assert len(out) == 1 and out[0].ack_lsn == 108
+    env = out[0].envelope
+    assert (env.xid, env.commit_lsn, env.seq, env.last) == (7, 100, 0, True)
+    ins, upd, dele = env.changes
+    assert ins.op == "insert" and ins.new == {"id": "1", "title": "a", "body": None}
+    # An unchanged TOASTed value is not a value: it is named, and absent from the row.
+    assert upd.new == {"id": "1", "title": "b"} and upd.unchanged == ["body"]
+    # An old key tuple carries only the key; its other columns are placeholders.
+    assert dele.op == "delete" and dele.old == {"id": "1"}
+    assert set(env.relations) == {16384} and not asm.in_txn
+
+
+def test_a_large_transaction_is_sliced_in_order() -> None:
+    asm = Assembler("o", slice_max_changes=2)
+    rows = [po.Insert(16384, (str(i), "t", "b")) for i in range(5)]
+    out = _feed(asm, ITEM, *_txn(*rows))
+    assert [(o.envelope.seq, o.envelope.last, len(o.envelope.changes)) for o in out] == [
+        (0, False, 2),
+        (1, False, 2),
+        (2, True, 1),
+    ]
+    # Only the last slice lets the slot advance: the earlier ones are not a whole transaction.
+    assert [o.ack_lsn for o in out] == [None, None, 108]
+
+
+def test_own_apply_writes_are_not_echoed() -> None:
+    asm = Assembler("o", skip_origins=frozenset({"replicator_o_"}))
+    out = _feed(
+        asm, ITEM, po.Begin(100, 0, 7), po.Origin(0, "replicator_o_fwd"),
+        po.Insert(16384, ("1", "a", "b")), po.Commit(0, 100, 108, 0),
+    )  # fmt: skip
+    assert len(out) == 1 and out[0].envelope.control == {"kind": "skip"}
+    assert out[0].envelope.changes == [] and out[0].ack_lsn == 108
+
+
+def test_a_relation_changed_inside_a_transaction_cuts_a_slice() -> None:
+    asm = Assembler("o")
+    wider = po.Relation(
+        16384, "public", "item", "d", (*ITEM.columns, po.Column(0, "extra", 23, -1))
+    )
+    out = _feed(
+        asm, ITEM, po.Begin(100, 0, 7), po.Insert(16384, ("1", "a", "b")),
+        wider, po.Insert(16384, ("2", "a", "b", "9")), po.Commit(0, 100, 108, 0),
+    )  # fmt: skip
+    # Each envelope's relation is the shape of its own rows.
+    assert [o.envelope.last for o in out] == [False, True]
+    first, second = (o.envelope for o in out)
+    assert first.relations[16384].columns == ("id", "title", "body")
+    assert second.relations[16384].columns == ("id", "title", "body", "extra")
+    assert second.changes[0].new == {"id": "2", "title": "a", "body": "b", "extra": "9"}
+    assert asm.relation_changes == 1 and asm.changed_relations == ["public.item"]
+
+
+def test_a_binary_value_is_kept_as_bytea_text() -> None:
+    out = _feed(Assembler("o"), ITEM, *_txn(po.Insert(16384, ("1", b"\x00\xff", None))))
+    assert out[0].envelope.changes[0].new == {"id": "1", "title": "\\x00ff", "body": None}
