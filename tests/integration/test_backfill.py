@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from replicator.runtime import Pipeline
 from tests.e2e.cli import Background
 from tests.support import Env, mcp_writer, read_topic, wait_for
@@ -188,13 +190,22 @@ def _rows_read(env: Env) -> int:
         return int(row[0]) if row else 0
 
 
-def test_mcp_backfill_with_two_workers_under_a_writer_converges(env: Env) -> None:
-    """The shipped mapping (1→N, N→1 merges, JSON, TOAST) backfilled over a 2-partition topic by
-    two workers while the application keeps writing: validation finds the target equal."""
+@pytest.mark.timeout(1200)
+def test_a_million_row_mcp_backfill_with_two_workers_under_a_writer_converges(env: Env) -> None:
+    """About a million rows of the shipped mapping (1→N, N→1 merges, JSON, TOAST) backfilled with
+    the default chunk size over a 2-partition topic by two workers while the application keeps
+    writing: validation finds the target equal to the transformed legacy data."""
     from replicator.validate import validate
 
-    env.mcp_schemas(scale=10, seed=5)  # ~24,000 rows over 8 tables
-    s = env.settings(kafka={"partitions": 2}, backfill={"chunk_rows": 2000})
+    env.mcp_schemas(scale=424, seed=5)  # ~1,000,000 rows over 8 tables
+    with env.legacy_conn() as c:
+        total = sum(
+            int(c.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # type: ignore[index]
+            for t in ("user", "user_profile", "organization", "organization_member",
+                      "mcp_server", "api_key", "audit_log")
+        )  # fmt: skip
+    assert total >= 950_000, total
+    s = env.settings(kafka={"partitions": 2})
     pipeline = Pipeline(s, load_mapping("transforms.mcp_manager:MAPPING"))
     stop = threading.Event()
     counts: dict[str, int] = {}
@@ -202,7 +213,7 @@ def test_mcp_backfill_with_two_workers_under_a_writer_converges(env: Env) -> Non
     writer.start()
     try:
         pipeline.start(workers=2)
-        wait_for(lambda: _status(env) == "applied", 180, what="the backfill to be applied")
+        wait_for(lambda: _status(env) == "applied", 900, what="the backfill to be applied")
         wait_for(lambda: counts.get("txns", 0) > 20, 30, what="the writer to keep writing")
         stop.set()
         writer.join()
