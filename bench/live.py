@@ -10,7 +10,7 @@ shared cores they would measure each other. The replicator goes first and is sto
 left idle, costing nothing); the subscription is created after, so it starts at that point of
 the WAL and decodes only its own phase's writes.
 
-    python -m bench.live [--quick]
+    python -m bench.live [--quick] [--processes 2]
 """
 
 from __future__ import annotations
@@ -89,26 +89,34 @@ def _tables(conninfo: str) -> None:
             c.execute(ddl)
 
 
-def _replicator(env: Env, ids: load.Ids, n: Sizes, logdir: Path) -> Result:
+def _replicator(env: Env, ids: load.Ids, n: Sizes, logdir: Path, processes: int) -> Result:
+    """``replicator run`` (one process: capture and apply share one interpreter), or with
+    ``processes=2`` ``replicator capture`` and ``replicator apply`` side by side, one core each."""
     vars_ = {
         **env.env_vars(),
         "REPLICATOR_MAPPING": "identity:public.a,public.b",
         "REPLICATOR_CAPTURE__HEARTBEAT_INTERVAL_S": "1",
     }
-    proc = Background(["run"], vars_, logdir / "run.log")
+    commands = [["run"]] if processes == 1 else [["capture"], ["apply"]]
+    procs = [Background(cmd, vars_, logdir / f"{cmd[0]}.log") for cmd in commands]
+
+    def exited() -> bool:
+        return any(p.proc.poll() is not None for p in procs)
+
     try:
         wait_for(
-            lambda: _slot_active(env, f"{env.name}_fwd") or proc.proc.poll() is not None,
+            lambda: _slot_active(env, f"{env.name}_fwd") or exited(),
             120,
             what="the replicator's slot",
         )
-        if proc.proc.poll() is not None:
-            raise SystemExit(f"replicator run exited:\n{proc.output()}")
+        if exited():
+            raise SystemExit("replicator exited:\n" + "\n".join(p.output() for p in procs))
         return _workloads(env.legacy.conninfo(), env.target.conninfo(), ids, n, "replicator")
     finally:
-        proc.stop()
-        if "Traceback" in proc.output():
-            log(proc.output()[-3000:])
+        for p in procs:
+            p.stop()
+            if "Traceback" in p.output():
+                log(p.output()[-3000:])
 
 
 def _slot_active(env: Env, slot: str) -> bool:
@@ -167,7 +175,22 @@ def _ratio(a: float, b: float) -> float:
 
 
 def main() -> dict[str, Any]:
-    args = parse_args("live", __doc__ or "")
+    args = parse_args(
+        "live",
+        __doc__ or "",
+        [
+            (
+                "--processes",
+                {
+                    "type": int,
+                    "choices": (1, 2),
+                    "default": 1,
+                    "help": "1: `replicator run`; 2: `replicator capture` + `replicator apply`",
+                },
+            )
+        ],
+    )
+    processes = int(args.raw.processes)
     n = (
         Sizes(bulk=100_000, clients=4, txns=1_500, paced_s=10)
         if args.quick
@@ -177,7 +200,7 @@ def main() -> dict[str, Any]:
     with bench_env() as env, tempfile.TemporaryDirectory() as tmp:
         _tables(env.legacy.conninfo())
         _tables(env.target.conninfo())
-        ours = _replicator(env, ids, n, Path(tmp))
+        ours = _replicator(env, ids, n, Path(tmp), processes)
         time.sleep(1)  # the replicator's process is gone before the native phase starts
         theirs = _native(env, ids, n)
     p99 = ours.lag.pct(99)
@@ -202,6 +225,7 @@ def main() -> dict[str, Any]:
         native_lag_p50_ms=round(theirs.lag.pct(50), 1),
         native_lag_p99_ms=round(theirs.lag.pct(99), 1),
         lag_goal_met=bool(p99 <= 300),
+        processes=processes,
         bulk_changes=n.bulk,
         small_changes=ours.small.changes,
         peak_rss_mb=round(peak_rss_mb(), 1),
