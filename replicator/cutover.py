@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
@@ -28,6 +28,9 @@ from replicator.config import DatabaseSettings, Settings
 from replicator.errors import CutoverAborted, PreconditionError, ReplicatorError
 from replicator.state import ensure_schema
 from transforms.api import Direction, MappingSet
+
+if TYPE_CHECKING:
+    from replicator.validate_reverse import ReverseKeys
 
 JOURNAL_SQL = """
 CREATE TABLE IF NOT EXISTS replicator.cutover_journal (
@@ -108,6 +111,7 @@ class Cutover:
         # Test hook: raise at the named step, to prove every abort path restores the old writer.
         self._fail_at = fail_at or os.environ.get("REPLICATOR_CUTOVER_FAIL_AT")
         self.run_id = uuid.uuid4().hex[:12]
+        self._reverse_keys: ReverseKeys | None = None
 
     # -- the whole run ---------------------------------------------------------------------------
 
@@ -213,6 +217,16 @@ class Cutover:
                 f"the dead-letter queue holds {dlq} event(s): `replicator dlq list`, then replay or purge"
             )
         problems.extend(self._privilege_problems())
+        if p.action == "rollback":
+            # Most of the reverse stream is read now, before any write is blocked; the verify
+            # step reads only what arrived since.
+            from replicator.validate_reverse import ReverseKeys
+
+            self._reverse_keys = ReverseKeys(self.mapping, self.s.source)
+            try:
+                self._reverse_keys.read(self.s.kafka.bootstrap_servers, self._topic("rev"))
+            except ReplicatorError as exc:
+                problems.append(f"the reverse stream could not be read: {exc.message}")
         return problems
 
     def _validation_problems(self, conn: Any) -> list[str]:
@@ -290,14 +304,26 @@ class Cutover:
     # -- steps inside the window -----------------------------------------------------------------
 
     def _verify(self) -> None:
-        """The fenced side is static now: a fast validation of what changed is exact."""
-        if self.plan.action != "cutover":
-            return
-        try:
-            from replicator.validate import validate
-        except ImportError:
-            return
-        report = validate(self.s, self.mapping, fast=True, marker_timeout_s=5.0)
+        """The fenced side is static now: a validation of what changed is exact. A cutover
+        re-checks the legacy keys changed since the last full validation; a rollback, the legacy
+        rows the reverse stream wrote (the topic's tail since the preflight read it)."""
+        from replicator.validate import validate
+
+        if self.plan.action == "cutover":
+            report = validate(self.s, self.mapping, fast=True, marker_timeout_s=5.0)
+        else:
+            rk = self._reverse_keys
+            if rk is None:
+                raise CutoverAborted("the preflight did not read the reverse stream", step="verify")
+            rk.read(self.s.kafka.bootstrap_servers, self._topic("rev"))
+            report = validate(
+                self.s,
+                self.mapping,
+                keys=rk.keys,
+                full_sources=rk.full,
+                marker_timeout_s=5.0,
+                save=False,
+            )
         if report.difference_count or report.unsettled_count:
             raise CutoverAborted(
                 f"verification found {report.difference_count} difference(s)",

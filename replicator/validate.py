@@ -260,8 +260,13 @@ def validate(
     rounds: int = 3,
     marker_timeout_s: float = 30.0,
     save: bool = True,
+    keys: Mapping[str, set[SourceKey]] | None = None,
+    full_sources: Iterable[str] = (),
 ) -> Report:
-    """Validate the target against the legacy data; the report is stored unless ``save=False``."""
+    """Validate the target against the legacy data; the report is stored unless ``save=False``.
+
+    ``keys`` (legacy table -> keys) narrows the run to those legacy rows, plus the legacy tables
+    in ``full_sources`` in full: what a rollback re-checks (replicator.validate_reverse)."""
     selected = select_tables(mapping.forward, table)
     unkeyed = sorted(t for t, tt in mapping.forward.target_tables.items() if not tt.key)
     if unkeyed:
@@ -270,9 +275,8 @@ def validate(
             f"{', '.join(unkeyed)} (identity mappings do not)",
             hint="write a mapping module with keys (docs/transforms.md) to validate these tables",
         )
-    report = Report(
-        "fast" if fast else "full", sorted(selected) if table else None, datetime.now(UTC)
-    )
+    scope = "keys" if keys is not None else "fast" if fast else "full"
+    report = Report(scope, sorted(selected) if table else None, datetime.now(UTC))
     legacy = pg.connect(settings.source, autocommit=True)
     target = pg.connect(settings.target, autocommit=True)
     try:
@@ -293,7 +297,18 @@ def validate(
         topic = settings.topic("fwd", "changes")
         touched: dict[str, set[SourceKey]] | None = None
         full_tables = list(selected)
-        if fast:
+        if keys is not None:
+            touched = {source: set(k) for source, k in keys.items()}
+            full_tables = sorted(
+                {
+                    w.name
+                    for src in full_sources
+                    if src in mapping.forward.tables
+                    for w in mapping.forward.tables[src].writes
+                }
+                & set(selected)
+            )
+        elif fast:
             base = fast_baseline(target, table and sorted(selected)[0])
             if base is None:
                 raise PreconditionError(

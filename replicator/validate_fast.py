@@ -13,7 +13,7 @@ The range read is a plain assign/seek loop with kafka-python; it belongs beside
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
@@ -48,18 +48,33 @@ def touched_since(
     """Source keys of every change in ``topic`` from ``since`` (partition -> offset) to now."""
     out = Touched()
     loader = TextLoader()
+    out.end_offsets = read_range(
+        bootstrap, topic, since, lambda v: _collect(v, direction, loader, out), timeout_s
+    )
+    return out
+
+
+def read_range(
+    bootstrap: str,
+    topic: str,
+    since: Mapping[int, int],
+    collect: Callable[[bytes], None],
+    timeout_s: float = 60.0,
+) -> dict[int, int]:
+    """Every message of ``topic`` from ``since`` (partition -> offset; absent: the beginning) to
+    its current end, to ``collect``; returns the end offsets read up to."""
+    ends: dict[int, int] = {}
     with kafka_io.translated(f"reading {topic}"):
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         try:
             parts = consumer.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
             if not tps:
-                return out
+                return ends
             ends = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
             starts = {tp.partition: off for tp, off in consumer.beginning_offsets(tps).items()}
-            out.end_offsets = dict(ends)
             for p, start in starts.items():
-                if since.get(p, 0) < start:
+                if since and since.get(p, 0) < start:
                     raise PreconditionError(
                         f"{topic} partition {p} no longer holds offset {since.get(p, 0)} "
                         f"(retention removed it; it starts at {start})",
@@ -67,7 +82,7 @@ def touched_since(
                     )
             consumer.assign(tps)
             for tp in tps:
-                consumer.seek(tp, since.get(tp.partition, 0))
+                consumer.seek(tp, max(since.get(tp.partition, 0), starts[tp.partition]))
             deadline = time.monotonic() + timeout_s
             while any(consumer.position(tp) < ends[tp.partition] for tp in tps):
                 if time.monotonic() > deadline:
@@ -75,10 +90,10 @@ def touched_since(
                 for tp, records in consumer.poll(timeout_ms=500).items():
                     for r in records:
                         if r.offset < ends[tp.partition]:
-                            _collect(r.value, direction, loader, out)
+                            collect(r.value)
         finally:
             consumer.close()
-    return out
+    return ends
 
 
 def _collect(value: bytes, direction: Direction, loader: TextLoader, out: Touched) -> None:

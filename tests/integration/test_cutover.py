@@ -303,7 +303,7 @@ def test_failure_at_each_rollback_step_leaves_the_target_writable(env: Env, sync
         lambda: pipeline.direction == "rev" and pipeline.workers, 30, what="the reverse direction"
     )
     for i, step in enumerate(
-        ["preflight", "fence", "drain", "sequences", "reverse slot", "switch"]
+        ["preflight", "fence", "drain", "verify", "sequences", "reverse slot", "switch"]
     ):
         with pytest.raises(CutoverAborted):
             Cutover(s, pipeline.mapping, action="rollback", fail_at=step).run()
@@ -318,3 +318,31 @@ def test_failure_at_each_rollback_step_leaves_the_target_writable(env: Env, sync
                 30,
                 what=f"reverse sync after an abort at {step}",
             )
+
+
+def test_rollback_verify_refuses_a_legacy_row_that_differs(env: Env, synced: Any) -> None:
+    """The rollback re-checks the legacy rows the reverse stream wrote: one changed on legacy
+    behind its back stops the rollback at verify, and the target stays the writer."""
+    s, pipeline = synced
+    assert Cutover(s, pipeline.mapping).run().switched
+    wait_for(
+        lambda: pipeline.direction == "rev" and pipeline.workers, 30, what="the reverse direction"
+    )
+    with env.target_conn() as c:
+        uid = c.execute('SELECT min(id) FROM "user"').fetchone()[0]  # type: ignore[index]
+        c.execute("UPDATE \"user\" SET name = 'Renamed On Target' WHERE id = %s", (uid,))
+
+    def legacy_name() -> Any:
+        with env.legacy_conn() as c:
+            return c.execute('SELECT full_name FROM "user" WHERE id = %s', (uid,)).fetchone()[0]  # type: ignore[index]
+
+    wait_for(lambda: legacy_name() == "Renamed On Target", 60, what="the reverse stream")
+    with env.legacy_conn() as c:  # behind the fence's back, as only a superuser can
+        c.execute("SET session_replication_role = replica")
+        c.execute("UPDATE \"user\" SET full_name = 'Drifted' WHERE id = %s", (uid,))
+    with pytest.raises(CutoverAborted) as failed:
+        Cutover(s, pipeline.mapping, action="rollback").run()
+    assert failed.value.step == "verify", failed.value
+    with env.target_conn() as c:  # still the writer
+        c.execute("INSERT INTO audit_log (action, created_at) VALUES ('after-abort', now())")
+    assert pipeline.direction == "rev"
