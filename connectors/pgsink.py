@@ -21,7 +21,7 @@ from replicator.errors import SchemaError
 from transforms.api import Delete, Patch, TargetOp, Truncate, Upsert
 
 
-@dataclass
+@dataclass(slots=True)
 class _KeyState:
     deleted_first: bool = False  # an existing row must go before the values are written
     kind: str = "patch"  # "upsert" | "patch" | "delete"
@@ -69,11 +69,18 @@ class Batch:
         if known != cols:
             cols = known
         key = tuple(op.key[c] for c in cols)
-        states = self.tables.setdefault(op.table, {})
+        states = self.tables.get(op.table)
+        if states is None:
+            states = self.tables[op.table] = {}
         st = states.get(key)
         if st is None:
-            st = states[key] = _KeyState()
             self.size += 1
+            if type(op) is Upsert:  # most of the traffic: a first write of a key
+                states[key] = _KeyState(
+                    False, "upsert", {**op.values, **op.key}, dict(op.insert_only)
+                )
+                return
+            st = states[key] = _KeyState()
         if isinstance(op, Delete):
             st.kind, st.values, st.deleted_first = "delete", {}, True
         elif isinstance(op, Upsert):

@@ -7,6 +7,7 @@ hand-written table. Types it does not know (enums, domains of unknown base) stay
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,12 +17,28 @@ from psycopg.adapt import Transformer
 from replicator.errors import MalformedMessage
 
 _Load = Callable[[bytes], Any]
+_FromText = Callable[[str], Any]
+
+# Text-like types load to the text itself, and integers with int(): the psycopg loader would
+# encode the str to bytes only to decode it again. These are most columns of most rows.
+_AS_TEXT = frozenset({25, 1043, 1042, 19})  # text, varchar, bpchar, name
+_AS_INT = frozenset({20, 21, 23, 26})  # int8, int2, int4, oid
+_MISSING = object()
+
+
+def _bool(text: str) -> bool:
+    if text == "t":
+        return True
+    if text == "f":
+        return False
+    raise ValueError("not t or f")
 
 
 class TextLoader:
     def __init__(self) -> None:
         self._tx = Transformer(adapters)
         self._cache: dict[int, _Load] = {}
+        self._plans: dict[tuple[tuple[str, ...], tuple[int, ...]], list[tuple[str, int, Any]]] = {}
 
     def _loader(self, oid: int) -> _Load:
         fn = self._cache.get(oid)
@@ -30,22 +47,53 @@ class TextLoader:
             self._cache[oid] = fn
         return fn
 
+    def _plan(self, columns: tuple[str, ...], oids: tuple[int, ...]) -> list[tuple[str, int, Any]]:
+        """Per column: (name, oid, str -> value or None for "the text itself")."""
+        key = (columns, oids)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(columns) != len(oids):
+                raise MalformedMessage(f"{len(columns)} columns but {len(oids)} type oids")
+            plan = []
+            for col, oid in zip(columns, oids, strict=True):
+                fn: _FromText | None
+                if oid in _AS_TEXT:
+                    fn = None
+                elif oid in _AS_INT:
+                    fn = int
+                elif oid == 16:
+                    fn = _bool
+                elif oid in (114, 3802):  # json, jsonb: what psycopg's loader does, minus bytes
+                    fn = json.loads
+                else:
+                    load = self._loader(oid)
+                    fn = lambda text, load=load: load(text.encode())  # noqa: E731
+                plan.append((col, oid, fn))
+            self._plans[key] = plan
+        return plan
+
     def row(
         self, values: Mapping[str, str | None], columns: tuple[str, ...], oids: tuple[int, ...]
     ) -> dict[str, Any]:
         """Load one row image; columns absent from ``values`` (unchanged TOAST) stay absent."""
         out: dict[str, Any] = {}
-        for col, oid in zip(columns, oids, strict=True):
-            if col not in values:
-                continue
-            text = values[col]
-            if text is None:
-                out[col] = None
-                continue
-            try:
-                out[col] = self._loader(oid)(text.encode())
-            except Exception as exc:  # a loader's failure is bad data, never a crash
-                raise MalformedMessage(
-                    f"column {col!r}: cannot load {text[:60]!r} as type oid {oid}: {exc}"
-                ) from None
+        col, oid, text = "", 0, None
+        try:
+            for col, oid, fn in self._plan(columns, oids):  # noqa: B007 (the error names oid)
+                text = values.get(col, _MISSING)
+                if text is _MISSING:
+                    continue
+                if text is None:
+                    out[col] = None
+                elif type(text) is not str:
+                    raise TypeError(f"a {type(text).__name__}, not text")
+                else:
+                    out[col] = text if fn is None else fn(text)
+        except MalformedMessage:
+            raise
+        except Exception as exc:  # a loader's failure is bad data, never a crash
+            shown = text[:60] if isinstance(text, str) else text
+            raise MalformedMessage(
+                f"column {col!r}: cannot load {shown!r} as type oid {oid}: {exc}"
+            ) from None
         return out

@@ -13,6 +13,8 @@ from collections.abc import Hashable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+import orjson
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V", bound=Hashable)
 
@@ -63,6 +65,14 @@ def jsonb_safe(value: Any) -> Any:
     A legacy ``json`` column stores its text as given; ``jsonb`` rejects ``\\u0000`` in strings
     and keys. Catching it here dead-letters the row with a reason instead of failing a batch.
     """
+    try:
+        # orjson writes a NUL as the escape \u0000: absent from its output, absent from the value
+        # (the common case, at C speed). Present, it may also be an escaped backslash followed by
+        # "u0000": the walk below decides. orjson refuses some values (ints beyond 64 bits).
+        if b"\\u0000" not in orjson.dumps(value):
+            return value
+    except TypeError:
+        pass
     stack = [value]
     while stack:
         item = stack.pop()

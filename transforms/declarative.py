@@ -184,19 +184,21 @@ class _Column:
     convert_none: bool
     # The column an error names: the source column when there is one.
     blame: str
+    # The one source column, when there is exactly one (the common case, checked per row).
+    single: str | None = None
 
     @classmethod
     def of(cls, name: str, spec: ColumnSpec) -> _Column:
         c = _spec(spec)
         if c.convert is None and len(c.sources) != 1:
             raise ValueError(f"target column {name}: several sources need a converter")
-        blame = c.sources[0] if len(c.sources) == 1 else name
-        return cls(name, c.sources, c.convert, c.convert_none, blame)
+        single = c.sources[0] if len(c.sources) == 1 else None
+        return cls(name, c.sources, c.convert, c.convert_none, single or name, single)
 
     def compute(self, ctx: _Context, row: Mapping[str, Any]) -> Any:
         try:
-            if len(self.sources) == 1:
-                value = row[self.sources[0]]
+            if self.single is not None:
+                value = row[self.single]
                 if self.convert is None or (value is None and not self.convert_none):
                     return value
                 return self.convert(value)
@@ -215,6 +217,7 @@ class _Plan:
     key: tuple[_Column, ...]
     columns: tuple[_Column, ...]
     insert_only: tuple[_Column, ...] = ()
+    key_sources: tuple[str, ...] = ()  # every source column of the key
 
     @classmethod
     def of(cls, t: Target) -> _Plan:
@@ -224,12 +227,14 @@ class _Plan:
             key,
             tuple(_Column.of(n, s) for n, s in t.columns.items()),
             tuple(_Column.of(n, s) for n, s in t.insert_only.items()),
+            tuple(dict.fromkeys(s for c in key for s in c.sources)),
         )
 
     def key_of(self, ctx: _Context, row: Mapping[str, Any]) -> dict[str, Any] | None:
         """The target key from ``row``, or None when ``row`` lacks a key source."""
-        if not all(s in row for c in self.key for s in c.sources):
-            return None
+        for s in self.key_sources:
+            if s not in row:
+                return None
         key = {c.name: c.compute(ctx, row) for c in self.key}
         for c in self.key:
             if key[c.name] is None:
@@ -239,7 +244,7 @@ class _Plan:
     def values(self, ctx: _Context, row: Mapping[str, Any], *, whole: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for c in self.columns:
-            if all(s in row for s in c.sources):
+            if c.single in row if c.single is not None else all(s in row for s in c.sources):
                 out[c.name] = c.compute(ctx, row)
             elif whole:
                 missing = [s for s in c.sources if s not in row]
