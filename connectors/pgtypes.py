@@ -27,11 +27,12 @@ _MISSING = object()
 
 
 def _bool(text: str) -> bool:
-    if text == "t":
+    # The log writes t/f; a column read as ``col::text`` (backfill, DLQ replay) gives true/false.
+    if text == "t" or text == "true":
         return True
-    if text == "f":
+    if text == "f" or text == "false":
         return False
-    raise ValueError("not t or f")
+    raise ValueError("not a boolean (t, f, true or false)")
 
 
 class TextLoader:

@@ -67,7 +67,7 @@ _PSYCOPG = Transformer(adapters)
         st.tuples(st.just(23), st.integers(-(2**31), 2**31 - 1).map(str)),
         st.tuples(st.just(25), st.text()),
         st.tuples(st.just(1043), st.text()),
-        st.tuples(st.just(16), st.sampled_from(["t", "f"])),
+        st.tuples(st.just(16), st.sampled_from(["t", "f", "true", "false"])),
     )
 )
 def test_fast_paths_agree_with_psycopg(case: tuple[int, str]) -> None:
