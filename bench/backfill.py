@@ -5,7 +5,10 @@ creates the slot and backfills every mapped legacy table — keyset chunks read 
 snapshot topic, the forward transforms, COPY-staged upserts into the Drizzle schema — until
 ``replicator.backfill`` says ``applied``. Its time is the backfill row's own interval on the
 target (``started_at`` → ``finished_at``, so the process start-up is not counted; the wall time
-from launch is reported beside it).
+from launch is reported beside it). Then a full ``replicator validate`` proves the target equal
+to the transformed legacy data (its outcome is in the JSON; anything but clean fails the run;
+``--no-validate`` skips it). At the default scale this is the million-row backfill the tests
+run at a quarter of the size.
 
 The limit, timed in the same run on the same servers: the same legacy tables streamed with
 ``COPY … TO STDOUT (FORMAT binary)`` straight into ``COPY … FROM STDIN (FORMAT binary)`` of an
@@ -31,6 +34,7 @@ from psycopg import sql
 
 from bench._writer import MAPPING_REF
 from bench.harness import Timer, bench_env, emit, log, parse_args
+from replicator.validate import validate
 from tests.e2e.cli import Background
 from tests.support import Env, wait_for
 from transforms.mcp_manager import MAPPING
@@ -104,6 +108,8 @@ class BackfillRun:
     wall_s: float = 0.0  # from launching `replicator run`
     read_wall_s: float = 0.0  # launch → every chunk in Kafka (±0.2 s polling): the rest is apply
     peak_rss_mb: float = 0.0
+    validation: str = "skipped"  # replicator validate's outcome on the backfilled target
+    validate_s: float = 0.0
 
 
 def _status(env: Env) -> BackfillRun | None:
@@ -123,8 +129,9 @@ def _status(env: Env) -> BackfillRun | None:
     return BackfillRun(str(row[0]), int(row[1]), float(row[2]), bool(row[3]))
 
 
-def backfill(env: Env, logdir: Path, chunk_rows: int) -> BackfillRun:
-    """``replicator run`` on a fresh pipeline until its backfill is applied."""
+def backfill(env: Env, logdir: Path, chunk_rows: int, check: bool = True) -> BackfillRun:
+    """``replicator run`` on a fresh pipeline until its backfill is applied; then (``check``)
+    a full validation while it still runs, so the benchmark also proves the result equal."""
     vars_ = {
         **env.env_vars(),
         "REPLICATOR_MAPPING": MAPPING_REF,
@@ -146,9 +153,18 @@ def backfill(env: Env, logdir: Path, chunk_rows: int) -> BackfillRun:
         wait_for(applied, 3600, what="the backfill to be applied")
         wall = time.monotonic() - started
         rss = _peak_rss_mb(proc.proc.pid)
+        outcome, validate_s = "skipped", 0.0
+        if check:
+            log("applied; validating the target against the transformed legacy data…")
+            with Timer() as t:
+                report = validate(env.settings(), MAPPING, save=False)
+            outcome, validate_s = report.outcome, t.seconds
+            if outcome != "clean":
+                raise SystemExit(f"validation after the backfill failed: {report.to_json(limit=5)}")
     run = _status(env)
     assert run is not None
     run.wall_s, run.peak_rss_mb = wall, rss
+    run.validation, run.validate_s = outcome, validate_s
     run.read_wall_s = (read_at[0] if read_at else time.monotonic()) - started
     return run
 
@@ -160,6 +176,7 @@ def main() -> dict[str, Any]:
         [
             ("--scale", {"type": int, "default": None, "help": "MCP data scale (default 40, 400)"}),
             ("--chunk-rows", {"type": int, "default": CHUNK_ROWS, "help": "backfill.chunk_rows"}),
+            ("--no-validate", {"action": "store_true", "help": "skip the validation at the end"}),
         ],
     )
     chunk_rows = int(args.raw.chunk_rows)
@@ -172,7 +189,7 @@ def main() -> dict[str, Any]:
         log(f"generated in {gen.seconds:.1f}s; raw COPY pipe of {len(tables)} tables…")
         raw_rows, raw_s = raw_copy(env, tables)
         log(f"raw pipe: {raw_rows} rows in {raw_s:.2f}s; backfilling through Kafka…")
-        run = backfill(env, Path(tmp), chunk_rows)
+        run = backfill(env, Path(tmp), chunk_rows, check=not args.raw.no_validate)
         rows = run.rows
         if rows != raw_rows:
             log(f"note: the backfill read {rows} rows, the raw pipe copied {raw_rows}")
@@ -198,6 +215,8 @@ def main() -> dict[str, Any]:
             raw_s=round(raw_s, 3),
             generate_s=round(gen.seconds, 1),
             peak_rss_mb=round(run.peak_rss_mb, 1),
+            validation=run.validation,
+            validate_s=round(run.validate_s, 1),
             rss_of="the `replicator run` process (VmHWM)",
         )
 

@@ -190,21 +190,25 @@ def _rows_read(env: Env) -> int:
         return int(row[0]) if row else 0
 
 
-@pytest.mark.timeout(1200)
-def test_a_million_row_mcp_backfill_with_two_workers_under_a_writer_converges(env: Env) -> None:
-    """About a million rows of the shipped mapping (1→N, N→1 merges, JSON, TOAST) backfilled with
-    the default chunk size over a 2-partition topic by two workers while the application keeps
-    writing: validation finds the target equal to the transformed legacy data."""
+@pytest.mark.timeout(900)
+def test_a_large_mcp_backfill_with_two_workers_under_a_writer_converges(env: Env) -> None:
+    """A quarter of a million rows of the shipped mapping (1→N, N→1 merges, JSON, TOAST)
+    backfilled with the default chunk size over a 2-partition topic by two workers while the
+    application keeps writing: validation finds the target equal to the transformed legacy data.
+
+    The million-row run is ``python -m bench.backfill``, which validates the same way: at a
+    million rows this test alone took 8 minutes here and over 15 on the CI machine, more than
+    half of the suite's budget."""
     from replicator.validate import validate
 
-    env.mcp_schemas(scale=424, seed=5)  # ~1,000,000 rows over 8 tables
+    env.mcp_schemas(scale=100, seed=5)  # ~236,000 rows over 8 tables
     with env.legacy_conn() as c:
         total = sum(
             int(c.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # type: ignore[index]
             for t in ("user", "user_profile", "organization", "organization_member",
                       "mcp_server", "api_key", "audit_log")
         )  # fmt: skip
-    assert total >= 950_000, total
+    assert total >= 230_000, total
     s = env.settings(kafka={"partitions": 2})
     pipeline = Pipeline(s, load_mapping("transforms.mcp_manager:MAPPING"))
     stop = threading.Event()
@@ -213,7 +217,7 @@ def test_a_million_row_mcp_backfill_with_two_workers_under_a_writer_converges(en
     writer.start()
     try:
         pipeline.start(workers=2)
-        wait_for(lambda: _status(env) == "applied", 900, what="the backfill to be applied")
+        wait_for(lambda: _status(env) == "applied", 600, what="the backfill to be applied")
         wait_for(lambda: counts.get("txns", 0) > 20, 30, what="the writer to keep writing")
         stop.set()
         writer.join()
