@@ -181,6 +181,8 @@ class Pipeline:
                 old = self.direction
                 self._stop_stages()
                 self._drop_drained_slot(old)
+                if self.stop.is_set():
+                    return  # shut down meanwhile: starting the new stages would orphan them
                 self.direction = wanted
                 self._start_stages(backfill=False)
             except BaseException as exc:
@@ -240,6 +242,9 @@ class Pipeline:
         self._stage_stop.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=60)
+        # The supervisor may have started a new generation of stages (a direction change) after
+        # the first set(): that generation has its own stop event.
+        self._stage_stop.set()
         for t in self._threads:
             t.join(timeout=60)
         if self.error is not None:
