@@ -235,7 +235,12 @@ def test_broker_restart_during_load_loses_nothing(
             before = writer.commits
             wait_for(lambda: writer.commits > before + 200, 60, what="writes after the restart")
             writer.finish()
-            _converged(env)
+            try:
+                _converged(env)
+            except AssertionError as exc:  # what the replicator logged says why
+                raise AssertionError(
+                    f"{exc}\n--- replicator run ---\n{run.output()[-6000:]}"
+                ) from None
         finally:
             writer.stop.set()
             ls.start_kafka()
