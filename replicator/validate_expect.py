@@ -162,6 +162,16 @@ def read_keys(
 ) -> Iterator[dict[str, Any]]:
     """The rows of ``table`` whose ``key_cols`` match one of ``keys`` (typed Python values)."""
     todo = list(keys)
+    if len(key_cols) == 1:
+        # One array parameter: a short statement, not thousands of placeholders to parse.
+        stmt = sql.SQL("SELECT * FROM {} WHERE {} = ANY(%s)").format(
+            _ident(table), sql.Identifier(key_cols[0])
+        )
+        for i in range(0, len(todo), KEY_BATCH):
+            with conn.cursor(row_factory=dict_row) as cur:
+                cur.execute(stmt, ([k[0] for k in todo[i : i + KEY_BATCH]],))
+                yield from cur
+        return
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in key_cols)
     one = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(key_cols)))
     for i in range(0, len(todo), KEY_BATCH):

@@ -13,7 +13,7 @@ The range read is a plain assign/seek loop with kafka-python; it belongs beside
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
@@ -60,14 +60,20 @@ def read_range(
     since: Mapping[int, int],
     collect: Callable[[bytes], None],
     timeout_s: float = 60.0,
+    partitions: Iterable[int] | None = None,
 ) -> dict[int, int]:
     """Every message of ``topic`` from ``since`` (partition -> offset; absent: the beginning) to
-    its current end, to ``collect``; returns the end offsets read up to."""
+    its current end, to ``collect``; returns the end offsets read up to. ``partitions``, when the
+    caller knows them, spares the metadata request for every topic of the cluster."""
     ends: dict[int, int] = {}
     with kafka_io.translated(f"reading {topic}"):
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         try:
-            parts = consumer.partitions_for_topic(topic) or set()
+            parts = (
+                set(partitions)
+                if partitions is not None
+                else consumer.partitions_for_topic(topic) or set()
+            )
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
             if not tps:
                 return ends

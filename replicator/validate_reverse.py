@@ -47,7 +47,12 @@ class ReverseKeys:
         with pg.connect(self.legacy, autocommit=True) as conn, pg.translated(self.legacy.masked()):
             self._conn = conn
             try:
-                ends = read_range(bootstrap, topic, self.offsets, self._collect, timeout_s)
+                # After the first read (the preflight's) the partitions are known: the read in
+                # the write pause skips the cluster-wide metadata request.
+                known = list(self.offsets) if self.offsets else None
+                ends = read_range(
+                    bootstrap, topic, self.offsets, self._collect, timeout_s, partitions=known
+                )
             finally:
                 self._conn = None
         self.offsets.update(ends)

@@ -100,6 +100,15 @@ def read_target(
     if keys is None:
         take(conn.execute(sql.SQL("SELECT {} FROM {}").format(cols, _ident(shape.name))))
         return out
+    if nkey == 1:
+        # One array parameter: a short statement, not thousands of placeholders to parse.
+        k = shape.key[0]
+        stmt = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::" + shape.types[k] + "[])").format(
+            cols, _ident(shape.name), sql.Identifier(k)
+        )
+        for part in chunks(keys, 5_000):
+            take(conn.execute(stmt, ([key[0] for key in part],)))
+        return out
     one = sql.SQL("({})").format(
         # format_type() output is valid SQL type syntax; the cast makes the key text comparable.
         sql.SQL(", ").join(sql.SQL("%s::" + shape.types[k]) for k in shape.key)
