@@ -9,6 +9,7 @@ sync keeps running. The write pause the application sees is fence commit → swi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -30,7 +31,10 @@ from replicator.state import ensure_schema
 from transforms.api import Direction, MappingSet
 
 if TYPE_CHECKING:
+    from replicator.validate_fast import Touched
     from replicator.validate_reverse import ReverseKeys
+
+log = logging.getLogger(__name__)
 
 JOURNAL_SQL = """
 CREATE TABLE IF NOT EXISTS replicator.cutover_journal (
@@ -112,6 +116,8 @@ class Cutover:
         self._fail_at = fail_at or os.environ.get("REPLICATOR_CUTOVER_FAIL_AT")
         self.run_id = uuid.uuid4().hex[:12]
         self._reverse_keys: ReverseKeys | None = None
+        self._partitions = 0  # of the draining direction's topic, once the preflight counted them
+        self._touched: Touched | None = None  # the changes topic as the preflight read it
 
     # -- the whole run ---------------------------------------------------------------------------
 
@@ -138,7 +144,8 @@ class Cutover:
             )
         try:
             with self._step(out, "drain"):
-                partitions = kafka_io.partition_count(
+                # Counted by the preflight's lag probe: no Kafka metadata round trip in the pause.
+                partitions = self._partitions or kafka_io.partition_count(
                     self.s.kafka.bootstrap_servers, self._topic(p.old_dir)
                 )
                 waited = fencing.wait_marker(
@@ -217,6 +224,8 @@ class Cutover:
                 f"the dead-letter queue holds {dlq} event(s): `replicator dlq list`, then replay or purge"
             )
         problems.extend(self._privilege_problems())
+        if p.action == "cutover" and not problems:
+            self._read_touched()
         if p.action == "rollback":
             # Most of the reverse stream is read now, before any write is blocked; the verify
             # step reads only what arrived since.
@@ -228,6 +237,28 @@ class Cutover:
             except ReplicatorError as exc:
                 problems.append(f"the reverse stream could not be read: {exc.message}")
         return problems
+
+    def _read_touched(self) -> None:
+        """The changes topic since the last clean full validation, read before any write is
+        blocked; the verify step reads only what arrived since. A failure here is left to the
+        verify step, which reads the whole range again and reports it."""
+        from replicator.validate_fast import touched_since
+        from replicator.validate_report import fast_baseline
+
+        state = self._state_db("fwd")
+        try:
+            with pg.connect(state, autocommit=True) as conn, pg.translated(state.masked()):
+                base = fast_baseline(conn, None)
+            if base is not None:
+                self._touched = touched_since(
+                    self.s.kafka.bootstrap_servers,
+                    self._topic("fwd"),
+                    self.mapping.forward,
+                    base[1],
+                )
+        except ReplicatorError as exc:
+            log.warning("cutover: reading the changes topic ahead of the pause failed: %s", exc)
+            self._touched = None
 
     def _validation_problems(self, conn: Any) -> list[str]:
         try:
@@ -256,6 +287,7 @@ class Cutover:
             partitions = kafka_io.partition_count(
                 self.s.kafka.bootstrap_servers, self._topic(p.old_dir)
             )
+            self._partitions = partitions
             return fencing.wait_marker(
                 self._state_db(p.old_dir),
                 self._topic(p.old_dir),
@@ -310,7 +342,9 @@ class Cutover:
         from replicator.validate import validate
 
         if self.plan.action == "cutover":
-            report = validate(self.s, self.mapping, fast=True, marker_timeout_s=5.0)
+            report = validate(
+                self.s, self.mapping, fast=True, marker_timeout_s=5.0, read_ahead=self._touched
+            )
         else:
             rk = self._reverse_keys
             if rk is None:

@@ -50,7 +50,7 @@ from replicator.validate_canon import (
     verdict,
 )
 from replicator.validate_expect import SourceKey, fold_all, fold_keys
-from replicator.validate_fast import end_offsets, touched_since
+from replicator.validate_fast import Touched, end_offsets, touched_since
 from replicator.validate_orphans import find_orphans
 from replicator.validate_report import (
     Difference,
@@ -262,11 +262,14 @@ def validate(
     save: bool = True,
     keys: Mapping[str, set[SourceKey]] | None = None,
     full_sources: Iterable[str] = (),
+    read_ahead: Touched | None = None,
 ) -> Report:
     """Validate the target against the legacy data; the report is stored unless ``save=False``.
 
     ``keys`` (legacy table -> keys) narrows the run to those legacy rows, plus the legacy tables
-    in ``full_sources`` in full: what a rollback re-checks (replicator.validate_reverse)."""
+    in ``full_sources`` in full: what a rollback re-checks (replicator.validate_reverse).
+    ``read_ahead`` (``fast`` only): the changes topic as the caller already read it from the
+    baseline; only its tail is read now (a cutover's verify, in the write pause)."""
     selected = select_tables(mapping.forward, table)
     unkeyed = sorted(t for t, tt in mapping.forward.target_tables.items() if not tt.key)
     if unkeyed:
@@ -316,7 +319,9 @@ def validate(
                     hint="run `replicator validate` without --fast first",
                 )
             report.since_run_id = base[0]
-            got = touched_since(settings.kafka.bootstrap_servers, topic, mapping.forward, base[1])
+            got = touched_since(
+                settings.kafka.bootstrap_servers, topic, mapping.forward, base[1], prior=read_ahead
+            )
             touched = got.keys
             # A truncate cannot be narrowed to keys: its tables are checked in full.
             full_tables = sorted(

@@ -44,13 +44,27 @@ def touched_since(
     direction: Direction,
     since: Mapping[int, int],
     timeout_s: float = 60.0,
+    *,
+    prior: Touched | None = None,
 ) -> Touched:
-    """Source keys of every change in ``topic`` from ``since`` (partition -> offset) to now."""
-    out = Touched()
+    """Source keys of every change in ``topic`` from ``since`` (partition -> offset) to now.
+
+    ``prior``, read earlier from the same or an older ``since``, is extended with what arrived
+    after it (its partitions known: no cluster-wide metadata request): a cutover reads most of
+    the topic before the fence and only the tail in the write pause."""
+    out = prior if prior is not None else Touched()
+    start = prior.end_offsets if prior is not None and prior.end_offsets else since
+    known = list(start) if prior is not None and prior.end_offsets else None
     loader = TextLoader()
-    out.end_offsets = read_range(
-        bootstrap, topic, since, lambda v: _collect(v, direction, loader, out), timeout_s
+    ends = read_range(
+        bootstrap,
+        topic,
+        start,
+        lambda v: _collect(v, direction, loader, out),
+        timeout_s,
+        partitions=known,
     )
+    out.end_offsets = {**out.end_offsets, **ends}
     return out
 
 

@@ -346,3 +346,26 @@ def test_rollback_verify_refuses_a_legacy_row_that_differs(env: Env, synced: Any
     with env.target_conn() as c:  # still the writer
         c.execute("INSERT INTO audit_log (action, created_at) VALUES ('after-abort', now())")
     assert pipeline.direction == "rev"
+
+
+def test_cutover_verify_checks_changes_made_after_the_preflight(env: Env, synced: Any) -> None:
+    """The preflight reads the changes topic ahead of the pause and verify reads only its tail:
+    a row changed on legacy after the preflight, then wrong on the target, still stops the
+    cutover at verify, and legacy stays the writer."""
+    s, _pipeline = synced
+    with env.legacy_conn() as c:
+        sid = c.execute("SELECT min(id) FROM mcp_server").fetchone()[0]  # type: ignore[index]
+
+    def between_steps(step: Any) -> None:
+        if step.name == "preflight":  # after the preflight's read, before the fence
+            with env.legacy_conn() as c:
+                c.execute("UPDATE mcp_server SET name = 'after preflight' WHERE id = %s", (sid,))
+        elif step.name == "drain":  # applied by now; then damaged on the target
+            with env.target_conn() as c:
+                c.execute("UPDATE mcp_server SET name = 'damaged' WHERE id = %s", (sid,))
+
+    with pytest.raises(CutoverAborted) as failed:
+        Cutover(s, _pipeline.mapping, report=between_steps).run()
+    assert failed.value.step == "verify", failed.value
+    with env.legacy_conn() as c:  # unfenced: still the writer
+        c.execute("UPDATE mcp_server SET name = 'writable' WHERE id = %s", (sid,))
