@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -95,8 +96,11 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, bytes]]:
-    """Every record of ``topic`` now, as (partition, offset, value): for small topics (DLQ)."""
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[tuple[int, int, bytes]]:
+    """Every record of ``topic`` now, as (partition, offset, value): for small topics (DLQ).
+
+    Reads until every partition's position reaches the end it had at the start (a slow poll
+    does not cut the list short); ``KafkaUnavailable`` if that takes over ``timeout_s``."""
     ends = end_offsets(bootstrap, topic)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     out: list[tuple[int, int, bytes]] = []
@@ -108,16 +112,14 @@ def read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, bytes]]:
             consumer.assign(tps)
             for tp in tps:
                 consumer.seek_to_beginning(tp)
-            pending = {tp.partition for tp in tps}
-            while pending:
-                polled = consumer.poll(timeout_ms=2_000)
-                if not polled:
-                    break
-                for tp, records in polled.items():
+            deadline = time.monotonic() + timeout_s
+            while any(consumer.position(tp) < ends[tp.partition] for tp in tps):
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(f"reading {topic} did not finish in {timeout_s:.0f}s")
+                for tp, records in consumer.poll(timeout_ms=500).items():
                     for r in records:
-                        out.append((tp.partition, r.offset, r.value))
-                        if r.offset + 1 >= ends[tp.partition]:
-                            pending.discard(tp.partition)
+                        if r.offset < ends[tp.partition]:
+                            out.append((tp.partition, r.offset, r.value))
     finally:
         consumer.close()
     return sorted(out)

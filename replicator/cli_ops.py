@@ -125,7 +125,12 @@ def _letters(config: Path | None, direction: str, table: str | None = None) -> t
         done = done_positions(conn, topic)
     letters = read_letters(s.kafka.bootstrap_servers, topic, done)
     if table:
-        letters = [x for x in letters if x.letter.table and x.letter.table.endswith(table)]
+        # "user" or "public.user" names public.user, never public.api_user.
+        letters = [
+            x
+            for x in letters
+            if x.letter.table and table in (x.letter.table, x.letter.table.partition(".")[2])
+        ]
     return s, topic, letters
 
 

@@ -124,6 +124,8 @@ def test_poison_row_is_listed_replayed_after_the_fix_and_purged(env: Env, tmp_pa
         letters = wait_for(lambda: _letters(vars_), 30, what="the dead letter")
         assert [(x["table"], x["key"]) for x in letters] == [("public.item", {"id": "2"})]
         assert "no_bad" in letters[0]["reason"]
+        assert len(_letters(vars_, "item")) == len(_letters(vars_, "public.item")) == 1
+        assert _letters(vars_, "tem") == []  # a table name, not a suffix
         shown = run_cli(["dlq", "show", letters[0]["position"]], vars_)
         assert shown.returncode == 0 and '"commit_lsn"' in shown.stdout
 
@@ -148,8 +150,8 @@ def test_poison_row_is_listed_replayed_after_the_fix_and_purged(env: Env, tmp_pa
     assert "Traceback" not in run.output()
 
 
-def _letters(vars_: dict[str, str]) -> list[dict[str, Any]]:
-    r = run_cli(["dlq", "list", "--json"], vars_)
+def _letters(vars_: dict[str, str], table: str | None = None) -> list[dict[str, Any]]:
+    r = run_cli(["dlq", "list", "--json", *(["--table", table] if table else [])], vars_)
     assert r.returncode == 0, r.stdout + r.stderr
     out: list[dict[str, Any]] = json.loads(r.stdout)
     return out
