@@ -59,7 +59,7 @@ class Server:
         d = conninfo_to_dict(dsn)
         return Server(
             host=str(d.get("host", "127.0.0.1")),
-            port=int(d.get("port", 5432)),
+            port=int(d.get("port") or 5432),
             user=str(d.get("user", "postgres")),
             password=str(d.get("password", "")),
             dbname=str(d.get("dbname", "postgres")),
