@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import orjson
+
 from connectors import pgoutput as po
 from connectors.envelope import Change, Envelope, RelationInfo
 
@@ -244,27 +246,34 @@ class Assembler:
 
 
 class _Spool:
-    """Changes of one streamed transaction on disk, until it commits or aborts."""
+    """Changes of one streamed transaction on disk, until it commits or aborts.
+
+    One orjson line per record: ``["R", relid, relation]`` when a relation is first used or
+    changed, then ``["C", subxid, op, relid, new, old, unchanged]`` per change. Every change of
+    a large transaction is written and read back once, so the format is the cheapest to
+    encode and parse, not the envelope's.
+    """
 
     def __init__(self, directory: str | None) -> None:
         # Lives as long as the spool; close() releases it.
-        self._file: IO[str] = tempfile.TemporaryFile(  # noqa: SIM115
-            "w+", dir=directory, encoding="utf-8"
-        )
+        self._file: IO[bytes] = tempfile.TemporaryFile("w+b", dir=directory)  # noqa: SIM115
         self._written: dict[int, RelationInfo] = {}
         self.aborted: set[int] = set()
 
     def write(self, subxid: int, rel: RelationInfo, ch: Change) -> None:
         if self._written.get(ch.rel) is not rel:
-            self._file.write(json.dumps(["R", ch.rel, rel.to_wire()]) + "\n")
+            self._file.write(orjson.dumps(["R", ch.rel, rel.to_wire()], option=_LINE))
             self._written[ch.rel] = rel
-        self._file.write(json.dumps(["C", subxid, ch.to_wire()]) + "\n")
+        self._file.write(
+            orjson.dumps(["C", subxid, ch.op, ch.rel, ch.new, ch.old, ch.unchanged], option=_LINE)
+        )
 
     def replay(self) -> Iterator[tuple[int, RelationInfo, Change]]:
         self._file.seek(0)
         rels: dict[int, RelationInfo] = {}
+        aborted = self.aborted
         for line in self._file:
-            rec = json.loads(line)
+            rec = orjson.loads(line)
             if rec[0] == "R":
                 r = rec[2]
                 rels[rec[1]] = RelationInfo(
@@ -275,17 +284,16 @@ class _Spool:
                     tuple(r["key_columns"]),
                 )
                 continue
-            if rec[1] in self.aborted:
+            if aborted and rec[1] in aborted:
                 continue
-            c = rec[2]
-            yield (
-                c["rel"],
-                rels[c["rel"]],
-                Change(c["op"], c["rel"], c.get("new"), c.get("old"), list(c.get("unchanged", ()))),
-            )
+            _, _, op, rel_id, new, old, unchanged = rec
+            yield rel_id, rels[rel_id], Change(op, rel_id, new, old, unchanged)
 
     def close(self) -> None:
         self._file.close()
+
+
+_LINE = orjson.OPT_APPEND_NEWLINE
 
 
 _PLAIN = frozenset({str, type(None)})

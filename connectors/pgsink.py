@@ -9,9 +9,13 @@ one COPY into a temporary staging table plus one ``INSERT … ON CONFLICT … DO
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg import sql
@@ -66,9 +70,7 @@ class Batch:
             raise TypeError("truncate is a barrier: flush, then call Sink.truncate")
         cols = tuple(op.key)
         known = self.key_columns.setdefault(op.table, cols)
-        if known != cols:
-            cols = known
-        key = tuple(op.key[c] for c in cols)
+        key = tuple(op.key.values()) if known == cols else tuple(op.key[c] for c in known)
         states = self.tables.get(op.table)
         if states is None:
             states = self.tables[op.table] = {}
@@ -97,6 +99,20 @@ class Batch:
             if st.kind != "upsert":
                 st.kind = "patch"
                 st.values.update(op.key)
+
+
+# Types psycopg dumps as they are; a row of only these needs no per-value look at _adapt.
+_SCALARS = frozenset(
+    {str, int, float, bool, type(None), Decimal, datetime, date, time, timedelta, UUID, bytes}
+)
+
+
+def _picker(columns: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Sequence[Any]]:
+    """A row mapping's values in ``columns`` order, as a tuple (at C speed)."""
+    if len(columns) == 1:
+        (only,) = columns
+        return lambda row: (row[only],)
+    return operator.itemgetter(*columns)
 
 
 def _adapt(v: Any) -> Any:
@@ -152,13 +168,16 @@ class Sink:
         self.conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
         return name
 
-    def _copy(self, stage: str, columns: tuple[str, ...], rows: Iterable[Iterable[Any]]) -> None:
+    def _copy(self, stage: str, columns: tuple[str, ...], rows: Iterable[Sequence[Any]]) -> None:
         stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
             sql.Identifier(stage), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
         )
         with self.conn.cursor().copy(stmt) as copy:
             for row in rows:
-                copy.write_row([_adapt(v) for v in row])
+                if _SCALARS.issuperset(map(type, row)):  # most rows: nothing to wrap
+                    copy.write_row(row)
+                else:
+                    copy.write_row([_adapt(v) for v in row])
 
     def flush(self, batch: Batch) -> dict[str, int]:
         """Write the batch; returns rows touched per target table."""
@@ -175,12 +194,23 @@ class Sink:
             info = self.table(table)
             keys = batch.key_columns[table]
             groups: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[Mapping[str, Any]]] = {}
+            # Rows group by the set of columns they carry; the sorted form of a column order
+            # seen before is looked up, not sorted again (most rows of a table share one).
+            shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
             for st in states.values():
                 if st.kind == "delete":
                     continue
-                only = tuple(sorted(c for c in st.insert_only if c not in st.values))
-                row = {**st.insert_only, **st.values} if only else st.values
-                groups.setdefault((st.kind, tuple(sorted(st.values)), only), []).append(row)
+                only: tuple[str, ...] = ()
+                row = st.values
+                if st.insert_only:
+                    only = tuple(sorted(c for c in st.insert_only if c not in st.values))
+                    if only:
+                        row = {**st.insert_only, **st.values}
+                order = tuple(st.values)
+                shape = shapes.get(order)
+                if shape is None:
+                    shape = shapes[order] = tuple(sorted(order))
+                groups.setdefault((st.kind, shape, only), []).append(row)
             for (kind, set_cols, only), rows in groups.items():
                 cols = tuple(sorted(set_cols + only))
                 unknown = [c for c in cols if c not in info.columns]
@@ -218,7 +248,7 @@ class Sink:
         insert_only: frozenset[str] = frozenset(),
     ) -> None:
         stage = self._stage(info, cols)
-        self._copy(stage, cols, ([r[c] for c in cols] for r in rows))
+        self._copy(stage, cols, map(_picker(cols), rows))
         rest = [c for c in cols if c not in keys and c not in insert_only]
         action = (
             sql.SQL("DO UPDATE SET {}").format(
@@ -253,7 +283,7 @@ class Sink:
         if not rest:
             return
         stage = self._stage(info, cols)
-        self._copy(stage, cols, ([r[c] for c in cols] for r in rows))
+        self._copy(stage, cols, map(_picker(cols), rows))
         self.conn.execute(
             sql.SQL("UPDATE {} t SET {} FROM {} s WHERE {}").format(
                 info.ident,

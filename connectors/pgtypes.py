@@ -40,6 +40,11 @@ class TextLoader:
         self._tx = Transformer(adapters)
         self._cache: dict[int, _Load] = {}
         self._plans: dict[tuple[tuple[str, ...], tuple[int, ...]], list[tuple[str, int, Any]]] = {}
+        # Per plan: the columns that need a conversion, and every column name.
+        self._fast: dict[
+            tuple[tuple[str, ...], tuple[int, ...]],
+            tuple[list[tuple[str, int, _FromText]], frozenset[str]],
+        ] = {}
 
     def _loader(self, oid: int) -> _Load:
         fn = self._cache.get(oid)
@@ -77,6 +82,32 @@ class TextLoader:
         self, values: Mapping[str, str | None], columns: tuple[str, ...], oids: tuple[int, ...]
     ) -> dict[str, Any]:
         """Load one row image; columns absent from ``values`` (unchanged TOAST) stay absent."""
+        fast = self._fast.get((columns, oids))
+        if fast is None:
+            plan = self._plan(columns, oids)
+            fast = ([(c, o, fn) for c, o, fn in plan if fn is not None], frozenset(columns))
+            self._fast[(columns, oids)] = fast
+        convert, names = fast
+        # The common case, checked at C speed: only the relation's columns, text or NULL. The
+        # row is copied whole and only the non-text columns are converted.
+        if values.keys() <= names and _TEXT_OR_NONE.issuperset(map(type, values.values())):
+            out = dict(values)
+            col, oid, text = "", 0, None
+            try:
+                for col, oid, fn in convert:  # noqa: B007 (the error names oid)
+                    text = out.get(col)
+                    if text is not None:
+                        out[col] = fn(text)
+            except Exception as exc:  # a loader's failure is bad data, never a crash
+                raise _unloadable(col, oid, text, exc) from None
+            return out
+        return self._row_checked(values, columns, oids)
+
+    def _row_checked(
+        self, values: Mapping[str, str | None], columns: tuple[str, ...], oids: tuple[int, ...]
+    ) -> dict[str, Any]:
+        """Value by value: a value that is not text names its column in the error; a key that
+        is not one of the relation's columns is left out."""
         out: dict[str, Any] = {}
         col, oid, text = "", 0, None
         try:
@@ -93,8 +124,13 @@ class TextLoader:
         except MalformedMessage:
             raise
         except Exception as exc:  # a loader's failure is bad data, never a crash
-            shown = text[:60] if isinstance(text, str) else text
-            raise MalformedMessage(
-                f"column {col!r}: cannot load {shown!r} as type oid {oid}: {exc}"
-            ) from None
+            raise _unloadable(col, oid, text, exc) from None
         return out
+
+
+_TEXT_OR_NONE = frozenset({str, type(None)})
+
+
+def _unloadable(col: str, oid: int, text: Any, exc: Exception) -> MalformedMessage:
+    shown = text[:60] if isinstance(text, str) else text
+    return MalformedMessage(f"column {col!r}: cannot load {shown!r} as type oid {oid}: {exc}")

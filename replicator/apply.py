@@ -36,9 +36,11 @@ from replicator.errors import (
     TransientDatabaseError,
 )
 from replicator.state import ensure_schema, load_offsets
-from transforms.api import Direction, RowChange, Truncate
+from transforms.api import Direction, RowChange, TableTransform, Truncate
 
 log = logging.getLogger(__name__)
+
+_NONE: frozenset[str] = frozenset()
 
 ORIGIN_PREFIX = "replicator_"
 
@@ -90,6 +92,11 @@ class ApplyWorker:
         self._backfill_id: str | None = None
         self._snapshot_rows: dict[str, int] = {}
         self._loader = TextLoader()
+        # The relations of the envelope being applied: relid -> (table, its transform).
+        self._env_rels: tuple[Envelope | None, dict[int, tuple[str, TableTransform | None]]] = (
+            None,
+            {},
+        )
         self._on_commit = on_commit
         self._parts: dict[int, _Partition] = {}
         self._reseeked = False
@@ -393,8 +400,14 @@ class ApplyWorker:
         self, env: Envelope, change: Any, partition: int, offset: int, batch: Batch
     ) -> None:
         rel = env.relations[change.rel]
-        table = rel.qualname
-        transform = self.direction.transform_for(table)
+        memo_env, memo = self._env_rels
+        if memo_env is not env:
+            memo = {}
+            self._env_rels = (env, memo)
+        found = memo.get(change.rel)
+        if found is None:
+            found = memo[change.rel] = (rel.qualname, self.direction.transform_for(rel.qualname))
+        table, transform = found
         if transform is None:
             if table in self.direction.ignored:
                 return
@@ -431,7 +444,7 @@ class ApplyWorker:
                     table=table,
                     new=new,
                     old=old,
-                    unchanged=frozenset(change.unchanged),
+                    unchanged=frozenset(change.unchanged) if change.unchanged else _NONE,
                     key_columns=rel.key_columns,
                 )
             )

@@ -131,10 +131,11 @@ def check(config: ConfigOpt = None) -> None:
 
 
 def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int) -> None:
-    from replicator.runtime import Pipeline
+    from replicator.runtime import Pipeline, tune_gc
 
     s = _settings(config)
     pipeline = Pipeline(s, _mapping(s))
+    tune_gc()
 
     def _stop(signum: int, frame: Any) -> None:
         console.print("[yellow]stopping…[/]")
@@ -192,9 +193,11 @@ def backfill(
     """Read the mapped legacy tables into the snapshot topic, resumably; apply loads them."""
     from replicator.backfill import Backfill
     from replicator.progress import BackfillProgress
+    from replicator.runtime import tune_gc
 
     s = _settings(config)
     mapping = _mapping(s)
+    tune_gc()
     tables = [t if "." in t else f"public.{t}" for t in table] if table else None
     bf = Backfill(s, mapping.forward, tables=tables, chunk_rows=chunk_rows)
     with BackfillProgress(out) as bars:

@@ -38,9 +38,10 @@ def _error(
 
 
 def _key_of(change: RowChange, row: Mapping[str, Any]) -> dict[str, Any] | None:
-    if not all(k in row for k in change.key_columns):
+    try:
+        return {k: row[k] for k in change.key_columns}
+    except KeyError:  # a key column not sent
         return None
-    return {k: row[k] for k in change.key_columns}
 
 
 def identity_transform(table: str) -> TableTransform:

@@ -94,3 +94,43 @@ def test_a_relation_changed_inside_a_transaction_cuts_a_slice() -> None:
 def test_a_binary_value_is_kept_as_bytea_text() -> None:
     out = _feed(Assembler("o"), ITEM, *_txn(po.Insert(16384, ("1", b"\x00\xff", None))))
     assert out[0].envelope.changes[0].new == {"id": "1", "title": "\\x00ff", "body": None}
+
+
+def test_a_streamed_transaction_is_spooled_and_sliced_at_its_commit() -> None:
+    """Protocol 2: changes arrive before the commit, in segments; an aborted subtransaction's
+    changes and a wholly aborted transaction never reach the log."""
+    asm = Assembler("o", slice_max_changes=2)
+    out = _feed(
+        asm,
+        po.StreamStart(9, True),
+        ITEM,
+        po.Insert(16384, ("1", "a", None), xid=9),
+        po.Update(16384, "K", ("0", None, None), ("1", "b", po.UNCHANGED), xid=9),
+        po.StreamStop(),
+        po.StreamStart(9, False),
+        po.Insert(16384, ("2", "in a subtransaction", "x"), xid=10),
+        po.StreamStop(),
+        po.StreamAbort(9, 10),
+        po.StreamStart(11, True),
+        po.Insert(16384, ("3", "never committed", "y"), xid=11),
+        po.StreamStop(),
+        po.StreamAbort(11, 11),
+        po.StreamStart(9, False),
+        po.Delete(16384, "K", ("4", None, None), xid=9),
+        po.StreamStop(),
+    )
+    assert out == [] and asm.in_txn
+    out = _feed(asm, po.StreamCommit(9, 0, 500, 508, 0))
+    assert [(o.envelope.seq, o.envelope.last, o.ack_lsn) for o in out] == [
+        (0, False, None),
+        (1, True, 508),
+    ]
+    changes = [c for o in out for c in o.envelope.changes]
+    assert [(c.op, c.new, c.old, c.unchanged) for c in changes] == [
+        ("insert", {"id": "1", "title": "a", "body": None}, None, []),
+        ("update", {"id": "1", "title": "b"}, {"id": "0"}, ["body"]),
+        ("delete", None, {"id": "4"}, []),
+    ]
+    assert all(o.envelope.commit_lsn == 500 for o in out)
+    assert out[0].envelope.relations[16384].columns == ("id", "title", "body")
+    assert not asm.in_txn
