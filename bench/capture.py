@@ -20,6 +20,7 @@ from pathlib import Path
 from bench.harness import Timer, bench_env, emit, log, parse_args, peak_rss_mb
 from connectors.envelope import parse_lsn
 from replicator.capture import Capture
+from replicator.runtime import tune_gc
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 TABLES = ("bench_item", "bench_tag")
@@ -69,6 +70,7 @@ def main() -> None:
             raise SystemExit(f"pg_recvlogical failed: {done.stderr.strip()}")
 
         log("capture reading the range into Kafka")
+        tune_gc()  # as `replicator capture` does
         stop = threading.Event()
         thread = threading.Thread(target=cap.run, args=(stop,), daemon=True)
         with Timer() as ours:
