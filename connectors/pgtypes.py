@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import adapters, pq
@@ -35,16 +36,23 @@ def _bool(text: str) -> bool:
     raise ValueError("not a boolean (t, f, true or false)")
 
 
+@dataclass(frozen=True, slots=True)
+class RowPlan:
+    """The loading of one relation's rows: the columns that need a conversion, and all names."""
+
+    columns: tuple[str, ...]
+    oids: tuple[int, ...]
+    convert: list[tuple[str, int, _FromText]]
+    names: frozenset[str]
+
+
 class TextLoader:
     def __init__(self) -> None:
         self._tx = Transformer(adapters)
         self._cache: dict[int, _Load] = {}
         self._plans: dict[tuple[tuple[str, ...], tuple[int, ...]], list[tuple[str, int, Any]]] = {}
         # Per plan: the columns that need a conversion, and every column name.
-        self._fast: dict[
-            tuple[tuple[str, ...], tuple[int, ...]],
-            tuple[list[tuple[str, int, _FromText]], frozenset[str]],
-        ] = {}
+        self._fast: dict[tuple[tuple[str, ...], tuple[int, ...]], RowPlan] = {}
 
     def _loader(self, oid: int) -> _Load:
         fn = self._cache.get(oid)
@@ -82,26 +90,39 @@ class TextLoader:
         self, values: Mapping[str, str | None], columns: tuple[str, ...], oids: tuple[int, ...]
     ) -> dict[str, Any]:
         """Load one row image; columns absent from ``values`` (unchanged TOAST) stay absent."""
-        fast = self._fast.get((columns, oids))
-        if fast is None:
-            plan = self._plan(columns, oids)
-            fast = ([(c, o, fn) for c, o, fn in plan if fn is not None], frozenset(columns))
-            self._fast[(columns, oids)] = fast
-        convert, names = fast
+        return self.load(values, self.row_plan(columns, oids))
+
+    def row_plan(self, columns: tuple[str, ...], oids: tuple[int, ...]) -> RowPlan:
+        """How to load rows of one relation: kept by the caller for the rows that follow, so
+        the per-row work does not start with a look-up by the whole column list."""
+        plan = self._fast.get((columns, oids))
+        if plan is None:
+            steps = self._plan(columns, oids)
+            plan = RowPlan(
+                columns,
+                oids,
+                [(c, o, fn) for c, o, fn in steps if fn is not None],
+                frozenset(columns),
+            )
+            self._fast[(columns, oids)] = plan
+        return plan
+
+    def load(self, values: Mapping[str, str | None], plan: RowPlan) -> dict[str, Any]:
+        """:meth:`row` with the relation's plan in hand."""
         # The common case, checked at C speed: only the relation's columns, text or NULL. The
         # row is copied whole and only the non-text columns are converted.
-        if values.keys() <= names and _TEXT_OR_NONE.issuperset(map(type, values.values())):
+        if values.keys() <= plan.names and _TEXT_OR_NONE.issuperset(map(type, values.values())):
             out = dict(values)
             col, oid, text = "", 0, None
             try:
-                for col, oid, fn in convert:  # noqa: B007 (the error names oid)
+                for col, oid, fn in plan.convert:  # noqa: B007 (the error names oid)
                     text = out.get(col)
                     if text is not None:
                         out[col] = fn(text)
             except Exception as exc:  # a loader's failure is bad data, never a crash
                 raise _unloadable(col, oid, text, exc) from None
             return out
-        return self._row_checked(values, columns, oids)
+        return self._row_checked(values, plan.columns, plan.oids)
 
     def _row_checked(
         self, values: Mapping[str, str | None], columns: tuple[str, ...], oids: tuple[int, ...]

@@ -24,7 +24,7 @@ from connectors import pg
 from connectors.envelope import Envelope, decode_envelope
 from connectors.kafka_io import Consumer, Producer, ensure_topics
 from connectors.pgsink import Batch, Sink
-from connectors.pgtypes import TextLoader
+from connectors.pgtypes import RowPlan, TextLoader
 from replicator.config import Settings
 from replicator.dlq import DeadLetter, DeadLetterWriter, dead_letter
 from replicator.errors import (
@@ -41,6 +41,8 @@ from transforms.api import Direction, RowChange, TableTransform, Truncate
 log = logging.getLogger(__name__)
 
 _NONE: frozenset[str] = frozenset()
+# Per relation of the envelope being applied: its table name, transform and row loading.
+_RelPlan = tuple[str, "TableTransform | None", RowPlan]
 
 ORIGIN_PREFIX = "replicator_"
 
@@ -93,10 +95,7 @@ class ApplyWorker:
         self._snapshot_rows: dict[str, int] = {}
         self._loader = TextLoader()
         # The relations of the envelope being applied: relid -> (table, its transform).
-        self._env_rels: tuple[Envelope | None, dict[int, tuple[str, TableTransform | None]]] = (
-            None,
-            {},
-        )
+        self._env_rels: tuple[Envelope | None, dict[int, _RelPlan]] = (None, {})
         self._on_commit = on_commit
         self._parts: dict[int, _Partition] = {}
         self._reseeked = False
@@ -406,8 +405,12 @@ class ApplyWorker:
             self._env_rels = (env, memo)
         found = memo.get(change.rel)
         if found is None:
-            found = memo[change.rel] = (rel.qualname, self.direction.transform_for(rel.qualname))
-        table, transform = found
+            found = memo[change.rel] = (
+                rel.qualname,
+                self.direction.transform_for(rel.qualname),
+                self._loader.row_plan(rel.columns, rel.type_oids),
+            )
+        table, transform, row_plan = found
         if transform is None:
             if table in self.direction.ignored:
                 return
@@ -428,16 +431,8 @@ class ApplyWorker:
                 self.sink.truncate(owned)
             return
         try:
-            new = (
-                self._loader.row(change.new, rel.columns, rel.type_oids)
-                if change.new is not None
-                else None
-            )
-            old = (
-                self._loader.row(change.old, rel.columns, rel.type_oids)
-                if change.old is not None
-                else None
-            )
+            new = self._loader.load(change.new, row_plan) if change.new is not None else None
+            old = self._loader.load(change.old, row_plan) if change.old is not None else None
             ops = transform(
                 RowChange(
                     op="insert" if change.op == "snapshot" else change.op,
