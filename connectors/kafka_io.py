@@ -76,6 +76,15 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], replication_factor: in
         client.close()
 
 
+def existing_topics(bootstrap: str) -> set[str]:
+    client = admin(bootstrap)
+    try:
+        with translated("listing topics failed"):
+            return set(client.list_topics())
+    finally:
+        client.close()
+
+
 def delete_topics(bootstrap: str, names: list[str]) -> None:
     client = admin(bootstrap)
     try:

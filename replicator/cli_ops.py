@@ -1,8 +1,10 @@
-"""Operations commands: ``status`` (lag, health, readiness) and ``dlq`` (dead letters)."""
+"""Operations commands: ``status`` (lag, health, readiness), ``dlq`` (dead letters) and
+``teardown`` (what a finished pipeline leaves behind)."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -14,6 +16,7 @@ from rich.table import Table
 
 from connectors import pg
 from replicator.cli import ConfigOpt, _mapping, _settings, app, out
+from replicator.errors import ReplicatorError
 from replicator.status import Status, collect, sides
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: list, show, replay, purge.")
@@ -236,3 +239,43 @@ def dlq_purge(
     with pg.connect(target, autocommit=True) as conn, pg.translated(target.masked()):
         mark_done(conn, topic, chosen, "purged")
     out.print(f"{len(chosen)} purged")
+
+
+@app.command()
+def teardown(
+    config: ConfigOpt = None,
+    drop_state: Annotated[
+        bool,
+        typer.Option(help="Also drop the `replicator` schema (journal, offsets) on both sides."),
+    ] = False,
+    drop_topics: Annotated[
+        bool, typer.Option(help="Also delete the pipeline's Kafka topics.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be removed.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove the pipeline's replication slots, publications and replication origins once the
+    migration is over (after this, neither live sync nor rollback can resume)."""
+    from replicator.teardown import plan
+    from replicator.teardown import teardown as remove
+
+    s = _settings(config)
+    items = plan(s, drop_state=drop_state, drop_topics=drop_topics)
+    if not items:
+        out.print(f"pipeline {s.name}: nothing to remove")
+        return
+    table = Table("kind", "name", "where", title=f"pipeline {s.name}: to remove")
+    for item in items:
+        table.add_row(item.kind, item.name, item.where)
+    out.print(table)
+    if dry_run:
+        out.print("dry run: nothing was removed")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ReplicatorError(
+                "teardown needs confirmation", hint="pass --yes (or list what goes with --dry-run)"
+            )
+        typer.confirm("remove these? live sync and rollback cannot resume afterwards", abort=True)
+    remove(s, items)
+    out.print(f"[green]removed[/] {len(items)} item(s) of pipeline {s.name}")
