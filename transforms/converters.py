@@ -8,6 +8,8 @@ free of error plumbing.
 
 from __future__ import annotations
 
+import base64
+import re
 import uuid
 from collections.abc import Hashable, Mapping
 from datetime import UTC, datetime
@@ -51,6 +53,30 @@ def to_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def sha256_hex_to_base64url(value: str) -> str:
+    """A SHA-256 digest as a FastAPI backend stores it (``hashlib.sha256(key).hexdigest()``) →
+    as Better-Auth's API-key plugin stores and looks it up: base64url, no padding. The same
+    digest of the same key, so a migrated key keeps verifying."""
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise ValueError(
+            "not a SHA-256 hex digest (64 lower-case hex characters): Better-Auth could not "
+            "verify this key"
+        )
+    return base64.urlsafe_b64encode(bytes.fromhex(value)).rstrip(b"=").decode()
+
+
+def base64url_to_sha256_hex(value: str) -> str:
+    """The inverse of :func:`sha256_hex_to_base64url` (a key created on the target, going back)."""
+    if not isinstance(value, str) or not _B64URL43.fullmatch(value):
+        raise ValueError("not a SHA-256 digest in base64url (43 characters, no padding)")
+    return base64.urlsafe_b64decode(value + "=").hex()
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# 32 bytes in base64url: 42 characters, then one whose last two bits are zero.
+_B64URL43 = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 
 
 def negate(value: bool) -> bool:

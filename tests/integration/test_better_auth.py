@@ -8,8 +8,11 @@ legacy schema accepts if the migration is rolled back.
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import bcrypt
@@ -18,6 +21,7 @@ import pytest
 
 from replicator.runtime import Pipeline
 from tests.support import Env, Services, isolated_env, wait_for
+from transforms.converters import sha256_hex_to_base64url
 from transforms.loader import load_mapping
 from transforms.mcp_manager.generate import hash_pool
 
@@ -100,3 +104,36 @@ def test_sign_up_on_the_target_makes_a_legacy_compatible_user(migrated: Env) -> 
     assert row[1].startswith("$2b$") and bcrypt.checkpw(b"a-long-password", row[1].encode())
     again = migrated.better_auth("sign-in", "new.person@example.com", "a-long-password")
     assert again["exit"] == 0, again
+
+
+# What Better-Auth's API-key plugin stores for a key, written with the same utilities it uses
+# (@better-auth/api-key's defaultKeyHasher: SHA-256, base64url without padding).
+_BETTER_AUTH_KEY_HASH = """
+import { createHash } from "@better-auth/utils/hash";
+import { base64Url } from "@better-auth/utils/base64";
+const hash = await createHash("SHA-256").digest(new TextEncoder().encode(process.argv[1]));
+process.stdout.write(base64Url.encode(new Uint8Array(hash), { padding: false }));
+"""
+
+
+def test_migrated_api_keys_are_stored_as_better_auth_hashes_them(migrated: Env) -> None:
+    drizzle = Path(__file__).resolve().parents[2] / "transforms" / "mcp_manager" / "drizzle"
+    plain = "mcp_live_✓_0123456789"
+    node = subprocess.run(
+        ["node", "--input-type=module", "-e", _BETTER_AUTH_KEY_HASH, plain],
+        cwd=drizzle,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    # A FastAPI backend keeps hashlib.sha256(key).hexdigest(): the same digest, another spelling.
+    assert sha256_hex_to_base64url(hashlib.sha256(plain.encode()).hexdigest()) == node.stdout
+
+    with migrated.legacy_conn() as c:
+        legacy = dict(c.execute("SELECT id::text, hashed_key FROM api_key").fetchall())
+    with migrated.target_conn() as c:
+        target = dict(c.execute("SELECT id, key FROM apikey").fetchall())
+    assert legacy and set(target) == set(legacy)
+    for key_id, digest in legacy.items():
+        assert target[key_id] == sha256_hex_to_base64url(digest)

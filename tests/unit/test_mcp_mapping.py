@@ -200,7 +200,8 @@ def legacy_rows(draw: st.DrawFn) -> dict[str, list[dict[str, Any]]]:
             "id": kid,
             "user_id": draw(st.sampled_from(user_ids)),
             "name": draw(TEXT),
-            "hashed_key": draw(TEXT),
+            # hashlib.sha256(key).hexdigest(), as the legacy backend stores it
+            "hashed_key": draw(st.binary(min_size=32, max_size=32)).hex(),
             "prefix": draw(st.text(CHARS, max_size=32)),
             "scopes": draw(st.lists(SCOPE, max_size=4)),
             "expires_at": draw(opt(WHEN)),

@@ -32,6 +32,8 @@ def reverse(
 
 
 UID = uuid.UUID("6f9619ff-8b86-4011-b42d-00c04fc964ff")
+# A key as Better-Auth stores it: base64url of its SHA-256 digest.
+KEY_HASH = "n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg"
 USER: dict[str, Any] = {
     "id": UID,
     "email": "zoë@example.com",
@@ -95,7 +97,7 @@ def test_reverse_of_target_only_rows() -> None:
             "id": str(uuid.uuid4()),
             "user_id": str(uuid.uuid4()),
             "name": None,
-            "key": "k",
+            "key": KEY_HASH,
             "start": None,
             "permissions": '{"servers":["read","write"]}',
             "metadata": None,
@@ -118,7 +120,7 @@ def test_scopes_follow_permissions_changed_on_the_target() -> None:
             "id": str(uuid.uuid4()),
             "user_id": str(uuid.uuid4()),
             "name": "n",
-            "key": "k",
+            "key": KEY_HASH,
             "start": "s",
             "permissions": '{"a":["x"]}',
             "metadata": stale,

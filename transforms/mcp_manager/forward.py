@@ -18,7 +18,14 @@ from __future__ import annotations
 import json
 
 from transforms.api import Direction, SequenceSync
-from transforms.converters import ValueMap, jsonb_safe, negate, to_utc, uuid_to_text
+from transforms.converters import (
+    ValueMap,
+    jsonb_safe,
+    negate,
+    sha256_hex_to_base64url,
+    to_utc,
+    uuid_to_text,
+)
 from transforms.declarative import Col, Target, col, const, direction, table_mapping
 from transforms.mcp_manager import models
 from transforms.mcp_manager.ids import credential_account_id, member_id
@@ -194,7 +201,8 @@ API_KEY = table_mapping(
                 # The legacy "prefix" is the key's first characters shown in the UI: Better-Auth
                 # calls that "start" (its "prefix" is a fixed string per key type).
                 "start": "prefix",
-                "key": "hashed_key",
+                # Better-Auth keeps the same SHA-256 digest, written in base64url.
+                "key": col("hashed_key", convert=sha256_hex_to_base64url),
                 "user_id": _uuid("user_id"),
                 "permissions": col("scopes", convert=permissions_from_scopes),
                 "metadata": col("scopes", convert=metadata_from_scopes),

@@ -14,7 +14,7 @@ from typing import Any
 
 from replicator.errors import TransformError
 from transforms.api import Delete, Direction, RowChange, TargetOp, TargetTable, Upsert
-from transforms.converters import text_to_uuid, to_utc
+from transforms.converters import base64url_to_sha256_hex, text_to_uuid, to_utc
 from transforms.declarative import Col, Target, col, direction, table_mapping
 from transforms.mcp_manager import models
 from transforms.mcp_manager.forward import SEQUENCES
@@ -217,7 +217,7 @@ API_KEY = table_mapping(
             columns={
                 "user_id": _uuid("user_id"),
                 "name": col("name", convert=empty_if_null, none=True),
-                "hashed_key": "key",
+                "hashed_key": col("key", convert=base64url_to_sha256_hex),
                 "prefix": col("start", convert=empty_if_null, none=True),
                 "scopes": col("permissions", "metadata", convert=scopes_from),
                 "expires_at": col("expires_at", "enabled", "updated_at", convert=expiry_from),
