@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 _NONE: frozenset[str] = frozenset()
 # Per relation of the envelope being applied: its table name, transform and row loading.
-_RelPlan = tuple[str, "TableTransform | None", RowPlan]
+_RelPlan = tuple[str, "TableTransform | None", RowPlan | None]
 
 ORIGIN_PREFIX = "replicator_"
 
@@ -94,7 +94,7 @@ class ApplyWorker:
         self._backfill_id: str | None = None
         self._snapshot_rows: dict[str, int] = {}
         self._loader = TextLoader()
-        # The relations of the envelope being applied: relid -> (table, its transform).
+        # The relations of the envelope being applied: relid -> (table, transform, row plan).
         self._env_rels: tuple[Envelope | None, dict[int, _RelPlan]] = (None, {})
         self._on_commit = on_commit
         self._parts: dict[int, _Partition] = {}
@@ -408,7 +408,7 @@ class ApplyWorker:
             found = memo[change.rel] = (
                 rel.qualname,
                 self.direction.transform_for(rel.qualname),
-                self._loader.row_plan(rel.columns, rel.type_oids),
+                None,  # planned with the first row, where a malformed relation is dead-lettered
             )
         table, transform, row_plan = found
         if transform is None:
@@ -431,6 +431,9 @@ class ApplyWorker:
                 self.sink.truncate(owned)
             return
         try:
+            if row_plan is None:
+                row_plan = self._loader.row_plan(rel.columns, rel.type_oids)
+                memo[change.rel] = (table, transform, row_plan)
             new = self._loader.load(change.new, row_plan) if change.new is not None else None
             old = self._loader.load(change.old, row_plan) if change.old is not None else None
             ops = transform(

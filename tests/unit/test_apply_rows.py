@@ -1,0 +1,49 @@
+"""An apply worker's handling of one change, without Kafka or a database (the row path only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectors.envelope import Change, Envelope, RelationInfo
+from connectors.pgsink import Batch
+from connectors.pgtypes import TextLoader
+from replicator.apply import ApplyWorker
+from transforms.identity import identity_direction
+
+
+def _worker(dead: list[str]) -> ApplyWorker:
+    w = ApplyWorker.__new__(ApplyWorker)  # the row path needs none of the connections
+    w.direction = identity_direction(["public.a"])
+    w._loader = TextLoader()
+    w._snapshot_rows = {}
+    w._env_rels = (None, {})
+
+    def to_dlq(exc: Any, *args: Any) -> None:
+        dead.append(exc.message)
+
+    w._dead = to_dlq  # type: ignore[method-assign,assignment]
+    return w
+
+
+def _envelope(rel: RelationInfo, *rows: dict[str, str | None]) -> Envelope:
+    changes = [Change("insert", 1, new=row) for row in rows]
+    return Envelope("o", 1, 10, None, relations={1: rel}, changes=changes)
+
+
+def test_rows_load_by_type_and_a_malformed_relation_is_dead_lettered_row_by_row() -> None:
+    dead: list[str] = []
+    w, batch = _worker(dead), Batch()
+    bad = _envelope(RelationInfo("public", "a", ("id", "v"), (20,), ("id",)), {"id": "1", "v": "x"})
+    good = _envelope(
+        RelationInfo("public", "a", ("id", "v"), (20, 25), ("id",)),
+        {"id": "2", "v": "y"},
+        {"id": "3", "v": None},
+    )
+    for env in (bad, good):
+        for change in env.changes:
+            w._change(env, change, 0, 0, batch)
+    assert dead == ["2 columns but 1 type oids"]  # a letter, not a stopped worker
+    assert {k: st.values for k, st in batch.tables["public.a"].items()} == {
+        (2,): {"id": 2, "v": "y"},
+        (3,): {"id": 3, "v": None},
+    }
