@@ -271,7 +271,7 @@ class ApplyWorker:
         started = last_phase_check = time.monotonic()
         max_wait = self.s.apply.batch_max_wait_ms / 1000
         while not stop.is_set() and not self._switch:
-            records = consumer.poll(timeout_ms=100 if len(batch) else 500)
+            records = consumer.poll(timeout_ms=self._poll_timeout_ms(batch, started, max_wait))
             if not records and self._backfill_id and time.monotonic() - last_phase_check > 2:
                 # A worker without the snapshot partition learns from the target when the
                 # snapshot phase is over.
@@ -327,6 +327,17 @@ class ApplyWorker:
                 log.warning("target refused a batch (%s); isolating the row", exc.message)
                 self._isolate_until = {p: part.next_offset for p, part in self._parts.items()}
                 consumer.reseek()
+
+    def _poll_timeout_ms(self, batch: Batch, started: float, max_wait: float) -> int:
+        """How long the next poll may wait. With uncommitted work at a commit boundary, only
+        until the batch's deadline: a longer wait would hold the target transaction open past
+        ``batch_max_wait_ms`` whenever the log goes quiet (as it does when a cutover fences the
+        writer, whose drain and slot creation then wait for this commit)."""
+        if not len(batch) and not any(p.dirty for p in self._parts.values()):
+            return 500  # nothing to commit: wait for work
+        if not self._at_boundary():
+            return 100  # inside a source transaction: its next slice is on the way
+        return max(0, int((max_wait - (time.monotonic() - started)) * 1000))
 
     def _held_released(self) -> bool:
         """Time to leave the held changes phase: the snapshot phase began (load it), or the
