@@ -181,11 +181,7 @@ class ApplyWorker:
             held = self._held_partitions() if self.topic == self.changes_topic else set()
             self.conn.commit()
         self._reseeked = True
-        self._dead_pending = []
-        self._barrier_reached = False
-        self._batch_rows = {}
-        self._snapshot_rows = {}
-        self._parts = {}
+        self._forget_uncommitted()
         out = {}
         for p in partitions:
             off, lsn = stored.get(p, (0, 0))
@@ -194,6 +190,16 @@ class ApplyWorker:
             )
             out[p] = off
         return out
+
+    def _forget_uncommitted(self) -> None:
+        """Drop the positions and pending work of an earlier assignment or session. What was
+        not committed with its rows is read again from the stored offsets; committing it
+        later, from a new session, would skip the rows the failed transaction lost."""
+        self._dead_pending = []
+        self._barrier_reached = False
+        self._batch_rows = {}
+        self._snapshot_rows = {}
+        self._parts = {}
 
     def _held_partitions(self) -> set[int]:
         """Partitions stopped at the start marker of a backfill that is not applied yet: no
@@ -238,6 +244,9 @@ class ApplyWorker:
                 self._backfill_id = self._pending_backfill()
                 snapshot = self._backfill_id is not None
                 self.topic = self.snapshot_topic if snapshot else self.changes_topic
+                # Until the new consumer's assignment, nothing is ours to commit: a failed
+                # session's dirty positions must not be stored by this one.
+                self._forget_uncommitted()
                 consumer = Consumer(
                     self.s.kafka.bootstrap_servers,
                     self.topic,

@@ -10,6 +10,7 @@ import pytest
 from connectors.envelope import Change, Envelope, RelationInfo
 from connectors.kafka_io import Producer, ensure_topics
 from replicator.apply import ApplyWorker
+from replicator.errors import TransientDatabaseError
 from tests.support import Env, wait_for
 from transforms.api import (
     Delete,
@@ -137,3 +138,29 @@ def test_truncate_is_applied(env: Env, setup: Any) -> None:
     thread.start()
     wait_for(lambda: worker.stats.last_commit_lsn >= 200, what="apply to reach lsn 200")
     assert rows(env) == [(7, "after", "b")]
+
+
+def test_a_session_lost_before_its_commit_is_applied_again_from_the_stored_offsets(
+    env: Env, setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection fails after the rows were written, before the commit (a target restart):
+    the transaction is lost, so the new session must start from the stored offsets — never
+    store the failed session's positions while its new consumer is still joining the group."""
+    s, producer, worker, thread, _stop = setup
+    topic = s.topic("fwd", "changes")
+    producer.send(topic, _env(100, ins(1, "a"), ins(2, "b")))
+    producer.send(topic, _env(200, ins(3, "c")))
+    producer.flush()
+    real = worker._store_offsets
+    failures: list[int] = []
+
+    def fail_once() -> None:
+        if not failures:
+            failures.append(1)
+            raise TransientDatabaseError("target: server closed the connection unexpectedly")
+        real()
+
+    monkeypatch.setattr(worker, "_store_offsets", fail_once)
+    thread.start()
+    wait_for(lambda: len(rows(env)) == 3, 60, what="every row, after the failed commit")
+    assert failures and rows(env) == [(1, "a", "b"), (2, "b", "b"), (3, "c", "b")]
