@@ -38,10 +38,10 @@ def _bool(text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RowPlan:
-    """The loading of one relation's rows: the columns that need a conversion, and all names."""
+    """How one relation's rows load: per column (name, oid, str -> value, or None for "the
+    text itself"); the columns that need a conversion; every column name."""
 
-    columns: tuple[str, ...]
-    oids: tuple[int, ...]
+    steps: list[tuple[str, int, _FromText | None]]
     convert: list[tuple[str, int, _FromText]]
     names: frozenset[str]
 
@@ -50,9 +50,7 @@ class TextLoader:
     def __init__(self) -> None:
         self._tx = Transformer(adapters)
         self._cache: dict[int, _Load] = {}
-        self._plans: dict[tuple[tuple[str, ...], tuple[int, ...]], list[tuple[str, int, Any]]] = {}
-        # Per plan: the columns that need a conversion, and every column name.
-        self._fast: dict[tuple[tuple[str, ...], tuple[int, ...]], RowPlan] = {}
+        self._plans: dict[tuple[tuple[str, ...], tuple[int, ...]], RowPlan] = {}
 
     def _loader(self, oid: int) -> _Load:
         fn = self._cache.get(oid)
@@ -61,14 +59,15 @@ class TextLoader:
             self._cache[oid] = fn
         return fn
 
-    def _plan(self, columns: tuple[str, ...], oids: tuple[int, ...]) -> list[tuple[str, int, Any]]:
-        """Per column: (name, oid, str -> value or None for "the text itself")."""
+    def row_plan(self, columns: tuple[str, ...], oids: tuple[int, ...]) -> RowPlan:
+        """How to load rows of one relation: kept by the caller for the rows that follow, so
+        the per-row work does not start with a look-up by the whole column list."""
         key = (columns, oids)
         plan = self._plans.get(key)
         if plan is None:
             if len(columns) != len(oids):
                 raise MalformedMessage(f"{len(columns)} columns but {len(oids)} type oids")
-            plan = []
+            steps: list[tuple[str, int, _FromText | None]] = []
             for col, oid in zip(columns, oids, strict=True):
                 fn: _FromText | None
                 if oid in _AS_TEXT:
@@ -82,8 +81,9 @@ class TextLoader:
                 else:
                     load = self._loader(oid)
                     fn = lambda text, load=load: load(text.encode())  # noqa: E731
-                plan.append((col, oid, fn))
-            self._plans[key] = plan
+                steps.append((col, oid, fn))
+            convert = [(c, o, fn) for c, o, fn in steps if fn is not None]
+            plan = self._plans[key] = RowPlan(steps, convert, frozenset(columns))
         return plan
 
     def row(
@@ -91,21 +91,6 @@ class TextLoader:
     ) -> dict[str, Any]:
         """Load one row image; columns absent from ``values`` (unchanged TOAST) stay absent."""
         return self.load(values, self.row_plan(columns, oids))
-
-    def row_plan(self, columns: tuple[str, ...], oids: tuple[int, ...]) -> RowPlan:
-        """How to load rows of one relation: kept by the caller for the rows that follow, so
-        the per-row work does not start with a look-up by the whole column list."""
-        plan = self._fast.get((columns, oids))
-        if plan is None:
-            steps = self._plan(columns, oids)
-            plan = RowPlan(
-                columns,
-                oids,
-                [(c, o, fn) for c, o, fn in steps if fn is not None],
-                frozenset(columns),
-            )
-            self._fast[(columns, oids)] = plan
-        return plan
 
     def load(self, values: Mapping[str, str | None], plan: RowPlan) -> dict[str, Any]:
         """:meth:`row` with the relation's plan in hand."""
@@ -122,31 +107,28 @@ class TextLoader:
             except Exception as exc:  # a loader's failure is bad data, never a crash
                 raise _unloadable(col, oid, text, exc) from None
             return out
-        return self._row_checked(values, plan.columns, plan.oids)
+        return _row_checked(values, plan)
 
-    def _row_checked(
-        self, values: Mapping[str, str | None], columns: tuple[str, ...], oids: tuple[int, ...]
-    ) -> dict[str, Any]:
-        """Value by value: a value that is not text names its column in the error; a key that
-        is not one of the relation's columns is left out."""
-        out: dict[str, Any] = {}
-        col, oid, text = "", 0, None
-        try:
-            for col, oid, fn in self._plan(columns, oids):  # noqa: B007 (the error names oid)
-                text = values.get(col, _MISSING)
-                if text is _MISSING:
-                    continue
-                if text is None:
-                    out[col] = None
-                elif type(text) is not str:
-                    raise TypeError(f"a {type(text).__name__}, not text")
-                else:
-                    out[col] = text if fn is None else fn(text)
-        except MalformedMessage:
-            raise
-        except Exception as exc:  # a loader's failure is bad data, never a crash
-            raise _unloadable(col, oid, text, exc) from None
-        return out
+
+def _row_checked(values: Mapping[str, str | None], plan: RowPlan) -> dict[str, Any]:
+    """Value by value: a value that is not text names its column in the error; a key that is
+    not one of the relation's columns is left out."""
+    out: dict[str, Any] = {}
+    col, oid, text = "", 0, None
+    try:
+        for col, oid, fn in plan.steps:  # noqa: B007 (the error names oid)
+            text = values.get(col, _MISSING)
+            if text is _MISSING:
+                continue
+            if text is None:
+                out[col] = None
+            elif type(text) is not str:
+                raise TypeError(f"a {type(text).__name__}, not text")
+            else:
+                out[col] = text if fn is None else fn(text)
+    except Exception as exc:  # a loader's failure is bad data, never a crash
+        raise _unloadable(col, oid, text, exc) from None
+    return out
 
 
 _TEXT_OR_NONE = frozenset({str, type(None)})

@@ -24,7 +24,8 @@ from connectors import pg
 from connectors.envelope import Envelope, decode_envelope
 from connectors.kafka_io import Consumer, Producer, ensure_topics
 from connectors.pgsink import Batch, Sink
-from connectors.pgtypes import RowPlan, TextLoader
+from replicator.apply_rows import RowMapper
+from replicator.apply_session import connect_session
 from replicator.config import Settings
 from replicator.dlq import DeadLetter, DeadLetterWriter, dead_letter
 from replicator.errors import (
@@ -35,16 +36,15 @@ from replicator.errors import (
     TransformError,
     TransientDatabaseError,
 )
-from replicator.state import ensure_schema, load_offsets
-from transforms.api import Direction, RowChange, TableTransform, Truncate
+from replicator.state import (
+    add_snapshot_progress,
+    add_table_stats,
+    load_offsets,
+    store_offset,
+)
+from transforms.api import Direction, Truncate
 
 log = logging.getLogger(__name__)
-
-_NONE: frozenset[str] = frozenset()
-# Per relation of the envelope being applied: its table name, transform and row loading.
-_RelPlan = tuple[str, "TableTransform | None", RowPlan | None]
-
-ORIGIN_PREFIX = "replicator_"
 
 
 @dataclass
@@ -93,9 +93,7 @@ class ApplyWorker:
         self._batch_rows: dict[str, int] = {}  # rows written by the open batch, per table
         self._backfill_id: str | None = None
         self._snapshot_rows: dict[str, int] = {}
-        self._loader = TextLoader()
-        # The relations of the envelope being applied: relid -> (table, transform, row plan).
-        self._env_rels: tuple[Envelope | None, dict[int, _RelPlan]] = (None, {})
+        self._rows = RowMapper(direction)
         self._on_commit = on_commit
         self._parts: dict[int, _Partition] = {}
         self._reseeked = False
@@ -109,54 +107,6 @@ class ApplyWorker:
         self._truncate_owned = self._exclusive_targets()
 
     # -- set-up --------------------------------------------------------------------------------
-
-    def _connect(self) -> psycopg.Connection[Any]:
-        conn = pg.connect(self.db)
-        ensure_schema(conn)
-        with pg.translated(self.db.masked()):
-            try:
-                # Foreign-key triggers off, as PostgreSQL's own apply worker does: ordering
-                # across tables inside a batch can then never fail it.
-                conn.execute("SET session_replication_role = replica")
-            except psycopg.errors.InsufficientPrivilege:
-                conn.rollback()
-                log.warning(
-                    "apply role may not set session_replication_role; foreign keys stay on "
-                    "(grant superuser, or run `replicator check` for the fix)"
-                )
-            conn.commit()
-            self._tag_origin(conn)
-        return conn
-
-    def _tag_origin(self, conn: psycopg.Connection[Any]) -> None:
-        """Tag this session's writes with a replication origin: the capture of the other
-        direction skips them, a second guard against echo. PostgreSQL 15 lets one session use
-        an origin at a time, so each worker claims one of a few numbered origins."""
-        for k in range(32):
-            name = f"{ORIGIN_PREFIX}{self.s.name}_{self.dir_name}_{k}"
-            try:
-                conn.execute(
-                    "SELECT pg_replication_origin_create(%s) WHERE NOT EXISTS "
-                    "(SELECT 1 FROM pg_replication_origin WHERE roname = %s)",
-                    (name, name),
-                )
-                conn.execute("SELECT pg_replication_origin_session_setup(%s)", (name,))
-                conn.commit()
-                return
-            except psycopg.errors.InsufficientPrivilege:
-                conn.rollback()
-                log.warning(
-                    "apply role may not use replication origins; echo is guarded by the slot order only"
-                )
-                return
-            except psycopg.Error:
-                conn.rollback()  # in use by another worker: try the next one
-        log.warning(
-            "no free replication origin for %s; echo is guarded by the slot order only "
-            "(each origin in use holds one of max_replication_slots: raise it on the target, or "
-            "drop unused ones with pg_replication_origin_drop)",
-            self.s.name,
-        )
 
     def _exclusive_targets(self) -> dict[str, list[str]]:
         """Source table -> target tables it alone writes (safe to truncate with it)."""
@@ -234,7 +184,7 @@ class ApplyWorker:
             self.s.topics(self.dir_name),
             self.s.kafka.replication_factor,
         )
-        self.conn = self._connect()
+        self.conn = connect_session(self.db, self.s.name, self.dir_name)
         self.sink = Sink(self.conn)
         producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
         self.dlq = DeadLetterWriter(producer, self.s.topic(self.dir_name, "dlq"))
@@ -418,19 +368,7 @@ class ApplyWorker:
     def _change(
         self, env: Envelope, change: Any, partition: int, offset: int, batch: Batch
     ) -> None:
-        rel = env.relations[change.rel]
-        memo_env, memo = self._env_rels
-        if memo_env is not env:
-            memo = {}
-            self._env_rels = (env, memo)
-        found = memo.get(change.rel)
-        if found is None:
-            found = memo[change.rel] = (
-                rel.qualname,
-                self.direction.transform_for(rel.qualname),
-                None,  # planned with the first row, where a malformed relation is dead-lettered
-            )
-        table, transform, row_plan = found
+        table, transform = self._rows.relation(env, change.rel)
         if transform is None:
             if table in self.direction.ignored:
                 return
@@ -451,21 +389,7 @@ class ApplyWorker:
                 self.sink.truncate(owned)
             return
         try:
-            if row_plan is None:
-                row_plan = self._loader.row_plan(rel.columns, rel.type_oids)
-                memo[change.rel] = (table, transform, row_plan)
-            new = self._loader.load(change.new, row_plan) if change.new is not None else None
-            old = self._loader.load(change.old, row_plan) if change.old is not None else None
-            ops = transform(
-                RowChange(
-                    op="insert" if change.op == "snapshot" else change.op,
-                    table=table,
-                    new=new,
-                    old=old,
-                    unchanged=frozenset(change.unchanged) if change.unchanged else _NONE,
-                    key_columns=rel.key_columns,
-                )
-            )
+            ops = self._rows.ops(env, change, transform)
         except DataError as exc:
             if exc.table is None:
                 exc.table = table
@@ -630,25 +554,14 @@ class ApplyWorker:
     def _store_table_stats(self) -> None:
         """Rows applied per target table, with the batch (``status`` derives throughput)."""
         with pg.translated(self.db.masked()):
-            for table, n in sorted(self._batch_rows.items()):
-                self.conn.execute(
-                    "INSERT INTO replicator.table_stats AS s (topic, table_name, rows_applied) "
-                    "VALUES (%s, %s, %s) ON CONFLICT (topic, table_name) DO UPDATE "
-                    "SET rows_applied = s.rows_applied + EXCLUDED.rows_applied",
-                    (self.topic, table, n),
-                )
+            add_table_stats(self.conn, self.topic, self._batch_rows)
         self._batch_rows = {}
 
     def _store_snapshot_progress(self) -> None:
         if not self._snapshot_rows or self._backfill_id is None:
             return
         with pg.translated(self.db.masked()):
-            for table, n in self._snapshot_rows.items():
-                self.conn.execute(
-                    "UPDATE replicator.backfill_progress SET rows_applied = rows_applied + %s, "
-                    "updated_at = now() WHERE backfill_id = %s AND table_name = %s",
-                    (n, self._backfill_id, table),
-                )
+            add_snapshot_progress(self.conn, self._backfill_id, self._snapshot_rows)
         self._snapshot_rows = {}
 
     def _store_offsets(self) -> None:
@@ -657,14 +570,9 @@ class ApplyWorker:
             for p, part in self._parts.items():
                 if not part.dirty:
                     continue
-                cur = self.conn.execute(
-                    "INSERT INTO replicator.offsets AS o (topic, partition, next_offset, last_commit_lsn)"
-                    " VALUES (%s, %s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET"
-                    " next_offset = EXCLUDED.next_offset, last_commit_lsn = EXCLUDED.last_commit_lsn,"
-                    " updated_at = now() WHERE o.next_offset = %s",
-                    (self.topic, p, part.next_offset, part.last_lsn, part.committed),
-                )
-                if cur.rowcount != 1:
+                if not store_offset(
+                    self.conn, self.topic, p, part.next_offset, part.last_lsn, part.committed
+                ):
                     raise TransientDatabaseError(
                         f"partition {p} was committed by another worker; re-reading its position"
                     )

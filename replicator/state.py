@@ -109,3 +109,46 @@ def load_offsets(conn: psycopg.Connection[Any], topic: str) -> dict[int, tuple[i
         (topic,),
     ).fetchall()
     return {int(p): (int(o), int(lsn)) for p, o, lsn in rows}
+
+
+def store_offset(
+    conn: psycopg.Connection[Any],
+    topic: str,
+    partition: int,
+    next_offset: int,
+    last_commit_lsn: int,
+    expected: int,
+) -> bool:
+    """Store a partition's position if it is still ``expected`` (the one this worker last
+    committed); False when another worker has committed it since."""
+    cur = conn.execute(
+        "INSERT INTO replicator.offsets AS o (topic, partition, next_offset, last_commit_lsn)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET"
+        " next_offset = EXCLUDED.next_offset, last_commit_lsn = EXCLUDED.last_commit_lsn,"
+        " updated_at = now() WHERE o.next_offset = %s",
+        (topic, partition, next_offset, last_commit_lsn, expected),
+    )
+    return cur.rowcount == 1
+
+
+def add_table_stats(conn: psycopg.Connection[Any], topic: str, rows: dict[str, int]) -> None:
+    """Rows applied per target table, added to the running totals."""
+    for table, n in sorted(rows.items()):
+        conn.execute(
+            "INSERT INTO replicator.table_stats AS s (topic, table_name, rows_applied) "
+            "VALUES (%s, %s, %s) ON CONFLICT (topic, table_name) DO UPDATE "
+            "SET rows_applied = s.rows_applied + EXCLUDED.rows_applied",
+            (topic, table, n),
+        )
+
+
+def add_snapshot_progress(
+    conn: psycopg.Connection[Any], backfill_id: str, rows: dict[str, int]
+) -> None:
+    """Snapshot rows applied per source table, added to the backfill's progress."""
+    for table, n in rows.items():
+        conn.execute(
+            "UPDATE replicator.backfill_progress SET rows_applied = rows_applied + %s, "
+            "updated_at = now() WHERE backfill_id = %s AND table_name = %s",
+            (n, backfill_id, table),
+        )

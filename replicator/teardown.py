@@ -14,6 +14,7 @@ apply session stops the whole teardown before anything is dropped, naming who ho
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,9 @@ import psycopg
 from psycopg import sql
 
 from connectors import pg
+from replicator.apply_session import ORIGIN_PREFIX
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
-
-ORIGIN_PREFIX = "replicator_"  # as the apply workers name their origins
 
 
 @dataclass(frozen=True)
@@ -111,24 +111,25 @@ def _database_items(
     return items
 
 
+# Per kind: the statement, and how the name goes into it.
+_DROP: dict[str, tuple[str, Callable[[str], sql.Composable]]] = {
+    "slot": (
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {}",
+        sql.Literal,
+    ),
+    "publication": ("DROP PUBLICATION IF EXISTS {}", sql.Identifier),
+    "origin": (
+        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = {}",
+        sql.Literal,
+    ),
+    "schema": ("DROP SCHEMA IF EXISTS {} CASCADE", sql.Identifier),
+}
+
+
 def _drop(conn: psycopg.Connection[Any], item: Item, db: DatabaseSettings) -> None:
+    template, quote = _DROP[item.kind]
     try:
-        if item.kind == "slot":
-            conn.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                "WHERE slot_name = %s",
-                (item.name,),
-            )
-        elif item.kind == "publication":
-            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(item.name)))
-        elif item.kind == "origin":
-            conn.execute(
-                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin "
-                "WHERE roname = %s",
-                (item.name,),
-            )
-        elif item.kind == "schema":
-            conn.execute("DROP SCHEMA IF EXISTS replicator CASCADE")
+        conn.execute(sql.SQL(template).format(quote(item.name)))
     except psycopg.errors.ObjectInUse as exc:
         raise ReplicatorError(
             f"{item.kind} {item.name} on {item.where} is in use: {exc.diag.message_primary}",

@@ -6,17 +6,16 @@ from typing import Any
 
 from connectors.envelope import Change, Envelope, RelationInfo
 from connectors.pgsink import Batch
-from connectors.pgtypes import TextLoader
 from replicator.apply import ApplyWorker
+from replicator.apply_rows import RowMapper
 from transforms.identity import identity_direction
 
 
 def _worker(dead: list[str]) -> ApplyWorker:
     w = ApplyWorker.__new__(ApplyWorker)  # the row path needs none of the connections
     w.direction = identity_direction(["public.a"])
-    w._loader = TextLoader()
+    w._rows = RowMapper(w.direction)
     w._snapshot_rows = {}
-    w._env_rels = (None, {})
 
     def to_dlq(exc: Any, *args: Any) -> None:
         dead.append(exc.message)
