@@ -10,7 +10,7 @@ shared cores they would measure each other. The replicator goes first and is sto
 left idle, costing nothing); the subscription is created after, so it starts at that point of
 the WAL and decodes only its own phase's writes.
 
-    python -m bench.live [--quick] [--processes 2]
+    python -m bench.live [--quick] [--processes 2] [--workers N]
 """
 
 from __future__ import annotations
@@ -89,15 +89,20 @@ def _tables(conninfo: str) -> None:
             c.execute(ddl)
 
 
-def _replicator(env: Env, ids: load.Ids, n: Sizes, logdir: Path, processes: int) -> Result:
-    """``replicator run`` (one process: capture and apply share one interpreter), or with
-    ``processes=2`` ``replicator capture`` and ``replicator apply`` side by side, one core each."""
+def _replicator(
+    env: Env, ids: load.Ids, n: Sizes, logdir: Path, processes: int, workers: int
+) -> Result:
+    """``replicator run`` (capture in the command's process, each apply worker in a child
+    process), or with ``processes=2`` ``replicator capture`` and ``replicator apply`` as two
+    commands. ``workers > 1`` is scale-out mode: that many partitions and apply workers."""
     vars_ = {
         **env.env_vars(),
         "REPLICATOR_MAPPING": "identity:public.a,public.b",
         "REPLICATOR_CAPTURE__HEARTBEAT_INTERVAL_S": "1",
+        "REPLICATOR_KAFKA__PARTITIONS": str(workers),
     }
-    commands = [["run"]] if processes == 1 else [["capture"], ["apply"]]
+    scale = ["--workers", str(workers)]
+    commands = [["run", *scale]] if processes == 1 else [["capture"], ["apply", *scale]]
     procs = [Background(cmd, vars_, logdir / f"{cmd[0]}.log") for cmd in commands]
 
     def exited() -> bool:
@@ -187,10 +192,21 @@ def main() -> dict[str, Any]:
                     "default": 1,
                     "help": "1: `replicator run`; 2: `replicator capture` + `replicator apply`",
                 },
-            )
+            ),
+            (
+                "--workers",
+                {
+                    "type": int,
+                    "default": 1,
+                    "help": "apply workers; above 1, scale-out mode with as many partitions"
+                    " (a source transaction is then applied as one target transaction per"
+                    " partition)",
+                },
+            ),
         ],
     )
     processes = int(args.raw.processes)
+    workers = int(args.raw.workers)
     n = (
         Sizes(bulk=100_000, clients=4, txns=1_500, paced_s=10)
         if args.quick
@@ -200,7 +216,7 @@ def main() -> dict[str, Any]:
     with bench_env() as env, tempfile.TemporaryDirectory() as tmp:
         _tables(env.legacy.conninfo())
         _tables(env.target.conninfo())
-        ours = _replicator(env, ids, n, Path(tmp), processes)
+        ours = _replicator(env, ids, n, Path(tmp), processes, workers)
         time.sleep(1)  # the replicator's process is gone before the native phase starts
         theirs = _native(env, ids, n)
     p99 = ours.lag.pct(99)
@@ -226,6 +242,7 @@ def main() -> dict[str, Any]:
         native_lag_p99_ms=round(theirs.lag.pct(99), 1),
         lag_goal_met=bool(p99 <= 300),
         processes=processes,
+        workers=workers,
         bulk_changes=n.bulk,
         small_changes=ours.small.changes,
         peak_rss_mb=round(peak_rss_mb(), 1),

@@ -1,3 +1,5 @@
 from replicator.cli import main
 
-main()
+# Guarded: worker processes (spawned) import the parent's main module under another name.
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ a stack trace appears only for a bug, and only with ``--debug``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ ConfigOpt = Annotated[
 
 class _State:
     debug = False
+    verbose = False
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -61,6 +63,7 @@ def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     _State.debug = debug
+    _State.verbose = verbose
     _setup_logging(verbose)
 
 
@@ -143,7 +146,15 @@ def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    pipeline.start(run_capture=run_capture, run_apply=run_apply, workers=workers)
+    # Apply workers get processes of their own when they would share the interpreter with
+    # capture or with each other: each stage then has a core (see replicator.worker_process).
+    pipeline.start(
+        run_capture=run_capture,
+        run_apply=run_apply,
+        workers=workers,
+        processes=run_capture or workers > 1,
+        log_setup=functools.partial(_setup_logging, _State.verbose),
+    )
     from replicator.metrics import serve_metrics
 
     serve_metrics(s)

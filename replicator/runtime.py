@@ -30,6 +30,7 @@ from replicator.capture import Capture
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
 from replicator.state import ensure_schema
+from replicator.worker_process import ApplyProcess, LogSetup
 from transforms.api import MappingSet
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class Pipeline:
     mapping: MappingSet
     capture: Capture | None = None
     backfill: Backfill | None = None
-    workers: list[ApplyWorker] = field(default_factory=list)
+    workers: list[ApplyWorker | ApplyProcess] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     direction: str = "fwd"
@@ -140,12 +141,17 @@ class Pipeline:
         workers: int = 1,
         backfill: bool | None = None,
         progress: ProgressFn | None = None,
+        processes: bool = False,
+        log_setup: LogSetup | None = None,
     ) -> None:
         """Start the stages of the current direction, and follow direction changes.
 
         ``backfill=None`` backfills when this start created the forward slot (a fresh pipeline)
-        or finds an interrupted backfill; True and False force it either way."""
+        or finds an interrupted backfill; True and False force it either way. ``processes``
+        runs each apply worker in a child process (:mod:`replicator.worker_process`), which
+        loads the mapping from the settings (``log_setup`` configures its logging)."""
         self._options = (run_capture, run_apply, workers)
+        self._processes = (processes, log_setup)
         self.direction = desired_direction(self.settings)
         self._start_stages(backfill, progress)
         self._supervisor = threading.Thread(target=self._reconcile, name="reconcile", daemon=True)
@@ -174,8 +180,13 @@ class Pipeline:
                 bf = self.backfill
                 self._spawn("backfill", lambda stop: bf.run(stop, progress))
         if run_apply:
+            processes, log_setup = self._processes
             for i in range(workers):
-                worker = ApplyWorker(s, direction, dir_name=d, target=target)
+                worker: ApplyWorker | ApplyProcess
+                if processes:
+                    worker = ApplyProcess(s, d, f"apply-{i}", log_setup)
+                else:
+                    worker = ApplyWorker(s, direction, dir_name=d, target=target)
                 self.workers.append(worker)
                 self._spawn(f"apply-{i}", worker.run)
 
