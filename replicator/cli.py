@@ -344,7 +344,12 @@ def demo(
     """The main job on local services: sample data → live sync → rows arriving in the target."""
     from replicator.demo import run_demo
 
-    run_demo(scale=rows, keep_running=keep_running, console=out)
+    run_demo(
+        scale=rows,
+        keep_running=keep_running,
+        console=out,
+        log_setup=functools.partial(_setup_logging, _State.verbose),
+    )
 
 
 @services_app.command("start")

@@ -23,6 +23,7 @@ from rich.table import Table
 from replicator import local_services as ls
 from replicator.config import Settings, render_template
 from replicator.runtime import Pipeline
+from replicator.worker_process import LogSetup
 from transforms.loader import load_mapping
 
 NAME = "demo"
@@ -128,7 +129,9 @@ class _LiveWriter:
         self.thread.join()
 
 
-def run_demo(*, scale: int, keep_running: bool, console: Console) -> None:
+def run_demo(
+    *, scale: int, keep_running: bool, console: Console, log_setup: LogSetup | None = None
+) -> None:
     from transforms.mcp_manager.generate import generate
     from transforms.mcp_manager.legacy import create_legacy_schema
     from transforms.mcp_manager.target_schema import apply_target_schema
@@ -175,7 +178,8 @@ def run_demo(*, scale: int, keep_running: bool, console: Console) -> None:
             step("backfill: slot first, then key-ordered chunks through Kafka"),
             BackfillProgress(console) as bars,
         ):
-            pipeline.start(progress=bars.update)
+            # As `replicator run` does: apply in its own process, beside capture and the reader.
+            pipeline.start(progress=bars.update, processes=True, log_setup=log_setup)
             assert pipeline.backfill is not None
             _wait_backfill(settings, pipeline)
         console.print(_count_table(_counts(settings), "after backfill"))
