@@ -115,6 +115,8 @@ class ApplyProcess:
             name=f"replicator-{self.name}",
             daemon=True,
         )
+        # Linux ties the child's death signal to the thread that started it: this one, which
+        # lives until the child is joined.
         proc.start()
         send.close()
         self.pid = proc.pid
