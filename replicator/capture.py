@@ -135,7 +135,7 @@ class Capture:
             "publication_names": self.s.publication_for(self.direction),
             "messages": "true",
         }
-        if self.s.capture.proto_version >= 2:
+        if self.s.capture.proto_version >= 2 and self.s.capture.streaming:
             options["streaming"] = "on"
         producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
         stream = ReplicationStream(self.db, self.s.slot(self.direction), options)

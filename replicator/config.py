@@ -72,8 +72,14 @@ class KafkaSettings(_Strict):
 class CaptureSettings(_Strict):
     publication: str = ""  # empty: "<name>_pub"
     heartbeat_interval_s: float = Field(5.0, gt=0)
-    # Protocol 2 streams large in-progress transactions; slices bound the capture's memory.
     proto_version: int = Field(2, ge=1, le=2)
+    # Ask PostgreSQL (protocol 2) to stream large transactions while they are still running;
+    # the capture then decodes and spools them on its own host and sends them at their commit.
+    # Off by default: the walsender spills a large transaction to the source's pg_replslot in
+    # C and sends it at commit, where the capture decodes it once, alongside apply — a
+    # million-row transaction becomes visible on the target about a fifth sooner (bench.live).
+    # On: the source spills nothing, the capture host does. Either way slices bound memory.
+    streaming: bool = False
     slice_max_changes: int = Field(5_000, ge=1)
     slice_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     status_interval_s: float = Field(1.0, gt=0)
@@ -226,7 +232,8 @@ compression = "lz4"
 
 [capture]
 heartbeat_interval_s = 5.0
-proto_version = 2       # 2 streams large transactions so memory stays bounded
+proto_version = 2
+streaming = false       # true: large transactions spill on the capture host, not the source
 
 [apply]
 batch_max_changes = 5000

@@ -184,6 +184,15 @@ def test_large_transaction_is_sliced_with_bounded_memory(env: Env, tmp_path: Pat
     assert peak_kb < 300 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
 
 
+def _slot_stat(env: Env, s: Settings, column: str) -> int:
+    with env.legacy_conn() as c:
+        row = c.execute(
+            f"SELECT {column} FROM pg_stat_replication_slots WHERE slot_name = %s",
+            (s.slot("fwd"),),
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+
 def _confirmed(env: Env, s: Settings) -> int:
     with env.legacy_conn() as c:
         row = c.execute(
@@ -217,3 +226,65 @@ def test_relation_changed_mid_stream_is_forwarded_and_flagged(env: Env, capture:
         "email": "a@example.com",
     }
     wait_for(lambda: cap.stats.relation_changes == 1, 10, what="the change to be flagged")
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["streamed", "spilled"])
+def test_a_large_transaction_arrives_whole_at_its_commit_without_its_rolled_back_parts(
+    env: Env, streaming: bool
+) -> None:
+    """Streamed to the capture while it runs (``capture.streaming``), or spilled by the source
+    and sent at commit (the default): the log is the same either way."""
+    _schema(env)
+    with env.legacy_conn() as c:
+        # Over 64 kB of changes makes the walsender stream (or spill) the transaction.
+        c.execute(f"ALTER DATABASE {env.legacy.dbname} SET logical_decoding_work_mem = '64kB'")
+    s = env.settings(capture={"streaming": streaming})
+    cap = Capture(s, TABLES)
+    cap.prepare()
+    stop = threading.Event()
+    t = threading.Thread(target=cap.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: _slot_active(env, s), 60, what="capture to stream")
+        with env.legacy_conn() as c:
+            c.execute("BEGIN")
+            c.execute(
+                "INSERT INTO doc SELECT g, 2, NULL, repeat('b', 200) FROM generate_series(10001, 13000) g"
+            )
+            c.execute("SAVEPOINT s1")
+            c.execute(
+                "INSERT INTO doc SELECT g, 3, NULL, repeat('c', 200) FROM generate_series(20001, 22000) g"
+            )
+            c.execute("ROLLBACK TO SAVEPOINT s1")
+            c.execute("INSERT INTO account VALUES (1, 'after the savepoint', 1)")
+            c.execute("COMMIT")
+            c.execute("BEGIN")  # aborted whole: never in the log
+            c.execute(
+                "INSERT INTO doc SELECT g, 4, NULL, repeat('d', 200) FROM generate_series(30001, 33000) g"
+            )
+            c.execute("ROLLBACK")
+        wait_for(
+            lambda: any(
+                ch.new is not None and ch.new.get("name") == "after the savepoint"
+                for e in _data(read_log(s, 0.5))
+                for ch in e.changes
+            ),
+            60,
+            what="the transaction in Kafka",
+        )
+        kind = "stream_txns" if streaming else "spill_txns"
+        wait_for(lambda: _slot_stat(env, s, kind) > 0, 30, what=f"the walsender to use {kind}")
+    finally:
+        stop.set()
+        t.join(30)
+    envs = [e for e in _data(read_log(s)) if any(ch.op == "insert" for ch in e.changes)]
+    owners: dict[str | None, list[int]] = {}
+    for e in envs:
+        for ch in e.changes:
+            if ch.op == "insert" and ch.new and "owner" in ch.new:
+                owners.setdefault(ch.new["owner"], []).append(int(ch.new["id"]))
+    assert sorted(o or "" for o in owners) == ["2"]  # 3: rolled back to the savepoint; 4: aborted
+    assert owners["2"] == list(range(10001, 13001))
+    txn = [e for e in envs if any(ch.new and ch.new.get("owner") == "2" for ch in e.changes)]
+    assert len({e.commit_lsn for e in txn}) == 1 and txn[-1].last
+    assert [e.seq for e in txn] == list(range(len(txn)))
