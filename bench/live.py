@@ -157,8 +157,8 @@ def _native(env: Env, ids: load.Ids, n: Sizes) -> Result:
         with psycopg.connect(native, autocommit=True) as c:
             # Streaming off, the subscriber's best setting here for the bulk transaction: with
             # it on, the subscriber spools the transaction while it runs and applies it at
-            # commit (190–207 k rows/s measured); off, the walsender spills it and the apply
-            # worker applies it as it arrives after the commit (257 k rows/s).
+            # commit (190-241 k rows/s measured); off, the walsender spills it and the apply
+            # worker applies it as it arrives after the commit (257-392 k rows/s).
             c.execute(
                 sql.SQL(
                     "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} "

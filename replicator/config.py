@@ -77,7 +77,7 @@ class CaptureSettings(_Strict):
     # the capture then decodes and spools them on its own host and sends them at their commit.
     # Off by default: the walsender spills a large transaction to the source's pg_replslot in
     # C and sends it at commit, where the capture decodes it once, alongside apply — a
-    # million-row transaction becomes visible on the target about a fifth sooner (bench.live).
+    # million-row transaction becomes visible on the target about a quarter sooner (bench.live).
     # On: the source spills nothing, the capture host does. Either way slices bound memory.
     streaming: bool = False
     slice_max_changes: int = Field(5_000, ge=1)
