@@ -5,10 +5,15 @@ through one ``DELETE … USING``; upserts are grouped by their column set (an up
 TOASTed column unchanged writes fewer columns, and those must stay untouched) and each group is
 one COPY into a temporary staging table plus one ``INSERT … ON CONFLICT … DO UPDATE``; patches
 (N→1 merges) are one ``UPDATE … FROM``. The caller owns the transaction.
+
+``flush(defer=True)`` sends each merge without waiting for it (libpq's pipeline mode), so the
+target merges while the caller prepares the next batch; the next COPY, or :meth:`settle`, waits
+for it and raises what it raised. A caller that defers settles before any other statement.
 """
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from connectors import pg
 from replicator.errors import SchemaError
 from transforms.api import Delete, Patch, TargetOp, Truncate, Upsert
 
@@ -124,14 +130,33 @@ def _adapt(v: Any) -> Any:
 class Sink:
     """Writes batches into one target database over the caller's connection."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], where: str = "the target") -> None:
         self.conn = conn
+        self.where = where  # names the database in a deferred statement's error
         self._tables: dict[str, TableInfo] = {}
         self._stages: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._defer = False
+        # The pipeline holding merges sent and not yet waited for.
+        self._pending: contextlib.ExitStack | None = None
+
+    def settle(self) -> None:
+        """Wait for the merges a deferred flush sent; raises (translated) what they raised."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with pg.translated(self.where):
+                pending.close()
+
+    def _merge(self, stmt: sql.Composed) -> None:
+        if self._defer and self._pending is None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(self.conn.pipeline())
+            self._pending = stack
+        self.conn.execute(stmt)
 
     def table(self, name: str) -> TableInfo:
         info = self._tables.get(name)
         if info is None:
+            self.settle()
             rows = self.conn.execute(
                 "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
                 "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
@@ -172,6 +197,7 @@ class Sink:
         stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
             sql.Identifier(stage), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
         )
+        self.settle()  # COPY cannot run in pipeline mode
         with self.conn.cursor().copy(stmt) as copy:
             for row in rows:
                 if _SCALARS.issuperset(map(type, row)):  # most rows: nothing to wrap
@@ -179,8 +205,16 @@ class Sink:
                 else:
                     copy.write_row([_adapt(v) for v in row])
 
-    def flush(self, batch: Batch) -> dict[str, int]:
-        """Write the batch; returns rows touched per target table."""
+    def flush(self, batch: Batch, *, defer: bool = False) -> dict[str, int]:
+        """Write the batch; returns rows touched per target table. ``defer``: return without
+        waiting for the last merge (see the module's doc)."""
+        self._defer = defer
+        try:
+            return self._flush(batch)
+        finally:
+            self._defer = False
+
+    def _flush(self, batch: Batch) -> dict[str, int]:
         touched: dict[str, int] = {}
         # Deletes of every table first, so a unique value freed in this batch can be reused.
         for table, states in batch.tables.items():
@@ -231,7 +265,7 @@ class Sink:
     ) -> None:
         stage = self._stage(info, keys)
         self._copy(stage, keys, doomed)
-        self.conn.execute(
+        self._merge(
             sql.SQL("DELETE FROM {} t USING {} s WHERE {}").format(
                 info.ident,
                 sql.Identifier(stage),
@@ -261,7 +295,7 @@ class Sink:
             else sql.SQL("DO NOTHING")
         )
         col_list = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
-        self.conn.execute(
+        self._merge(
             sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
                 info.ident,
                 col_list,
@@ -284,7 +318,7 @@ class Sink:
             return
         stage = self._stage(info, cols)
         self._copy(stage, cols, map(_picker(cols), rows))
-        self.conn.execute(
+        self._merge(
             sql.SQL("UPDATE {} t SET {} FROM {} s WHERE {}").format(
                 info.ident,
                 sql.SQL(", ").join(
@@ -296,6 +330,7 @@ class Sink:
         )
 
     def truncate(self, tables: list[str]) -> None:
+        self.settle()
         self.conn.execute(
             sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(self.table(t).ident for t in tables))
         )

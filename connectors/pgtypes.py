@@ -25,6 +25,10 @@ _FromText = Callable[[str], Any]
 _AS_TEXT = frozenset({25, 1043, 1042, 19})  # text, varchar, bpchar, name
 _AS_INT = frozenset({20, 21, 23, 26})  # int8, int2, int4, oid
 _MISSING = object()
+# Types with one text form per value (the server's output for a type is deterministic, and no
+# two of these forms mean the same value): text equality is value equality, so rows keyed by
+# them can be told apart and coalesced by their text alone (see TextLoader.as_text).
+CANONICAL_TEXT_KEYS = frozenset({16, 20, 21, 23, 25, 26, 1042, 1043, 2950})
 
 
 def _bool(text: str) -> bool:
@@ -108,6 +112,18 @@ class TextLoader:
                 raise _unloadable(col, oid, text, exc) from None
             return out
         return _row_checked(values, plan)
+
+    def as_text(self, values: Mapping[str, str | None], plan: RowPlan) -> Mapping[str, Any]:
+        """The row image as it is, for a transform that takes PostgreSQL's text forms (the
+        identity): checked like :meth:`load`, converted not at all. Loading then writing each
+        value back as text for COPY would be a round trip that changes nothing."""
+        if values.keys() <= plan.names and _TEXT_OR_NONE.issuperset(map(type, values.values())):
+            return values
+        for col, oid, _ in plan.steps:
+            text = values.get(col)
+            if text is not None and type(text) is not str:
+                raise _unloadable(col, oid, text, TypeError(f"a {type(text).__name__}, not text"))
+        return {c: v for c, v in values.items() if c in plan.names}
 
 
 def _row_checked(values: Mapping[str, str | None], plan: RowPlan) -> dict[str, Any]:

@@ -108,6 +108,14 @@ class ApplyWorker:
 
     # -- set-up --------------------------------------------------------------------------------
 
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The session, with any merge a flush left running waited for first: a flush inside a
+        large source transaction returns while the target still merges (Sink, defer=True), so
+        the next rows are prepared meanwhile; every other use of the session waits here."""
+        self.sink.settle()
+        return self._conn
+
     def _exclusive_targets(self) -> dict[str, list[str]]:
         """Source table -> target tables it alone writes (safe to truncate with it)."""
         writers: dict[str, int] = {}
@@ -184,8 +192,8 @@ class ApplyWorker:
             self.s.topics(self.dir_name),
             self.s.kafka.replication_factor,
         )
-        self.conn = connect_session(self.db, self.s.name, self.dir_name)
-        self.sink = Sink(self.conn)
+        self._conn = connect_session(self.db, self.s.name, self.dir_name)
+        self.sink = Sink(self._conn, self.db.masked())
         producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
         self.dlq = DeadLetterWriter(producer, self.s.topic(self.dir_name, "dlq"))
         try:
@@ -210,9 +218,11 @@ class ApplyWorker:
                 self._switch = False
         finally:
             producer.close()
+            with contextlib.suppress(ReplicatorError):
+                self.sink.settle()  # a merge still running: its outcome no longer matters
             try:
-                self.conn.rollback()
-                self.conn.close()
+                self._conn.rollback()
+                self._conn.close()
             except psycopg.Error:
                 pass
 
@@ -498,7 +508,7 @@ class ApplyWorker:
             touched = self._flush_isolated(batch)
         else:
             with pg.translated(self.db.masked()):
-                touched = self.sink.flush(batch)
+                touched = self.sink.flush(batch, defer=True)
         for t, n in touched.items():
             self.stats.rows[t] = self.stats.rows.get(t, 0) + n
             self._batch_rows[t] = self._batch_rows.get(t, 0) + n

@@ -113,6 +113,10 @@ class TableTransform:
     source_key: tuple[str, ...]
     fn: TransformFn
     writes: tuple[TargetTable, ...]
+    # The transform takes the log's text forms as they are (it copies values, never reads
+    # them): apply then skips loading them into Python values when the relation's key types
+    # have one text form per value (connectors.pgtypes.CANONICAL_TEXT_KEYS).
+    text_values: bool = False
 
     def __call__(self, change: RowChange) -> list[TargetOp]:
         return self.fn(change)

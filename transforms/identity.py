@@ -82,7 +82,7 @@ def identity_transform(table: str) -> TableTransform:
         ops.append(Upsert(table, key, values))
         return ops
 
-    return TableTransform(table, (), fn, (TargetTable(table, (), ()),))
+    return TableTransform(table, (), fn, (TargetTable(table, (), ()),), text_values=True)
 
 
 def identity_direction(tables: Iterable[str]) -> Direction:

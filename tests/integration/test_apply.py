@@ -164,3 +164,60 @@ def test_a_session_lost_before_its_commit_is_applied_again_from_the_stored_offse
     thread.start()
     wait_for(lambda: len(rows(env)) == 3, 60, what="every row, after the failed commit")
     assert failures and rows(env) == [(1, "a", "b"), (2, "b", "b"), (3, "c", "b")]
+
+
+def test_a_merge_refused_after_its_flush_returned_is_isolated_and_dead_lettered(
+    env: Env,
+) -> None:
+    """Inside a large source transaction a flush returns while the target still merges (the
+    next rows are prepared meanwhile): the refusal surfaces at the next statement, and the
+    refused row alone is dead-lettered."""
+    s = env.settings(apply={"batch_max_changes": 2})
+    with env.target_conn() as c:
+        c.execute("CREATE TABLE item (id int PRIMARY KEY, title text NOT NULL, body text)")
+    ensure_topics(env.services.kafka, {s.topic("fwd", "changes"): 1, s.topic("fwd", "dlq"): 1})
+    refused = Change("insert", 1, new={"id": "2", "title": None, "body": "x"})  # NOT NULL
+    slices = [
+        _env(500, ins(1, "one"), refused, seq=0, last=False),
+        _env(500, ins(3, "three"), ins(4, "four"), seq=1, last=False),
+        _env(500, ins(5, "five"), seq=2, last=True),
+    ]
+    producer = Producer(env.services.kafka)
+    for value in [*slices, _env(600, ins(6, "six"))]:
+        producer.send(s.topic("fwd", "changes"), value)
+    producer.flush()
+    producer.close()
+    stop = threading.Event()
+    worker = ApplyWorker(s, DIRECTION)
+    t = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: worker.stats.last_commit_lsn >= 600, what="apply to reach lsn 600")
+    finally:
+        stop.set()
+        t.join(30)
+    assert [r[0] for r in rows(env)] == [1, 3, 4, 5, 6]
+    assert worker.stats.dead_letters == 1
+
+
+def test_a_deferred_merge_is_waited_for_and_its_error_raised_translated(env: Env) -> None:
+    from connectors.pgsink import Batch, Sink
+    from replicator.errors import TargetRejected
+
+    with env.target_conn() as c:
+        c.execute("CREATE TABLE item (id int PRIMARY KEY, title text NOT NULL, body text)")
+    with env.target_conn() as conn:
+        conn.autocommit = False  # as an apply session: the staging tables live per transaction
+        sink = Sink(conn)
+        ok = Batch()
+        ok.add(Upsert("public.item", {"id": 1}, {"title": "a", "body": None}))
+        sink.flush(ok, defer=True)
+        sink.settle()
+        conn.commit()
+        bad = Batch()
+        bad.add(Upsert("public.item", {"id": 2}, {"title": None, "body": None}))
+        sink.flush(bad, defer=True)  # sent; the refusal is not waited for here
+        with pytest.raises(TargetRejected):
+            sink.settle()
+        conn.rollback()
+    assert [r[0] for r in rows(env)] == [1]
