@@ -133,6 +133,10 @@ class ApplyWorker:
         Anything written but not committed belongs to the old assignment: it is discarded and
         will be read again from the stored offsets.
         """
+        # A merge a flush left running belongs to the discarded work too: its outcome (even a
+        # refusal) no longer matters, and raising it here would break the group's rebalance.
+        with contextlib.suppress(ReplicatorError):
+            self.sink.settle()
         with pg.translated(self.db.masked()):
             self.conn.rollback()
             stored = load_offsets(self.conn, self.topic)
