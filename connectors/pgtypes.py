@@ -100,7 +100,7 @@ class TextLoader:
         """:meth:`row` with the relation's plan in hand."""
         # The common case, checked at C speed: only the relation's columns, text or NULL. The
         # row is copied whole and only the non-text columns are converted.
-        if values.keys() <= plan.names and _TEXT_OR_NONE.issuperset(map(type, values.values())):
+        if _plain(values, plan):
             out = dict(values)
             col, oid, text = "", 0, None
             try:
@@ -117,13 +117,18 @@ class TextLoader:
         """The row image as it is, for a transform that takes PostgreSQL's text forms (the
         identity): checked like :meth:`load`, converted not at all. Loading then writing each
         value back as text for COPY would be a round trip that changes nothing."""
-        if values.keys() <= plan.names and _TEXT_OR_NONE.issuperset(map(type, values.values())):
+        if _plain(values, plan):
             return values
         for col, oid, _ in plan.steps:
             text = values.get(col)
             if text is not None and type(text) is not str:
                 raise _unloadable(col, oid, text, TypeError(f"a {type(text).__name__}, not text"))
         return {c: v for c, v in values.items() if c in plan.names}
+
+
+def _plain(values: Mapping[str, str | None], plan: RowPlan) -> bool:
+    """The common case, checked at C speed: only the relation's columns, text or NULL."""
+    return values.keys() <= plan.names and _TEXT_OR_NONE.issuperset(map(type, values.values()))
 
 
 def _row_checked(values: Mapping[str, str | None], plan: RowPlan) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,6 +56,11 @@ def _setup_logging(verbose: bool) -> None:
     # kafka-python logs every broker hiccup at ERROR with a stack trace; the replicator says
     # what it means ("Kafka unreachable, retrying") itself. --verbose shows the library's view.
     logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+
+
+def _child_logging() -> Callable[[], None]:
+    """The logging set-up a worker process repeats (a spawned child starts without it)."""
+    return functools.partial(_setup_logging, _State.verbose)
 
 
 @app.callback()
@@ -153,7 +159,7 @@ def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int
         run_apply=run_apply,
         workers=workers,
         processes=run_capture or workers > 1,
-        log_setup=functools.partial(_setup_logging, _State.verbose),
+        log_setup=_child_logging(),
     )
     from replicator.metrics import serve_metrics
 
@@ -348,7 +354,7 @@ def demo(
         scale=rows,
         keep_running=keep_running,
         console=out,
-        log_setup=functools.partial(_setup_logging, _State.verbose),
+        log_setup=_child_logging(),
     )
 
 
