@@ -16,7 +16,7 @@ import json
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -79,7 +79,12 @@ class Assembler:
     def feed(self, msg: po.Message) -> Iterable[Output]:
         """The envelopes ``msg`` completes. Lazy: a streamed transaction is sliced from its spool
         as the caller consumes, so only one slice is in memory at a time."""
-        if type(msg) in _ROW_MESSAGES and self._stream_xid is None:  # most of the traffic first
+        if type(msg) is po.Insert and self._stream_xid is None:  # most of the traffic first
+            txn = self._txn
+            if txn is None or self._skip:
+                return []
+            return self._add_one(txn, _change("insert", self.relations[msg.relid], msg))
+        if type(msg) in _ROW_MESSAGES and self._stream_xid is None:
             if self._txn is None or self._skip:
                 return []
             return self._add(self._txn, self._changes(msg))  # type: ignore[arg-type]
@@ -160,9 +165,10 @@ class Assembler:
             return [Change("truncate", relid) for relid in msg.relids]
         rel = self.relations[msg.relid]
         if isinstance(msg, po.Insert):
-            new, unchanged = _row(rel, msg.new)
-            return [Change("insert", msg.relid, new=new, unchanged=unchanged)]
+            return [_change("insert", rel, msg)]
         if isinstance(msg, po.Update):
+            if msg.old is None:
+                return [_change("update", rel, msg)]
             new, unchanged = _row(rel, msg.new)
             old = _old(rel, msg.old_kind, msg.old)
             return [Change("update", msg.relid, new=new, old=old, unchanged=unchanged)]
@@ -171,13 +177,17 @@ class Assembler:
     def _add(self, txn: _Txn, changes: list[Change]) -> list[Output]:
         out: list[Output] = []
         for ch in changes:
-            txn.changes.append(ch)
-            if ch.rel not in txn.relations:
-                txn.relations[ch.rel] = self.relations[ch.rel]
-            txn.size += 64 + (sum(map(len, filter(None, ch.new.values()))) if ch.new else 0)
-            if len(txn.changes) >= self.slice_max_changes or txn.size >= self.slice_max_bytes:
-                out.append(self._slice(txn, last=False, ack=None))
+            out.extend(self._add_one(txn, ch))
         return out
+
+    def _add_one(self, txn: _Txn, ch: Change) -> list[Output]:
+        txn.changes.append(ch)
+        if ch.rel not in txn.relations:
+            txn.relations[ch.rel] = self.relations[ch.rel]
+        txn.size += 64 + ch.text_size()
+        if len(txn.changes) >= self.slice_max_changes or txn.size >= self.slice_max_bytes:
+            return [self._slice(txn, last=False, ack=None)]
+        return []
 
     def _slice(self, txn: _Txn, *, last: bool, ack: int | None) -> Output:
         env = Envelope(
@@ -238,7 +248,7 @@ class Assembler:
             for rel_id, rel, ch in spool.replay():
                 txn.changes.append(ch)
                 txn.relations[rel_id] = rel
-                txn.size += 64 + (sum(map(len, filter(None, ch.new.values()))) if ch.new else 0)
+                txn.size += 64 + ch.text_size()
                 if len(txn.changes) >= self.slice_max_changes or txn.size >= self.slice_max_bytes:
                     yield self._slice(txn, last=False, ack=None)
             spool.close()
@@ -249,7 +259,9 @@ class _Spool:
     """Changes of one streamed transaction on disk, until it commits or aborts.
 
     One orjson line per record: ``["R", relid, relation]`` when a relation is first used or
-    changed, then ``["C", subxid, op, relid, new, old, unchanged]`` per change. Every change of
+    changed, then ``["V", subxid, op, relid, values]`` per positional change (see
+    ``envelope.Change``) and ``["C", subxid, op, relid, new, old, unchanged]`` per other change.
+    Every change of
     a large transaction is written and read back once, so the format is the cheapest to
     encode and parse, not the envelope's.
     """
@@ -264,9 +276,11 @@ class _Spool:
         if self._written.get(ch.rel) is not rel:
             self._file.write(orjson.dumps(["R", ch.rel, rel.to_wire()], option=_LINE))
             self._written[ch.rel] = rel
-        self._file.write(
-            orjson.dumps(["C", subxid, ch.op, ch.rel, ch.new, ch.old, ch.unchanged], option=_LINE)
-        )
+        if ch.values is not None and ch.old is None and not ch.unchanged:
+            rec = ["V", subxid, ch.op, ch.rel, ch.values]
+        else:
+            rec = ["C", subxid, ch.op, ch.rel, ch.new, ch.old, ch.unchanged]
+        self._file.write(orjson.dumps(rec, option=_LINE))
 
     def replay(self) -> Iterator[tuple[int, RelationInfo, Change]]:
         self._file.seek(0)
@@ -286,6 +300,11 @@ class _Spool:
                 continue
             if aborted and rec[1] in aborted:
                 continue
+            if rec[0] == "V":
+                _, _, op, rel_id, values = rec
+                rel = rels[rel_id]
+                yield rel_id, rel, Change(op, rel_id, values=values, relation=rel)
+                continue
             _, _, op, rel_id, new, old, unchanged = rec
             yield rel_id, rels[rel_id], Change(op, rel_id, new, old, unchanged)
 
@@ -298,6 +317,16 @@ _LINE = orjson.OPT_APPEND_NEWLINE
 
 _PLAIN = frozenset({str, type(None)})
 _ROW_MESSAGES = frozenset({po.Insert, po.Update, po.Delete})
+
+
+def _change(op: str, rel: RelationInfo, msg: po.Insert | po.Update) -> Change:
+    """A change with a new row and no old image: positional when the row is whole and text
+    (the common case, checked at C speed), else by column name."""
+    values = msg.new
+    if len(values) == len(rel.columns) and _PLAIN.issuperset(map(type, values)):
+        return Change(op, msg.relid, values=cast("tuple[str | None, ...]", values), relation=rel)
+    new, unchanged = _row(rel, values)
+    return Change(op, msg.relid, new, None, unchanged)
 
 
 def _row(rel: RelationInfo, values: tuple[Any, ...]) -> tuple[dict[str, str | None], list[str]]:

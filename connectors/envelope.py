@@ -8,17 +8,20 @@ Wire form (orjson)::
 
     {v, origin, xid, commit_lsn, commit_ts, seq, last,
      relations: {relid: {schema, table, columns, type_oids, key_columns}},
-     changes: [{op, rel, new, old, unchanged}],
+     changes: [[op, rel, values] | {op, rel, new, old, unchanged}],
      control: {kind, ...}            # heartbeats and markers only; changes is then empty
     }
 
-``new``/``old`` map column name to text value (``None`` is SQL NULL). A TOASTed column that
-pgoutput reported as unchanged is absent from ``new`` and listed in ``unchanged``: a third state
-beside a value and NULL.
+A change whose new row carries every column and which has no old image (most inserts and
+updates, every snapshot row) is a list: ``values`` in the relation's column order. Others are
+an object: ``new``/``old`` map column name to text value (``None`` is SQL NULL), and a TOASTed
+column that pgoutput reported as unchanged is absent from ``new`` and listed in ``unchanged``:
+a third state beside a value and NULL. Version 1 had objects only; both are read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,10 +29,13 @@ import orjson
 
 from replicator.errors import MalformedMessage
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2
+READABLE_VERSIONS = frozenset({1, 2})
 
 Op = Literal["insert", "update", "delete", "truncate", "snapshot"]
 OPS: frozenset[str] = frozenset({"insert", "update", "delete", "truncate", "snapshot"})
+ROW_OPS: frozenset[str] = frozenset({"insert", "update", "snapshot"})  # may be a list on the wire
+_NO_COLUMNS: list[str] = []  # the unchanged columns of most changes: shared, never mutated
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,13 @@ class RelationInfo:
     columns: tuple[str, ...]
     type_oids: tuple[int, ...]
     key_columns: tuple[str, ...]
+    # values in column order -> {column: value}; see _row_builder.
+    row: Callable[[Sequence[str | None]], dict[str, str | None]] = field(
+        init=False, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "row", _row_builder(self.columns))
 
     @property
     def qualname(self) -> str:
@@ -54,15 +67,98 @@ class RelationInfo:
         }
 
 
-@dataclass(slots=True)
+_BUILDERS: dict[tuple[str, ...], Callable[[Sequence[str | None]], dict[str, str | None]]] = {}
+
+
+def _row_builder(
+    columns: tuple[str, ...],
+) -> Callable[[Sequence[str | None]], dict[str, str | None]]:
+    """A function from a row's values in column order to the row by column name.
+
+    Compiled once per column list into a dict display (``lambda v: {'id': v[0], ...}``): three
+    times as fast as ``dict(zip(columns, v))``, and every positional row becomes a dict once
+    in apply. The source is made only of ``repr`` of the column names (string literals) and
+    indexes, so no column name can be more than a key."""
+    found = _BUILDERS.get(columns)
+    if found is None:
+        plain = all(type(c) is str for c in columns) and len(set(columns)) == len(columns)
+        if not plain or len(columns) > 1000:
+            found = lambda v: dict(zip(columns, v, strict=True))  # noqa: E731
+        else:
+            body = ", ".join(f"{c!r}: v[{i}]" for i, c in enumerate(columns))
+            found = eval(f"lambda v: {{{body}}}")  # see the docstring
+        _BUILDERS[columns] = found
+    return found
+
+
 class Change:
-    op: str
-    rel: int
-    new: dict[str, str | None] | None = None
-    old: dict[str, str | None] | None = None
-    unchanged: list[str] = field(default_factory=list)
+    """One row change (or a truncate) of an envelope.
+
+    A complete new row without an old image may be held positionally (``values``, in the
+    relation's ``columns`` order): the capture and the backfill make their rows this way and
+    the wire keeps them so (a list per row, not an object), and ``new`` is built from them on
+    first use. Hand-written rather than a dataclass for that lazy ``new``.
+    """
+
+    __slots__ = ("_new", "_relation", "_values", "old", "op", "rel", "unchanged")
+
+    def __init__(
+        self,
+        op: str,
+        rel: int,
+        new: dict[str, str | None] | None = None,
+        old: dict[str, str | None] | None = None,
+        unchanged: list[str] | None = None,
+        *,
+        values: Sequence[str | None] | None = None,
+        relation: RelationInfo | None = None,
+    ) -> None:
+        self.op = op
+        self.rel = rel
+        self._new = new
+        self.old = old
+        self.unchanged: list[str] = _NO_COLUMNS if unchanged is None else unchanged
+        self._values = values
+        self._relation = relation  # whose columns ``values`` follow
+
+    @property
+    def new(self) -> dict[str, str | None] | None:
+        if self._new is None and self._values is not None:
+            assert self._relation is not None, "positional values need their relation"
+            self._new = self._relation.row(self._values)
+        return self._new
+
+    @property
+    def values(self) -> Sequence[str | None] | None:
+        """The new row in column order, when the change was made (or read) that way."""
+        return self._values
+
+    def text_size(self) -> int:
+        """Characters of the new row's values (what a slice's byte limit counts)."""
+        row = self._values if self._values is not None else (self._new or {}).values()
+        return sum(map(len, filter(None, row)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Change):
+            return NotImplemented
+        return (self.op, self.rel, self.new, self.old, list(self.unchanged)) == (
+            other.op,
+            other.rel,
+            other.new,
+            other.old,
+            list(other.unchanged),
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Change(op={self.op!r}, rel={self.rel!r}, new={self.new!r}, old={self.old!r}, "
+            f"unchanged={self.unchanged!r})"
+        )
 
     def to_wire(self) -> dict[str, Any]:
+        """The object form (dead letters keep this one: every value named by its column)."""
         out: dict[str, Any] = {"op": self.op, "rel": self.rel}
         if self.new is not None:
             out["new"] = self.new
@@ -71,6 +167,12 @@ class Change:
         if self.unchanged:
             out["unchanged"] = self.unchanged
         return out
+
+    def wire(self) -> list[Any] | dict[str, Any]:
+        """The form an envelope carries: a list for a positional row, else the object."""
+        if self._values is not None and self.old is None and not self.unchanged:
+            return [self.op, self.rel, self._values]
+        return self.to_wire()
 
 
 @dataclass(slots=True)
@@ -101,7 +203,7 @@ class Envelope:
             "seq": self.seq,
             "last": self.last,
             "relations": {str(k): r.to_wire() for k, r in self.relations.items()},
-            "changes": [c.to_wire() for c in self.changes],
+            "changes": [c.wire() for c in self.changes],
         }
         if self.control is not None:
             doc["control"] = self.control
@@ -115,7 +217,7 @@ def decode_envelope(data: bytes) -> Envelope:
     except orjson.JSONDecodeError as exc:
         raise MalformedMessage(f"change envelope is not JSON: {exc}") from None
     try:
-        if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION:
+        if not isinstance(doc, dict) or doc.get("v") not in READABLE_VERSIONS:
             raise MalformedMessage(
                 f"unsupported envelope version {doc.get('v') if isinstance(doc, dict) else None!r}"
             )
@@ -129,21 +231,35 @@ def decode_envelope(data: bytes) -> Envelope:
             )
             for k, r in doc["relations"].items()
         }
-        changes = []
+        # The hottest loop of apply's parsing: one pass, positional construction, the checks
+        # that keep a malformed change out of the transforms and nothing more.
+        changes: list[Change] = []
+        append = changes.append
         for c in doc["changes"]:
-            if c["op"] not in OPS:
-                raise MalformedMessage(f"unknown change op {c['op']!r}")
-            rel = int(c["rel"])
+            if type(c) is list:
+                op, rel, values = c
+                if op not in ROW_OPS:
+                    raise MalformedMessage(f"change op {op!r} cannot be a row of values")
+                info = relations.get(rel)
+                if info is None:
+                    raise MalformedMessage(f"change refers to relation {rel} not in the envelope")
+                if type(values) is not list or len(values) != len(info.columns):
+                    raise MalformedMessage(
+                        f"a row of {info.qualname} is not a list of {len(info.columns)} values"
+                    )
+                append(Change(op, rel, values=values, relation=info))
+                continue
+            op = c["op"]
+            if op not in OPS:
+                raise MalformedMessage(f"unknown change op {op!r}")
+            rel = c["rel"]
             if rel not in relations:
-                raise MalformedMessage(f"change refers to relation {rel} not in the envelope")
-            changes.append(
-                Change(
-                    op=c["op"],
-                    rel=rel,
-                    new=c.get("new"),
-                    old=c.get("old"),
-                    unchanged=list(c.get("unchanged", ())),
-                )
+                rel = int(rel)  # a relid written as a string
+                if rel not in relations:
+                    raise MalformedMessage(f"change refers to relation {rel} not in the envelope")
+            unchanged = c.get("unchanged")
+            append(
+                Change(op, rel, c.get("new"), c.get("old"), list(unchanged) if unchanged else None)
             )
         return Envelope(
             origin=str(doc["origin"]),

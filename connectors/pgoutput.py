@@ -450,6 +450,14 @@ def decode_message(
         data = bytes(data)
     if not data:
         raise PgOutputDecodeError("empty message", 0)
+    if data[0] == 0x49 and not in_stream and len(data) > 6 and data[5] == 0x4E:
+        # Insert with its new tuple, outside a streamed block: most of any bulk load, so it
+        # skips the dispatch below. Anything unusual takes the general path and its errors.
+        r = _Reader(data, "Insert")
+        r.pos = 6
+        row = _tuple(r)
+        r.end()
+        return Insert(_U32.unpack_from(data, 1)[0], row)
     entry = _DISPATCH.get(data[0])
     if entry is None:
         raise PgOutputDecodeError(f"unknown message type {data[:1]!r}", 0)

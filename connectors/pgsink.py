@@ -71,22 +71,35 @@ class Batch:
                 one.size = 1
                 yield table, one
 
+    def put(
+        self, table: str, key_columns: tuple[str, ...], key: tuple[Any, ...], row: Mapping[str, Any]
+    ) -> None:
+        """``add(Upsert(table, key, row))`` for a row that carries its key (``key`` holds the
+        values of ``key_columns`` in ``row``), without making the operation first."""
+        states = self.tables.get(table)
+        if states is not None and self.key_columns[table] == key_columns and key not in states:
+            self.size += 1
+            states[key] = _KeyState(False, "upsert", dict(row), {})
+            return
+        self.add(Upsert(table, dict(zip(key_columns, key, strict=True)), row))
+
     def add(self, op: TargetOp) -> None:
         if isinstance(op, Truncate):
             raise TypeError("truncate is a barrier: flush, then call Sink.truncate")
-        cols = tuple(op.key)
-        known = self.key_columns.setdefault(op.table, cols)
-        key = tuple(op.key.values()) if known == cols else tuple(op.key[c] for c in known)
-        states = self.tables.get(op.table)
+        table, keymap = op.table, op.key
+        states = self.tables.get(table)
         if states is None:
-            states = self.tables[op.table] = {}
+            states = self.tables[table] = {}
+            self.key_columns[table] = tuple(keymap)
+        known = self.key_columns[table]
+        # The key columns in another order are put in order (a KeyError if not the same).
+        key = tuple(keymap.values()) if tuple(keymap) == known else tuple(keymap[c] for c in known)
         st = states.get(key)
         if st is None:
             self.size += 1
             if type(op) is Upsert:  # most of the traffic: a first write of a key
-                states[key] = _KeyState(
-                    False, "upsert", {**op.values, **op.key}, dict(op.insert_only)
-                )
+                only = op.insert_only
+                states[key] = _KeyState(False, "upsert", {**op.values, **keymap}, {**only})
                 return
             st = states[key] = _KeyState()
         if isinstance(op, Delete):

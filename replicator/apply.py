@@ -403,6 +403,8 @@ class ApplyWorker:
                 self.sink.truncate(owned)
             return
         try:
+            if self._rows.copy_into(env, change, transform, batch):
+                return
             ops = self._rows.ops(env, change, transform)
         except DataError as exc:
             if exc.table is None:

@@ -10,23 +10,37 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from connectors.envelope import Envelope
+from connectors.envelope import Change, Envelope
+from connectors.pgsink import Batch
 from connectors.pgtypes import CANONICAL_TEXT_KEYS, RowPlan, TextLoader
 from transforms.api import Direction, RowChange, TableTransform, TargetOp
 
 _NONE: frozenset[str] = frozenset()
+_COPIED_OPS = frozenset({"insert", "snapshot"})
 # How a relation's row images reach its transform: loaded by type, or as text.
 _Load = Callable[[Mapping[str, str | None], RowPlan], Mapping[str, Any]]
+
+
+class _Relation:
+    """One relation of the envelope being mapped: its table and transform, and (from its first
+    row on) the row plan and how rows load."""
+
+    __slots__ = ("key_columns", "load", "plan", "table", "transform")
+
+    def __init__(self, table: str, transform: TableTransform | None, key: tuple[str, ...]) -> None:
+        self.table = table
+        self.transform = transform
+        self.key_columns = key
+        self.plan: RowPlan | None = None
+        self.load: _Load | None = None
 
 
 class RowMapper:
     def __init__(self, direction: Direction) -> None:
         self.direction = direction
         self._loader = TextLoader()
-        # The relations of the envelope being mapped: relid -> (table, transform, row plan and
-        # how rows load; None until the first row).
         self._env: Envelope | None = None
-        self._rels: dict[int, tuple[str, TableTransform | None, tuple[RowPlan, _Load] | None]] = {}
+        self._rels: dict[int, _Relation] = {}
 
     def relation(self, env: Envelope, relid: int) -> tuple[str, TableTransform | None]:
         """The source table a change of ``env`` belongs to, and its transform (None: unmapped)."""
@@ -34,37 +48,64 @@ class RowMapper:
             self._env, self._rels = env, {}
         found = self._rels.get(relid)
         if found is None:
-            table = env.relations[relid].qualname
+            info = env.relations[relid]
+            table = info.qualname
             # Planned with the first row, where a malformed relation is dead-lettered.
-            found = self._rels[relid] = (table, self.direction.transform_for(table), None)
-        return found[0], found[1]
+            found = self._rels[relid] = _Relation(
+                table, self.direction.transform_for(table), info.key_columns
+            )
+        return found.table, found.transform
 
-    def ops(self, env: Envelope, change: Any, transform: TableTransform) -> list[TargetOp]:
+    def _plan(self, env: Envelope, relid: int, r: _Relation, transform: TableTransform) -> None:
+        info = env.relations[relid]
+        r.plan = self._loader.row_plan(info.columns, info.type_oids)
+        # Decided once per relation: every row of a table must reach the batch in the same
+        # form, or one key could be coalesced as two (text and loaded).
+        key_oids = [
+            o for c, o in zip(info.columns, info.type_oids, strict=True) if c in info.key_columns
+        ]
+        as_text = transform.text_values and CANONICAL_TEXT_KEYS.issuperset(key_oids)
+        r.load = self._loader.as_text if as_text else self._loader.load
+
+    def copy_into(
+        self, env: Envelope, change: Change, transform: TableTransform, batch: Batch
+    ) -> bool:
+        """Put an insert of a row-copying transform (``TableTransform.copies_rows``) straight
+        into ``batch``, as its ``fn`` would have, minus the objects made in between: the bulk of
+        a large load. False: not such a change (call :meth:`ops`)."""
+        if not transform.copies_rows or change.op not in _COPIED_OPS or change.new is None:
+            return False
+        r = self._rels[change.rel]
+        if r.load is None:
+            self._plan(env, change.rel, r, transform)
+        load, plan = r.load, r.plan
+        assert load is not None and plan is not None
+        row = load(change.new, plan)
+        try:
+            key = tuple([row[k] for k in r.key_columns])
+        except KeyError:
+            return False  # a key column not sent: fn says so
+        if not key:
+            return False  # no key: fn says so
+        batch.put(r.table, r.key_columns, key, row)
+        return True
+
+    def ops(self, env: Envelope, change: Change, transform: TableTransform) -> list[TargetOp]:
         """The transform's operations for ``change`` (after :meth:`relation` for it); bad data
         raises :class:`replicator.errors.DataError`."""
-        table, _, planned = self._rels[change.rel]
-        rel = env.relations[change.rel]
-        if planned is None:
-            plan = self._loader.row_plan(rel.columns, rel.type_oids)
-            # Decided once per relation: every row of a table must reach the batch in the same
-            # form, or one key could be coalesced as two (text and loaded).
-            key_oids = [
-                o for c, o in zip(rel.columns, rel.type_oids, strict=True) if c in rel.key_columns
-            ]
-            as_text = transform.text_values and CANONICAL_TEXT_KEYS.issuperset(key_oids)
-            load: _Load = self._loader.as_text if as_text else self._loader.load
-            planned = (plan, load)
-            self._rels[change.rel] = (table, transform, planned)
-        plan, load = planned
-        new = load(change.new, plan) if change.new is not None else None
-        old = load(change.old, plan) if change.old is not None else None
-        return transform(
+        r = self._rels[change.rel]
+        if r.load is None:
+            self._plan(env, change.rel, r, transform)
+        load, plan = r.load, r.plan
+        assert load is not None and plan is not None
+        new, old, op = change.new, change.old, change.op
+        return transform.fn(
             RowChange(
-                op="insert" if change.op == "snapshot" else change.op,
-                table=table,
-                new=new,
-                old=old,
-                unchanged=frozenset(change.unchanged) if change.unchanged else _NONE,
-                key_columns=rel.key_columns,
+                "insert" if op == "snapshot" else op,  # type: ignore[arg-type]
+                r.table,
+                None if new is None else load(new, plan),
+                None if old is None else load(old, plan),
+                frozenset(change.unchanged) if change.unchanged else _NONE,
+                r.key_columns,
             )
         )

@@ -158,8 +158,7 @@ def snapshot_messages(
         commit_ts=None,
         relations={source.relid: source.relation},
         changes=[
-            Change("snapshot", source.relid, new=dict(zip(source.columns, r, strict=True)))
-            for r in rows
+            Change("snapshot", source.relid, values=r, relation=source.relation) for r in rows
         ],
     )
     encoded = envelope.encode()

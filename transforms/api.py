@@ -25,7 +25,13 @@ from typing import Any, Literal
 RowOp = Literal["insert", "update", "delete", "snapshot"]
 
 
-@dataclass(frozen=True, slots=True)
+# The per-row classes (RowChange and the operations) are not frozen: one of each is made for
+# every row change, and a frozen dataclass's __init__ costs twice a plain one's (a
+# object.__setattr__ per field). Treat them as values all the same: transforms and the sink
+# never assign to their fields.
+
+
+@dataclass(slots=True)
 class RowChange:
     """One source row change with typed values.
 
@@ -59,11 +65,14 @@ class RowChange:
         return row
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Upsert:
     """``insert_only`` columns are written when the row is inserted and never overwritten:
     a surrogate id derived for rows the source creates, which must not replace the id of a
-    row the other side created (a credential account signed up on the target)."""
+    row the other side created (a credential account signed up on the target).
+
+    ``values`` may repeat the key columns with the key's values (the identity hands over the
+    whole row rather than copy it without them)."""
 
     table: str
     key: Mapping[str, Any]
@@ -71,14 +80,14 @@ class Upsert:
     insert_only: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Patch:
     table: str
     key: Mapping[str, Any]
     values: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete:
     table: str
     key: Mapping[str, Any]
@@ -117,6 +126,10 @@ class TableTransform:
     # them): apply then skips loading them into Python values when the relation's key types
     # have one text form per value (connectors.pgtypes.CANONICAL_TEXT_KEYS).
     text_values: bool = False
+    # An insert becomes an upsert of the same row into the table of the same name, keyed by
+    # the relation's key (the identity): apply puts such rows into its batch without calling
+    # ``fn``. Everything else (updates, deletes, a row without its key) still goes to ``fn``.
+    copies_rows: bool = False
 
     def __call__(self, change: RowChange) -> list[TargetOp]:
         return self.fn(change)

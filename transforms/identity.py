@@ -78,11 +78,14 @@ def identity_transform(table: str) -> TableTransform:
                         lost[0],
                         hint=f"set REPLICA IDENTITY FULL on {table}",
                     )
-        values = {c: v for c, v in row.items() if c not in key}
-        ops.append(Upsert(table, key, values))
+        # The whole row, key columns included (the same values as ``key``): the sink writes
+        # key and values alike, and a copy without the key would cost a dict per row.
+        ops.append(Upsert(table, key, row))
         return ops
 
-    return TableTransform(table, (), fn, (TargetTable(table, (), ()),), text_values=True)
+    return TableTransform(
+        table, (), fn, (TargetTable(table, (), ()),), text_values=True, copies_rows=True
+    )
 
 
 def identity_direction(tables: Iterable[str]) -> Direction:

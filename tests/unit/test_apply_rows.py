@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from typing import Any
 
@@ -9,6 +10,7 @@ from connectors.envelope import Change, Envelope, RelationInfo
 from connectors.pgsink import Batch
 from replicator.apply import ApplyWorker
 from replicator.apply_rows import RowMapper
+from transforms.api import Direction
 from transforms.identity import identity_direction
 
 
@@ -74,3 +76,38 @@ def test_a_value_that_is_not_text_is_dead_lettered_on_the_text_path() -> None:
         w._change(env, change, 0, 0, batch)
     assert len(dead) == 1 and "not text" in dead[0]
     assert list(batch.tables["public.a"]) == [("6",)]
+
+
+def test_inserts_put_straight_into_the_batch_equal_what_the_transform_makes() -> None:
+    """The identity's inserts skip its function (TableTransform.copies_rows): the batch and
+    the dead letters are what calling it gives, for every kind of change around them."""
+    rel = RelationInfo("public", "a", ("id", "v"), (20, 25), ("id",))
+    changes = [
+        Change("insert", 1, values=("1", "x"), relation=rel),
+        Change("insert", 1, new={"id": "2", "v": None}),
+        Change("snapshot", 1, values=("3", "s"), relation=rel),
+        Change("update", 1, values=("1", "y"), relation=rel),
+        Change("insert", 1, new={"v": "no key"}),
+        Change("delete", 1, old={"id": "2"}),
+        Change("insert", 1, values=("2", "again"), relation=rel),
+        Change("update", 1, new={"id": "4"}, old={"id": "3"}, unchanged=["v"]),
+    ]
+    env = Envelope("o", 1, 10, None, relations={1: rel}, changes=changes)
+    results = []
+    for copies in (True, False):
+        dead: list[str] = []
+        w, batch = _worker(dead), Batch()
+        t = w.direction.tables["public.a"]
+        w.direction = Direction({"public.a": dataclasses.replace(t, copies_rows=copies)})
+        w._rows = RowMapper(w.direction)
+        for change in env.changes:
+            w._change(env, change, 0, 0, batch)
+        states = {
+            k: (st.kind, st.deleted_first, st.values, st.insert_only)
+            for k, st in batch.tables["public.a"].items()
+        }
+        results.append((states, batch.key_columns, len(batch), dead))
+    assert results[0] == results[1]
+    states, _, size, dead = results[0]
+    assert size == 3 and len(dead) == 2  # no key; a moved row whose value was not sent
+    assert states[("2",)] == ("upsert", True, {"id": "2", "v": "again"}, {})

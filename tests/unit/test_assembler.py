@@ -47,6 +47,9 @@ def test_a_transaction_is_one_envelope_acknowledged_at_its_commit_end() -> None:
     assert upd.new == {"id": "1", "title": "b"} and upd.unchanged == ["body"]
     # An old key tuple carries only the key; its other columns are placeholders.
     assert dele.op == "delete" and dele.old == {"id": "1"}
+    # A whole text row stays the decoder's values (a list on the wire); an update that left a
+    # value out is by name.
+    assert ins.values == ("1", "a", None) and upd.values is None
     assert set(env.relations) == {16384} and not asm.in_txn
 
 
@@ -131,6 +134,7 @@ def test_a_streamed_transaction_is_spooled_and_sliced_at_its_commit() -> None:
         ("update", {"id": "1", "title": "b"}, {"id": "0"}, ["body"]),
         ("delete", None, {"id": "4"}, []),
     ]
+    assert changes[0].values == ["1", "a", None]  # spooled and read back as values
     assert all(o.envelope.commit_lsn == 500 for o in out)
     assert out[0].envelope.relations[16384].columns == ("id", "title", "body")
     assert not asm.in_txn

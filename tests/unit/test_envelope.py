@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -65,3 +66,74 @@ def test_arbitrary_bytes_decode_or_raise_malformed(raw: bytes) -> None:
 @given(st.integers(min_value=0, max_value=2**64 - 1))
 def test_lsn_text_round_trip(lsn: int) -> None:
     assert parse_lsn(format_lsn(lsn)) == lsn
+
+
+def test_whole_rows_travel_as_lists_and_read_back_as_rows() -> None:
+    rel = RelationInfo("public", "t", ("id", "note"), (23, 25), ("id",))
+    env = Envelope(
+        "o",
+        1,
+        10,
+        None,
+        relations={5: rel},
+        changes=[
+            Change("insert", 5, values=("1", None), relation=rel),
+            Change("update", 5, new={"id": "2"}, unchanged=["note"]),
+        ],
+    )
+    wire = orjson.loads(env.encode())
+    # One list per whole row (no column names repeated per row); the rest stay objects.
+    assert wire["v"] == 2 and wire["changes"][0] == ["insert", 5, ["1", None]]
+    assert wire["changes"][1] == {
+        "op": "update",
+        "rel": 5,
+        "new": {"id": "2"},
+        "unchanged": ["note"],
+    }
+    back = decode_envelope(env.encode())
+    assert back.changes[0].new == {"id": "1", "note": None} and back.changes[0].values == [
+        "1",
+        None,
+    ]
+    assert back.changes == env.changes
+    # Dead letters keep the named form.
+    assert back.changes[0].to_wire() == {"op": "insert", "rel": 5, "new": {"id": "1", "note": None}}
+
+
+def test_version_1_envelopes_are_still_read() -> None:
+    raw = (
+        b'{"v": 1, "origin": "o", "xid": 1, "commit_lsn": 9, "relations": {"5": {"schema": "public",'
+        b' "table": "t", "columns": ["id"], "type_oids": [23], "key_columns": ["id"]}},'
+        b' "changes": [{"op": "insert", "rel": 5, "new": {"id": "1"}}]}'
+    )
+    assert decode_envelope(raw).changes[0].new == {"id": "1"}
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (b'["insert", 5, ["1"]]', "not a list of 2 values"),
+        (b'["insert", 5, {"id": "1"}]', "not a list of 2 values"),
+        (b'["delete", 5, ["1", "x"]]', "cannot be a row of values"),
+        (b'["insert", 6, ["1", "x"]]', "relation 6 not in the envelope"),
+        (b'["insert", 5]', "missing or mistypes"),
+    ],
+)
+def test_malformed_rows_of_values_raise_our_error(change: bytes, why: str) -> None:
+    raw = (
+        b'{"v": 2, "origin": "o", "xid": 1, "commit_lsn": 9, "relations": {"5": {"schema": "public",'
+        b' "table": "t", "columns": ["id", "v"], "type_oids": [23, 25], "key_columns": ["id"]}},'
+        b' "changes": [' + change + b"]}"
+    )
+    with pytest.raises(MalformedMessage, match=why):
+        decode_envelope(raw)
+
+
+def test_any_column_name_is_only_a_key_of_the_row() -> None:
+    # Rows are built by code compiled from the column names: a name must stay a string key.
+    names = ("id", "x'}; __import__('os').getpid(); {'", '"\\', "\n", "v[0]")
+    rel = RelationInfo("public", "t", names, (25,) * len(names), ("id",))
+    values = [f"value {i}" for i in range(len(names))]
+    assert Change("insert", 5, values=values, relation=rel).new == dict(
+        zip(names, values, strict=True)
+    )

@@ -289,11 +289,12 @@ def test_identity_mapping_copies_rows() -> None:
     t = m.forward.transform_for("public.item")
     assert t is not None and t.writes == (TargetTable("public.item", (), ()),)
     ins = RowChange("insert", "public.item", new={"id": 1, "a": "x"}, key_columns=("id",))
-    assert t(ins) == [Upsert("public.item", {"id": 1}, {"a": "x"})]
+    # The whole row as values, key included (the sink writes key and values alike).
+    assert t(ins) == [Upsert("public.item", {"id": 1}, {"id": 1, "a": "x"})]
     upd = RowChange(
         "update", "public.item", new={"id": 1}, unchanged=frozenset({"a"}), key_columns=("id",)
     )
-    assert t(upd) == [Upsert("public.item", {"id": 1}, {})]
+    assert t(upd) == [Upsert("public.item", {"id": 1}, {"id": 1})]
     dele = RowChange("delete", "public.item", old={"id": 1}, key_columns=("id",))
     assert t(dele) == [Delete("public.item", {"id": 1})]
     moved = RowChange(
@@ -301,7 +302,7 @@ def test_identity_mapping_copies_rows() -> None:
     )
     assert t(moved) == [
         Delete("public.item", {"id": 1}),
-        Upsert("public.item", {"id": 2}, {"a": "y"}),
+        Upsert("public.item", {"id": 2}, {"id": 2, "a": "y"}),
     ]
     assert m.reverse.transform_for("public.item") is not None
 
