@@ -210,12 +210,35 @@ class Envelope:
         return orjson.dumps(doc)
 
 
-def decode_envelope(data: bytes) -> Envelope:
-    """Parse a Kafka message value; anything malformed raises :class:`MalformedMessage`."""
+def group_envelopes(encoded: list[bytes]) -> bytes:
+    """One message value for several whole transactions' envelopes (a JSON array of them),
+    so that a backlog of small transactions costs one Kafka message, not one each."""
+    if len(encoded) == 1:
+        return encoded[0]
+    return b"[" + b",".join(encoded) + b"]"
+
+
+def decode_envelopes(data: bytes) -> list[Envelope]:
+    """Parse a Kafka message value: one envelope, or a group of them (in commit order).
+    Anything malformed raises :class:`MalformedMessage`."""
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise MalformedMessage(f"change envelope is not JSON: {exc}") from None
+    if type(doc) is list and doc:
+        return [_envelope(d) for d in doc]
+    return [_envelope(doc)]
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Parse a Kafka message value that holds one envelope (tests, tools)."""
+    envs = decode_envelopes(data)
+    if len(envs) != 1:
+        raise MalformedMessage(f"expected one envelope, the message holds {len(envs)}")
+    return envs[0]
+
+
+def _envelope(doc: Any) -> Envelope:
     try:
         if not isinstance(doc, dict) or doc.get("v") not in READABLE_VERSIONS:
             raise MalformedMessage(

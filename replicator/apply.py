@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from connectors import pg
-from connectors.envelope import Envelope, decode_envelope
+from connectors.envelope import Envelope, decode_envelopes
 from connectors.kafka_io import Consumer, Producer, ensure_topics
 from connectors.pgsink import Batch, Sink
 from replicator.apply_rows import RowMapper
@@ -336,14 +336,22 @@ class ApplyWorker:
     # -- one message ---------------------------------------------------------------------------
 
     def _handle(self, partition: int, offset: int, value: bytes, batch: Batch) -> None:
-        part = self._parts[partition]
         self.stats.messages += 1
         self._current = (partition, offset, None)
         try:
-            env = decode_envelope(value)
+            envs = decode_envelopes(value)
         except DataError as exc:
             self._dead(exc, partition, offset, None, value.decode("utf-8", "replace")[:10_000])
             return
+        for env in envs:  # several whole transactions when the capture had a backlog
+            self._envelope(partition, offset, env, batch)
+            if self._isolate_until and len(envs) > 1:
+                # Row by row after a refusal: written per transaction, so that a refused
+                # row's letter names its own transaction's commit LSN.
+                self._flush(batch)
+
+    def _envelope(self, partition: int, offset: int, env: Envelope, batch: Batch) -> None:
+        part = self._parts[partition]
         if self.topic == self.snapshot_topic:
             # Snapshot chunks are idempotent upserts: a re-sent chunk needs no de-duplication.
             if env.control is not None:

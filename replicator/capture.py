@@ -21,7 +21,7 @@ import psycopg
 
 from connectors import pg, walframe
 from connectors.assembler import CONTROL_PREFIX, Assembler, Output
-from connectors.envelope import Envelope
+from connectors.envelope import Envelope, group_envelopes
 from connectors.kafka_io import Producer, Sent, ensure_topics
 from connectors.pgoutput import PgOutputDecodeError, PgOutputDecoder
 from connectors.pgsource import (
@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 # Bytes handed to the producer and not yet acknowledged; past this the capture waits.
 MAX_PENDING_BYTES = 32 << 20
+# Whole small transactions read back to back (a backlog) share one Kafka message, up to these:
+# a message per transaction costs the producer more than the transaction's rows.
+GROUP_TRANSACTIONS = 200
+GROUP_BYTES = 1 << 20
+GROUP_WAIT_S = 0.005
 # Inside a transaction, the per-frame loop looks at acknowledgements and clocks only once in
 # this many frames (a fraction of a millisecond of rows): per row, they cost as much as decoding.
 CHECK_EVERY_FRAMES = 256
@@ -180,7 +185,11 @@ class Capture:
         rows_since_check = 0
         try:
             while not stop.is_set():
-                frame = stream.read(timeout=0.1)
+                # Whole transactions wait in the router while more frames are at hand (a
+                # backlog): they go to Kafka as one message as soon as the stream pauses.
+                frame = stream.read(timeout=0.0 if router.pending else 0.1)
+                if frame is None and router.pending:
+                    pending_bytes += _hand_over(router.flush(), inflight)
                 reply = False
                 if frame is not None:
                     try:
@@ -199,9 +208,7 @@ class Capture:
                                 hint="report this with the WAL position; the slot is not advanced",
                             ) from None
                         for out in asm.feed(msg):
-                            for sent in router.send(out):
-                                inflight.append(sent)
-                                pending_bytes += sent[0].size
+                            pending_bytes += _hand_over(router.send(out), inflight)
                             self.stats.envelopes += 1
                             self.stats.changes += len(out.envelope.changes)
                             # Backpressure: the producer's buffer is unbounded, ours is not.
@@ -220,8 +227,10 @@ class Capture:
                         if not asm.in_txn:
                             safe_end = max(safe_end, parsed.wal_end)
                 rows_since_check = 0
+                if router.overdue:  # frames kept coming: held transactions wait no longer
+                    pending_bytes += _hand_over(router.flush(), inflight)
                 pending_bytes -= self._confirm(inflight)
-                if not inflight and not asm.in_txn:
+                if not inflight and not asm.in_txn and not router.pending:
                     self.stats.confirmed_lsn = max(self.stats.confirmed_lsn, safe_end)
                 if self._kafka_down and not inflight:
                     log.info("capture: Kafka acknowledges again")
@@ -248,6 +257,7 @@ class Capture:
                     self.stats.heartbeats += 1
                     next_heartbeat = now + self.s.capture.heartbeat_interval_s
             # Orderly stop: wait for Kafka, confirm, say goodbye.
+            inflight.extend(router.flush())
             producer.flush(timeout=30)
             self._confirm(inflight)
             c = self.stats.confirmed_lsn
@@ -286,11 +296,55 @@ class _Router:
         self.partitions = partitions
         self.key_column = key_column
         self._seq: dict[int, int] = {}  # partition -> next seq of the open transaction
+        # Whole transactions not sent yet (one partition only), their bytes, the
+        # acknowledgement of the last one and when the first one came.
+        self._group: list[bytes] = []
+        self._group_bytes = 0
+        self._group_ack: int | None = None
+        self._group_since = 0.0
+
+    @property
+    def pending(self) -> bool:
+        """Transactions held for a group: not in Kafka, so not to be confirmed."""
+        return bool(self._group)
+
+    @property
+    def overdue(self) -> bool:
+        return bool(self._group) and time.monotonic() - self._group_since >= GROUP_WAIT_S
+
+    def flush(self) -> list[tuple[Sent, int | None]]:
+        """Send the held transactions as one message."""
+        if not self._group:
+            return []
+        value = group_envelopes(self._group)
+        ack, self._group, self._group_bytes, self._group_ack = self._group_ack, [], 0, None
+        return [(self.producer.send(self.topic, value, partition=0), ack)]
 
     def send(self, out: Output) -> list[tuple[Sent, int | None]]:
         env = out.envelope
         if self.partitions == 1:
-            return [(self.producer.send(self.topic, env.encode(), partition=0), out.ack_lsn)]
+            value = env.encode()
+            if env.control is not None or not env.last or env.seq or len(value) > GROUP_BYTES:
+                # Slices, heartbeats and markers travel alone, after what is held.
+                return [
+                    *self.flush(),
+                    (self.producer.send(self.topic, value, partition=0), out.ack_lsn),
+                ]
+            # A whole transaction: held while the capture has more frames at hand; sent with
+            # the others when the stream pauses, or the group is full or getting old.
+            now = time.monotonic()
+            if not self._group:
+                self._group_since = now
+            self._group.append(value)
+            self._group_bytes += len(value)
+            self._group_ack = out.ack_lsn
+            if (
+                len(self._group) >= GROUP_TRANSACTIONS
+                or self._group_bytes >= GROUP_BYTES
+                or now - self._group_since >= GROUP_WAIT_S
+            ):
+                return self.flush()
+            return []
         if env.control is not None:
             pieces = {p: _copy(env, []) for p in range(self.partitions)}
             for piece in pieces.values():
@@ -325,6 +379,14 @@ class _Router:
         else:
             basis = "|".join(str(row.get(k)) for k in rel.key_columns)
         return zlib.crc32(basis.encode()) % self.partitions
+
+
+def _hand_over(
+    sent: list[tuple[Sent, int | None]], inflight: deque[tuple[Sent, int | None]]
+) -> int:
+    """Track messages handed to the producer; returns their bytes."""
+    inflight.extend(sent)
+    return sum(s.size for s, _ in sent)
 
 
 def _copy(env: Envelope, changes: list[Any]) -> Envelope:

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from connectors import kafka_io, pg
-from connectors.envelope import Change, Envelope, RelationInfo, decode_envelope
+from connectors.envelope import Change, Envelope, RelationInfo, decode_envelopes
 from connectors.pgsink import Batch, Sink
 from connectors.pgtypes import TextLoader
 from replicator.config import DatabaseSettings, Settings
@@ -117,8 +117,14 @@ def _replay_one(
             f"{letter.source_partition}:{letter.source_offset} is gone (retention?)",
             hint="re-sync the table instead: replicator backfill --table <table>",
         )
-    env = decode_envelope(raw)  # DataError when undecodable: the letter stays
-    rows = _source_rows(env, direction, item)
+    # DataError when undecodable: the letter stays. A message may hold several transactions:
+    # the letter's is the one at its commit LSN.
+    rows = [
+        row
+        for env in decode_envelopes(raw)
+        if letter.commit_lsn is None or env.commit_lsn == letter.commit_lsn
+        for row in _source_rows(env, direction, item)
+    ]
     if not rows:
         raise DataError(
             f"no change in the logged message matches {letter.table} {letter.key}",

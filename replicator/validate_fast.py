@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from kafka import KafkaConsumer, TopicPartition
 
 from connectors import kafka_io
-from connectors.envelope import decode_envelope
+from connectors.envelope import Envelope, decode_envelopes
 from connectors.pgtypes import TextLoader
 from replicator.errors import DataError, KafkaUnavailable, PreconditionError
 from replicator.validate_expect import SourceKey
@@ -118,9 +118,16 @@ def read_range(
 
 def _collect(value: bytes, direction: Direction, loader: TextLoader, out: Touched) -> None:
     try:
-        env = decode_envelope(value)
+        envs = decode_envelopes(value)
     except DataError:
         return  # undecodable: dead-lettered by apply, nothing to re-check by key
+    for env in envs:
+        _collect_envelope(env, direction, loader, out)
+
+
+def _collect_envelope(
+    env: Envelope, direction: Direction, loader: TextLoader, out: Touched
+) -> None:
     if env.control is not None:
         return
     for change in env.changes:

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from connectors import pg
-from connectors.envelope import decode_envelope
+from connectors.envelope import Envelope, decode_envelopes
 from connectors.pgtypes import TextLoader
 from replicator.config import DatabaseSettings
 from replicator.errors import DataError
@@ -59,9 +59,13 @@ class ReverseKeys:
 
     def _collect(self, value: bytes) -> None:
         try:
-            env = decode_envelope(value)
+            envs = decode_envelopes(value)
         except DataError:
             return  # undecodable: dead-lettered, and the preflight refuses a non-empty DLQ
+        for env in envs:
+            self._collect_envelope(env)
+
+    def _collect_envelope(self, env: Envelope) -> None:
         if env.control is not None:
             return
         for change in env.changes:

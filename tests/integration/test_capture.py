@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from connectors.envelope import Envelope, decode_envelope
+from connectors.envelope import Envelope, decode_envelopes
 from replicator.capture import Capture
 from replicator.config import Settings
 from tests.e2e.cli import Background
@@ -29,8 +29,9 @@ def _schema(env: Env) -> None:
 
 def read_log(s: Settings, timeout: float = 2.0) -> list[Envelope]:
     return [
-        decode_envelope(v)
+        env
         for v in read_topic(s.kafka.bootstrap_servers, s.topic("fwd", "changes"), timeout)
+        for env in decode_envelopes(v)
     ]
 
 

@@ -12,7 +12,9 @@ from connectors.envelope import (
     Envelope,
     RelationInfo,
     decode_envelope,
+    decode_envelopes,
     format_lsn,
+    group_envelopes,
     parse_lsn,
 )
 from replicator.errors import MalformedMessage
@@ -137,3 +139,19 @@ def test_any_column_name_is_only_a_key_of_the_row() -> None:
     assert Change("insert", 5, values=values, relation=rel).new == dict(
         zip(names, values, strict=True)
     )
+
+
+def test_a_group_of_envelopes_reads_back_in_order() -> None:
+    one = Envelope(
+        "o", 1, 10, None, relations={5: REL}, changes=[Change("insert", 5, new={"id": "1"})]
+    )
+    two = Envelope(
+        "o", 2, 20, None, relations={5: REL}, changes=[Change("delete", 5, old={"id": "1"})]
+    )
+    group = group_envelopes([one.encode(), two.encode()])
+    assert [(e.xid, e.commit_lsn) for e in decode_envelopes(group)] == [(1, 10), (2, 20)]
+    assert group_envelopes([one.encode()]) == one.encode()  # a group of one is the envelope
+    with pytest.raises(MalformedMessage, match="holds 2"):
+        decode_envelope(group)
+    with pytest.raises(MalformedMessage):
+        decode_envelopes(b'[{"v": 2}]')
