@@ -30,6 +30,9 @@ from connectors import pg
 from replicator.errors import SchemaError
 from transforms.api import Delete, Patch, TargetOp, Truncate, Upsert
 
+# The insert-only values of most keys: shared, never mutated (replaced when values come).
+_NO_VALUES: dict[str, Any] = {}
+
 
 @dataclass(slots=True)
 class _KeyState:
@@ -72,14 +75,22 @@ class Batch:
                 yield table, one
 
     def put(
-        self, table: str, key_columns: tuple[str, ...], key: tuple[Any, ...], row: Mapping[str, Any]
+        self,
+        table: str,
+        key_columns: tuple[str, ...],
+        key: tuple[Any, ...],
+        row: Mapping[str, Any],
+        *,
+        owned: bool = False,
     ) -> None:
         """``add(Upsert(table, key, row))`` for a row that carries its key (``key`` holds the
-        values of ``key_columns`` in ``row``), without making the operation first."""
+        values of ``key_columns`` in ``row``), without making the operation first. ``owned``:
+        the row is a dict made for the batch, kept as it is (not copied)."""
         states = self.tables.get(table)
         if states is not None and self.key_columns[table] == key_columns and key not in states:
             self.size += 1
-            states[key] = _KeyState(False, "upsert", dict(row), {})
+            kept = row if owned and type(row) is dict else dict(row)
+            states[key] = _KeyState(False, "upsert", kept, _NO_VALUES)
             return
         self.add(Upsert(table, dict(zip(key_columns, key, strict=True)), row))
 
@@ -99,7 +110,8 @@ class Batch:
             self.size += 1
             if type(op) is Upsert:  # most of the traffic: a first write of a key
                 only = op.insert_only
-                states[key] = _KeyState(False, "upsert", {**op.values, **keymap}, {**only})
+                kept = {**only} if only else _NO_VALUES
+                states[key] = _KeyState(False, "upsert", {**op.values, **keymap}, kept)
                 return
             st = states[key] = _KeyState()
         if isinstance(op, Delete):
@@ -110,7 +122,8 @@ class Batch:
             st.kind = "upsert"
             st.values.update(op.values)
             st.values.update(op.key)
-            st.insert_only.update(op.insert_only)
+            if op.insert_only:  # a new dict: a key's may be the shared empty one
+                st.insert_only = {**st.insert_only, **op.insert_only}
         elif isinstance(op, Patch):
             if st.kind == "delete":
                 return  # the row is gone: nothing to patch

@@ -7,7 +7,7 @@ envelope, not once per row: this is the hottest loop of apply.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from connectors.envelope import Change, Envelope
@@ -17,6 +17,7 @@ from transforms.api import Direction, RowChange, TableTransform, TargetOp
 
 _NONE: frozenset[str] = frozenset()
 _COPIED_OPS = frozenset({"insert", "snapshot"})
+_TEXT = frozenset({str, type(None)})
 # How a relation's row images reach its transform: loaded by type, or as text.
 _Load = Callable[[Mapping[str, str | None], RowPlan], Mapping[str, Any]]
 
@@ -25,7 +26,7 @@ class _Relation:
     """One relation of the envelope being mapped: its table and transform, and (from its first
     row on) the row plan and how rows load."""
 
-    __slots__ = ("key_columns", "load", "plan", "table", "transform")
+    __slots__ = ("build", "key_at", "key_columns", "load", "plan", "table", "text", "transform")
 
     def __init__(self, table: str, transform: TableTransform | None, key: tuple[str, ...]) -> None:
         self.table = table
@@ -33,6 +34,11 @@ class _Relation:
         self.key_columns = key
         self.plan: RowPlan | None = None
         self.load: _Load | None = None
+        # Rows stay text; a positional row's key columns are at these indexes (empty: none or
+        # not all of them are columns); values in column order -> row.
+        self.text = False
+        self.key_at: tuple[int, ...] = ()
+        self.build: Callable[[Sequence[str | None]], dict[str, str | None]] | None = None
 
 
 class RowMapper:
@@ -66,6 +72,10 @@ class RowMapper:
         ]
         as_text = transform.text_values and CANONICAL_TEXT_KEYS.issuperset(key_oids)
         r.load = self._loader.as_text if as_text else self._loader.load
+        r.text = as_text
+        if set(info.key_columns) <= set(info.columns):
+            r.key_at = tuple(info.columns.index(k) for k in info.key_columns)
+        r.build = info.row
 
     def copy_into(
         self, env: Envelope, change: Change, transform: TableTransform, batch: Batch
@@ -73,11 +83,22 @@ class RowMapper:
         """Put an insert of a row-copying transform (``TableTransform.copies_rows``) straight
         into ``batch``, as its ``fn`` would have, minus the objects made in between: the bulk of
         a large load. False: not such a change (call :meth:`ops`)."""
-        if not transform.copies_rows or change.op not in _COPIED_OPS or change.new is None:
+        if not transform.copies_rows or change.op not in _COPIED_OPS:
             return False
         r = self._rels[change.rel]
         if r.load is None:
             self._plan(env, change.rel, r, transform)
+        values = change.values
+        if values is not None and r.text and r.key_at and _TEXT.issuperset(map(type, values)):
+            # A whole text row in column order (most of a bulk load): one dict, made for the
+            # batch, and its key read by position.
+            at = r.key_at
+            key = (values[at[0]],) if len(at) == 1 else tuple([values[i] for i in at])
+            assert r.build is not None
+            batch.put(r.table, r.key_columns, key, r.build(values), owned=True)
+            return True
+        if change.new is None:
+            return False
         load, plan = r.load, r.plan
         assert load is not None and plan is not None
         row = load(change.new, plan)
