@@ -261,9 +261,8 @@ class _Spool:
     One orjson line per record: ``["R", relid, relation]`` when a relation is first used or
     changed, then ``["V", subxid, op, relid, values]`` per positional change (see
     ``envelope.Change``) and ``["C", subxid, op, relid, new, old, unchanged]`` per other change.
-    Every change of
-    a large transaction is written and read back once, so the format is the cheapest to
-    encode and parse, not the envelope's.
+    Every change of a large transaction is written and read back once, so the format is the
+    cheapest to encode and parse, not the envelope's.
     """
 
     def __init__(self, directory: str | None) -> None:

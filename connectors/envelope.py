@@ -81,6 +81,8 @@ def _row_builder(
     indexes, so no column name can be more than a key."""
     found = _BUILDERS.get(columns)
     if found is None:
+        if len(_BUILDERS) >= 10_000:  # as many table shapes only from a log gone wrong
+            _BUILDERS.clear()
         plain = all(type(c) is str for c in columns) and len(set(columns)) == len(columns)
         if not plain or len(columns) > 1000:
             found = lambda v: dict(zip(columns, v, strict=True))  # noqa: E731
@@ -248,9 +250,9 @@ def _envelope(doc: Any) -> Envelope:
             int(k): RelationInfo(
                 schema=r["schema"],
                 table=r["table"],
-                columns=tuple(r["columns"]),
+                columns=_names(r["columns"]),
                 type_oids=tuple(int(o) for o in r["type_oids"]),
-                key_columns=tuple(r["key_columns"]),
+                key_columns=_names(r["key_columns"]),
             )
             for k, r in doc["relations"].items()
         }
@@ -299,6 +301,13 @@ def _envelope(doc: Any) -> Envelope:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedMessage(f"change envelope is missing or mistypes a field: {exc!r}") from None
+
+
+def _names(names: Any) -> tuple[str, ...]:
+    out = tuple(names)
+    if not all(type(n) is str for n in out):
+        raise MalformedMessage(f"column names that are not all text: {out!r:.200}")
+    return out
 
 
 def format_lsn(lsn: int) -> str:

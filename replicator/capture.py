@@ -182,7 +182,7 @@ class Capture:
         last_status = 0.0
         next_heartbeat = time.monotonic()
         hb_conn = pg.connect(self.db, autocommit=True)
-        rows_since_check = 0
+        frames_since_check = 0
         try:
             while not stop.is_set():
                 # Whole transactions wait in the router while more frames are at hand (a
@@ -217,16 +217,16 @@ class Capture:
                                 pending_bytes -= self._confirm(inflight)
                         if not asm.in_txn:
                             safe_end = max(safe_end, parsed.wal_start)
-                        elif rows_since_check < CHECK_EVERY_FRAMES:
+                        elif frames_since_check < CHECK_EVERY_FRAMES:
                             # Inside a transaction, frame after frame: the look-arounds below
                             # (acknowledgements, clocks) wait for a pause or a few hundred rows.
-                            rows_since_check += 1
+                            frames_since_check += 1
                             continue
                     else:
                         reply = parsed.reply_requested
                         if not asm.in_txn:
                             safe_end = max(safe_end, parsed.wal_end)
-                rows_since_check = 0
+                frames_since_check = 0
                 if router.overdue:  # frames kept coming: held transactions wait no longer
                     pending_bytes += _hand_over(router.flush(), inflight)
                 pending_bytes -= self._confirm(inflight)

@@ -155,3 +155,13 @@ def test_a_group_of_envelopes_reads_back_in_order() -> None:
         decode_envelope(group)
     with pytest.raises(MalformedMessage):
         decode_envelopes(b'[{"v": 2}]')
+
+
+def test_column_names_must_be_text() -> None:
+    raw = (
+        b'{"v": 2, "origin": "o", "xid": 1, "commit_lsn": 9, "relations": {"5": {"schema": "public",'
+        b' "table": "t", "columns": ["id", 7], "type_oids": [23, 25], "key_columns": ["id"]}},'
+        b' "changes": [["insert", 5, ["1", "x"]]]}'
+    )
+    with pytest.raises(MalformedMessage, match="not all text"):
+        decode_envelope(raw)
