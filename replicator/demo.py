@@ -199,6 +199,10 @@ def run_demo(
         console.print(
             f"\n[bold]config written to {config_path}[/] — try `replicator status -c {config_path}`"
         )
+        console.print(
+            "its replication slots stay for that, and keep WAL on the local servers while idle:"
+            f" `replicator teardown -c {config_path} --yes` removes them (the next demo does too)"
+        )
         if keep_running:
             console.print("live sync keeps running; Ctrl-C stops it")
             pipeline.wait()
