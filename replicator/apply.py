@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -26,6 +25,7 @@ from connectors.kafka_io import Consumer, Producer, ensure_topics
 from connectors.pgsink import Batch, Sink
 from replicator.apply_rows import RowMapper
 from replicator.apply_session import connect_session
+from replicator.apply_state import ApplyStats, Partition
 from replicator.config import Settings
 from replicator.dlq import DeadLetter, DeadLetterWriter, dead_letter
 from replicator.errors import (
@@ -45,28 +45,6 @@ from replicator.state import (
 from transforms.api import Direction, Truncate
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Partition:
-    next_offset: int
-    last_lsn: int
-    committed: int = 0  # next_offset as stored in the target: the fence for the next commit
-    open_lsn: int | None = None  # a source transaction begun but not finished (slices)
-    open_seq: int = 0
-    dirty: bool = False
-    # Stopped at a backfill's start marker until every partition has reached it.
-    held: bool = False
-
-
-@dataclass
-class ApplyStats:
-    messages: int = 0
-    skipped_duplicates: int = 0
-    rows: dict[str, int] = field(default_factory=dict)
-    dead_letters: int = 0
-    commits: int = 0
-    last_commit_lsn: int = 0
 
 
 class ApplyWorker:
@@ -95,7 +73,7 @@ class ApplyWorker:
         self._snapshot_rows: dict[str, int] = {}
         self._rows = RowMapper(direction)
         self._on_commit = on_commit
-        self._parts: dict[int, _Partition] = {}
+        self._parts: dict[int, Partition] = {}
         self._reseeked = False
         # After the target refused a batch: partition -> offset up to which every row is
         # written under its own savepoint, so the poison row is dead-lettered alone.
@@ -147,9 +125,7 @@ class ApplyWorker:
         out = {}
         for p in partitions:
             off, lsn = stored.get(p, (0, 0))
-            self._parts[p] = _Partition(
-                next_offset=off, last_lsn=lsn, committed=off, held=p in held
-            )
+            self._parts[p] = Partition(next_offset=off, last_lsn=lsn, committed=off, held=p in held)
             out[p] = off
         return out
 

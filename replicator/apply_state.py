@@ -1,0 +1,27 @@
+"""What an apply worker keeps in memory: each assigned partition's position, and its counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Partition:
+    next_offset: int
+    last_lsn: int
+    committed: int = 0  # next_offset as stored in the target: the fence for the next commit
+    open_lsn: int | None = None  # a source transaction begun but not finished (slices)
+    open_seq: int = 0
+    dirty: bool = False
+    # Stopped at a backfill's start marker until every partition has reached it.
+    held: bool = False
+
+
+@dataclass
+class ApplyStats:
+    messages: int = 0
+    skipped_duplicates: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    commits: int = 0
+    last_commit_lsn: int = 0
