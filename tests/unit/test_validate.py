@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from replicator.errors import PreconditionError
-from replicator.validate_canon import (
+from replicator.validate.canon import (
     SKIP,
     Exp,
     TableShape,
@@ -20,9 +20,9 @@ from replicator.validate_canon import (
     expected_view,
     verdict,
 )
-from replicator.validate_expect import Folder
-from replicator.validate_report import Difference, Report, TableResult
-from replicator.validate_scope import components, select_tables
+from replicator.validate.expect import Folder
+from replicator.validate.report import Difference, Report, TableResult
+from replicator.validate.scope import components, select_tables
 from transforms.mcp_manager import MAPPING
 
 FWD = MAPPING.forward
@@ -170,8 +170,8 @@ def test_report_outcome_and_json_schema() -> None:
 def test_human_report_names_the_differences() -> None:
     from rich.console import Console
 
-    from replicator.validate_print import print_report
-    from replicator.validate_report import Orphan
+    from replicator.validate.print import print_report
+    from replicator.validate.report import Orphan
 
     r = Report("full", None, datetime(2024, 1, 1, tzinfo=UTC), live=True)
     r.tables = [TableResult("public.user", "full", 3, 3, 3, 1, 1, differs=1)]
