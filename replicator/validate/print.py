@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
-from replicator.validate.report import Report
+from replicator.validate.report import Report, TableResult
 
 SHOWN = 50
 
@@ -15,17 +15,40 @@ def _key(key: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in key.items())
 
 
+def _short(table: str) -> str:
+    """``public.user`` → ``user``: the default schema says nothing; any other is kept."""
+    return table.removeprefix("public.")
+
+
+def _result(t: TableResult) -> str:
+    """What a person needs from one table's line: ok, or what is wrong with it, in words."""
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (t.missing, "missing"),
+            (t.extra, "extra"),
+            (t.differs, "differ"),
+            (t.unsettled, "unsettled"),
+        )
+        if n
+    ]
+    text = ", ".join(parts) if parts else "[green]ok[/]"
+    if t.in_flight:
+        text += f" ({t.in_flight} in flight)"
+    return text
+
+
 def print_report(report: Report, console: Console) -> None:
+    # Four columns fit an 80-column terminal with table names of any usual length; the chunk
+    # and per-kind counts are in --json (and in the result column when not zero).
     table = Table(
-        "table", "mode", "expected", "target", "checked", "chunks ≠", "missing", "extra",
-        "differs", "in flight", "unsettled",
-    )  # fmt: skip
+        Column("table", no_wrap=True),
+        "mode",
+        Column("rows: target/expected", overflow="fold"),
+        Column("result", overflow="fold"),
+    )
     for t in report.tables:
-        table.add_row(
-            t.table, t.mode, str(t.expected_rows), str(t.target_rows), str(t.rows_checked),
-            f"{t.chunks_mismatched}/{t.chunks}", str(t.missing), str(t.extra), str(t.differs),
-            str(t.in_flight), str(t.unsettled),
-        )  # fmt: skip
+        table.add_row(_short(t.table), t.mode, f"{t.target_rows}/{t.expected_rows}", _result(t))
     console.print(table)
     for d in report.differences[:SHOWN]:
         cols = ""

@@ -141,7 +141,7 @@ def _violations() -> list[str]:
             if target is None:
                 continue
             where = f"{path.relative_to(ROOT)}:{line} imports {target}"
-            if target == LEAF or target.split(".")[0] == layer and layer != "replicator":
+            if target == LEAF or (target.split(".")[0] == layer and layer != "replicator"):
                 continue
             if layer == "transforms" and not target.startswith("transforms"):
                 bad.append(f"{where} (transforms are pure: they import no other layer)")

@@ -187,3 +187,24 @@ def test_human_report_names_the_differences() -> None:
     text = console.export_text()
     assert "differs public.user (id=u1): name expected 'a', target has '[b]'" in text
     assert "orphan public.member (id=m1)" in text and "different" in text
+
+
+def test_human_report_fits_an_80_column_terminal() -> None:
+    from rich.console import Console
+
+    from replicator.validate.print import print_report
+
+    r = Report("full", None, datetime(2024, 1, 1, tzinfo=UTC), live=True)
+    r.tables = [
+        TableResult("public.mcp_server_configuration", "full", 576_000, 576_000, 576_000, 58),
+        TableResult("public.organization_membership", "keys", 12_000, 11_998, 12_000, 3),
+        TableResult("public.audit_log", "full", 1_000_000, 1_000_000, 1_000_000, 100),
+    ]
+    r.tables[1].missing, r.tables[1].differs, r.tables[1].in_flight = 2, 1, 4
+    console = Console(record=True, width=80)
+    print_report(r, console)
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "…" not in text, text
+    assert "mcp_server_configuration" in text and "public." not in text
+    assert "2 missing, 1 differ" in text and "(4 in flight)" in text and "ok" in text
