@@ -28,6 +28,8 @@ DDL = (
 
 # How often a probe looks at the target: the resolution of every lag and end time measured.
 POLL_S = 0.01
+# The paced load's first second is not measured (connections, caches).
+PACED_WARMUP_S = 1.0
 
 
 class Ids:
@@ -180,7 +182,7 @@ def paced(
     target_conninfo: str,
     rate: int,
     seconds: float,
-    warmup_s: float = 1.0,
+    warmup_s: float = PACED_WARMUP_S,
     tick_s: float = 0.01,
 ) -> Lag:
     """``rate`` row changes per second in one transaction per tick (80% into ``a``, the rest

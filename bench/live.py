@@ -30,6 +30,7 @@ from psycopg import sql
 
 from bench import _live_load as load
 from bench.harness import bench_env, emit, log, parse_args, peak_rss_mb
+from replicator.stage_timings import stage_breakdown
 from tests.e2e.cli import Background
 from tests.support import Env, wait_for
 
@@ -49,6 +50,9 @@ class Result:
     bulk: load.Bulk
     small: load.Small
     lag: load.Lag
+    # Wall-clock span of the paced load's measured commits (after its warm-up).
+    paced_since: float = 0.0
+    paced_until: float = 0.0
 
     @property
     def changes(self) -> int:
@@ -73,8 +77,9 @@ def _workloads(legacy: str, target: str, ids: load.Ids, n: Sizes, who: str) -> R
         log(f"{who}: {n.clients} clients x {n.txns:,} small transactions")
         small = load.small(legacy, ids, probe, n.clients, n.txns, timeout=600)
     log(f"{who}: {OFFERED_RATE:,} row changes/s for {n.paced_s:.0f}s")
+    since = time.time() + load.PACED_WARMUP_S
     lag = load.paced(legacy, ids, target, OFFERED_RATE, n.paced_s)
-    r = Result(bulk, small, lag)
+    r = Result(bulk, small, lag, since, time.time())
     log(
         f"{who}: bulk {bulk.rate:,.0f}/s (write {bulk.write_s:.2f}s, visible after "
         f"{bulk.visible_s:.2f}s); small {small.rate:,.0f}/s (offered {small.offered:,.0f}/s); "
@@ -97,6 +102,8 @@ def _replicator(
     commands. ``workers > 1`` is scale-out mode: that many partitions and apply workers."""
     vars_ = {
         **env.env_vars(),
+        # Per-stage timings of every live transaction (replicator/stage_timings.py).
+        "REPLICATOR_METRICS__STAGE_TIMINGS_DIR": str(logdir / "timings"),
         "REPLICATOR_MAPPING": "identity:public.a,public.b",
         "REPLICATOR_CAPTURE__HEARTBEAT_INTERVAL_S": "1",
         "REPLICATOR_KAFKA__PARTITIONS": str(workers),
@@ -220,6 +227,8 @@ def main() -> dict[str, Any]:
         _tables(env.legacy.conninfo())
         _tables(env.target.conninfo())
         ours = _replicator(env, ids, n, Path(tmp), processes, workers)
+        stages = stage_breakdown(Path(tmp) / "timings", ours.paced_since, ours.paced_until)
+        log(f"replicator: per-stage lag of the paced load (ms): {stages}")
         time.sleep(1)  # the replicator's process is gone before the native phase starts
         theirs = _native(env, ids, n)
     p99 = ours.lag.pct(99)
@@ -228,7 +237,7 @@ def main() -> dict[str, Any]:
         value=ours.rate,
         unit="row changes/s",
         limit=theirs.rate,
-        goal="ratio >= 0.5 of native; p99 lag <= 300 ms at 5,000 row changes/s",
+        goal="ratio >= 0.5 of native; p99 lag <= 100 ms at 5,000 row changes/s",
         bulk_rows_per_s=round(ours.bulk.rate),
         bulk_native_rows_per_s=round(theirs.bulk.rate),
         bulk_ratio=_ratio(ours.bulk.rate, theirs.bulk.rate),
@@ -241,9 +250,13 @@ def main() -> dict[str, Any]:
         lag_p99_ms=round(p99, 1) if not math.isnan(p99) else None,
         lag_samples=len(ours.lag.lags_ms),
         lag_missing=ours.lag.missing,
+        # Where the paced load's transactions waited, from the capture's and apply's own
+        # clocks (source commit -> handed to the producer -> acknowledged by Kafka -> read by
+        # apply -> target commit); `lag_p*_ms` adds the probe's polling (every 10 ms).
+        lag_stages_ms=stages,
         native_lag_p50_ms=round(theirs.lag.pct(50), 1),
         native_lag_p99_ms=round(theirs.lag.pct(99), 1),
-        lag_goal_met=bool(p99 <= 300),
+        lag_goal_met=bool(p99 <= 100),
         processes=processes,
         workers=workers,
         bulk_changes=n.bulk,

@@ -191,7 +191,10 @@ class Producer:
                 acks="all",
                 enable_idempotence=True,
                 compression_type=compression or None,
-                linger_ms=5,
+                # No linger: the capture already sends a backlog of small transactions as one
+                # message and a large one in slices of their own, so waiting for more only
+                # delayed the last message of every pause (5 ms of each change's lag).
+                linger_ms=0,
                 batch_size=1 << 20,
                 max_request_size=MAX_MESSAGE_BYTES,
                 request_timeout_ms=timeout_ms,
@@ -253,6 +256,9 @@ class Consumer:
                 fetch_max_bytes=64 << 20,
                 max_partition_fetch_bytes=16 << 20,
                 isolation_level="read_committed",
+                # A fetch is answered as soon as one byte is there (fetch_min_bytes=1); this
+                # only bounds an idle fetch, which then holds nothing back for long.
+                fetch_max_wait_ms=100,
                 # A killed worker's partitions move on after 6 s (the broker's minimum), not 45.
                 session_timeout_ms=6_000,
                 heartbeat_interval_ms=1_500,

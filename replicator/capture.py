@@ -39,6 +39,7 @@ from replicator.errors import (
     PreconditionError,
     ReplicatorError,
 )
+from replicator.stage_timings import CaptureTimings
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,13 @@ class Capture:
             slice_max_bytes=self.s.capture.slice_max_bytes,
             skip_origins=frozenset({f"replicator_{self.s.name}_"}),
         )
+        timings_dir = self.s.metrics.stage_timings_dir
         router = _Router(
-            producer, self.topic, producer.partitions(self.topic), self.s.apply.partition_key
+            producer,
+            self.topic,
+            producer.partitions(self.topic),
+            self.s.apply.partition_key,
+            CaptureTimings(timings_dir) if timings_dir else None,
         )
         inflight: deque[tuple[Sent, int | None]] = deque()
         pending_bytes = 0
@@ -266,6 +272,8 @@ class Capture:
             raise ConnectionFailed(f"{self.db.masked()}: {exc}") from None
         finally:
             hb_conn.close()
+            if router.timings is not None:
+                router.timings.close()
 
     def _confirm(self, inflight: deque[tuple[Sent, int | None]]) -> int:
         """Pop what Kafka has acknowledged, in order, advancing the confirmable position.
@@ -290,8 +298,16 @@ class _Router:
     ``last`` slice, and control messages go to every partition.
     """
 
-    def __init__(self, producer: Producer, topic: str, partitions: int, key_column: str) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        partitions: int,
+        key_column: str,
+        timings: CaptureTimings | None = None,
+    ) -> None:
         self.producer = producer
+        self.timings = timings
         self.topic = topic
         self.partitions = partitions
         self.key_column = key_column
@@ -318,7 +334,16 @@ class _Router:
             return []
         value = group_envelopes(self._group)
         ack, self._group, self._group_bytes, self._group_ack = self._group_ack, [], 0, None
-        return [(self.producer.send(self.topic, value, partition=0), ack)]
+        return [(self._send(value, 0, self._group_since), ack)]
+
+    def _send(self, value: bytes, partition: int, since: float | None = None) -> Sent:
+        """Hand one message to the producer; ``since``: when its first transaction was ready
+        (monotonic), for the stage timings."""
+        sent = self.producer.send(self.topic, value, partition=partition)
+        if self.timings is not None:
+            held = time.monotonic() - since if since is not None else 0.0
+            self.timings.sent(sent.future, time.time() - held)
+        return sent
 
     def send(self, out: Output) -> list[tuple[Sent, int | None]]:
         env = out.envelope
@@ -328,7 +353,7 @@ class _Router:
                 # Slices, heartbeats and markers travel alone, after what is held.
                 return [
                     *self.flush(),
-                    (self.producer.send(self.topic, value, partition=0), out.ack_lsn),
+                    (self._send(value, 0), out.ack_lsn),
                 ]
             # A whole transaction: held while the capture has more frames at hand; sent with
             # the others when the stream pauses, or the group is full or getting old.
@@ -366,7 +391,7 @@ class _Router:
                 self._seq.pop(p, None)
             else:
                 self._seq[p] = piece.seq + 1
-            result.append((self.producer.send(self.topic, piece.encode(), partition=p), None))
+            result.append((self._send(piece.encode(), p), None))
         if result:
             result[-1] = (result[-1][0], out.ack_lsn)
         return result

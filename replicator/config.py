@@ -110,6 +110,9 @@ class CutoverSettings(_Strict):
 class MetricsSettings(_Strict):
     port: int = Field(0, ge=0, le=65535)  # 0: no metrics endpoint
     host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host scrape
+    # Diagnostics: a directory where capture and apply write per-stage timings of every live
+    # transaction (replicator/stage_timings.py); empty: off.
+    stage_timings_dir: str = ""
 
 
 class Settings(BaseSettings):

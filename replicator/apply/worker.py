@@ -36,6 +36,7 @@ from replicator.errors import (
     TransformError,
     TransientDatabaseError,
 )
+from replicator.stage_timings import ApplyTimings
 from replicator.state import (
     add_snapshot_progress,
     add_table_stats,
@@ -83,6 +84,9 @@ class ApplyWorker:
         # with it on a re-seek, so a replayed stretch never dead-letters a row twice.
         self._dead_pending: list[DeadLetter] = []
         self._truncate_owned = self._exclusive_targets()
+        timings_dir = settings.metrics.stage_timings_dir
+        self._timings = ApplyTimings(timings_dir) if timings_dir else None
+        self._read_at = 0.0  # when the records being handled came from the consumer (timings)
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -134,6 +138,8 @@ class ApplyWorker:
         not committed with its rows is read again from the stored offsets; committing it
         later, from a new session, would skip the rows the failed transaction lost."""
         self._dead_pending = []
+        if self._timings is not None:
+            self._timings.forget()
         self._barrier_reached = False
         self._batch_rows = {}
         self._snapshot_rows = {}
@@ -220,7 +226,9 @@ class ApplyWorker:
         started = last_phase_check = time.monotonic()
         max_wait = self.s.apply.batch_max_wait_ms / 1000
         while not stop.is_set() and not self._switch:
-            records = consumer.poll(timeout_ms=self._poll_timeout_ms(batch, started, max_wait))
+            records = consumer.poll(timeout_ms=self._poll_timeout_ms(batch))
+            if self._timings is not None:
+                self._read_at = time.time()
             if not records and self._backfill_id and time.monotonic() - last_phase_check > 2:
                 # A worker without the snapshot partition learns from the target when the
                 # snapshot phase is over.
@@ -277,16 +285,18 @@ class ApplyWorker:
                 self._isolate_until = {p: part.next_offset for p, part in self._parts.items()}
                 consumer.reseek()
 
-    def _poll_timeout_ms(self, batch: Batch, started: float, max_wait: float) -> int:
-        """How long the next poll may wait. With uncommitted work at a commit boundary, only
-        until the batch's deadline: a longer wait would hold the target transaction open past
-        ``batch_max_wait_ms`` whenever the log goes quiet (as it does when a cutover fences the
-        writer, whose drain and slot creation then wait for this commit)."""
+    def _poll_timeout_ms(self, batch: Batch) -> int:
+        """How long the next poll may wait. With uncommitted work at a commit boundary, not at
+        all: the poll returns what the consumer already has at hand, and when that is nothing
+        the batch commits at once. Waiting for more (up to ``batch_max_wait_ms``, as this did
+        before) held every change of a steady trickle for that long; a batch still grows while
+        records keep coming faster than apply commits them, up to ``batch_max_changes`` or
+        ``batch_max_wait_ms``, and a backlog makes large batches by itself."""
         if not len(batch) and not any(p.dirty for p in self._parts.values()):
             return 500  # nothing to commit: wait for work
         if not self._at_boundary():
             return 100  # inside a source transaction: its next slice is on the way
-        return max(0, int((max_wait - (time.monotonic() - started)) * 1000))
+        return 0
 
     def _held_released(self) -> bool:
         """Time to leave the held changes phase: the snapshot phase began (load it), or the
@@ -321,6 +331,8 @@ class ApplyWorker:
             return
         for env in envs:  # several whole transactions when the capture had a backlog
             self._envelope(partition, offset, env, batch)
+            if self._timings is not None and env.last and env.control is None:
+                self._timings.read(partition, offset, env.commit_ts, self._read_at)
             if self._isolate_until and len(envs) > 1:
                 # Row by row after a refusal: written per transaction, so that a refused
                 # row's letter names its own transaction's commit LSN.
@@ -533,6 +545,8 @@ class ApplyWorker:
                 self.conn.commit()
             self.stats.dead_letters += len(self._dead_pending)
             self._dead_pending = []
+            if self._timings is not None:
+                self._timings.committed()
         except ReplicatorError:
             # The connection may be the thing that failed; the error raised says so already.
             with contextlib.suppress(psycopg.Error):
