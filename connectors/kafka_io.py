@@ -301,8 +301,10 @@ class Consumer:
         """Kafka's committed offsets are advisory (lag display); the truth is in the target."""
         from kafka.structs import OffsetAndMetadata
 
+        # Asynchronous: waiting for the coordinator's answer held back the next poll (and the
+        # next transaction's apply) by a broker round trip per commit.
         with contextlib.suppress(KafkaError):
-            self._consumer.commit(
+            self._consumer.commit_async(
                 {
                     TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
                     for p, o in offsets.items()

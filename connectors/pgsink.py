@@ -172,11 +172,18 @@ class Sink:
             with pg.translated(self.where):
                 pending.close()
 
-    def _merge(self, stmt: sql.Composed) -> None:
-        if self._defer and self._pending is None:
+    def hold(self) -> None:
+        """Put the session in pipeline mode, if a deferred flush has not: the caller's next
+        statements are sent behind any merge still running, and :meth:`settle` waits for them
+        all in one round trip (their cursors have their results after it)."""
+        if self._pending is None:
             stack = contextlib.ExitStack()
             stack.enter_context(self.conn.pipeline())
             self._pending = stack
+
+    def _merge(self, stmt: sql.Composed) -> None:
+        if self._defer:
+            self.hold()
         self.conn.execute(stmt)
 
     def table(self, name: str) -> TableInfo:

@@ -121,14 +121,26 @@ def store_offset(
 ) -> bool:
     """Store a partition's position if it is still ``expected`` (the one this worker last
     committed); False when another worker has committed it since."""
-    cur = conn.execute(
+    return send_offset(conn, topic, partition, next_offset, last_commit_lsn, expected).rowcount == 1
+
+
+def send_offset(
+    conn: psycopg.Connection[Any],
+    topic: str,
+    partition: int,
+    next_offset: int,
+    last_commit_lsn: int,
+    expected: int,
+) -> psycopg.Cursor[Any]:
+    """:func:`store_offset` for a connection in pipeline mode: the cursor's ``rowcount`` is
+    1 once the pipeline is synced if the position was still ``expected``."""
+    return conn.execute(
         "INSERT INTO replicator.offsets AS o (topic, partition, next_offset, last_commit_lsn)"
         " VALUES (%s, %s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET"
         " next_offset = EXCLUDED.next_offset, last_commit_lsn = EXCLUDED.last_commit_lsn,"
         " updated_at = now() WHERE o.next_offset = %s",
         (topic, partition, next_offset, last_commit_lsn, expected),
     )
-    return cur.rowcount == 1
 
 
 def add_table_stats(conn: psycopg.Connection[Any], topic: str, rows: dict[str, int]) -> None:

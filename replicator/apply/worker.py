@@ -41,7 +41,7 @@ from replicator.state import (
     add_snapshot_progress,
     add_table_stats,
     load_offsets,
-    store_offset,
+    send_offset,
 )
 from transforms.api import Direction, Truncate
 
@@ -536,9 +536,7 @@ class ApplyWorker:
     def _commit(self, batch: Batch, consumer: Consumer) -> None:
         try:
             self._flush(batch)
-            self._store_offsets()
-            self._store_snapshot_progress()
-            self._store_table_stats()
+            self._store_positions()
             for letter in self._dead_pending:
                 self.dlq.write(letter)
             with pg.translated(self.db.masked()):
@@ -565,29 +563,32 @@ class ApplyWorker:
         if self._on_commit is not None:
             self._on_commit(self.stats)
 
-    def _store_table_stats(self) -> None:
-        """Rows applied per target table, with the batch (``status`` derives throughput)."""
+    def _store_positions(self) -> None:
+        """Store the batch's bookkeeping with it: positions, fenced (a worker that lost its
+        partition to another cannot commit), snapshot progress, rows per target table (``status``
+        derives throughput). Sent behind the merges the flush left running and waited for with
+        them: one round trip, not one per statement (each one a wait on a busy machine)."""
+        conn = self._conn  # not self.conn: that would wait for the merges first
+        fences = []
         with pg.translated(self.db.masked()):
-            add_table_stats(self.conn, self.topic, self._batch_rows)
-        self._batch_rows = {}
-
-    def _store_snapshot_progress(self) -> None:
-        if not self._snapshot_rows or self._backfill_id is None:
-            return
-        with pg.translated(self.db.masked()):
-            add_snapshot_progress(self.conn, self._backfill_id, self._snapshot_rows)
-        self._snapshot_rows = {}
-
-    def _store_offsets(self) -> None:
-        """Store positions, fenced: a worker that lost its partition to another cannot commit."""
-        with pg.translated(self.db.masked()):
+            self.sink.hold()
             for p, part in self._parts.items():
-                if not part.dirty:
-                    continue
-                if not store_offset(
-                    self.conn, self.topic, p, part.next_offset, part.last_lsn, part.committed
-                ):
-                    raise TransientDatabaseError(
-                        f"partition {p} was committed by another worker; re-reading its position"
+                if part.dirty:
+                    cur = send_offset(
+                        conn, self.topic, p, part.next_offset, part.last_lsn, part.committed
                     )
-                part.committed = part.next_offset
+                    fences.append((p, part, cur))
+            progress = self._snapshot_rows and self._backfill_id is not None
+            if progress:
+                add_snapshot_progress(conn, str(self._backfill_id), self._snapshot_rows)
+            add_table_stats(conn, self.topic, self._batch_rows)
+            self.sink.settle()
+        if progress:
+            self._snapshot_rows = {}
+        self._batch_rows = {}
+        for p, part, cur in fences:
+            if cur.rowcount != 1:
+                raise TransientDatabaseError(
+                    f"partition {p} was committed by another worker; re-reading its position"
+                )
+            part.committed = part.next_offset

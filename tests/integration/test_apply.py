@@ -168,7 +168,7 @@ def test_a_session_lost_before_its_commit_is_applied_again_from_the_stored_offse
     producer.send(topic, _env(100, ins(1, "a"), ins(2, "b")))
     producer.send(topic, _env(200, ins(3, "c")))
     producer.flush()
-    real = worker._store_offsets
+    real = worker._store_positions
     failures: list[int] = []
 
     def fail_once() -> None:
@@ -177,7 +177,7 @@ def test_a_session_lost_before_its_commit_is_applied_again_from_the_stored_offse
             raise TransientDatabaseError("target: server closed the connection unexpectedly")
         real()
 
-    monkeypatch.setattr(worker, "_store_offsets", fail_once)
+    monkeypatch.setattr(worker, "_store_positions", fail_once)
     thread.start()
     wait_for(lambda: len(rows(env)) == 3, 60, what="every row, after the failed commit")
     assert failures and rows(env) == [(1, "a", "b"), (2, "b", "b"), (3, "c", "b")]

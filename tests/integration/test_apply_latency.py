@@ -9,9 +9,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from connectors.envelope import Change, Envelope
 from connectors.kafka_io import Producer, ensure_topics
 from replicator.apply import ApplyWorker
+from replicator.state import ensure_schema, send_offset
 from tests.integration.test_apply import DIRECTION, REL, ins, rows
 from tests.support import Env, wait_for
 
@@ -76,3 +79,16 @@ def test_stage_timings_record_each_committed_transaction(env: Env, tmp_path: Pat
     partition, offset, ts, read_at, done_at = lines[0].split(",")
     assert (partition, offset, ts) == ("0", "0", committed_at.isoformat())
     assert committed_at.timestamp() <= float(read_at) <= float(done_at)
+
+
+def test_a_position_fence_sent_in_a_pipeline_is_read_after_the_sync(env: Env) -> None:
+    """Apply sends its positions behind the merges, in pipeline mode: a position another
+    worker moved meanwhile still shows (rowcount 0) once the pipeline is synced."""
+    with psycopg.connect(env.target.conninfo()) as conn:
+        ensure_schema(conn)
+        conn.commit()
+        with conn.pipeline():
+            first = send_offset(conn, "t", 0, 10, 1, 0)
+            stale = send_offset(conn, "t", 0, 20, 2, 0)  # expects 0: another worker stored 10
+        assert (first.rowcount, stale.rowcount) == (1, 0)
+        conn.rollback()
