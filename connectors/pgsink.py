@@ -209,10 +209,13 @@ class Sink:
         """An empty temporary table shaped like ``columns`` of the target table.
 
         Created on every use if missing: a rolled-back (sub)transaction takes a table created
-        inside it along, so a cache of names alone would go stale.
+        inside it along, so a cache of names alone would go stale. Both statements go out in
+        pipeline mode, behind any merge still running: the COPY that follows waits for them
+        all in one round trip, not one each.
         """
         key = (info.name, columns)
         name = self._stages.setdefault(key, f"_stage_{len(self._stages)}")
+        self.hold()
         self.conn.execute(
             sql.SQL(
                 "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
