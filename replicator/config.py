@@ -254,6 +254,7 @@ switch_hook = ""        # shell command run at the switch, e.g. a deployment fli
 
 [metrics]
 port = 0                # Prometheus endpoint of long-running processes; 0 disables it
+# stage_timings_dir = "" # diagnostics: per-stage timings of every live transaction, as CSV
 """
 
 

@@ -87,6 +87,10 @@ class ApplyWorker:
         timings_dir = settings.metrics.stage_timings_dir
         self._timings = ApplyTimings(timings_dir) if timings_dir else None
         self._read_at = 0.0  # when the records being handled came from the consumer (timings)
+        # When the last commit ended and how long it took (monotonic): the next one waits for
+        # more records at most that long (see _poll_timeout_ms).
+        self._commit_end = 0.0
+        self._commit_cost = 0.0
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -226,7 +230,7 @@ class ApplyWorker:
         started = last_phase_check = time.monotonic()
         max_wait = self.s.apply.batch_max_wait_ms / 1000
         while not stop.is_set() and not self._switch:
-            records = consumer.poll(timeout_ms=self._poll_timeout_ms(batch))
+            records = consumer.poll(timeout_ms=self._poll_timeout_ms(batch, started, max_wait))
             if self._timings is not None:
                 self._read_at = time.time()
             if not records and self._backfill_id and time.monotonic() - last_phase_check > 2:
@@ -285,18 +289,23 @@ class ApplyWorker:
                 self._isolate_until = {p: part.next_offset for p, part in self._parts.items()}
                 consumer.reseek()
 
-    def _poll_timeout_ms(self, batch: Batch) -> int:
-        """How long the next poll may wait. With uncommitted work at a commit boundary, not at
-        all: the poll returns what the consumer already has at hand, and when that is nothing
-        the batch commits at once. Waiting for more (up to ``batch_max_wait_ms``, as this did
-        before) held every change of a steady trickle for that long; a batch still grows while
-        records keep coming faster than apply commits them, up to ``batch_max_changes`` or
-        ``batch_max_wait_ms``, and a backlog makes large batches by itself."""
+    def _poll_timeout_ms(self, batch: Batch, started: float, max_wait: float) -> int:
+        """How long the next poll may wait; when it returns nothing, the batch commits.
+
+        With uncommitted work at a commit boundary: no longer after the last commit's end than
+        that commit took, and never past the batch's deadline (``batch_max_wait_ms``). Where
+        commits are cheap (a few ms) a trickle of small transactions is committed as it comes,
+        none waiting for the deadline as all did before; where they are dear (a busy target, a
+        starved CPU) apply spends at most about half its time committing and batches grow, so it
+        keeps pace instead of queueing changes behind commits. A batch also grows while records
+        keep coming, up to ``batch_max_changes`` or the deadline."""
         if not len(batch) and not any(p.dirty for p in self._parts.values()):
             return 500  # nothing to commit: wait for work
         if not self._at_boundary():
             return 100  # inside a source transaction: its next slice is on the way
-        return 0
+        now = time.monotonic()
+        wait = min(self._commit_end + self._commit_cost - now, started + max_wait - now)
+        return max(0, int(wait * 1000))
 
     def _held_released(self) -> bool:
         """Time to leave the held changes phase: the snapshot phase began (load it), or the
@@ -534,6 +543,7 @@ class ApplyWorker:
         return touched
 
     def _commit(self, batch: Batch, consumer: Consumer) -> None:
+        begun = time.monotonic()
         try:
             self._flush(batch)
             self._store_positions()
@@ -545,6 +555,8 @@ class ApplyWorker:
             self._dead_pending = []
             if self._timings is not None:
                 self._timings.committed()
+            self._commit_end = time.monotonic()
+            self._commit_cost = self._commit_end - begun
         except ReplicatorError:
             # The connection may be the thing that failed; the error raised says so already.
             with contextlib.suppress(psycopg.Error):
