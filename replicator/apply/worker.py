@@ -47,6 +47,10 @@ from transforms.api import Direction, Truncate
 
 log = logging.getLogger(__name__)
 
+# A batch at a commit boundary waits for more records up to this many times as long as the last
+# commit took (from its end): apply then spends at most about a third of its time committing.
+HOLD_PER_COMMIT = 2.0
+
 
 class ApplyWorker:
     def __init__(
@@ -293,18 +297,20 @@ class ApplyWorker:
         """How long the next poll may wait; when it returns nothing, the batch commits.
 
         With uncommitted work at a commit boundary: no longer after the last commit's end than
-        that commit took, and never past the batch's deadline (``batch_max_wait_ms``). Where
-        commits are cheap (a few ms) a trickle of small transactions is committed as it comes,
-        none waiting for the deadline as all did before; where they are dear (a busy target, a
-        starved CPU) apply spends at most about half its time committing and batches grow, so it
-        keeps pace instead of queueing changes behind commits. A batch also grows while records
+        HOLD_PER_COMMIT times what that commit took, and never past the batch's deadline
+        (``batch_max_wait_ms``). Where commits are cheap (a few ms) a trickle of small
+        transactions is committed as it comes, none waiting for the deadline as all did before;
+        where they are dear (a flood of small transactions, a busy target, a starved CPU) apply
+        spends at most about a third of its time committing and batches grow, so it keeps pace
+        instead of queueing changes behind commits. A batch also grows while records
         keep coming, up to ``batch_max_changes`` or the deadline."""
         if not len(batch) and not any(p.dirty for p in self._parts.values()):
             return 500  # nothing to commit: wait for work
         if not self._at_boundary():
             return 100  # inside a source transaction: its next slice is on the way
         now = time.monotonic()
-        wait = min(self._commit_end + self._commit_cost - now, started + max_wait - now)
+        hold = self._commit_end + HOLD_PER_COMMIT * self._commit_cost - now
+        wait = min(hold, started + max_wait - now)
         return max(0, int(wait * 1000))
 
     def _held_released(self) -> bool:
