@@ -76,9 +76,19 @@ def col(*sources: str, convert: Callable[..., Any] | None = None, none: bool = F
     return Col(tuple(sources), convert, none)
 
 
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """The converter of :func:`const`: a function of no source column (with a SQL form)."""
+
+    value: Any
+
+    def __call__(self) -> Any:
+        return self.value
+
+
 def const(value: Any) -> Col:
     """A target column with a fixed value (written on every upsert)."""
-    return Col((), lambda: value)
+    return Col((), Constant(value))
 
 
 def _spec(spec: ColumnSpec) -> Col:
@@ -349,7 +359,18 @@ def table_mapping(
         return ops
 
     writes = tuple(t.written for t in targets) + tuple(extra_writes)
-    return TableTransform(source, key_names, fn, writes)
+    declared = Declared(tuple(targets), key_names, model, extra)
+    return TableTransform(source, key_names, fn, writes, declared=declared)
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """What :func:`table_mapping` was given, kept for transforms.compile."""
+
+    targets: tuple[Target, ...]
+    source_key: tuple[str, ...]
+    model: type[BaseModel] | None
+    extra: Callable[[RowChange], list[TargetOp]] | None
 
 
 def _guarded(
