@@ -22,11 +22,14 @@ def print_report(report: Report, console: Console) -> None:
     )  # fmt: skip
     for t in report.tables:
         table.add_row(
-            t.table, t.mode, str(t.expected_rows), str(t.target_rows), str(t.rows_checked),
+            t.table, f"{t.mode}/{t.path}", str(t.expected_rows), str(t.target_rows), str(t.rows_checked),
             f"{t.chunks_mismatched}/{t.chunks}", str(t.missing), str(t.extra), str(t.differs),
             str(t.in_flight), str(t.unsettled),
         )  # fmt: skip
     console.print(table)
+    for t in report.tables:
+        if t.path_reason:
+            console.print(f"{t.table}: python path ({escape(t.path_reason)})")
     for d in report.differences[:SHOWN]:
         cols = ""
         if d.columns:
