@@ -65,6 +65,8 @@ from replicator.validate_scope import components, read_target, select_tables, sh
 from replicator.validate_sql import (
     SESSION_SQL,
     GroupPlan,
+    Hashing,
+    choose_hashing,
     enum_columns,
     plan_group,
     run_group,
@@ -91,6 +93,7 @@ class _Ctx:
     provenance: dict[str, dict[Key, set[tuple[str, SourceKey]]]] = field(default_factory=dict)
     lagging: bool = False
     force_python: bool = False  # every table the Python way (tests, comparisons)
+    hashing: Hashing = field(default_factory=lambda: Hashing(fast=False))
 
     def writers(self, table: str) -> list[TableTransform]:
         return [t for t in self.direction.tables.values() if any(w.name == table for w in t.writes)]
@@ -164,7 +167,7 @@ def _sql_pass(ctx: _Ctx, group: list[str], report: Report) -> dict[str, Pending]
     with pg.translated(ctx.s.target.masked()):
         enums = {t: enum_columns(ctx.target, t) for t in group}
     plan = plan_group(
-        ctx.direction, group, ctx.shapes, lambda s: legacy_cols[s], lambda t: enums[t]
+        ctx.direction, group, ctx.shapes, lambda s: legacy_cols[s], lambda t: enums[t], ctx.hashing
     )
     if not isinstance(plan, GroupPlan):
         return plan
@@ -177,6 +180,7 @@ def _sql_pass(ctx: _Ctx, group: list[str], report: Report) -> dict[str, Pending]
                 ctx.legacy,
                 ctx.target,
                 lambda shape, keys: read_target(ctx.target, shape, keys),
+                ctx.hashing,
             )
     report.rejected.extend(got.rejected)
     out: dict[str, Pending] = {}
@@ -353,6 +357,7 @@ def validate(
         for conn in (legacy, target):
             # Canonical text alike on both servers (checksums in SQL; instants in UTC).
             conn.execute(SESSION_SQL)
+        ctx.hashing = choose_hashing(legacy, target)
         report.live = live
         topic = settings.topic("fwd", "changes")
         touched: dict[str, set[SourceKey]] | None = None

@@ -29,8 +29,6 @@ from transforms.sql_twins import (
     BOOL,
     INT,
     JSON,
-    JSON_NUL_RE,
-    JSON_SURROGATE_RE,
     JSONB,
     TEXT,
     TS,
@@ -42,6 +40,7 @@ from transforms.sql_twins import (
     apply_twin,
     check_of,
     column,
+    json_unsafe,
     literal,
     twin_of,
 )
@@ -116,11 +115,7 @@ def compile_table(
         used_json = {n for n, e in cols.items() if e.type == JSON}
         # JSON the server cannot de-escape goes the Python way before anything reads into it.
         for n in sorted(used_json):
-            x = cols[n].sql
-            checks.append((f"({x})::text ~ '{JSON_NUL_RE}'", f"{n}: JSON holds \\u0000"))
-            checks.append(
-                (f"({x})::text ~ '{JSON_SURROGATE_RE}'", f"{n}: JSON escapes a surrogate")
-            )
+            checks.extend((c, f"{n}: {r}") for c, r in json_unsafe(cols[n].sql))
         if d.model is not None:
             mc, mexact = model_checks(d.model, cols)
             checks.extend(mc)
@@ -225,6 +220,8 @@ def _field_checks(
             raise NotCompilable(f"model field {name}: a union of several types")
         ann, meta = _unwrap(args[0], meta)
     checks: list[Check] = []
+    if ann is Any:
+        optional = True  # Any takes None too
     if not optional:
         checks.append((f"({x.sql}) IS NULL", f"{name}: a value is required"))
     value, exact = _value_checks(name, ann, meta, x)
