@@ -94,6 +94,7 @@ class _Ctx:
     lagging: bool = False
     force_python: bool = False  # every table the Python way (tests, comparisons)
     hashing: Hashing = field(default_factory=lambda: Hashing(fast=False))
+    legacy_columns: dict[str, dict[str, str]] | None = None  # source table -> column category
 
     def writers(self, table: str) -> list[TableTransform]:
         return [t for t in self.direction.tables.values() if any(w.name == table for w in t.writes)]
@@ -162,8 +163,10 @@ def _sql_pass(ctx: _Ctx, group: list[str], report: Report) -> dict[str, Pending]
     """The group compared by checksums in both databases, or why it keeps the Python path."""
     if ctx.force_python:
         return "the Python path was asked for"
-    with pg.translated(ctx.s.source.masked()):
-        legacy_cols = {s: source_columns(ctx.legacy, s) for s in ctx.direction.tables}
+    if ctx.legacy_columns is None:
+        with pg.translated(ctx.s.source.masked()):
+            ctx.legacy_columns = {s: source_columns(ctx.legacy, s) for s in ctx.direction.tables}
+    legacy_cols = ctx.legacy_columns
     with pg.translated(ctx.s.target.masked()):
         enums = {t: enum_columns(ctx.target, t) for t in group}
     plan = plan_group(
