@@ -1,10 +1,10 @@
-"""Validation by checksums in both databases (replicator.validate_sql) with the MCP mapping."""
+"""Validation by checksums in both databases (replicator.validate.sql) with the MCP mapping."""
 
 from __future__ import annotations
 
 import uuid
 
-from replicator.validate import validate
+from replicator.validate.run import validate
 from tests.integration.test_validate import _load, _schemas
 from tests.support import Env
 from transforms.mcp_manager import MAPPING

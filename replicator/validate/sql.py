@@ -1,0 +1,437 @@
+"""Validation in the database: checksums of key buckets on both sides, rows only where they differ.
+
+For a group of target tables whose writers all compile (transforms.compile), each side computes
+in SQL, per target table, one canonical text per row — legacy through the compiled projection
+(the owner's upsert LEFT JOINed with the N→1 patches), the target as stored, each value cast to
+the target column's type and printed by the same builtin casts (both sessions in UTC, ISO
+dates) — and sums a 64-bit md5 of it per bucket of the key's md5 (4,096 buckets). Only buckets
+whose count or sum differ are listed row by row (key, row md5, source keys), and only keys whose
+row md5 differs, or that one side lacks, become candidates. Candidates are then judged as the
+Python path judges every row (read from the target, the legacy rows of their provenance run
+through the transforms), which yields today's report and feeds the live re-check.
+
+Legacy rows whose reject expression holds (the SQL form cannot vouch for them) are left out of
+the sums and run through the Python transforms by key: refused ones are reported ``rejected``,
+accepted ones join the candidates. Nothing is installed on either server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from replicator.validate.canon import Exp, Key, TableShape, verdict
+from replicator.validate.expect import Rejected, SourceKey, fold_keys
+from transforms.api import Direction
+from transforms.compile import ENUM, CompiledTable, CompiledTarget, NotCompiled, compile_table
+from transforms.sql_twins import (
+    INT,
+    JSON,
+    JSONB,
+    TEXT,
+    TS,
+    TSTZ,
+    UUID,
+    Expr,
+    NotCompilable,
+    canonical,
+    category,
+    ident,
+)
+
+BUCKET_BITS = 12
+SESSION_SQL = (
+    "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';"
+    " SET extra_float_digits = 1"
+)
+Pending = dict[Key, tuple[Any, Exp | None]]
+
+
+def qualified(table: str) -> str:
+    schema, _, name = table.partition(".")
+    return f"{ident(schema)}.{ident(name)}"
+
+
+def source_columns(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:
+    """Column -> category (transforms.sql_twins.category; ``enum`` for user enums)."""
+    schema, _, rel = table.partition(".")
+    rows = conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typtype = 'e'"
+        " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+        (schema, rel),
+    ).fetchall()
+    return {str(r[0]): ENUM if r[2] else category(str(r[1])) for r in rows}
+
+
+def enum_columns(conn: psycopg.Connection[Any], table: str) -> set[str]:
+    cols = source_columns(conn, table)
+    return {c for c, cat in cols.items() if cat == ENUM}
+
+
+def _row_text(values: Sequence[str]) -> str:
+    # A row's text form quotes what needs it and prints NULL as nothing (an empty string as
+    # ""): unambiguous, and built in C in one go.
+    return f"ROW({', '.join(values)})::text" if len(values) > 1 else f"({values[0]})::text"
+
+
+@dataclass(frozen=True, slots=True)
+class Hashing:
+    """How rows and keys are hashed: ``hashtextextended`` (64 bits, PostgreSQL 11+, an order
+    of magnitude cheaper than md5) when both servers give the same value for a probe, else the
+    first 64 bits of md5 (same everywhere, slower)."""
+
+    fast: bool
+
+    def row(self, text: str) -> str:
+        if self.fast:
+            return f"hashtextextended({text}, 0)"
+        return f"('x' || left(md5({text}), 16))::bit(64)::bigint"
+
+    def bucket(self, text: str) -> str:
+        if self.fast:
+            return f"(hashtextextended({text}, 1) & {(1 << BUCKET_BITS) - 1})"
+        return f"('x' || left(md5({text}), {BUCKET_BITS // 4}))::bit({BUCKET_BITS})::int"
+
+
+PROBE = (
+    "SELECT hashtextextended('replicator ⇄ probe', 0), hashtextextended('', 1),"
+    ' jsonb_hash_extended(\'{"a": [1.50, "x", null]}\'::jsonb, 0),'
+    " timestamp_hash_extended('2020-02-29 12:34:56.789'::timestamp, 0)"
+)
+
+
+def choose_hashing(*conns: psycopg.Connection[Any]) -> Hashing:
+    seen = set()
+    for c in conns:
+        try:
+            seen.add(tuple(c.execute(PROBE).fetchone() or ()))
+        except psycopg.Error:
+            return Hashing(fast=False)
+    return Hashing(fast=len(seen) == 1)
+
+
+def buckets_of(conn: psycopg.Connection[Any], keys: Sequence[Key], h: Hashing) -> set[int]:
+    """The buckets of ``keys``, computed by the server that computed the sums."""
+    if not keys:
+        return set()
+    n = len(keys[0])
+    cols = [f"u.k{i}" for i in range(n)]
+    arrays = ", ".join(["%s::text[]"] * n)
+    rows = conn.execute(
+        f"SELECT DISTINCT {h.bucket(_row_text(cols))} FROM unnest({arrays})"
+        f" AS u({', '.join(f'k{i}' for i in range(n))})",
+        [[k[i] for k in keys] for i in range(n)],
+    ).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class TablePlan:
+    """The two projections of one target table: key columns k0.., row text r, source keys."""
+
+    shape: TableShape
+    legacy_sql: str
+    target_sql: str
+    # (source table, its key columns, their output column names in legacy_sql)
+    sources: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]
+
+
+@dataclass
+class GroupPlan:
+    tables: dict[str, TablePlan]
+    compiled: dict[str, CompiledTable]  # by source table
+
+
+def plan_group(
+    direction: Direction,
+    group: Sequence[str],
+    shapes: Mapping[str, TableShape],
+    legacy_columns: Callable[[str], dict[str, str]],
+    target_enums: Callable[[str], set[str]],
+    h: Hashing,
+) -> GroupPlan | str:
+    """The SQL plan of a group of target tables, or why it keeps the Python path."""
+    writers = {
+        t.source: t for name in group for t in direction.tables.values()
+        if any(w.name == name for w in t.writes)
+    }  # fmt: skip
+    compiled: dict[str, CompiledTable] = {}
+    for source, t in writers.items():
+        c = compile_table(t, legacy_columns(source), insert_only=False)
+        if isinstance(c, NotCompiled):
+            return f"{source}: {c.reason}"
+        compiled[source] = c
+    try:
+        tables = {
+            name: _table_plan(shapes[name], compiled, target_enums(name), h) for name in group
+        }
+    except NotCompilable as e:
+        return e.reason
+    return GroupPlan(tables, compiled)
+
+
+def _table_plan(
+    shape: TableShape, compiled: Mapping[str, CompiledTable], enums: set[str], h: Hashing
+) -> TablePlan:
+    owners = [(c, t) for c in compiled.values() for t in c.writing(shape.name) if not t.patch]
+    patchers = [(c, t) for c in compiled.values() for t in c.writing(shape.name) if t.patch]
+    if len(owners) != 1:
+        raise NotCompilable(f"{shape.name}: {len(owners)} upserting writers (one is compiled)")
+    for k in shape.key:
+        if category(shape.types[k]) not in (TEXT, INT, UUID):
+            raise NotCompilable(f"{shape.name}: key column {k} is {shape.types[k]}")
+
+    def canon(e: Expr, c: str) -> str:
+        if c in shape.key:
+            return canonical(e, shape.types[c], target_enum=c in enums)
+        return fingerprint(e, shape.types[c], enum=c in enums, h=h)
+
+    parts: list[tuple[CompiledTable, CompiledTarget, str]] = [(*owners[0], "o")]
+    parts += [(c, t, f"p{i}") for i, (c, t) in enumerate(patchers)]
+    where: dict[str, str] = {}  # column -> alias.column that supplies it
+    subqueries: list[str] = []
+    sources: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+    for comp, tgt, alias in parts:
+        if list(dict(tgt.key)) != list(shape.key):
+            raise NotCompilable(f"{shape.name}: {comp.source} writes another key")
+        outs = [f"{canon(dict(tgt.key)[k], k)} AS k{i}" for i, k in enumerate(shape.key)]
+        for i, c in enumerate(shape.columns):
+            if c in shape.key or c not in dict(tgt.columns):
+                continue
+            if c in where:
+                raise NotCompilable(f"{shape.name}.{c} is written by two tables")
+            if alias != "o" and c in shape.defaults:
+                # Python leaves it uncompared where no patch row exists; SQL cannot tell here.
+                raise NotCompilable(f"{shape.name}.{c} comes from a patch and has a default")
+            outs.append(f"{canon(dict(tgt.columns)[c], c)} AS c{i}")
+            where[c] = f"{alias}.c{i}"
+        skey = tuple(f"{alias}_s{i}" for i in range(len(comp.source_key)))
+        outs += [f"{ident(k)} AS {n}" for k, n in zip(comp.source_key, skey, strict=True)]
+        cond = f"({comp.reject_sql}) IS NULL" + (f" AND ({tgt.when})" if tgt.when else "")
+        subqueries.append(
+            f"(SELECT {', '.join(outs)} FROM {qualified(comp.source)} WHERE {cond}) {alias}"
+        )
+        sources.append((comp.source, comp.source_key, skey))
+    keys = [f"o.k{i}" for i in range(len(shape.key))]
+    values: list[str] = []
+    target_values: list[str] = []
+    for c in shape.columns:
+        if c in shape.key:
+            values.append(f"o.k{shape.key.index(c)}")
+        elif c in where:
+            values.append(where[c])
+        elif c in shape.defaults:
+            continue  # written by nobody, with a default: not compared (as in Python)
+        else:
+            values.append("NULL::text")
+        stored = Expr(ident(c), _cat(shape, c, enums))
+        if c in shape.key:
+            target_values.append(f"k{shape.key.index(c)}")
+        else:
+            target_values.append(fingerprint(stored, shape.types[c], enum=c in enums, h=h))
+    joins = subqueries[0] + "".join(
+        f" LEFT JOIN {sq} ON " + " AND ".join(f"p{j}.k{i} = o.k{i}" for i in range(len(keys)))
+        for j, sq in enumerate(subqueries[1:])
+    )
+    src_out = [n for _, _, names in sources for n in names]
+    legacy_sql = (
+        f"SELECT {', '.join(f'{k} AS k{i}' for i, k in enumerate(keys))},"
+        f" {_row_text(values)} AS r, {', '.join(src_out)} FROM {joins}"
+    )
+    target_keys = [
+        canonical(Expr(ident(k), _cat(shape, k, enums)), shape.types[k]) for k in shape.key
+    ]
+    # The key columns are computed once, in an inner select the row text reads.
+    inner = ", ".join(
+        [f"{k} AS k{i}" for i, k in enumerate(target_keys)]
+        + [f"{ident(c)}" for c in shape.columns if c not in shape.key]
+    )
+    target_sql = (
+        f"SELECT {', '.join(f'k{i}' for i in range(len(target_keys)))},"
+        f" {_row_text(target_values)} AS r FROM (SELECT {inner} FROM {qualified(shape.name)}) t"
+    )
+    return TablePlan(shape, legacy_sql, target_sql, tuple(sources))
+
+
+def _cat(shape: TableShape, c: str, enums: set[str]) -> str:
+    return category(shape.types[c], enum=c in enums)
+
+
+def _bucket_expr(nkeys: int, h: Hashing) -> str:
+    return h.bucket(_row_text([f"q.k{i}" for i in range(nkeys)]))
+
+
+def fingerprint(x: Expr, target_type: str, *, enum: bool, h: Hashing) -> str:
+    """What stands for a value in the row text: its canonical text, or (fast hashing) a
+    64-bit hash of the value as the target type holds it where printing it costs more
+    (JSON documents, timestamps)."""
+    text = canonical(x, target_type, target_enum=enum)
+    if not h.fast or x.sql == "NULL":
+        return text
+    tc = category(target_type, enum=enum)
+    if tc in (JSON, JSONB):
+        return f"jsonb_hash_extended(({x.sql})::jsonb, 0)"
+    if tc == TSTZ:  # both sessions are in UTC
+        return f"timestamp_hash_extended(({x.sql})::timestamptz::timestamp, 0)"
+    if tc == TS:
+        return f"timestamp_hash_extended(({x.sql})::timestamp, 0)"
+    return text
+
+
+def bucket_sums(
+    conn: psycopg.Connection[Any], sql: str, nkeys: int, h: Hashing
+) -> dict[int, tuple[int, int]]:
+    """bucket -> (rows, sum of 64-bit row hashes)."""
+    # A hash table of a few thousand buckets: a sort of every row would spill to disk.
+    conn.execute("SET LOCAL enable_sort = off")
+    rows = conn.execute(
+        f"SELECT z.b, count(*), sum(z.h) FROM (SELECT {_bucket_expr(nkeys, h)} AS b,"
+        f" {h.row('q.r')} AS h FROM ({sql}) q) z GROUP BY 1"
+    ).fetchall()
+    return {int(b): (int(n), int(s)) for b, n, s in rows}
+
+
+def bucket_rows(
+    conn: psycopg.Connection[Any],
+    sql: str,
+    nkeys: int,
+    buckets: list[int],
+    extra: Sequence[str],
+    h: Hashing,
+) -> list[tuple[Any, ...]]:
+    """(key texts..., row md5, extra columns...) of the rows in ``buckets``."""
+    cols = ", ".join([f"q.k{i}" for i in range(nkeys)] + ["md5(q.r)"] + [f"q.{e}" for e in extra])
+    return conn.execute(
+        f"SELECT {cols} FROM ({sql}) q WHERE {_bucket_expr(nkeys, h)} = ANY(%s)", (buckets,)
+    ).fetchall()
+
+
+def flagged_keys(conn: psycopg.Connection[Any], compiled: CompiledTable) -> list[tuple[Any, ...]]:
+    """Source keys of the rows the SQL form leaves to Python."""
+    keys = ", ".join(ident(k) for k in compiled.source_key)
+    return conn.execute(
+        f"SELECT {keys} FROM {qualified(compiled.source)} WHERE ({compiled.reject_sql}) IS NOT NULL"
+    ).fetchall()
+
+
+@dataclass
+class TableOutcome:
+    expected_rows: int = 0
+    target_rows: int = 0
+    buckets: int = 0
+    buckets_mismatched: int = 0
+    pending: Pending = field(default_factory=dict)
+    provenance: dict[Key, set[tuple[str, SourceKey]]] = field(default_factory=dict)
+
+
+@dataclass
+class GroupOutcome:
+    tables: dict[str, TableOutcome]
+    rejected: list[Rejected]
+
+
+def run_group(
+    plan: GroupPlan,
+    direction: Direction,
+    legacy: psycopg.Connection[Any],
+    target: psycopg.Connection[Any],
+    read_target: Callable[[TableShape, list[Key]], dict[Key, Any]],
+    h: Hashing,
+) -> GroupOutcome:
+    """Compare one group; both connections are inside their snapshots (target taken first)."""
+    shapes = {t: p.shape for t, p in plan.tables.items()}
+    # 1. Sums per bucket, both servers at once.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        legacy_f = pool.submit(
+            lambda: (
+                {
+                    t: bucket_sums(legacy, p.legacy_sql, len(p.shape.key), h)
+                    for t, p in plan.tables.items()
+                },
+                {s: flagged_keys(legacy, c) for s, c in plan.compiled.items() if c.checks},
+            )
+        )
+        target_sums = {
+            t: bucket_sums(target, p.target_sql, len(p.shape.key), h)
+            for t, p in plan.tables.items()
+        }
+        legacy_sums, flagged = legacy_f.result()
+    # 2. The rows the SQL form left to Python.
+    rejected: list[Rejected] = []
+    from_python: dict[str, dict[Key, set[tuple[str, SourceKey]]]] = {t: {} for t in plan.tables}
+    todo = {s: {tuple(k) for k in keys} for s, keys in flagged.items() if keys}
+    if todo:
+        exp = fold_keys(legacy, direction, todo, shapes, partial=True)
+        rejected = exp.rejected
+        for t in plan.tables:
+            from_python[t] = exp.sources[t]
+    out: dict[str, TableOutcome] = {}
+    for t, p in plan.tables.items():
+        ls, ts = legacy_sums[t], target_sums[t]
+        res = out[t] = TableOutcome()
+        res.expected_rows = sum(n for n, _ in ls.values()) + len(from_python[t])
+        res.target_rows = sum(n for n, _ in ts.values())
+        res.buckets = len(ls.keys() | ts.keys())
+        differing = {b for b in ls.keys() | ts.keys() if ls.get(b) != ts.get(b)}
+        res.buckets_mismatched = len(differing)
+        differing |= buckets_of(target, list(from_python[t]), h)
+        if not differing:
+            continue
+        nk = len(p.shape.key)
+        src_names = [n for _, _, names in p.sources for n in names]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            wanted = sorted(differing)
+            lrows_f = pool.submit(bucket_rows, legacy, p.legacy_sql, nk, wanted, src_names, h)
+            trows = bucket_rows(target, p.target_sql, nk, wanted, (), h)
+            lrows = lrows_f.result()
+        lhash: dict[Key, str] = {}
+        prov: dict[Key, set[tuple[str, SourceKey]]] = {}
+        for r in lrows:
+            key = tuple(str(v) for v in r[:nk])
+            lhash[key] = r[nk]
+            i = nk + 1
+            for source, skey_cols, _names in p.sources:
+                sk = tuple(r[i : i + len(skey_cols)])
+                i += len(skey_cols)
+                if all(v is not None for v in sk):
+                    prov.setdefault(key, set()).add((source, sk))
+        thash = {tuple(str(v) for v in r[:nk]): r[nk] for r in trows}
+        cand = {k for k in lhash.keys() | thash.keys() if lhash.get(k) != thash.get(k)}
+        cand |= from_python[t].keys()
+        for k in from_python[t]:
+            prov.setdefault(k, set()).update(from_python[t][k])
+        res.provenance = {k: prov.get(k, set()) for k in cand}
+        res.pending = _judge(direction, legacy, shapes, t, cand, res.provenance, read_target)
+    return GroupOutcome(out, rejected)
+
+
+def _judge(
+    direction: Direction,
+    legacy: psycopg.Connection[Any],
+    shapes: Mapping[str, TableShape],
+    table: str,
+    keys: set[Key],
+    prov: Mapping[Key, set[tuple[str, SourceKey]]],
+    read_target: Callable[[TableShape, list[Key]], dict[Key, Any]],
+) -> Pending:
+    """Row verdicts as the Python path gives them, for the candidates of one table."""
+    if not keys:
+        return {}
+    actual = read_target(shapes[table], sorted(keys))
+    src: dict[str, set[SourceKey]] = {}
+    for k in keys:
+        for source, sk in prov.get(k, ()):
+            src.setdefault(source, set()).add(sk)
+    exp = fold_keys(legacy, direction, src, {table: shapes[table]}, partial=False).rows[table]
+    out: Pending = {}
+    for k in keys:
+        a, e = actual.get(k), exp.get(k)
+        if verdict(a, e) is not None:
+            out[k] = (a, e)
+    return out
