@@ -48,9 +48,7 @@ def print_report(report: Report, console: Console) -> None:
         Column("result", overflow="fold"),
     )
     for t in report.tables:
-        table.add_row(
-            _short(t.table), t.mode, f"{t.target_rows}/{t.expected_rows}", _result(t)
-        )
+        table.add_row(_short(t.table), t.mode, f"{t.target_rows}/{t.expected_rows}", _result(t))
     console.print(table)
     in_sql = [_short(t.table) for t in report.tables if t.path == "sql"]
     if in_sql:
