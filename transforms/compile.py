@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import types
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -40,6 +40,7 @@ from transforms.sql_twins import (
     apply_twin,
     check_of,
     column,
+    ident,
     json_unsafe,
     literal,
     twin_of,
@@ -64,6 +65,18 @@ class CompiledTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class DerivedKey:
+    """A target key column whose converter has no SQL form but reads only source key columns:
+    the caller computes ``convert(*sources)`` in Python per source key and joins the values in
+    as the column ``alias`` (NULL where Python refuses: the row then goes the Python way)."""
+
+    alias: str
+    convert: Callable[..., Any]
+    sources: tuple[str, ...]
+    type: str  # category of the result
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledTable:
     source: str
     source_key: tuple[str, ...]
@@ -72,6 +85,9 @@ class CompiledTable:
     # True when every check is exact (flags exactly the rows Python refuses); False: some rows
     # are flagged only because the SQL form cannot vouch for them.
     exact: bool
+    # Target key columns computed by Python from the source key (no SQL twin, e.g. a uuid5):
+    # the caller supplies them as extra source columns (see DerivedKey).
+    derived: tuple[DerivedKey, ...] = ()
 
     @property
     def reject_sql(self) -> str:
@@ -95,11 +111,17 @@ class NotCompiled:
 
 
 def compile_table(
-    t: TableTransform, columns: Mapping[str, str], *, insert_only: bool = True
+    t: TableTransform,
+    columns: Mapping[str, str],
+    *,
+    insert_only: bool = True,
+    derived_keys: bool = False,
 ) -> CompiledTable | NotCompiled:
     """``t`` over a source table whose columns have the given categories (see
     :func:`transforms.sql_twins.category`; ``"enum"`` for user enums). ``insert_only=False``
-    leaves out insert-only columns (validation does not compare them)."""
+    leaves out insert-only columns (validation does not compare them). ``derived_keys``: a
+    key converter without a SQL twin that reads only source key columns becomes a
+    :class:`DerivedKey` the caller computes, instead of keeping the table on the Python path."""
     d = t.declared
     if not isinstance(d, Declared):
         return NotCompiled(t.source, "a custom(...) transform (a Python function)")
@@ -121,8 +143,16 @@ def compile_table(
             checks.extend(mc)
             exact = exact and mexact
         targets = []
+        derived: list[DerivedKey] = []
         for target in d.targets:
-            ct, texact = _target(target, cols, insert_only=insert_only)
+            ct, texact = _target(
+                target,
+                cols,
+                insert_only=insert_only,
+                derive=(lambda n, c: _derive(n, c, t.source_key, derived))
+                if derived_keys
+                else None,
+            )
             targets.append(ct)
             exact = exact and texact
             for _, e in ct.key + ct.columns + ct.insert_only:
@@ -137,8 +167,28 @@ def compile_table(
     if missing:
         return NotCompiled(t.source, f"source key column(s) {', '.join(missing)} not in the table")
     return CompiledTable(
-        t.source, t.source_key, tuple(targets), tuple(dict.fromkeys(checks)), exact
+        t.source,
+        t.source_key,
+        tuple(targets),
+        tuple(dict.fromkeys(checks)),
+        exact,
+        tuple(derived),
     )
+
+
+_RESULT_TYPES = {"str": TEXT, "uuid.UUID": UUID, "UUID": UUID, "int": INT}
+
+
+def _derive(name: str, c: Col, source_key: tuple[str, ...], out: list[DerivedKey]) -> Expr:
+    if c.convert is None or not c.sources or not set(c.sources) <= set(source_key):
+        raise NotCompilable(f"key column {name}: no SQL twin, and not a function of the key")
+    ret = getattr(c.convert, "__annotations__", {}).get("return")
+    ret_name = ret if isinstance(ret, str) else getattr(ret, "__qualname__", repr(ret))
+    if ret_name not in _RESULT_TYPES:
+        raise NotCompilable(f"key column {name}: its converter's result type is not declared")
+    alias = f"__key_{len(out)}"
+    out.append(DerivedKey(alias, c.convert, c.sources, _RESULT_TYPES[ret_name]))
+    return Expr(ident(alias), _RESULT_TYPES[ret_name])
 
 
 def _within(when: str | None, checks: tuple[Check, ...]) -> list[Check]:
@@ -147,7 +197,11 @@ def _within(when: str | None, checks: tuple[Check, ...]) -> list[Check]:
 
 
 def _target(
-    t: Target, cols: Mapping[str, Expr], *, insert_only: bool
+    t: Target,
+    cols: Mapping[str, Expr],
+    *,
+    insert_only: bool,
+    derive: Callable[[str, Col], Expr] | None = None,
 ) -> tuple[CompiledTarget, bool]:
     exact = True
 
@@ -157,8 +211,16 @@ def _target(
         exact = exact and ok
         return e
 
+    def key_spec(name: str, s: str | Col) -> Expr:
+        try:
+            return spec(name, s)
+        except NotCompilable:
+            if derive is None or isinstance(s, str):
+                raise
+            return derive(name, s)
+
     when = when_sql(t.when, cols) if t.when is not None else None
-    key = tuple((n, spec(n, s)) for n, s in t.key.items())
+    key = tuple((n, key_spec(n, s)) for n, s in t.key.items())
     values = tuple((n, spec(n, s)) for n, s in t.columns.items())
     only = tuple((n, spec(n, s)) for n, s in t.insert_only.items()) if insert_only else ()
     return CompiledTarget(t.table, t.patch, key, values, only, when), exact

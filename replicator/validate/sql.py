@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql as pgsql
 
+from replicator.errors import DataError
 from replicator.validate.canon import Exp, Key, TableShape, verdict
 from replicator.validate.expect import Rejected, SourceKey, fold_keys
 from transforms.api import Direction
@@ -146,6 +148,7 @@ class TablePlan:
 class GroupPlan:
     tables: dict[str, TablePlan]
     compiled: dict[str, CompiledTable]  # by source table
+    columns: dict[str, dict[str, str]] = field(default_factory=dict)  # source -> categories
 
 
 def plan_group(
@@ -163,9 +166,14 @@ def plan_group(
     }  # fmt: skip
     compiled: dict[str, CompiledTable] = {}
     for source, t in writers.items():
-        c = compile_table(t, legacy_columns(source), insert_only=False)
+        c = compile_table(t, legacy_columns(source), insert_only=False, derived_keys=True)
         if isinstance(c, NotCompiled):
             return f"{source}: {c.reason}"
+        cats = legacy_columns(source)
+        for d in c.derived:
+            bad = [s for s in d.sources if cats.get(s) not in _ARRAY_TYPES]
+            if bad or d.type not in _ARRAY_TYPES:
+                return f"{source}: a key computed by Python from a {cats.get(bad[0]) if bad else d.type} value"
         compiled[source] = c
     try:
         tables = {
@@ -173,7 +181,7 @@ def plan_group(
         }
     except NotCompilable as e:
         return e.reason
-    return GroupPlan(tables, compiled)
+    return GroupPlan(tables, compiled, {s: legacy_columns(s) for s in compiled})
 
 
 def _table_plan(
@@ -215,7 +223,7 @@ def _table_plan(
         outs += [f"{ident(k)} AS {n}" for k, n in zip(comp.source_key, skey, strict=True)]
         cond = f"({comp.reject_sql}) IS NULL" + (f" AND ({tgt.when})" if tgt.when else "")
         subqueries.append(
-            f"(SELECT {', '.join(outs)} FROM {qualified(comp.source)} WHERE {cond}) {alias}"
+            f"(SELECT {', '.join(outs)} FROM {source_from(comp)} src WHERE {cond}) {alias}"
         )
         sources.append((comp.source, comp.source_key, skey))
     keys = [f"o.k{i}" for i in range(len(shape.key))]
@@ -312,12 +320,64 @@ def bucket_rows(
     ).fetchall()
 
 
-def flagged_keys(conn: psycopg.Connection[Any], compiled: CompiledTable) -> list[tuple[Any, ...]]:
+def flagged_keys(
+    conn: psycopg.Connection[Any], compiled: CompiledTable, froms: Mapping[str, str]
+) -> list[tuple[Any, ...]]:
     """Source keys of the rows the SQL form leaves to Python."""
     keys = ", ".join(ident(k) for k in compiled.source_key)
     return conn.execute(
-        f"SELECT {keys} FROM {qualified(compiled.source)} WHERE ({compiled.reject_sql}) IS NOT NULL"
+        f"SELECT {keys} FROM {_fill(source_from(compiled), froms)} s"
+        f" WHERE ({compiled.reject_sql}) IS NOT NULL"
     ).fetchall()
+
+
+def source_from(comp: CompiledTable) -> str:
+    """The source table in a FROM clause; with derived keys, a marker that run_group replaces
+    by the table joined with the values Python computed (read in the same snapshot)."""
+    if not comp.derived:
+        return qualified(comp.source)
+    return f"\x00derived:{comp.source}\x00"
+
+
+def _fill(text: str, froms: Mapping[str, str]) -> str:
+    for source, sql in froms.items():
+        text = text.replace(f"\x00derived:{source}\x00", sql)
+    return text
+
+
+_ARRAY_TYPES = {UUID: "uuid", INT: "bigint", TEXT: "text"}
+
+
+def derived_from(
+    conn: psycopg.Connection[Any], comp: CompiledTable, cats: Mapping[str, str]
+) -> str:
+    """The source table joined with its derived key columns, computed here from every source
+    key (Python per row, but only the key: a uuid5 id, say). A value Python refuses is NULL,
+    which the key's NULL check sends the Python way."""
+    needed = tuple(dict.fromkeys(s for d in comp.derived for s in d.sources))
+    rows = conn.execute(
+        f"SELECT {', '.join(ident(c) for c in needed)} FROM {qualified(comp.source)}"
+    ).fetchall()
+    columns: list[list[Any]] = [[r[i] for r in rows] for i in range(len(needed))]
+    for d in comp.derived:
+        idx = [needed.index(s) for s in d.sources]
+        out: list[Any] = []
+        for r in rows:
+            try:
+                out.append(d.convert(*(r[i] for i in idx)))
+            except (ValueError, TypeError, KeyError, DataError):
+                out.append(None)
+        columns.append(out)
+    types = [_ARRAY_TYPES[cats[c]] for c in needed] + [_ARRAY_TYPES[d.type] for d in comp.derived]
+    arrays = ", ".join(
+        pgsql.SQL("{}::{}[]").format(pgsql.Literal(vals), pgsql.SQL(t)).as_string(conn)
+        for vals, t in zip(columns, types, strict=True)
+    )
+    names = [ident(c) for c in needed] + [ident(d.alias) for d in comp.derived]
+    return (
+        f"(SELECT * FROM {qualified(comp.source)} JOIN unnest({arrays}) AS d({', '.join(names)})"
+        f" USING ({', '.join(ident(c) for c in needed)}))"
+    )
 
 
 @dataclass
@@ -346,15 +406,18 @@ def run_group(
 ) -> GroupOutcome:
     """Compare one group; both connections are inside their snapshots (target taken first)."""
     shapes = {t: p.shape for t, p in plan.tables.items()}
+    froms = {
+        s: derived_from(legacy, c, plan.columns[s]) for s, c in plan.compiled.items() if c.derived
+    }
     # 1. Sums per bucket, both servers at once.
     with ThreadPoolExecutor(max_workers=2) as pool:
         legacy_f = pool.submit(
             lambda: (
                 {
-                    t: bucket_sums(legacy, p.legacy_sql, len(p.shape.key), h)
+                    t: bucket_sums(legacy, _fill(p.legacy_sql, froms), len(p.shape.key), h)
                     for t, p in plan.tables.items()
                 },
-                {s: flagged_keys(legacy, c) for s, c in plan.compiled.items() if c.checks},
+                {s: flagged_keys(legacy, c, froms) for s, c in plan.compiled.items() if c.checks},
             )
         )
         target_sums = {
@@ -387,7 +450,8 @@ def run_group(
         src_names = [n for _, _, names in p.sources for n in names]
         with ThreadPoolExecutor(max_workers=1) as pool:
             wanted = sorted(differing)
-            lrows_f = pool.submit(bucket_rows, legacy, p.legacy_sql, nk, wanted, src_names, h)
+            lsql = _fill(p.legacy_sql, froms)
+            lrows_f = pool.submit(bucket_rows, legacy, lsql, nk, wanted, src_names, h)
             trows = bucket_rows(target, p.target_sql, nk, wanted, (), h)
             lrows = lrows_f.result()
         lhash: dict[Key, str] = {}

@@ -86,3 +86,12 @@ def test_reverse_account_when_is_compilable_and_keeps_its_python_meaning() -> No
         acc, {"id": "text", "provider_id": "text", "user_id": "text", "password": "text"}
     )
     assert isinstance(got, CompiledTable), got
+
+
+def test_a_key_computed_from_the_source_key_alone_can_be_derived_by_the_caller() -> None:
+    member = MAPPING.forward.tables["public.organization_member"]
+    got = compile_table(member, LEGACY["public.organization_member"], derived_keys=True)
+    assert isinstance(got, CompiledTable), got
+    (d,) = got.derived
+    assert d.sources == ("organization_id", "user_id") and d.type == "text"
+    assert dict(got.targets[0].key)["id"].sql == f'"{d.alias}"'
