@@ -17,13 +17,13 @@ accepted ones join the candidates. Nothing is installed on either server.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql as pgsql
 
 from replicator.errors import DataError
 from replicator.validate.canon import Exp, Key, TableShape, verdict
@@ -296,8 +296,13 @@ def bucket_sums(
     conn: psycopg.Connection[Any], sql: str, nkeys: int, h: Hashing
 ) -> dict[int, tuple[int, int]]:
     """bucket -> (rows, sum of 64-bit row hashes)."""
-    # A hash table of a few thousand buckets: a sort of every row would spill to disk.
-    conn.execute("SET LOCAL enable_sort = off")
+    # A hash table of a few thousand buckets: a sort of every row would spill to disk. The
+    # per-row expressions cost far more than the planner's defaults assume: let it scan in
+    # parallel from a megabyte on (the workers share the snapshot).
+    conn.execute(
+        "SET LOCAL enable_sort = off; SET LOCAL min_parallel_table_scan_size = '1MB';"
+        " SET LOCAL parallel_setup_cost = 100; SET LOCAL parallel_tuple_cost = 0.001"
+    )
     rows = conn.execute(
         f"SELECT z.b, count(*), sum(z.h) FROM (SELECT {_bucket_expr(nkeys, h)} AS b,"
         f" {h.row('q.r')} AS h FROM ({sql}) q) z GROUP BY 1"
@@ -348,6 +353,24 @@ def _fill(text: str, froms: Mapping[str, str]) -> str:
 _ARRAY_TYPES = {UUID: "uuid", INT: "bigint", TEXT: "text"}
 
 
+def _array_literal(values: Sequence[Any]) -> str:
+    """A text array literal of uuids, integers or strings (NULL for None)."""
+    items = []
+    for v in values:
+        if v is None:
+            items.append("NULL")
+        elif isinstance(v, int | uuid.UUID):
+            items.append(str(v))
+        else:
+            t = str(v)
+            if "\x00" in t:
+                items.append("NULL")  # the row goes the Python way (its key is NULL)
+                continue
+            items.append('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    body = "{" + ",".join(items) + "}"
+    return "'" + body.replace("'", "''") + "'"
+
+
 def derived_from(
     conn: psycopg.Connection[Any], comp: CompiledTable, cats: Mapping[str, str]
 ) -> str:
@@ -370,8 +393,7 @@ def derived_from(
         columns.append(out)
     types = [_ARRAY_TYPES[cats[c]] for c in needed] + [_ARRAY_TYPES[d.type] for d in comp.derived]
     arrays = ", ".join(
-        pgsql.SQL("{}::{}[]").format(pgsql.Literal(vals), pgsql.SQL(t)).as_string(conn)
-        for vals, t in zip(columns, types, strict=True)
+        f"{_array_literal(vals)}::{t}[]" for vals, t in zip(columns, types, strict=True)
     )
     names = [ident(c) for c in needed] + [ident(d.alias) for d in comp.derived]
     return (
