@@ -142,6 +142,8 @@ class TablePlan:
     target_sql: str
     # (source table, its key columns, their output column names in legacy_sql)
     sources: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]
+    # The compiled expressions hold subqueries run for every row (see bucket_sums).
+    subqueries: bool = False
 
 
 @dataclass
@@ -264,7 +266,12 @@ def _table_plan(
         f"SELECT {', '.join(f'k{i}' for i in range(len(target_keys)))},"
         f" {_row_text(target_values)} AS r FROM (SELECT {inner} FROM {qualified(shape.name)}) t"
     )
-    return TablePlan(shape, legacy_sql, target_sql, tuple(sources))
+    per_row = any(
+        "SELECT" in e.sql or "SELECT" in comp.reject_sql
+        for comp, tgt, _ in parts
+        for _, e in tgt.key + tgt.columns
+    )
+    return TablePlan(shape, legacy_sql, target_sql, tuple(sources), per_row)
 
 
 def _cat(shape: TableShape, c: str, enums: set[str]) -> str:
@@ -293,15 +300,24 @@ def fingerprint(x: Expr, target_type: str, *, enum: bool, h: Hashing) -> str:
 
 
 def bucket_sums(
-    conn: psycopg.Connection[Any], sql: str, nkeys: int, h: Hashing
+    conn: psycopg.Connection[Any],
+    sql: str,
+    nkeys: int,
+    h: Hashing,
+    *,
+    per_row_subqueries: bool = False,
 ) -> dict[int, tuple[int, int]]:
     """bucket -> (rows, sum of 64-bit row hashes)."""
-    # A hash table of a few thousand buckets: a sort of every row would spill to disk. The
-    # per-row expressions cost far more than the planner's defaults assume: let it scan in
-    # parallel from a megabyte on (the workers share the snapshot).
+    # The per-row expressions cost far more than the planner's defaults assume: let it scan in
+    # parallel from a megabyte on (the workers share the snapshot). A hash table of a few
+    # thousand buckets beats sorting every row (which spills to disk), but a correlated
+    # subquery (a twin that aggregates a JSON list) must keep its sorts: hash aggregation
+    # rebuilt for every row is ten times slower. Settings last until the snapshot ends.
+    no_sort = not per_row_subqueries
     conn.execute(
-        "SET LOCAL enable_sort = off; SET LOCAL min_parallel_table_scan_size = '1MB';"
-        " SET LOCAL parallel_setup_cost = 100; SET LOCAL parallel_tuple_cost = 0.001"
+        f"SET LOCAL enable_sort = {'off' if no_sort else 'on'};"
+        " SET LOCAL min_parallel_table_scan_size = '1MB'; SET LOCAL parallel_setup_cost = 100;"
+        " SET LOCAL parallel_tuple_cost = 0.001"
     )
     rows = conn.execute(
         f"SELECT z.b, count(*), sum(z.h) FROM (SELECT {_bucket_expr(nkeys, h)} AS b,"
@@ -436,7 +452,13 @@ def run_group(
         legacy_f = pool.submit(
             lambda: (
                 {
-                    t: bucket_sums(legacy, _fill(p.legacy_sql, froms), len(p.shape.key), h)
+                    t: bucket_sums(
+                        legacy,
+                        _fill(p.legacy_sql, froms),
+                        len(p.shape.key),
+                        h,
+                        per_row_subqueries=p.subqueries,
+                    )
                     for t, p in plan.tables.items()
                 },
                 {s: flagged_keys(legacy, c, froms) for s, c in plan.compiled.items() if c.checks},
