@@ -83,8 +83,16 @@ def main() -> dict[str, Any]:
         # Warm both caches the same way for both measurements.
         _count_all(env.legacy, sources)
         _count_all(env.target, targets)
-        with Timer() as counted:
-            rows_counted = _count_all(env.legacy, sources) + _count_all(env.target, targets)
+        # The best of three: a bare count of cached tables takes tens of milliseconds, where
+        # one scheduling hiccup on a shared machine would halve the limit.
+        best = None
+        for _ in range(3):
+            with Timer() as timer:
+                rows_counted = _count_all(env.legacy, sources) + _count_all(env.target, targets)
+            if best is None or timer.seconds < best.seconds:
+                best = timer
+        counted = best
+        assert counted is not None
         with Timer() as validated:
             report = validate(s, MAPPING, save=False)
         if report.outcome != "clean":
