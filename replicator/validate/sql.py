@@ -144,6 +144,8 @@ class TablePlan:
     sources: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]
     # The compiled expressions hold subqueries run for every row (see bucket_sums).
     subqueries: bool = False
+    # The source whose rows for Python (reject reason set, column rej) legacy_sql lists too.
+    owner_flags: str | None = None
 
 
 @dataclass
@@ -205,6 +207,7 @@ def _table_plan(
     parts: list[tuple[CompiledTable, CompiledTarget, str]] = [(*owners[0], "o")]
     parts += [(c, t, f"p{i}") for i, (c, t) in enumerate(patchers)]
     where: dict[str, str] = {}  # column -> alias.column that supplies it
+    owner_flags: str | None = None
     subqueries: list[str] = []
     sources: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
     for comp, tgt, alias in parts:
@@ -223,7 +226,15 @@ def _table_plan(
             where[c] = f"{alias}.c{i}"
         skey = tuple(f"{alias}_s{i}" for i in range(len(comp.source_key)))
         outs += [f"{ident(k)} AS {n}" for k, n in zip(comp.source_key, skey, strict=True)]
-        cond = f"({comp.reject_sql}) IS NULL" + (f" AND ({tgt.when})" if tgt.when else "")
+        if alias == "o" and tgt.when is None:
+            # The owner's rows the SQL form leaves to Python are found in this same scan.
+            outs.append(f"{comp.reject_sql} AS rej")
+            cond = "true"
+            owner_flags = comp.source
+        else:
+            cond = f"({comp.reject_sql}) IS NULL" + (f" AND ({tgt.when})" if tgt.when else "")
+            if alias == "o":
+                outs.append("NULL::text AS rej")
         subqueries.append(
             f"(SELECT {', '.join(outs)} FROM {source_from(comp)} src WHERE {cond}) {alias}"
         )
@@ -252,7 +263,7 @@ def _table_plan(
     src_out = [n for _, _, names in sources for n in names]
     legacy_sql = (
         f"SELECT {', '.join(f'{k} AS k{i}' for i, k in enumerate(keys))},"
-        f" {_row_text(values)} AS r, {', '.join(src_out)} FROM {joins}"
+        f" {_row_text(values)} AS r, o.rej, {', '.join(src_out)} FROM {joins}"
     )
     target_keys = [
         canonical(Expr(ident(k), _cat(shape, k, enums)), shape.types[k]) for k in shape.key
@@ -271,7 +282,7 @@ def _table_plan(
         for comp, tgt, _ in parts
         for _, e in tgt.key + tgt.columns
     )
-    return TablePlan(shape, legacy_sql, target_sql, tuple(sources), per_row)
+    return TablePlan(shape, legacy_sql, target_sql, tuple(sources), per_row, owner_flags)
 
 
 def _cat(shape: TableShape, c: str, enums: set[str]) -> str:
@@ -324,6 +335,36 @@ def bucket_sums(
         f" {h.row('q.r')} AS h FROM ({sql}) q) z GROUP BY 1"
     ).fetchall()
     return {int(b): (int(n), int(s)) for b, n, s in rows}
+
+
+def legacy_bucket_sums(
+    conn: psycopg.Connection[Any], p: TablePlan, sql: str, h: Hashing
+) -> tuple[dict[int, tuple[int, int]], list[list[Any]]]:
+    """The legacy side's sums over the rows the SQL form vouches for, and (as JSON arrays) the
+    source keys of the owner's rows it leaves to Python, from one scan."""
+    conn.execute(
+        f"SET LOCAL enable_sort = {'on' if p.subqueries else 'off'};"
+        " SET LOCAL min_parallel_table_scan_size = '1MB'; SET LOCAL parallel_setup_cost = 100;"
+        " SET LOCAL parallel_tuple_cost = 0.001"
+    )
+    owner = (
+        next(names for src, _, names in p.sources if src == p.owner_flags) if p.owner_flags else ()
+    )
+    flagged = (
+        f", json_agg(json_build_array({', '.join(f'z.{n}' for n in owner)}))"
+        " FILTER (WHERE z.rej IS NOT NULL)"
+        if owner
+        else ", NULL::json"
+    )
+    inner = ", ".join(["q.rej", *(f"q.{n}" for n in owner)])
+    rows = conn.execute(
+        "SELECT z.b, count(*) FILTER (WHERE z.rej IS NULL), sum(z.h) FILTER (WHERE z.rej IS NULL)"
+        f"{flagged} FROM (SELECT {_bucket_expr(len(p.shape.key), h)} AS b,"
+        f" {h.row('q.r')} AS h, {inner} FROM ({sql}) q) z GROUP BY 1"
+    ).fetchall()
+    sums = {int(b): (int(n), int(s)) for b, n, s, _ in rows if n}
+    keys = [k for *_, f in rows if f for k in f]
+    return sums, keys
 
 
 def bucket_rows(
@@ -434,6 +475,17 @@ class GroupOutcome:
     rejected: list[Rejected]
 
 
+def _typed(value: Any, cat: str) -> Any:
+    """A source key value from JSON back to what psycopg loads from its column."""
+    if value is None:
+        return None
+    if cat == UUID:
+        return uuid.UUID(str(value))
+    if cat == INT:
+        return int(value)
+    return value
+
+
 def run_group(
     plan: GroupPlan,
     direction: Direction,
@@ -447,23 +499,29 @@ def run_group(
     froms = {
         s: derived_from(legacy, c, plan.columns[s]) for s, c in plan.compiled.items() if c.derived
     }
+
     # 1. Sums per bucket, both servers at once.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        legacy_f = pool.submit(
-            lambda: (
-                {
-                    t: bucket_sums(
-                        legacy,
-                        _fill(p.legacy_sql, froms),
-                        len(p.shape.key),
-                        h,
-                        per_row_subqueries=p.subqueries,
-                    )
-                    for t, p in plan.tables.items()
-                },
-                {s: flagged_keys(legacy, c, froms) for s, c in plan.compiled.items() if c.checks},
-            )
-        )
+    def legacy_side() -> tuple[dict[str, dict[int, tuple[int, int]]], dict[str, set[SourceKey]]]:
+        sums: dict[str, dict[int, tuple[int, int]]] = {}
+        flagged: dict[str, set[SourceKey]] = {}
+        for t, p in plan.tables.items():
+            sums[t], keys = legacy_bucket_sums(legacy, p, _fill(p.legacy_sql, froms), h)
+            if p.owner_flags is not None:
+                cats = plan.columns[p.owner_flags]
+                names = plan.compiled[p.owner_flags].source_key
+                if any(cats[n] not in (UUID, INT, TEXT) for n in names):
+                    continue  # its keys would not come back typed from JSON: scanned below
+                got = flagged.setdefault(p.owner_flags, set())
+                got.update(
+                    tuple(_typed(v, cats[n]) for v, n in zip(k, names, strict=True)) for k in keys
+                )
+        for s, c in plan.compiled.items():
+            if c.checks and s not in flagged:  # a source that only patches: a scan of its own
+                flagged[s] = {tuple(k) for k in flagged_keys(legacy, c, froms)}
+        return sums, flagged
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        legacy_f = pool.submit(legacy_side)
         target_sums = {
             t: bucket_sums(target, p.target_sql, len(p.shape.key), h)
             for t, p in plan.tables.items()
@@ -472,7 +530,7 @@ def run_group(
     # 2. The rows the SQL form left to Python.
     rejected: list[Rejected] = []
     from_python: dict[str, dict[Key, set[tuple[str, SourceKey]]]] = {t: {} for t in plan.tables}
-    todo = {s: {tuple(k) for k in keys} for s, keys in flagged.items() if keys}
+    todo = {s: keys for s, keys in flagged.items() if keys}
     if todo:
         exp = fold_keys(legacy, direction, todo, shapes, partial=True)
         rejected = exp.rejected
@@ -495,7 +553,15 @@ def run_group(
         with ThreadPoolExecutor(max_workers=1) as pool:
             wanted = sorted(differing)
             lsql = _fill(p.legacy_sql, froms)
-            lrows_f = pool.submit(bucket_rows, legacy, lsql, nk, wanted, src_names, h)
+            lrows_f = pool.submit(
+                bucket_rows,
+                legacy,
+                f"SELECT * FROM ({lsql}) a WHERE a.rej IS NULL",
+                nk,
+                wanted,
+                src_names,
+                h,
+            )
             trows = bucket_rows(target, p.target_sql, nk, wanted, (), h)
             lrows = lrows_f.result()
         lhash: dict[Key, str] = {}
