@@ -285,5 +285,12 @@ def _target(
                 "outcome": val["outcome"],
                 "age_s": val["age_s"],
                 "differences": val["differences"],
+                # Which way each table was checked: "sql" (checksums in both databases) or
+                # "python" (older runs have no path: Python).
+                "paths": {
+                    str(t.get("table")): str(t.get("path", "python"))
+                    for t in (val.get("summary") or {}).get("tables", [])
+                    if isinstance(t, dict)
+                },
             }
     return out
