@@ -39,6 +39,7 @@ from replicator.errors import (
     PreconditionError,
     ReplicatorError,
 )
+from replicator.health import StageHealth
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class Capture:
         self.topic = settings.topic(direction, "changes")
         self.stats = CaptureStats()
         self._kafka_down = False
+        self.health = StageHealth()
 
     def prepare(self) -> int | None:
         """Publication, slot and topics; returns the slot's LSN when this call created it."""
@@ -124,6 +126,7 @@ class Capture:
             except ReplicatorError as exc:
                 if not exc.retriable:
                     raise
+                self.health.waiting(f"{exc.message} (retrying)")
                 if isinstance(exc, KafkaUnavailable) and not self._kafka_down:
                     log.error(
                         "capture: Kafka unavailable (%s); the slot is not advanced", exc.message
@@ -235,6 +238,10 @@ class Capture:
                 if self._kafka_down and not inflight:
                     log.info("capture: Kafka acknowledges again")
                     self._kafka_down = False
+                if self._kafka_down:
+                    self.health.waiting("streaming, but Kafka has not acknowledged yet")
+                else:
+                    self.health.ready()
                 if asm.changed_relations:
                     # The new shape travels in every later envelope; transforms see it, and
                     # `replicator check` says whether the mapping still fits.

@@ -108,8 +108,12 @@ class CutoverSettings(_Strict):
 
 
 class MetricsSettings(_Strict):
-    port: int = Field(0, ge=0, le=65535)  # 0: no metrics endpoint
-    host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host scrape
+    # /metrics, /healthz and /readyz of long-running processes (replicator.status.endpoints).
+    port: int = Field(0, ge=0, le=65535)  # 0: no endpoints
+    host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus or a kubelet on another host ask
+    # /healthz fails when a stage's loop has not come round for this long (wedged). Generous:
+    # a liveness failure restarts the process, which must not happen to a slow large merge.
+    stall_after_s: float = Field(300.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -250,7 +254,8 @@ app_roles = []          # roles whose writes are revoked on the fenced side
 switch_hook = ""        # shell command run at the switch, e.g. a deployment flip
 
 [metrics]
-port = 0                # Prometheus endpoint of long-running processes; 0 disables it
+port = 0                # /metrics, /healthz, /readyz of long-running processes; 0: none
+host = "127.0.0.1"      # 0.0.0.0 in a container, for Prometheus and the kubelet's probes
 """
 
 
