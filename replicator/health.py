@@ -66,11 +66,10 @@ class StageHealth:
         self._nums[1] = 0.0
 
     def snapshot(self) -> tuple[float, bool, str]:
-        return (
-            float(self._nums[0]),
-            self._nums[1] == 1.0,
-            bytes(self._why.value).decode(errors="replace"),
-        )
+        """(last beat, ready, what it waits for: empty when ready)."""
+        ready = self._nums[1] == 1.0
+        why = "" if ready else bytes(self._why.value).decode(errors="replace")
+        return float(self._nums[0]), ready, why
 
 
 @dataclass(frozen=True)
@@ -105,15 +104,13 @@ class ProcessView:
 
 
 def liveness(p: ProcessView, now: float) -> Verdict:
-    """Live unless a stage failed, or a loop (or the start-up) has not come round for
-    ``stall_after_s``."""
+    """Live unless a stage failed, or a stage's loop has not come round for ``stall_after_s``.
+
+    Starting is never a reason: creating the slot waits for every transaction running on the
+    source to end, however long that takes, and a restart would only begin the wait again.
+    """
     if p.failed is not None:
         return Verdict(False, (f"stopped by an error: {p.failed}",))
-    if not p.stages:
-        starting = now - p.stages_since
-        if starting > p.stall_after_s:
-            return Verdict(False, (f"still starting after {starting:.0f}s",))
-        return Verdict(True)
     reasons = tuple(
         f"{st.name}: no progress for {now - st.last_beat:.0f}s"
         + ("" if st.running else " (not running)")
@@ -131,7 +128,14 @@ def readiness(p: ProcessView, now: float) -> Verdict:
     if p.stopping:
         return Verdict(False, ("stopping",))
     if not p.stages:
-        return Verdict(False, ("starting: preparing the slot, publication and topics",))
+        return Verdict(
+            False,
+            (
+                "starting: preparing the slot, publication and topics "
+                f"({now - p.stages_since:.0f}s; creating a slot waits for the source's "
+                "running transactions)",
+            ),
+        )
     reasons = []
     for st in p.stages:
         if not st.running:

@@ -67,13 +67,13 @@ def test_a_dead_stage_is_not_ready_at_once_and_not_live_once_its_beat_is_old() -
     assert liveness(old, NOW).reasons == ("capture: no progress for 65s (not running)",)
 
 
-def test_starting_is_live_for_a_while_and_never_ready() -> None:
-    p = _view(since=NOW - 10)
+def test_starting_is_live_however_long_it_takes_and_never_ready() -> None:
+    # Creating a slot waits for the source's running transactions: a restart would not help.
+    p = _view(since=NOW - STALL - 30)
     assert liveness(p, NOW).ok
     r = readiness(p, NOW)
-    assert not r.ok and r.reasons[0].startswith("starting")
-    late = _view(since=NOW - STALL - 30)
-    assert liveness(late, NOW).reasons == ("still starting after 90s",)
+    assert not r.ok and r.reasons[0].startswith("starting: preparing the slot")
+    assert "(90s;" in r.reasons[0]
 
 
 def test_a_failed_or_stopping_process_is_not_ready() -> None:
@@ -138,3 +138,35 @@ def test_the_app_answers_200_or_503_with_reasons_and_passes_metrics_on() -> None
 
     assert _get(app, "/metrics")[2] == b"replicator_ready 1\n"
     assert _get(app, "/other")[0].startswith("404")
+
+
+def test_the_view_of_a_pipeline_reads_its_stages_and_skips_the_backfill() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from replicator.errors import ConnectionFailed
+    from replicator.health import process_view
+
+    alive, dead = threading.Thread(target=lambda: None), threading.Thread(target=lambda: None)
+    alive.is_alive = lambda: True  # type: ignore[method-assign]
+    dead.is_alive = lambda: False  # type: ignore[method-assign]
+    capture, apply = StageHealth(), StageHealth()
+    capture.ready()
+    apply.waiting("no partition")
+    pipeline = SimpleNamespace(
+        stages=[("capture", alive, capture), ("backfill", dead, None), ("apply-0", alive, apply)],
+        stages_since=5.0,
+        error=ConnectionFailed("target down"),
+        stop=threading.Event(),
+    )
+    p = process_view(pipeline, 30.0)  # type: ignore[arg-type]
+    assert [(s.name, s.running, s.ready, s.reason) for s in p.stages] == [
+        ("capture", True, True, ""),
+        ("apply-0", True, False, "no partition"),
+    ]
+    assert (p.stages_since, p.stall_after_s, p.failed, p.stopping) == (
+        5.0,
+        30.0,
+        "target down",
+        False,
+    )
