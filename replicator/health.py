@@ -1,7 +1,7 @@
 """Liveness and readiness of a long-running process (``run``, ``capture``, ``apply``).
 
-Served as ``/healthz`` and ``/readyz`` beside ``/metrics`` (:mod:`replicator.status.endpoints`), for
-Kubernetes probes and anyone else who asks. Unlike ``/metrics`` and ``status``, they ask no
+Served as ``/healthz`` and ``/readyz`` beside ``/metrics`` (:mod:`replicator.status.endpoints`),
+for Kubernetes probes and anyone else who asks. Unlike ``/metrics`` and ``status``, they ask no
 database and no broker: they read what the stages of this process report about themselves.
 
 - **Live**: every stage's loop came round within ``metrics.stall_after_s``. A stage waiting
@@ -9,7 +9,8 @@ database and no broker: they read what the stages of this process report about t
   restart the process; a stage stuck in a call that never returns, or one that died, is.
 - **Ready**: live, and every stage is doing its job: the capture streams from its slot and
   Kafka acknowledges what it sends; an apply worker is connected to the target and Kafka and
-  holds partitions. Not ready says why (the stage's own words: "target … unreachable").
+  holds partitions. Not ready says why, in the stage's own words ("apply-0:
+  postgresql://u:***@db:5432/t: cannot connect (…) (retrying)").
   Lag is not part of it: a worker catching up is doing exactly its job (lag is in
   ``/metrics`` and ``status``).
 
@@ -51,16 +52,13 @@ class StageHealth:
             self._why = (ctypes.c_char * _REASON_BYTES)()
         self.waiting("starting")
 
-    def beat(self) -> None:
-        """The loop came round."""
-        self._nums[0] = time.monotonic()
-
     def ready(self) -> None:
+        """The loop came round, doing its job."""
         self._nums[0] = time.monotonic()
         self._nums[1] = 1.0
 
     def waiting(self, reason: str) -> None:
-        """Alive but not doing its job yet (connecting, retrying, no partition)."""
+        """The loop came round, but the stage waits (connecting, retrying, no partition)."""
         self._why.value = reason.encode()[: _REASON_BYTES - 1]
         self._nums[0] = time.monotonic()
         self._nums[1] = 0.0

@@ -224,10 +224,12 @@ class ApplyWorker:
         started = last_phase_check = time.monotonic()
         max_wait = self.s.apply.batch_max_wait_ms / 1000
         while not stop.is_set() and not self._switch:
-            if consumer.assigned:
-                self.health.ready()
-            else:
+            if not consumer.assigned:
                 self.health.waiting("connected; waiting for Kafka to assign it partitions")
+            elif not consumer.coordinated:
+                self.health.waiting("Kafka's group coordinator is unreachable (retrying)")
+            else:
+                self.health.ready()
             records = consumer.poll(timeout_ms=self._poll_timeout_ms(batch, started, max_wait))
             if not records and self._backfill_id and time.monotonic() - last_phase_check > 2:
                 # A worker without the snapshot partition learns from the target when the

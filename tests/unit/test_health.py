@@ -170,3 +170,15 @@ def test_the_view_of_a_pipeline_reads_its_stages_and_skips_the_backfill() -> Non
         "target down",
         False,
     )
+
+
+def test_a_consumer_without_its_group_coordinator_is_not_coordinated() -> None:
+    from types import SimpleNamespace
+
+    from connectors.kafka_io import Consumer
+
+    consumer = Consumer.__new__(Consumer)  # no broker: only the state the property reads
+    consumer._consumer = SimpleNamespace(_coordinator=SimpleNamespace(coordinator_id=1))
+    assert consumer.coordinated
+    consumer._consumer._coordinator.coordinator_id = None  # kafka-python: connection lost
+    assert not consumer.coordinated
