@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import urllib.error
 import urllib.request
@@ -100,4 +102,51 @@ def test_apply_is_live_but_not_ready_while_the_target_is_unreachable(
         assert env.target.password.get_secret_value() not in body
         assert _get(port, "/healthz") == (200, "ok\n")  # an outage is no reason to restart
         assert proc.proc.poll() is None
+    assert "Traceback" not in proc.output()
+
+
+def _spawned_children(pid: int) -> list[int]:
+    # Every thread's: a worker process is started by its stage's thread.
+    children = [
+        c for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()
+    ]
+    return [
+        int(c)
+        for c in children
+        if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()  # not the resource tracker
+    ]
+
+
+def test_a_wedged_apply_process_fails_liveness_until_it_moves_again(
+    env: Env, tmp_path: Path
+) -> None:
+    with env.legacy_conn() as c:
+        c.execute(ITEM)
+    with env.target_conn() as c:
+        c.execute(ITEM)
+    port = _free_port()
+    vars_ = {
+        **env.env_vars(),
+        "REPLICATOR_MAPPING": "identity:public.item",
+        "REPLICATOR_METRICS__PORT": str(port),
+        "REPLICATOR_METRICS__STALL_AFTER_S": "4",
+    }
+    with Background(["run"], vars_, tmp_path / "run.log") as proc:
+        wait_for(lambda: _get(port, "/readyz") == (200, "ok\n"), 60, 0.1, "/readyz 200")
+        (child,) = _spawned_children(proc.proc.pid)  # `run`'s apply worker process
+        os.kill(child, signal.SIGSTOP)  # wedged: alive, its loop no longer comes round
+        try:
+            live = wait_for(
+                lambda: (r := _get(port, "/healthz")) is not None and r[0] == 503 and r[1],
+                30,
+                0.2,
+                "/healthz 503",
+            )
+            assert live.startswith("apply-0: no progress for "), live
+            rd = _get(port, "/readyz")
+            assert rd is not None and rd[0] == 503 and "apply-0: no progress" in rd[1]
+        finally:
+            os.kill(child, signal.SIGCONT)
+        wait_for(lambda: _get(port, "/healthz") == (200, "ok\n"), 30, 0.2, "/healthz 200 again")
+        wait_for(lambda: _get(port, "/readyz") == (200, "ok\n"), 60, 0.2, "/readyz 200 again")
     assert "Traceback" not in proc.output()
