@@ -154,7 +154,8 @@ class Capture:
             if not info.exists:
                 raise PreconditionError(
                     f"replication slot {self.s.slot(self.direction)} is missing",
-                    hint="run `replicator capture` once with the default --prepare to create it",
+                    hint="restart `replicator run` (or `replicator capture`): it creates the "
+                    "slot, and a new forward slot starts a new backfill",
                 )
             self.stats.confirmed_lsn = info.confirmed_flush_lsn or 0
             stream.start(0)  # 0/0: resume from the slot's confirmed position
@@ -263,7 +264,7 @@ class Capture:
             c = self.stats.confirmed_lsn
             stream.send(walframe.standby_status(self.stats.received_lsn, c, c))
         except psycopg.Error as exc:
-            raise ConnectionFailed(f"{self.db.masked()}: {exc}") from None
+            raise ConnectionFailed(f"{self.db.masked()}: {exc}") from exc
         finally:
             hb_conn.close()
 
