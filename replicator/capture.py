@@ -39,6 +39,7 @@ from replicator.errors import (
     PreconditionError,
     ReplicatorError,
 )
+from replicator.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -116,24 +117,16 @@ class Capture:
         return created
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                self._stream(stop)
-                return
-            except ReplicatorError as exc:
-                if not exc.retriable:
-                    raise
-                if isinstance(exc, KafkaUnavailable) and not self._kafka_down:
-                    log.error(
-                        "capture: Kafka unavailable (%s); the slot is not advanced", exc.message
-                    )
-                    self._kafka_down = True
-                elif not isinstance(exc, KafkaUnavailable):
-                    log.warning("capture: %s; reconnecting in %.1fs", exc.message, backoff)
-                self.stats.reconnects += 1
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        if not stop.is_set():
+            RetryPolicy(self.s.retry, "capture", stop=stop, on_failure=self._failed).run(
+                lambda: self._stream(stop)
+            )
+
+    def _failed(self, exc: ReplicatorError) -> None:
+        if isinstance(exc, KafkaUnavailable) and not self._kafka_down:
+            log.error("capture: Kafka unavailable; the slot is not advanced until it answers")
+            self._kafka_down = True
+        self.stats.reconnects += 1
 
     # -- one replication session ---------------------------------------------------------------
 

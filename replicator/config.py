@@ -107,6 +107,24 @@ class CutoverSettings(_Strict):
     drain_timeout_s: float = 30.0
 
 
+class RetrySettings(_Strict):
+    first_wait_s: float = Field(
+        0.5, gt=0, description="first wait before a stage retries a temporary error"
+    )
+    max_wait_s: float = Field(
+        30.0, gt=0, description="cap of the doubling wait between retries (jitter below it)"
+    )
+    give_up_after_s: float = Field(
+        900.0,
+        ge=0,
+        description="a stage failing this long without a healthy session stops with its error "
+        "(0: retry for as long as it runs)",
+    )
+    healthy_after_s: float = Field(
+        60.0, gt=0, description="a session that ran this long before failing starts a new count"
+    )
+
+
 class MetricsSettings(_Strict):
     port: int = Field(0, ge=0, le=65535)  # 0: no metrics endpoint
     host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host scrape
@@ -130,6 +148,7 @@ class Settings(BaseSettings):
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
     cutover: CutoverSettings = Field(default_factory=CutoverSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
 
     @classmethod
     def settings_customise_sources(
