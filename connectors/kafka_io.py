@@ -71,16 +71,17 @@ def translate(exc: BaseException, *, what: str) -> ReplicatorError:
         acl = next((v for k, v in _ACL_HINTS.items() if isinstance(exc, k)), "the ACL it names")
         return PermissionDenied(
             text,
-            hint=f"grant the replicator's principal the ACL: kafka-acls.sh --add "
-            f"--allow-principal User:<principal> {acl}",
+            hint=f"grant the replicator's principal the ACL: `kafka-acls.sh --add "
+            f"--allow-principal User:<principal> {acl}`",
         )
     if isinstance(exc, kerr.MessageSizeTooLargeError | kerr.RecordListTooLargeError):
         return KafkaRefused(
             text,
-            hint=f"a message is larger than the topic accepts: set the topic's max.message.bytes "
-            f"(and the broker's message.max.bytes) to at least {MAX_MESSAGE_BYTES} (kafka-configs.sh "
-            "--alter --entity-type topics --entity-name <topic> --add-config max.message.bytes=...), "
-            "or make messages smaller with backfill.chunk_rows and capture.slice_max_bytes",
+            hint="a message is larger than Kafka accepts: set the topic's max.message.bytes "
+            f"(and the broker's message.max.bytes) to at least {MAX_MESSAGE_BYTES}: "
+            "`kafka-configs.sh --alter --entity-type topics --entity-name <topic> "
+            f"--add-config max.message.bytes={MAX_MESSAGE_BYTES}`; or make messages smaller "
+            "with backfill.chunk_rows and capture.slice_max_bytes",
         )
     if isinstance(exc, kerr.SaslAuthenticationFailedError | kerr.UnacceptableCredentialError):
         return KafkaRefused(text, hint="check the Kafka credentials")
