@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,14 @@ def test_every_key_of_the_template_is_explained() -> None:
                 assert f"# {f.description[:40]}" in text
 
 
-def test_the_template_loads_back_into_the_defaults(tmp_path: Path) -> None:
+def test_the_template_loads_back_into_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "replicator.toml"
     path.write_text(render_template())
-    assert load_settings(path).model_dump() == Settings().model_dump()
+    loaded = load_settings(path)
+    monkeypatch.setenv("REPLICATOR_CONFIG", os.devnull)  # the model alone, no file
+    assert loaded.model_dump() == Settings().model_dump()
 
 
 def test_template_values_are_checked_and_quoted(tmp_path: Path) -> None:
