@@ -14,6 +14,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -284,8 +285,16 @@ class _Router:
     ``last`` slice, and control messages go to every partition.
     """
 
-    def __init__(self, producer: Producer, topic: str, partitions: int, key_column: str) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        partitions: int,
+        key_column: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.producer = producer
+        self._clock = clock
         self.topic = topic
         self.partitions = partitions
         self.key_column = key_column
@@ -304,7 +313,7 @@ class _Router:
 
     @property
     def overdue(self) -> bool:
-        return bool(self._group) and time.monotonic() - self._group_since >= GROUP_WAIT_S
+        return bool(self._group) and self._clock() - self._group_since >= GROUP_WAIT_S
 
     def flush(self) -> list[tuple[Sent, int | None]]:
         """Send the held transactions as one message."""
@@ -326,7 +335,7 @@ class _Router:
                 ]
             # A whole transaction: held while the capture has more frames at hand; sent with
             # the others when the stream pauses, or the group is full or getting old.
-            now = time.monotonic()
+            now = self._clock()
             if not self._group:
                 self._group_since = now
             self._group.append(value)
