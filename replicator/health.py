@@ -24,7 +24,7 @@ import ctypes
 import multiprocessing
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,6 +52,10 @@ class StageHealth:
             self._why = (ctypes.c_char * _REASON_BYTES)()
         self.waiting("starting")
 
+    def beat(self) -> None:
+        """The loop came round (or a retry's wait goes on), its state unchanged."""
+        self._nums[0] = time.monotonic()
+
     def ready(self) -> None:
         """The loop came round, doing its job."""
         self._nums[0] = time.monotonic()
@@ -68,6 +72,18 @@ class StageHealth:
         ready = self._nums[1] == 1.0
         why = "" if ready else bytes(self._why.value).decode(errors="replace")
         return float(self._nums[0]), ready, why
+
+
+def waiting_sleep(health: StageHealth, stop: threading.Event) -> Callable[[float], None]:
+    """A retry's sleep that keeps the stage's beat: waiting out a retry is not a wedge, however
+    long ``retry.max_wait_s`` is. Returns early when the stage is stopped."""
+
+    def sleep(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0 and not stop.wait(min(left, 1.0)):
+            health.beat()
+
+    return sleep
 
 
 @dataclass(frozen=True)

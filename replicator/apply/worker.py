@@ -36,7 +36,8 @@ from replicator.errors import (
     TransformError,
     TransientDatabaseError,
 )
-from replicator.health import StageHealth
+from replicator.health import StageHealth, waiting_sleep
+from replicator.retry import RetryPolicy
 from replicator.state import (
     add_snapshot_progress,
     add_table_stats,
@@ -155,18 +156,14 @@ class ApplyWorker:
     # -- main loop -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                self._run_once(stop)
-                return
-            except ReplicatorError as exc:
-                if not exc.retriable:
-                    raise
-                self.health.waiting(f"{exc.message} (retrying)")
-                log.warning("apply: %s; retrying in %.1fs", exc.message, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        if not stop.is_set():
+            RetryPolicy(
+                self.s.retry,
+                "apply",
+                stop=stop,
+                on_failure=lambda exc: self.health.waiting(f"{exc.message} (retrying)"),
+                sleep=waiting_sleep(self.health, stop),
+            ).run(lambda: self._run_once(stop))
 
     def _run_once(self, stop: threading.Event) -> None:
         # Subscribing to a topic that does not exist yet would leave the group without

@@ -182,3 +182,21 @@ def test_a_consumer_without_its_group_coordinator_is_not_coordinated() -> None:
     assert consumer.coordinated
     consumer._consumer._coordinator.coordinator_id = None  # kafka-python: connection lost
     assert not consumer.coordinated
+
+
+def test_a_retry_wait_keeps_the_beat_and_ends_when_the_stage_stops() -> None:
+    import threading
+    import time
+
+    from replicator.health import waiting_sleep
+
+    h, stop = StageHealth(), threading.Event()
+    h.waiting("target down (retrying)")
+    before = h.snapshot()[0]
+    waiting_sleep(h, stop)(1.2)  # beats about once a second while it waits
+    beat, ready, why = h.snapshot()
+    assert beat > before and not ready and why == "target down (retrying)"
+    stop.set()
+    started = time.monotonic()
+    waiting_sleep(h, stop)(60)
+    assert time.monotonic() - started < 1
