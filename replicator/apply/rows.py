@@ -13,7 +13,9 @@ from typing import Any
 from connectors.envelope import Change, Envelope
 from connectors.pgsink import Batch
 from connectors.pgtypes import CANONICAL_TEXT_KEYS, RowPlan, TextLoader
+from replicator.errors import TransformError
 from transforms.api import Direction, RowChange, TableTransform, TargetOp
+from transforms.reads import absent_reads
 
 _NONE: frozenset[str] = frozenset()
 _COPIED_OPS = frozenset({"insert", "snapshot"})
@@ -41,6 +43,15 @@ class _Relation:
         self.build: Callable[[Sequence[str | None]], dict[str, str | None]] | None = None
 
 
+def _refuse(reason: tuple[str, str | None, str]) -> _Load:
+    message, column, hint = reason
+
+    def refuse(row: Mapping[str, str | None], plan: RowPlan) -> Mapping[str, Any]:
+        raise TransformError(message, column=column, hint=hint)
+
+    return refuse
+
+
 class RowMapper:
     def __init__(self, direction: Direction) -> None:
         self.direction = direction
@@ -65,6 +76,13 @@ class RowMapper:
     def _plan(self, env: Envelope, relid: int, r: _Relation, transform: TableTransform) -> None:
         info = env.relations[relid]
         r.plan = self._loader.row_plan(info.columns, info.type_oids)
+        refusal = absent_reads(transform, info.columns)
+        if refusal is not None:
+            # The mapping reads a column this relation does not have (a misspelt name, or one
+            # dropped on the source): every row of it is refused with the reason, none is
+            # written with that column NULL. Loading is where every row passes.
+            r.load = _refuse(refusal)
+            return
         # Decided once per relation: every row of a table must reach the batch in the same
         # form, or one key could be coalesced as two (text and loaded).
         key_oids = [
