@@ -30,7 +30,7 @@ _KEYWORD_TEXT = """
     xmlnamespaces xmlparse xmlpi xmlroot xmlserialize xmltable
 """
 KEYWORDS = frozenset(_KEYWORD_TEXT.split())
-_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
+_PLAIN = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 def quote_ident(name: str) -> str:

@@ -43,11 +43,12 @@ class _Relation:
         self.build: Callable[[Sequence[str | None]], dict[str, str | None]] | None = None
 
 
-def _refuse(reason: tuple[str, str | None, str]) -> _Load:
+def _refuse(reason: tuple[str, str | None, str], key_columns: tuple[str, ...]) -> _Load:
     message, column, hint = reason
 
     def refuse(row: Mapping[str, str | None], plan: RowPlan) -> Mapping[str, Any]:
-        raise TransformError(message, column=column, hint=hint)
+        key: dict[str, object] = {k: row[k] for k in key_columns if k in row}
+        raise TransformError(message, key=key, column=column, hint=hint)
 
     return refuse
 
@@ -81,7 +82,7 @@ class RowMapper:
             # The mapping reads a column this relation does not have (a misspelt name, or one
             # dropped on the source): every row of it is refused with the reason, none is
             # written with that column NULL. Loading is where every row passes.
-            r.load = _refuse(refusal)
+            r.load = _refuse(refusal, r.key_columns)
             return
         # Decided once per relation: every row of a table must reach the batch in the same
         # form, or one key could be coalesced as two (text and loaded).
