@@ -173,7 +173,7 @@ def _writer_key(direction: Direction, table: str) -> tuple[str, ...]:
         for w in t.writes:
             if w.name == table and w.key:
                 return w.key
-    t = direction.transform_for(table)
-    if t is not None and t.source_key:
-        return t.source_key
+    own = direction.transform_for(table)
+    if own is not None and own.source_key:
+        return own.source_key
     raise KeyError(f"no key known for {table}: it is neither written nor read by the direction")
