@@ -59,6 +59,9 @@ class RowMapper:
         self._loader = TextLoader()
         self._env: Envelope | None = None
         self._rels: dict[int, _Relation] = {}
+        # Per source table and column list: what the mapping reads that the relation lacks
+        # (planning is per envelope; the answer changes only with the relation).
+        self._absent: dict[tuple[str, tuple[str, ...]], tuple[str, str | None, str] | None] = {}
 
     def relation(self, env: Envelope, relid: int) -> tuple[str, TableTransform | None]:
         """The source table a change of ``env`` belongs to, and its transform (None: unmapped)."""
@@ -77,7 +80,12 @@ class RowMapper:
     def _plan(self, env: Envelope, relid: int, r: _Relation, transform: TableTransform) -> None:
         info = env.relations[relid]
         r.plan = self._loader.row_plan(info.columns, info.type_oids)
-        refusal = absent_reads(transform, info.columns)
+        seen = (r.table, info.columns)
+        if seen not in self._absent:
+            if len(self._absent) > 1_000:  # bounded: relations come from the log
+                self._absent.clear()
+            self._absent[seen] = absent_reads(transform, info.columns)
+        refusal = self._absent[seen]
         if refusal is not None:
             # The mapping reads a column this relation does not have (a misspelt name, or one
             # dropped on the source): every row of it is refused with the reason, none is
