@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from connectors.envelope import Change, Envelope, RelationInfo
-from replicator.apply_rows import RowMapper
+from replicator.apply.rows import RowMapper
 from replicator.check_mapping import mapping_side_problems
 from replicator.errors import TransformError
 from transforms.api import ColumnRead, MappingSet, RowChange, TargetTable, Upsert
