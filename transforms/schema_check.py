@@ -150,7 +150,7 @@ def read_problems(
         for a in absent_columns(transform, cols):
             problems.append(
                 SchemaProblem(
-                    f"mapping: {a.message} (on the {side})",
+                    f"{a.message} (on the {side})",
                     "fix the column name in the mapping"
                     + (f" (the {side} has {', '.join(a.close)})" if a.close else "")
                     + f", or add the column to {name} on the {side}",

@@ -38,7 +38,7 @@ def _direction(*writes: TargetTable) -> Direction:
     return Direction({"public.src": TableTransform("public.src", ("id",), lambda c: [], writes)})
 
 
-_STATEMENT = re.compile(r"((?:ALTER|CREATE) TABLE .*?;)")
+_STATEMENT = re.compile(r"((?:ALTER|CREATE) (?:TABLE|SEQUENCE) .*?;)")
 
 
 def test_every_suggested_statement_runs_and_fixes_what_it_names(env: Env) -> None:
@@ -64,7 +64,8 @@ def test_every_suggested_statement_runs_and_fixes_what_it_names(env: Env) -> Non
         for p in problems:
             stmts = _STATEMENT.findall(p.hint)
             assert stmts, p.hint
-            c.execute(stmts[0].replace("<value>", "0"))  # the first fix the hint offers
+            for stmt in stmts:  # every fix a hint offers runs as printed (<value>: the user's)
+                c.execute(stmt.replace("<value>", "0"))
         assert mapping_problems(_direction(accounts, user), live_catalog(c), expected) == []
         row = c.execute(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
@@ -107,6 +108,21 @@ def test_sequences_of_a_renamed_table_are_checked_and_set(env: Env) -> None:
             "sequence sync public.item.id -> public.item.id: on the target, table public.item "
             "does not exist",
         ]
+        # A sequence named in the mapping that does not exist: the hint creates it.
+        (p,) = mapping_side_problems(
+            MappingSet(
+                "seq2",
+                forward=Direction(
+                    {}, sequences=(SequenceSync("public.item", "id", target_sequence="public.Nr"),)
+                ),
+                reverse=Direction({}),
+            ),
+            legacy,
+            target,
+        )
+        (stmt,) = _STATEMENT.findall(p.hint)
+        assert stmt == 'CREATE SEQUENCE public."Nr";'
+        tc.execute(stmt)
         # The cutover's step: the target's sequences go past legacy's values (and their own).
         assert set_target_past(tc, renamed, source_high(lc, renamed)) == 40
         assert tc.execute(

@@ -140,9 +140,9 @@ def test_check_names_the_mapping_line_the_column_and_close_matches_in_both_direc
     target = _side("target", {"public.accounts": dict.fromkeys(("id", "amountCents", "note"))})
     problems = mapping_side_problems(mapping, legacy, target)
     assert [p.message for p in problems] == [
-        "mapping: public.accounts.amountCents reads source column public.acct.amuont, which "
+        "public.accounts.amountCents reads source column public.acct.amuont, which "
         "public.acct does not have; did you mean amount? (on the source (legacy))",
-        "mapping: public.acct.amount reads source column public.accounts.amountCent, which "
+        "public.acct.amount reads source column public.accounts.amountCent, which "
         "public.accounts does not have; did you mean amountCents? (on the target)",
     ]
     assert "(the source (legacy) has amount)" in problems[0].hint
