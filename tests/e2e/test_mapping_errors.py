@@ -45,6 +45,9 @@ def test_a_misspelt_column_is_refused_everywhere_and_never_written_as_null(
     text = _flat(r)
     assert r.returncode != 0, text
     assert "the source_key of the mapping of public.acct names column acct_id" in text
+    assert (
+        "sequence sync public.acct.id -> public.acct.id: on the target, table public.acct" in text
+    )
 
     with Background(["run"], vars_, tmp_path / "run.log") as proc:
         # 20 rows backfilled, 10 more through live sync: every one is refused.

@@ -3,7 +3,7 @@ them as ``tests.e2e.typo_mapping:MAPPING`` (the working directory is the reposit
 
 from __future__ import annotations
 
-from transforms.api import MappingSet
+from transforms.api import MappingSet, SequenceSync
 from transforms.declarative import Target, direction, table_mapping
 
 # legacy public.acct (id, amount, note) -> target public.accounts (id, "amountCents", note)
@@ -37,7 +37,9 @@ BAD_KEY = MappingSet(
                 )
             ],
             source_key=("acct_id",),
-        )
+        ),
+        # and a sequence of a table the target does not have (it is public.accounts there)
+        sequences=[SequenceSync("public.acct", "id")],
     ),
     reverse=direction(ACCT_BACK),
 )
