@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from connectors.pgsequences import set_target_past, source_high
 from replicator.check_mapping import live_catalog, live_side, mapping_side_problems
+from replicator.errors import SchemaError
 from tests.support import Env
 from transforms.api import (
     ColumnSpec,
@@ -129,6 +132,9 @@ def test_sequences_of_a_renamed_table_are_checked_and_set(env: Env) -> None:
             """SELECT nextval(pg_get_serial_sequence('"Items"', 'itemId'))"""
         ).fetchone() == (41,)
         assert set_target_past(tc, by_name, source_high(lc, by_name)) == 500
+        # A column that owns no sequence stops the step (a silent setval(NULL) would not).
+        with pytest.raises(SchemaError, match="owns no sequence"):
+            set_target_past(tc, wrong, 1)
         # Rolling back: legacy's sequence goes past the target's values.
         tc.execute('INSERT INTO "Items" ("itemId") VALUES (90)')
         back = renamed.reversed()
