@@ -19,7 +19,8 @@ from transforms.schema_check import SchemaProblem, Side, read_problems, sequence
 
 _CATALOG_SQL = """
 SELECT n.nspname || '.' || c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
-       a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+       a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+       a.attgenerated <> ''
   FROM pg_attribute a
   JOIN pg_class c ON c.oid = a.attrelid
   JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -49,8 +50,8 @@ SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oi
 
 def live_catalog(conn: psycopg.Connection[Any]) -> Catalog:
     out: dict[str, dict[str, ColumnSpec]] = {}
-    for table, col, typ, not_null, has_default in conn.execute(_CATALOG_SQL).fetchall():
-        out.setdefault(table, {})[col] = ColumnSpec(typ, not_null, has_default)
+    for table, col, typ, not_null, has_default, generated in conn.execute(_CATALOG_SQL):
+        out.setdefault(table, {})[col] = ColumnSpec(typ, not_null, has_default, generated)
     return out
 
 

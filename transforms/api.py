@@ -261,6 +261,8 @@ class ColumnSpec:
     type: str
     not_null: bool = False
     has_default: bool = False
+    # A generated column: logical replication (PostgreSQL 15) does not send its values.
+    generated: bool = False
 
 
 # table ("public.user") -> column -> spec

@@ -156,6 +156,17 @@ def read_problems(
                     + f", or add the column to {name} on the {side}",
                 )
             )
+        for r in transform.reads or ():
+            spec = cols.get(r.column)
+            if spec is not None and spec.generated:
+                problems.append(
+                    SchemaProblem(
+                        f"{r.line} reads {name}.{r.column}, a generated column: logical "
+                        "replication does not send its values, so live changes would lack it",
+                        f"compute it in the mapping from the columns {name}.{r.column} is "
+                        "generated from",
+                    )
+                )
     return problems
 
 

@@ -148,3 +148,16 @@ def test_check_names_the_mapping_line_the_column_and_close_matches_in_both_direc
     assert "(the source (legacy) has amount)" in problems[0].hint
     # A table missing altogether is the source check's to report, once.
     assert read_problems(direction(TYPO), {}) == []
+
+
+def test_check_refuses_reading_a_generated_column_which_the_log_never_sends() -> None:
+    from transforms.api import ColumnSpec
+
+    live = {
+        "public.acct": {
+            "id": ColumnSpec("integer", True),
+            "amount": ColumnSpec("bigint", False, True, generated=True),
+        }
+    }
+    (p,) = read_problems(direction(GOOD), live)
+    assert p.message.startswith("public.accounts.amountCents reads public.acct.amount, a generated")
