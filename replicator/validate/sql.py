@@ -43,7 +43,7 @@ from replicator.validate.sql_plan import (
 )
 from transforms.api import Direction
 from transforms.compile import CompiledTable
-from transforms.sql_twins import INT, TEXT, UUID, ident
+from transforms.sql_twins import ident
 
 Pending = dict[Key, tuple[Any, Exp | None]]
 
@@ -103,32 +103,23 @@ def bucket_sums(
 
 def legacy_bucket_sums(
     conn: psycopg.Connection[Any], p: TablePlan, sql: str, h: Hashing
-) -> tuple[dict[int, tuple[int, int]], list[list[Any]]]:
-    """The legacy side's sums over the rows the SQL form vouches for, and (as JSON arrays) the
-    source keys of the owner's rows it leaves to Python, from one scan."""
+) -> tuple[dict[int, tuple[int, int]], int]:
+    """The legacy side's sums over the rows the SQL form vouches for, and how many of the
+    owner's rows it leaves to Python, from one scan. Only aggregates PostgreSQL 15 can combine
+    across parallel workers: listing those rows' keys here would make the scan serial."""
     conn.execute(
         f"SET LOCAL enable_sort = {'on' if p.subqueries else 'off'};"
         " SET LOCAL min_parallel_table_scan_size = '1MB'; SET LOCAL parallel_setup_cost = 100;"
         " SET LOCAL parallel_tuple_cost = 0.001"
     )
-    owner = (
-        next(names for src, _, names in p.sources if src == p.owner_flags) if p.owner_flags else ()
-    )
-    flagged = (
-        f", json_agg(json_build_array({', '.join(f'z.{n}' for n in owner)}))"
-        " FILTER (WHERE z.rej IS NOT NULL)"
-        if owner
-        else ", NULL::json"
-    )
-    inner = ", ".join(["q.rej", *(f"q.{n}" for n in owner)])
     rows = conn.execute(
-        "SELECT z.b, count(*) FILTER (WHERE z.rej IS NULL), sum(z.h) FILTER (WHERE z.rej IS NULL)"
-        f"{flagged} FROM (SELECT {bucket_expr(len(p.shape.key), h)} AS b,"
-        f" {h.row('q.r')} AS h, {inner} FROM ({sql}) q) z GROUP BY 1"
+        "SELECT z.b, count(*) FILTER (WHERE z.rej IS NULL), sum(z.h) FILTER (WHERE z.rej IS NULL),"
+        f" count(*) FILTER (WHERE z.rej IS NOT NULL) FROM (SELECT"
+        f" {bucket_expr(len(p.shape.key), h)} AS b, {h.row('q.r')} AS h, q.rej FROM ({sql}) q) z"
+        " GROUP BY 1"
     ).fetchall()
     sums = {int(b): (int(n), int(s)) for b, n, s, _ in rows if n}
-    keys = [k for *_, f in rows if f for k in f]
-    return sums, keys
+    return sums, sum(int(f) for *_, f in rows)
 
 
 def bucket_rows(
@@ -228,17 +219,6 @@ class GroupOutcome:
     rejected: list[Rejected]
 
 
-def _typed(value: Any, cat: str) -> Any:
-    """A source key value from JSON back to what psycopg loads from its column."""
-    if value is None:
-        return None
-    if cat == UUID:
-        return uuid.UUID(str(value))
-    if cat == INT:
-        return int(value)
-    return value
-
-
 def run_group(
     plan: GroupPlan,
     direction: Direction,
@@ -258,18 +238,11 @@ def run_group(
         sums: dict[str, dict[int, tuple[int, int]]] = {}
         flagged: dict[str, set[SourceKey]] = {}
         for t, p in plan.tables.items():
-            sums[t], keys = legacy_bucket_sums(legacy, p, _fill(p.legacy_sql, froms), h)
-            if p.owner_flags is not None:
-                cats = plan.columns[p.owner_flags]
-                names = plan.compiled[p.owner_flags].source_key
-                if any(cats[n] not in (UUID, INT, TEXT) for n in names):
-                    continue  # its keys would not come back typed from JSON: scanned below
-                got = flagged.setdefault(p.owner_flags, set())
-                got.update(
-                    tuple(_typed(v, cats[n]) for v, n in zip(k, names, strict=True)) for k in keys
-                )
+            sums[t], n = legacy_bucket_sums(legacy, p, _fill(p.legacy_sql, froms), h)
+            if p.owner_flags is not None and n == 0:
+                flagged[p.owner_flags] = set()  # its scan found none: no second scan
         for s, c in plan.compiled.items():
-            if c.checks and s not in flagged:  # a source that only patches: a scan of its own
+            if c.checks and s not in flagged:  # some to list, or a source that only patches
                 flagged[s] = {tuple(k) for k in flagged_keys(legacy, c, froms)}
         return sums, flagged
 
