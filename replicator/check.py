@@ -26,6 +26,7 @@ class Finding:
     ok: bool
     message: str
     hint: str | None = None
+    retriable: bool = False  # a temporary problem (unreachable), not one of configuration
 
 
 def _source(s: Settings, mapping: MappingSet) -> list[Finding]:
@@ -91,13 +92,17 @@ def _mapping_findings(conn: psycopg.Connection[Any], mapping: MappingSet) -> lis
 
 
 def _kafka(s: Settings, mapping: MappingSet) -> list[Finding]:
-    client = kafka_io.admin(s.kafka.bootstrap_servers, timeout_ms=5_000)
+    client = kafka_io.admin(s.kafka.bootstrap_servers, timeout_ms=5_000, **s.kafka.client_options())
     try:
         with kafka_io.translated("metadata request failed"):
             client.list_topics()
     finally:
         client.close()
-    return [Finding("kafka", True, f"{s.kafka.bootstrap_servers}: reachable")]
+    return [
+        Finding(
+            "kafka", True, f"{s.kafka.bootstrap_servers}: reachable ({s.kafka.security_protocol})"
+        )
+    ]
 
 
 CHECKS: list[tuple[str, Callable[[Settings, MappingSet], list[Finding]]]] = [
@@ -107,11 +112,20 @@ CHECKS: list[tuple[str, Callable[[Settings, MappingSet], list[Finding]]]] = [
 ]
 
 
+def exit_code(findings: list[Finding]) -> int:
+    """0 clean; 2 when a failure needs a change (configuration, credentials, TLS, privileges,
+    schema); 75 when every failure is temporary (a server unreachable)."""
+    failed = [f for f in findings if not f.ok]
+    if not failed:
+        return 0
+    return 75 if all(f.retriable for f in failed) else 2
+
+
 def run_checks(s: Settings, mapping: MappingSet) -> list[Finding]:
     findings: list[Finding] = []
     for name, fn in CHECKS:
         try:
             findings.extend(fn(s, mapping))
         except ReplicatorError as exc:
-            findings.append(Finding(name, False, exc.message, exc.hint))
+            findings.append(Finding(name, False, exc.message, exc.hint, exc.retriable))
     return findings

@@ -125,7 +125,7 @@ def init(
 @app.command()
 def check(config: ConfigOpt = None) -> None:
     """Check source, target, Kafka and the mapping; report every problem at once."""
-    from replicator.check import run_checks
+    from replicator.check import exit_code, run_checks
 
     s = _settings(config)
     findings = run_checks(s, _mapping(s))
@@ -136,7 +136,7 @@ def check(config: ConfigOpt = None) -> None:
     failed = [f for f in findings if not f.ok]
     if failed:
         console.print(f"[red]{len(failed)} problem(s) found[/]")
-        raise typer.Exit(1)
+        raise typer.Exit(exit_code(findings))
 
 
 def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int) -> None:

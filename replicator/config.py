@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from replicator.errors import ConfigError
+from replicator.secret_files import Masked, check_readable, read_secret_files
 
 DEFAULT_CONFIG_FILE = "replicator.toml"
 
@@ -33,9 +34,35 @@ class DatabaseSettings(_Strict):
     port: int = 5432
     user: str = "postgres"
     password: SecretStr = SecretStr("")
+    # A file holding the password (a mounted Kubernetes or Docker secret), read at start.
+    password_file: Path | None = None
     dbname: str = "postgres"
-    sslmode: str = "prefer"
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    sslrootcert: str = ""  # CA bundle that signed the server's certificate (verify-ca/-full)
+    sslcert: str = ""  # client certificate, when the server asks for one
+    sslkey: str = ""  # its private key
+    sslpassword: SecretStr = SecretStr("")  # passphrase of an encrypted sslkey
+    sslpassword_file: Path | None = None
     connect_timeout: int = 10
+
+    @model_validator(mode="after")
+    def _secrets_and_files(self) -> Self:
+        read_secret_files(self, {"password": "password_file", "sslpassword": "sslpassword_file"})
+        check_readable(self, ["sslrootcert", "sslcert", "sslkey"], skip={"system"})
+        if self.sslcert and not self.sslkey:
+            raise ValueError("sslcert is set without sslkey: give the client certificate's key")
+        return self
+
+    def _tls_params(self) -> dict[str, str]:
+        return {
+            k: v
+            for k, v in (
+                ("sslrootcert", self.sslrootcert),
+                ("sslcert", self.sslcert),
+                ("sslkey", self.sslkey),
+            )
+            if v
+        }
 
     def conninfo(self, **extra: str) -> str:
         """A libpq connection string, with the password. Never print it: use :meth:`masked`."""
@@ -49,11 +76,30 @@ class DatabaseSettings(_Strict):
             "sslmode": self.sslmode,
             "connect_timeout": self.connect_timeout,
             "application_name": "replicator",
+            **self._tls_params(),
         }
         if self.password.get_secret_value():
             params["password"] = self.password.get_secret_value()
+        if self.sslpassword.get_secret_value():
+            params["sslpassword"] = self.sslpassword.get_secret_value()
         params.update(extra)
         return make_conninfo("", **params)
+
+    def url(self) -> str:
+        """The same connection as a URL (``DATABASE_URL`` of the Node tools: drizzle-kit,
+        Better-Auth's ``pg`` pool), TLS settings as query parameters. Holds the password.
+
+        ``prefer``/``allow`` are left out: node-postgres has no opportunistic TLS and reads
+        any sslmode as "TLS required"; an operator who wants TLS says require or verify-*."""
+        from urllib.parse import quote, urlencode
+
+        query = dict(self._tls_params())
+        if self.sslmode not in ("prefer", "allow"):
+            query = {"sslmode": self.sslmode, **query}
+        pw = self.password.get_secret_value()
+        auth = quote(self.user, safe="") + (f":{quote(pw, safe='')}" if pw else "")
+        tail = f"?{urlencode(query)}" if query else ""
+        return f"postgresql://{auth}@{self.host}:{self.port}/{quote(self.dbname, safe='')}{tail}"
 
     def masked(self) -> str:
         return f"postgresql://{self.user}:***@{self.host}:{self.port}/{self.dbname}"
@@ -64,9 +110,71 @@ class KafkaSettings(_Strict):
     # Topics are <topic_prefix>.fwd.changes etc.; empty means the pipeline name.
     topic_prefix: str = ""
     partitions: int = Field(1, ge=1)
-    replication_factor: int = Field(1, ge=1)
+    # 0: 3 copies (min.insync.replicas=2) when the cluster has 3 brokers or more, else 1.
+    replication_factor: int = Field(0, ge=0)
     compression: str = "lz4"
     request_timeout_ms: int = 30_000
+    # Security: TLS (SSL, SASL_SSL) and SASL authentication (SASL_PLAINTEXT, SASL_SSL).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    sasl_password_file: Path | None = None
+    ssl_cafile: str = ""  # CA bundle that signed the brokers' certificates (empty: the system's)
+    ssl_certfile: str = ""  # client certificate (mutual TLS), PEM
+    ssl_keyfile: str = ""  # its private key, PEM
+    ssl_key_password: SecretStr = SecretStr("")  # passphrase of an encrypted ssl_keyfile
+    ssl_key_password_file: Path | None = None
+    # Off only for a broker whose certificate names another host; the CA is still checked.
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _secrets_and_files(self) -> Self:
+        read_secret_files(
+            self,
+            {"sasl_password": "sasl_password_file", "ssl_key_password": "ssl_key_password_file"},
+        )
+        check_readable(self, ["ssl_cafile", "ssl_certfile", "ssl_keyfile"])
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        sasl = self.security_protocol.startswith("SASL_")
+        set_tls = [f for f in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, f)]
+        if set_tls and not tls:
+            raise ValueError(
+                f"{', '.join(set_tls)} set but security_protocol is {self.security_protocol}: "
+                "use SSL or SASL_SSL for a TLS listener"
+            )
+        if sasl and not (self.sasl_username and self.sasl_password.get_secret_value()):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_username and "
+                "sasl_password (or sasl_password_file)"
+            )
+        if (self.sasl_username or self.sasl_password.get_secret_value()) and not sasl:
+            raise ValueError(
+                f"sasl_username/sasl_password set but security_protocol is "
+                f"{self.security_protocol}: use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        return self
+
+    def client_options(self) -> dict[str, Any]:
+        """kafka-python's keyword arguments for security, given to every producer, consumer and
+        admin client (beside ``bootstrap_servers``). Holds the secrets: never print it (their
+        ``repr`` is masked, should a library log its configuration)."""
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            opts.update(
+                ssl_check_hostname=self.ssl_check_hostname,
+                ssl_cafile=self.ssl_cafile or None,
+                ssl_certfile=self.ssl_certfile or None,
+                ssl_keyfile=self.ssl_keyfile or None,
+                ssl_password=Masked.of(self.ssl_key_password),
+            )
+        if self.security_protocol.startswith("SASL_"):
+            opts.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=Masked.of(self.sasl_password),
+            )
+        return opts
 
 
 class CaptureSettings(_Strict):
@@ -216,6 +324,8 @@ port = {source_port}
 user = "{source_user}"
 password = "{source_password}"
 dbname = "{source_dbname}"
+# password_file = "/run/secrets/legacy-password"   # instead of password (a mounted secret)
+# sslmode = "verify-full"                          # with sslrootcert = "/etc/…/ca.pem"
 
 [target]            # the Drizzle schema's database
 host = "{target_host}"
@@ -227,7 +337,12 @@ dbname = "{target_dbname}"
 [kafka]
 bootstrap_servers = "{bootstrap}"
 partitions = 1          # > 1 is scale-out mode (see apply.partition_key)
-replication_factor = 1
+replication_factor = 0  # 0: 3 (min.insync.replicas=2) on a cluster of 3+ brokers, else 1
+# security_protocol = "SASL_SSL"   # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+# sasl_mechanism = "SCRAM-SHA-512" # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+# sasl_username = "replicator"
+# sasl_password_file = "/run/secrets/kafka-password"
+# ssl_cafile = "/etc/replicator/kafka-ca.pem"
 compression = "lz4"
 
 [capture]

@@ -207,7 +207,7 @@ def _applied_offsets(db: DatabaseSettings, topic: str) -> dict[int, int]:
 
 def _kafka(s: Settings, direction: str, applied: dict[int, int]) -> KafkaStatus:
     topic = s.topic(direction, "changes")
-    ends = kafka_io.end_offsets(s.kafka.bootstrap_servers, topic)
+    ends = kafka_io.end_offsets(s.kafka.bootstrap_servers, topic, **s.kafka.client_options())
     out = KafkaStatus(topic=topic)
     for p, end in sorted(ends.items()):
         done = applied.get(p)
@@ -220,7 +220,8 @@ def _dlq_pending(s: Settings, db: DatabaseSettings, direction: str) -> int:
     from replicator.dlq import done_count
 
     topic = s.topic(direction, "dlq")
-    total = sum(kafka_io.end_offsets(s.kafka.bootstrap_servers, topic).values())
+    ends = kafka_io.end_offsets(s.kafka.bootstrap_servers, topic, **s.kafka.client_options())
+    total = sum(ends.values())
     with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
         return max(0, total - done_count(conn, topic))
 
