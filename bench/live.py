@@ -10,7 +10,11 @@ shared cores they would measure each other. The replicator goes first and is sto
 left idle, costing nothing); the subscription is created after, so it starts at that point of
 the WAL and decodes only its own phase's writes.
 
-    python -m bench.live [--quick] [--processes 2] [--workers N]
+    python -m bench.live [--quick] [--processes 2] [--workers N] [--tls]
+
+``--tls``: the replicator reaches Kafka over SASL_SSL (SCRAM-SHA-512, host name checked; a local
+broker of its own) and both databases with sslmode=verify-full; the native subscription stays as
+it is, so the ratio beside a plain run shows what TLS costs.
 """
 
 from __future__ import annotations
@@ -89,8 +93,39 @@ def _tables(conninfo: str) -> None:
             c.execute(ddl)
 
 
+@contextlib.contextmanager
+def _tls_vars(on: bool) -> Iterator[dict[str, str]]:
+    """SASL_SSL to a local broker of its own (stopped after, if this run started it),
+    verify-full to both (local) databases."""
+    if not on:
+        yield {}
+        return
+    from replicator import local_cluster, local_services, local_tls
+
+    for name in ("legacy", "target"):
+        local_tls.enable_postgres_tls(local_services.start_postgres(name))
+    before = local_cluster._load("tls")
+    kafka = local_cluster.start_cluster("tls", sasl_ssl=True).settings()
+    ca = str(local_tls.local_pki().ca)
+    out = {f"REPLICATOR_KAFKA__{k.upper()}": str(v) for k, v in kafka.items()}
+    for side in ("SOURCE", "TARGET"):
+        out[f"REPLICATOR_{side}__SSLMODE"] = "verify-full"
+        out[f"REPLICATOR_{side}__SSLROOTCERT"] = ca
+    try:
+        yield out
+    finally:
+        if before is None or not all(n.running for n in before.nodes):
+            local_cluster.stop_cluster("tls")
+
+
 def _replicator(
-    env: Env, ids: load.Ids, n: Sizes, logdir: Path, processes: int, workers: int
+    env: Env,
+    ids: load.Ids,
+    n: Sizes,
+    logdir: Path,
+    processes: int,
+    workers: int,
+    extra: dict[str, str] | None = None,
 ) -> Result:
     """``replicator run`` (capture in the command's process, each apply worker in a child
     process), or with ``processes=2`` ``replicator capture`` and ``replicator apply`` as two
@@ -100,6 +135,7 @@ def _replicator(
         "REPLICATOR_MAPPING": "identity:public.a,public.b",
         "REPLICATOR_CAPTURE__HEARTBEAT_INTERVAL_S": "1",
         "REPLICATOR_KAFKA__PARTITIONS": str(workers),
+        **(extra or {}),
     }
     scale = ["--workers", str(workers)]
     commands = [["run", *scale]] if processes == 1 else [["capture"], ["apply", *scale]]
@@ -206,6 +242,13 @@ def main() -> dict[str, Any]:
                     " partition)",
                 },
             ),
+            (
+                "--tls",
+                {
+                    "action": "store_true",
+                    "help": "Kafka over SASL_SSL and both databases over verify-full",
+                },
+            ),
         ],
     )
     processes = int(args.raw.processes)
@@ -219,7 +262,8 @@ def main() -> dict[str, Any]:
     with bench_env() as env, tempfile.TemporaryDirectory() as tmp:
         _tables(env.legacy.conninfo())
         _tables(env.target.conninfo())
-        ours = _replicator(env, ids, n, Path(tmp), processes, workers)
+        with _tls_vars(bool(args.raw.tls)) as extra:
+            ours = _replicator(env, ids, n, Path(tmp), processes, workers, extra)
         time.sleep(1)  # the replicator's process is gone before the native phase starts
         theirs = _native(env, ids, n)
     p99 = ours.lag.pct(99)
@@ -246,6 +290,7 @@ def main() -> dict[str, Any]:
         lag_goal_met=bool(p99 <= 300),
         processes=processes,
         workers=workers,
+        tls=bool(args.raw.tls),
         bulk_changes=n.bulk,
         small_changes=ours.small.changes,
         peak_rss_mb=round(peak_rss_mb(), 1),

@@ -84,7 +84,7 @@ MAX_MESSAGE_BYTES = 16 << 20
 
 
 def ensure_topics(
-    bootstrap: str, topics: dict[str, int], replication_factor: int = 1, **security: Any
+    bootstrap: str, topics: dict[str, int], replication_factor: int = 0, **security: Any
 ) -> None:
     """Create the topics that do not exist yet (name -> partitions). Existing ones are kept.
 

@@ -359,8 +359,17 @@ def demo(
 
 
 @services_app.command("start")
-def services_start() -> None:
+def services_start(
+    tls: Annotated[
+        bool,
+        typer.Option(help="Also a SASL_SSL Kafka broker, and ssl=on in the PostgreSQL clusters."),
+    ] = False,
+    brokers: Annotated[
+        int, typer.Option(help="Also a Kafka cluster of this many KRaft brokers (e.g. 3).")
+    ] = 0,
+) -> None:
     """Start local PostgreSQL clusters (legacy, target) and Kafka; harmless when running."""
+    from replicator import local_cluster
     from replicator import local_services as ls
 
     legacy, target = ls.start_postgres("legacy"), ls.start_postgres("target")
@@ -368,13 +377,30 @@ def services_start() -> None:
     out.print(f"legacy PostgreSQL  127.0.0.1:{legacy.port}")
     out.print(f"target PostgreSQL  127.0.0.1:{target.port}")
     out.print(f"Kafka              {kafka.bootstrap}")
+    if tls:
+        from replicator import local_tls
+
+        for cluster in (legacy, target):
+            local_tls.enable_postgres_tls(cluster)
+        secure = local_cluster.start_cluster("tls", sasl_ssl=True)
+        out.print(f"Kafka SASL_SSL     {secure.bootstrap} (mutual TLS: {secure.mtls_bootstrap})")
+        out.print(
+            f"  CA {local_tls.local_pki().ca}; SCRAM user {local_cluster.USER}, "
+            f"its password in {ls.state_dir() / 'services.json'}"
+        )
+    if brokers:
+        many = local_cluster.start_cluster("cluster", brokers=brokers)
+        out.print(f"Kafka x{brokers}           {many.bootstrap}")
 
 
 @services_app.command("stop")
 def services_stop() -> None:
     """Stop every local service."""
+    from replicator import local_cluster
     from replicator import local_services as ls
 
+    for name in ls._load_registry().get("kafka_clusters", {}):
+        local_cluster.stop_cluster(name)
     ls.stop_all()
     out.print("stopped")
 

@@ -282,7 +282,36 @@ def start_cluster(
     deadline = time.monotonic() + timeout
     for node in cluster.nodes:
         _wait_started(node, deadline)
+    _wait_registered(cluster, deadline)
     return cluster
+
+
+def _wait_registered(cluster: KafkaCluster, deadline: float) -> None:
+    """Until every broker is registered and unfenced: topics created before would get fewer
+    replicas than the cluster has."""
+    from connectors import kafka_io
+    from replicator.config import KafkaSettings
+    from replicator.errors import ReplicatorError
+
+    kafka = KafkaSettings(**cluster.settings())
+    seen = 0
+    while time.monotonic() < deadline:
+        try:
+            client = kafka_io.admin(kafka.bootstrap_servers, **kafka.client_options())
+            try:
+                with kafka_io.translated("cluster description failed"):
+                    brokers = client.describe_cluster().get("brokers", [])
+            finally:
+                client.close()
+            seen = len([b for b in brokers if not b.get("is_fenced")])
+            if seen >= len(cluster.nodes):
+                return
+        except ReplicatorError:
+            pass
+        time.sleep(0.5)
+    raise PreconditionError(
+        f"Kafka cluster {cluster.name!r}: {seen} of {len(cluster.nodes)} brokers registered in time"
+    )
 
 
 def kill_node(name: str, node_id: int) -> None:
