@@ -247,9 +247,7 @@ def test_an_apply_process_killed_hands_its_partitions_to_the_other(
             assert "Traceback" not in hosts[0].output()
             at_kill = _positions(env, topic)
             taken = wait_for(
-                lambda: (
-                    (m := _members(trio.bootstrap, group)) and len(m) == 1 and m[0] == {0, 1, 2, 3}
-                ),
+                lambda: (m := _members(trio.bootstrap, group)) == [{0, 1, 2, 3}] and m,
                 120,
                 what="the survivor holding every partition",
             )
