@@ -48,7 +48,8 @@ def translate(exc: BaseException, *, where: str) -> ReplicatorError:
         if "password authentication failed" in low or "authentication failed" in low:
             return AuthenticationFailed(
                 f"{where}: authentication failed",
-                hint="check the user and password (REPLICATOR_<SIDE>__USER / __PASSWORD)",
+                hint="check the user and password (REPLICATOR_<SIDE>__USER / __PASSWORD, "
+                "or the file password_file names)",
             )
         if "no password supplied" in low:
             return AuthenticationFailed(

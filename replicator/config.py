@@ -311,7 +311,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 TEMPLATE = """\
 # replicator.toml — written by `replicator init`. Every key may be overridden from the
 # environment: REPLICATOR_<SECTION>__<KEY>, e.g. REPLICATOR_SOURCE__PASSWORD.
-# Unknown keys are errors. Keep passwords out of this file in production: use the environment.
+# Unknown keys are errors. Keep passwords out of this file in production: use the environment
+# or files (password_file, sasl_password_file, ...: a mounted Kubernetes or Docker secret).
 
 # Pipeline name: slots are <name>_fwd / <name>_rev, topics <name>.fwd.changes, ...
 name = "{name}"
