@@ -100,7 +100,9 @@ def _tls_vars(on: bool) -> Iterator[dict[str, str]]:
     if not on:
         yield {}
         return
-    from replicator import local_cluster, local_services, local_tls
+    from replicator.local import cluster as local_cluster
+    from replicator.local import services as local_services
+    from replicator.local import tls as local_tls
 
     for name in ("legacy", "target"):
         local_tls.enable_postgres_tls(local_services.start_postgres(name))

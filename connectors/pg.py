@@ -1,6 +1,8 @@
 """The PostgreSQL edge: connections, and psycopg's exceptions translated into ours, once.
 
-Everything above the connectors sees :mod:`replicator.errors` only.
+Everything above the connectors sees :mod:`replicator.errors` only. Connections take a libpq
+conninfo string (what ``DatabaseSettings.conninfo()`` builds), never the settings model: this
+edge knows nothing of the replicator's configuration.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pgerr
+from psycopg.conninfo import conninfo_to_dict
 
-from replicator.config import DatabaseSettings
 from replicator.errors import (
     AuthenticationFailed,
     ConnectionFailed,
+    InternalError,
     PermissionDenied,
     PreconditionError,
     ReplicatorError,
     SlotInUse,
+    StateError,
     TargetRejected,
     TLSFailed,
     TransientDatabaseError,
@@ -69,6 +73,12 @@ def translate(exc: BaseException, *, where: str) -> ReplicatorError:
         return AuthenticationFailed(f"{where}: authentication failed", hint="check the credentials")
     if isinstance(exc, pgerr.InsufficientPrivilege):
         return PermissionDenied(f"{where}: {text}")
+    if isinstance(exc, pgerr.UndefinedObject) and "replication slot" in str(exc):
+        return PreconditionError(
+            f"{where}: {text}",
+            hint="restart `replicator run` (or `replicator capture`): it creates the slot, and "
+            "a new forward slot starts a new backfill",
+        )
     if isinstance(exc, pgerr.ObjectInUse) and "replication slot" in str(exc):
         return SlotInUse(f"{where}: {text}", hint="another capture streams from this slot")
     if sqlstate in _TRANSIENT_SQLSTATES or isinstance(
@@ -77,7 +87,20 @@ def translate(exc: BaseException, *, where: str) -> ReplicatorError:
         return TransientDatabaseError(f"{where}: {text}")
     if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
         return TargetRejected(f"{where}: {text}")
-    return ReplicatorError(f"{where}: {text}")
+    if isinstance(exc, pgerr.ReadOnlySqlTransaction):
+        return StateError(
+            f"{where}: {text}",
+            hint="this database is read-only or fenced; `replicator status` shows the writer",
+        )
+    # What is left is a statement of ours the server refused (syntax, unknown column, table or
+    # function: ProgrammingError), a misuse of the driver, or a state we did not expect: a bug,
+    # not the operator's configuration (exit 70, never retried).
+    code = f", SQLSTATE {sqlstate}" if sqlstate else ""
+    return InternalError(
+        f"{where}: {text} ({type(exc).__name__}{code})",
+        hint="if `replicator check` finds nothing (a table or column changed under the "
+        "replicator), this is a bug: rerun with --debug and report the trace",
+    )
 
 
 def _tls_problem(low: str) -> str | None:
@@ -96,11 +119,23 @@ def _tls_problem(low: str) -> str | None:
     return None
 
 
-def connect(db: DatabaseSettings, **kwargs: Any) -> psycopg.Connection[Any]:
+def describe(conninfo: str) -> str:
+    """A conninfo as ``postgresql://user:***@host:port/dbname``: printable, no password."""
     try:
-        return psycopg.connect(db.conninfo(), **kwargs)
+        d = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable conninfo)"
+    return (
+        f"postgresql://{d.get('user', '')}:***@{d.get('host', '')}:{d.get('port', 5432)}"
+        f"/{d.get('dbname', '')}"
+    )
+
+
+def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(conninfo, **kwargs)
     except psycopg.Error as exc:
-        raise translate(exc, where=db.masked()) from None
+        raise translate(exc, where=describe(conninfo)) from exc
 
 
 @contextlib.contextmanager
@@ -109,4 +144,4 @@ def translated(where: str) -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
-        raise translate(exc, where=where) from None
+        raise translate(exc, where=where) from exc

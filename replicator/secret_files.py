@@ -32,8 +32,8 @@ class Masked(str):
 def read_secret_files(model: BaseModel, pairs: dict[str, str]) -> None:
     """For each ``secret -> secret_file`` pair with the file set, read it into the secret."""
     for secret, file_field in pairs.items():
-        path: Path | None = getattr(model, file_field)
-        if path is None:
+        path: str = getattr(model, file_field)
+        if not path:
             continue
         if getattr(model, secret).get_secret_value():
             raise ValueError(f"{secret} and {file_field} are both set: give one of them")

@@ -5,7 +5,7 @@ Services start once per session, in this order of preference:
 1. ``REPLICATOR_TEST_LEGACY_DSN``, ``REPLICATOR_TEST_TARGET_DSN``, ``REPLICATOR_TEST_KAFKA``
    (bootstrap servers) when given: nothing is started or stopped;
 2. testcontainers, when a Docker engine answers;
-3. the local services of ``replicator.local_services`` (what CI and this machine use): the ones
+3. the local services of ``replicator.local.services`` (what CI and this machine use): the ones
    this session started are stopped at the end, so no process is left behind.
 
 Each test then gets its own databases (on both servers), its own pipeline name, and so its own
@@ -127,7 +127,7 @@ def _containers() -> Services:
 
 
 def _local() -> Services:
-    from replicator import local_services as ls
+    from replicator.local import services as ls
 
     svc_stop: list[Callable[[], None]] = []
     status = ls.status()
@@ -322,6 +322,39 @@ def wait_for(
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what or predicate}; last value {last!r}"
     )
+
+
+def wait_progressing(
+    observe: Callable[[], Any],
+    done: Callable[[Any], bool],
+    *,
+    stall: float,
+    what: str,
+    interval: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> Any:
+    """Poll ``observe()`` until ``done(value)`` holds; return that value.
+
+    No fixed deadline: a slow machine takes as long as it takes, but a wait that sees the same
+    value for ``stall`` seconds fails at once, saying what it waited for, what it last saw and
+    since when. ``observe`` may raise to fail the wait early (a pipeline that stopped).
+    """
+    started = clock()
+    last = observe()
+    since = started
+    while not done(last):
+        sleep(interval)
+        value = observe()
+        now = clock()
+        if value != last:
+            last, since = value, now
+        elif now - since >= stall:
+            raise AssertionError(
+                f"no progress for {now - since:.0f}s waiting for {what} "
+                f"(after {now - started:.0f}s); last seen: {last!r}"
+            )
+    return last
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 10.0, **security: Any) -> list[bytes]:

@@ -41,7 +41,7 @@ ALTER TABLE audit ENABLE ALWAYS TRIGGER audit_effects;
 def trio(services: Services) -> Iterator[Any]:
     if services.kind != "local":
         pytest.skip("starts and kills local Kafka brokers")
-    from replicator import local_cluster
+    from replicator.local import cluster as local_cluster
 
     before = local_cluster._load("trio")
     cluster = local_cluster.start_cluster("trio", brokers=3)
@@ -126,7 +126,7 @@ def _audits(env: Env) -> int:
 def test_kill_9_of_a_broker_under_live_sync_loses_and_duplicates_nothing(
     env: Env, trio: Any, tmp_path: Path
 ) -> None:
-    from replicator import local_cluster
+    from replicator.local import cluster as local_cluster
 
     _schema(env)
     with env.target_conn() as c:
@@ -198,6 +198,14 @@ def _members(bootstrap: str, group: str) -> list[set[int]]:
         described = client.describe_groups([group])[group]
     finally:
         client.close()
+    import os
+
+    if os.environ.get("SEC_DEBUG"):
+        print(
+            time.strftime("%H:%M:%S"),
+            described.get("group_state"),
+            [(m["member_id"][-6:], m["member_assignment"]) for m in described.get("members", [])],
+        )
     if described.get("error") or described.get("group_state") != "Stable":
         return []
     out = []

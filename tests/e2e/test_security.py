@@ -37,7 +37,9 @@ class Tls:
 def tls(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
     if services.kind != "local":
         pytest.skip("starts a local SASL_SSL broker and turns TLS on in the local clusters")
-    from replicator import local_cluster, local_services, local_tls
+    from replicator.local import cluster as local_cluster
+    from replicator.local import services as local_services
+    from replicator.local import tls as local_tls
 
     for name in ("legacy", "target"):
         local_tls.enable_postgres_tls(local_services.start_postgres(name))
