@@ -198,14 +198,6 @@ def _members(bootstrap: str, group: str) -> list[set[int]]:
         described = client.describe_groups([group])[group]
     finally:
         client.close()
-    import os
-
-    if os.environ.get("SEC_DEBUG"):
-        print(
-            time.strftime("%H:%M:%S"),
-            described.get("group_state"),
-            [(m["member_id"][-6:], m["member_assignment"]) for m in described.get("members", [])],
-        )
     if described.get("error") or described.get("group_state") != "Stable":
         return []
     out = []
@@ -242,14 +234,18 @@ def test_an_apply_process_killed_hands_its_partitions_to_the_other(
         hosts = [
             Background(["apply", "-c", str(c)], {}, tmp_path / f"{c.stem}.log") for c in configs
         ]
-        writer.start()
         try:
+            # Live sync: the (empty) backfill is behind, both processes hold partitions.
+            wait_for(lambda: _backfill_applied(env), 90, what="the backfill")
+            writer.start()
             split = wait_for(
                 lambda: (m := _members(trio.bootstrap, group)) and len(m) == 2 and all(m) and m,
                 90,
                 what="both apply processes holding partitions",
             )
             wait_for(lambda: len(_positions(env, topic)) == 4, 60, what="all partitions applied")
+            before = _audits(env)
+            wait_for(lambda: _audits(env) > before + 200, 60, what="apply under way")
             hosts[0].kill9()
             killed = time.monotonic()
             assert "Traceback" not in hosts[0].output()
