@@ -161,9 +161,9 @@ def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int
         processes=run_capture or workers > 1,
         log_setup=_child_logging(),
     )
-    from replicator.metrics import serve_metrics
+    from replicator.web import serve_metrics_port
 
-    serve_metrics(s)
+    serve_metrics_port(s)  # /metrics, and with metrics.web the page too
     console.print(
         f"[green]running[/] pipeline {s.name}: "
         + ", ".join(x for x, on in (("capture", run_capture), ("apply", run_apply)) if on)
@@ -417,3 +417,4 @@ def main() -> None:
 
 # The operations commands register themselves on `app` (kept apart to keep this module small).
 from replicator import cli_ops as _cli_ops  # noqa: E402,F401
+from replicator.web import command as _web_command  # noqa: E402,F401

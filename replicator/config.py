@@ -110,6 +110,16 @@ class CutoverSettings(_Strict):
 class MetricsSettings(_Strict):
     port: int = Field(0, ge=0, le=65535)  # 0: no metrics endpoint
     host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host scrape
+    web: bool = False  # also serve the web page (`replicator web`) on this port
+
+
+class WebSettings(_Strict):
+    """`replicator web`: a read-only page of the pipeline (and `metrics.web`'s sampling)."""
+
+    port: int = Field(9180, ge=0, le=65535)
+    host: str = "127.0.0.1"  # read-only, yet it shows table names, keys and errors: keep it local
+    interval_s: float = Field(1.0, ge=0.2, le=60)  # one status collection per interval
+    history_h: float = Field(24.0, gt=0, le=168)  # kept in memory for the chart
 
 
 class Settings(BaseSettings):
@@ -130,6 +140,7 @@ class Settings(BaseSettings):
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
     cutover: CutoverSettings = Field(default_factory=CutoverSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -251,6 +262,14 @@ switch_hook = ""        # shell command run at the switch, e.g. a deployment fli
 
 [metrics]
 port = 0                # Prometheus endpoint of long-running processes; 0 disables it
+host = "127.0.0.1"      # 0.0.0.0 lets a Prometheus on another host scrape
+web = false             # true: the web page (`replicator web`) on this port too
+
+[web]                   # `replicator web`: a read-only page of the pipeline
+port = 9180
+host = "127.0.0.1"
+interval_s = 1.0        # one status collection per interval, whoever watches
+history_h = 24.0        # chart history kept in memory
 """
 
 
