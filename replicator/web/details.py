@@ -1,8 +1,8 @@
 """What the page shows beyond ``status --json``: backfill progress per table, the last
 validation's tables, the cutover and rollback journal, and the slot's confirmed position.
 
-Read from the ``replicator`` schema of the direction's state database (the target while the
-pipeline runs forward) in one connection per sample. Each part is read on its own: a missing
+Read from the target's ``replicator`` schema in one connection per sample (and the slot from
+the direction's source). Each part is read on its own: a missing
 table (no validation or cutover has run yet) is simply absent, an unreachable database is
 named in ``problems``; nothing here can fail the page.
 """
@@ -25,7 +25,7 @@ RUNS_SHOWN = 5
 
 
 def read_details(s: Settings, direction: str) -> dict[str, Any]:
-    src_db, tgt_db = sides(s, direction)
+    src_db, _ = sides(s, direction)
     out: dict[str, Any] = {
         "backfill_tables": [],
         "validation": None,
@@ -37,17 +37,16 @@ def read_details(s: Settings, direction: str) -> dict[str, Any]:
         out["slot_confirmed_lsn"] = _confirmed_lsn(src_db, s.slot(direction))
     except ReplicatorError as exc:
         out["problems"].append(f"source: {exc.message}")
-    # The journal is written on the target whichever way the switch went.
-    for db in [tgt_db] if tgt_db is s.target else [tgt_db, s.target]:
-        try:
-            with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
-                if db is tgt_db:
-                    out["backfill_tables"] = _backfill_tables(conn)
-                    out["validation"] = _validation(conn)
-                if db is s.target:
-                    out["runs"] = _runs(conn)
-        except ReplicatorError as exc:
-            out["problems"].append(f"target: {exc.message}")
+    # Backfill, validation runs and the cutover journal are all kept on the target, whichever
+    # way the pipeline runs now.
+    db = s.target
+    try:
+        with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
+            out["backfill_tables"] = _backfill_tables(conn)
+            out["validation"] = _validation(conn)
+            out["runs"] = _runs(conn)
+    except ReplicatorError as exc:
+        out["problems"].append(f"target: {exc.message}")
     return out
 
 

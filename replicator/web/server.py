@@ -78,7 +78,7 @@ class WebApp:
         self.sampler = Sampler(settings, self.history, w.interval_s)
         self.assets = _load_assets()
         self.metrics = metrics
-        self._dlq: tuple[float, bytes] | None = None
+        self._dlq: tuple[float, tuple[str, Any], bytes] | None = None
         self._dlq_lock = threading.Lock()
         self._stop = threading.Event()
         if metrics:
@@ -102,22 +102,26 @@ class WebApp:
         return orjson.dumps(self.history.series(span, points, time.time()))
 
     def dlq_json(self) -> bytes:
+        """Read again when the sampled count changed, else at most every ``DLQ_CACHE_S``."""
+        state = orjson.loads(self.sampler.state_json).get("status") or {}
+        direction = state.get("direction") or "fwd"
+        seen = (direction, (state.get("kafka") or {}).get("dlq_messages"))
         with self._dlq_lock:
-            if self._dlq is not None and time.monotonic() - self._dlq[0] < DLQ_CACHE_S:
-                return self._dlq[1]
-            body = orjson.dumps(self._read_dlq(), default=str)
-            self._dlq = (time.monotonic(), body)
+            if self._dlq is not None:
+                at, key, body = self._dlq
+                if key == seen and time.monotonic() - at < DLQ_CACHE_S:
+                    return body
+            body = orjson.dumps(self._read_dlq(direction), default=str)
+            self._dlq = (time.monotonic(), seen, body)
             return body
 
-    def _read_dlq(self) -> dict[str, Any]:
+    def _read_dlq(self, direction: str) -> dict[str, Any]:
         from connectors import pg
         from replicator.dlq import done_positions, read_letters
         from replicator.status import sides
 
+        topic = self.s.topic(direction, "dlq")
         try:
-            direction = orjson.loads(self.sampler.state_json).get("status", {}).get("direction")
-            direction = direction or "fwd"
-            topic = self.s.topic(direction, "dlq")
             db = sides(self.s, direction)[1]
             with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
                 done = done_positions(conn, topic)

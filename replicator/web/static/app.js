@@ -4,7 +4,7 @@
 "use strict";
 
 const STATE_MS = 1000;
-const HISTORY_MS = 5000;
+const HISTORY_MS = 2000;
 const HOUR_S = 3600;
 
 const $ = (id) => document.getElementById(id);
@@ -107,7 +107,9 @@ function showState(data) {
 
   showValidation(det.validation);
   showBackfill(det.backfill_tables || [], t && t.backfill);
-  text("dlq-count", k ? num(k.dlq_messages) : "–");
+  const count = k ? num(k.dlq_messages) : "–";
+  if (lettersShown && $("dlq-count").textContent !== count) showLetters();
+  text("dlq-count", count);
   showRuns(det.runs || []);
 
   const problems = [...st.unreachable.map((u) => u.part + ": " + u.message + (u.hint ? " — " + u.hint : "")), ...(det.problems || [])];
@@ -162,14 +164,18 @@ function showRuns(runs) {
 
 // -- dead letters ------------------------------------------------------------------------
 
+let lettersShown = false;
+
+// Shown on request (the link), then kept current while the count changes.
 async function showLetters(ev) {
-  ev.preventDefault();
+  if (ev) ev.preventDefault();
+  lettersShown = true;
   const list = $("dlq-list");
-  replaceChildren(list, [el("li", "reading the DLQ…")]);
+  if (!list.children.length) replaceChildren(list, [el("li", "reading the DLQ…", "plain")]);
   try {
     const data = await (await fetch("api/dlq")).json();
     if (data.error) { replaceChildren(list, [el("li", data.error + (data.hint ? " — " + data.hint : ""), "bad")]); return; }
-    if (!data.letters.length) { replaceChildren(list, [el("li", "none")]); return; }
+    if (!data.letters.length) { replaceChildren(list, [el("li", "none", "plain")]); return; }
     replaceChildren(list, data.letters.map((x) => {
       const li = el("li");
       li.append(el("code", x.position), document.createTextNode(" " + (x.table || "?") + " "),
