@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 
 from bench.harness import log
-from replicator.cutover import Cutover
-from replicator.validate import validate
+from replicator.cutover.switch import Cutover
+from replicator.validate.run import validate
 from tests.e2e.cli import Background
 from tests.support import Env, wait_for
 from transforms.api import MappingSet

@@ -38,7 +38,7 @@ from psycopg import sql
 
 from bench._writer import MAPPING_REF
 from bench.harness import Timer, bench_env, emit, log, parse_args
-from replicator.validate import validate
+from replicator.validate.run import validate
 from tests.e2e.cli import Background
 from tests.support import Env, wait_for
 from transforms.mcp_manager import MAPPING
@@ -46,7 +46,7 @@ from transforms.mcp_manager.legacy import create_legacy_schema
 from transforms.mcp_manager.target_schema import apply_target_schema
 
 # The product's default (backfill.chunk_rows); a chunk of wide rows is split into messages
-# that fit the broker (replicator.backfill.snapshot_messages).
+# that fit the broker (replicator.backfill.reader.snapshot_messages).
 CHUNK_ROWS = 5_000
 
 

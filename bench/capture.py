@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.harness import Timer, bench_env, emit, log, parse_args, peak_rss_mb
 from connectors.envelope import parse_lsn
 from replicator.capture import Capture
-from replicator.runtime import tune_gc
+from replicator.runtime.gc_tuning import tune_gc
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 TABLES = ("bench_item", "bench_tag")

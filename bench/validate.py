@@ -21,7 +21,7 @@ from connectors import pg
 from connectors.pgsink import Batch, Sink
 from replicator.config import DatabaseSettings
 from replicator.errors import DataError
-from replicator.validate import validate
+from replicator.validate.run import validate
 from transforms.api import RowChange
 from transforms.mcp_manager import MAPPING
 from transforms.mcp_manager.generate import generate
@@ -36,7 +36,7 @@ def _url(db: DatabaseSettings) -> str:
 
 def _load(legacy: DatabaseSettings, target: DatabaseSettings) -> None:
     """Every legacy row through the forward transforms into the target (a direct backfill)."""
-    with pg.connect(legacy, autocommit=True) as lc, pg.connect(target) as tc:
+    with pg.connect(legacy.conninfo(), autocommit=True) as lc, pg.connect(target.conninfo()) as tc:
         tc.execute("SET session_replication_role = replica")
         sink = Sink(tc)
         for t in MAPPING.forward.tables.values():
@@ -59,7 +59,7 @@ def _ident(table: str) -> sql.Identifier:
 
 
 def _count_all(db: DatabaseSettings, tables: list[str]) -> int:
-    with pg.connect(db, autocommit=True) as c:
+    with pg.connect(db.conninfo(), autocommit=True) as c:
         total = 0
         for t in tables:
             row = c.execute(sql.SQL("SELECT count(*) FROM {}").format(_ident(t))).fetchone()

@@ -1,6 +1,8 @@
 """The PostgreSQL edge: connections, and psycopg's exceptions translated into ours, once.
 
-Everything above the connectors sees :mod:`replicator.errors` only.
+Everything above the connectors sees :mod:`replicator.errors` only. Connections take a libpq
+conninfo string (what ``DatabaseSettings.conninfo()`` builds), never the settings model: this
+edge knows nothing of the replicator's configuration.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pgerr
+from psycopg.conninfo import conninfo_to_dict
 
-from replicator.config import DatabaseSettings
 from replicator.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -75,11 +77,23 @@ def translate(exc: BaseException, *, where: str) -> ReplicatorError:
     return ReplicatorError(f"{where}: {text}")
 
 
-def connect(db: DatabaseSettings, **kwargs: Any) -> psycopg.Connection[Any]:
+def describe(conninfo: str) -> str:
+    """A conninfo as ``postgresql://user:***@host:port/dbname``: printable, no password."""
     try:
-        return psycopg.connect(db.conninfo(), **kwargs)
+        d = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable conninfo)"
+    return (
+        f"postgresql://{d.get('user', '')}:***@{d.get('host', '')}:{d.get('port', 5432)}"
+        f"/{d.get('dbname', '')}"
+    )
+
+
+def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(conninfo, **kwargs)
     except psycopg.Error as exc:
-        raise translate(exc, where=db.masked()) from None
+        raise translate(exc, where=describe(conninfo)) from None
 
 
 @contextlib.contextmanager

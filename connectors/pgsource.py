@@ -17,7 +17,6 @@ from psycopg import pq, sql
 
 from connectors import pg
 from connectors.envelope import format_lsn, parse_lsn
-from replicator.config import DatabaseSettings
 from replicator.errors import (
     ConnectionFailed,
     PermissionDenied,
@@ -137,10 +136,10 @@ def ensure_publication(conn: psycopg.Connection[Any], name: str, tables: list[st
         )
 
 
-def create_slot(db: DatabaseSettings, slot: str) -> int:
+def create_slot(conninfo: str, slot: str) -> int:
     """Create the logical slot; returns its consistent LSN (changes after it are streamed)."""
-    with pg.translated(db.masked()):
-        conn = psycopg.connect(db.conninfo(), replication="database", autocommit=True)
+    with pg.translated(pg.describe(conninfo)):
+        conn = psycopg.connect(conninfo, replication="database", autocommit=True)
         try:
             row = conn.execute(
                 sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')").format(
@@ -156,17 +155,16 @@ def create_slot(db: DatabaseSettings, slot: str) -> int:
 class ReplicationStream:
     """One walsender session: raw CopyData frames in, standby status updates out."""
 
-    def __init__(self, db: DatabaseSettings, slot: str, options: dict[str, str]) -> None:
-        self.db = db
+    def __init__(self, conninfo: str, slot: str, options: dict[str, str]) -> None:
+        self.conninfo = conninfo
+        self.where = pg.describe(conninfo)
         self.slot = slot
         self.options = options
         self._conn: psycopg.Connection[Any] | None = None
 
     def start(self, start_lsn: int = 0) -> None:
-        with pg.translated(self.db.masked()):
-            self._conn = psycopg.connect(
-                self.db.conninfo(), replication="database", autocommit=True
-            )
+        with pg.translated(self.where):
+            self._conn = psycopg.connect(self.conninfo, replication="database", autocommit=True)
         opts = ", ".join(f"{k} '{v}'" for k, v in self.options.items())
         cmd = f'START_REPLICATION SLOT "{self.slot}" LOGICAL {format_lsn(start_lsn)} ({opts})'
         pgc = self._conn.pgconn
@@ -188,7 +186,7 @@ class ReplicationStream:
                 if sqlstate
                 else psycopg.OperationalError(message)
             )
-            raise pg.translate(exc, where=self.db.masked())
+            raise pg.translate(exc, where=self.where)
         pgc.nonblocking = 1
 
     def read(self, timeout: float) -> bytes | None:
@@ -206,12 +204,12 @@ class ReplicationStream:
                 if nbytes == 0:
                     return None
         except psycopg.OperationalError as exc:
-            raise ConnectionFailed(f"{self.db.masked()}: replication stream lost ({exc})") from None
+            raise ConnectionFailed(f"{self.where}: replication stream lost ({exc})") from None
         if nbytes < 0:
             res = pgc.get_result()
             msg = res.error_message.decode(errors="replace").strip() if res else ""
             raise ConnectionFailed(
-                f"{self.db.masked()}: replication stream ended{': ' + msg if msg else ''}"
+                f"{self.where}: replication stream ended{': ' + msg if msg else ''}"
             )
         return bytes(data)
 
@@ -222,7 +220,7 @@ class ReplicationStream:
             pgc.put_copy_data(frame)
             pgc.flush()
         except psycopg.OperationalError as exc:
-            raise ConnectionFailed(f"{self.db.masked()}: replication stream lost ({exc})") from None
+            raise ConnectionFailed(f"{self.where}: replication stream lost ({exc})") from None
 
     def close(self) -> None:
         if self._conn is not None:

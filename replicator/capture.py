@@ -75,7 +75,7 @@ def prepare_source(
     s: Settings, db: DatabaseSettings, tables: list[str], direction: str
 ) -> int | None:
     """Check the source, create publication and slot if missing; the slot's LSN if created."""
-    with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
+    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
         problems = source_problems(conn, tables)
         if problems:
             raise PreconditionError(
@@ -84,7 +84,7 @@ def prepare_source(
         ensure_publication(conn, s.publication_for(direction), tables)
         info = slot_info(conn, s.slot(direction))
     if not info.exists:
-        return create_slot(db, s.slot(direction))
+        return create_slot(db.conninfo(), s.slot(direction))
     return None
 
 
@@ -146,8 +146,8 @@ class Capture:
         if self.s.capture.proto_version >= 2 and self.s.capture.streaming:
             options["streaming"] = "on"
         producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
-        stream = ReplicationStream(self.db, self.s.slot(self.direction), options)
-        heartbeat = pg.connect(self.db, autocommit=True)
+        stream = ReplicationStream(self.db.conninfo(), self.s.slot(self.direction), options)
+        heartbeat = pg.connect(self.db.conninfo(), autocommit=True)
         try:
             with heartbeat, pg.translated(self.db.masked()):
                 info = slot_info(heartbeat, self.s.slot(self.direction))
@@ -181,7 +181,7 @@ class Capture:
         safe_end = self.stats.confirmed_lsn
         last_status = 0.0
         next_heartbeat = time.monotonic()
-        hb_conn = pg.connect(self.db, autocommit=True)
+        hb_conn = pg.connect(self.db.conninfo(), autocommit=True)
         frames_since_check = 0
         try:
             while not stop.is_set():

@@ -29,7 +29,7 @@ class Finding:
 
 
 def _source(s: Settings, mapping: MappingSet) -> list[Finding]:
-    conn = pg.connect(s.source, autocommit=True)
+    conn = pg.connect(s.source.conninfo(), autocommit=True)
     with conn, pg.translated(s.source.masked()):
         problems = source_problems(conn, mapping.forward.source_tables)
     if not problems:
@@ -42,7 +42,7 @@ def _source(s: Settings, mapping: MappingSet) -> list[Finding]:
 
 
 def _target(s: Settings, mapping: MappingSet) -> list[Finding]:
-    conn = pg.connect(s.target, autocommit=True)
+    conn = pg.connect(s.target.conninfo(), autocommit=True)
     findings: list[Finding] = []
     with conn, pg.translated(s.target.masked()):
         row = conn.execute(

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from connectors import pg
-from replicator.apply_session import ORIGIN_PREFIX
+from replicator.apply.session import ORIGIN_PREFIX
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
 
@@ -41,7 +41,7 @@ def plan(s: Settings, *, drop_state: bool = False, drop_topics: bool = False) ->
     items: list[Item] = []
     busy: list[str] = []
     for where, db in (("legacy", s.source), ("target", s.target)):
-        with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
+        with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
             items += _database_items(conn, s, where, drop_state, busy)
     if busy:
         raise ReplicatorError(
@@ -62,7 +62,7 @@ def teardown(s: Settings, items: list[Item]) -> None:
     for where, db in (("legacy", s.source), ("target", s.target)):
         mine = [i for i in items if i.where == where]
         if mine:
-            with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
+            with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
                 for item in mine:
                     _drop(conn, item, db)
     topics = [i.name for i in items if i.kind == "topic"]

@@ -5,7 +5,7 @@ Services start once per session, in this order of preference:
 1. ``REPLICATOR_TEST_LEGACY_DSN``, ``REPLICATOR_TEST_TARGET_DSN``, ``REPLICATOR_TEST_KAFKA``
    (bootstrap servers) when given: nothing is started or stopped;
 2. testcontainers, when a Docker engine answers;
-3. the local services of ``replicator.local_services`` (what CI and this machine use): the ones
+3. the local services of ``replicator.local.services`` (what CI and this machine use): the ones
    this session started are stopped at the end, so no process is left behind.
 
 Each test then gets its own databases (on both servers), its own pipeline name, and so its own
@@ -127,7 +127,7 @@ def _containers() -> Services:
 
 
 def _local() -> Services:
-    from replicator import local_services as ls
+    from replicator.local import services as ls
 
     svc_stop: list[Callable[[], None]] = []
     status = ls.status()

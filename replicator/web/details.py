@@ -18,7 +18,7 @@ from connectors import pg
 from connectors.envelope import parse_lsn
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
-from replicator.status import sides
+from replicator.status.overview import sides
 
 JOURNAL_ROWS = 80  # the latest journal rows read: the last run and a few before it
 RUNS_SHOWN = 5
@@ -41,7 +41,7 @@ def read_details(s: Settings, direction: str) -> dict[str, Any]:
     # way the pipeline runs now.
     db = s.target
     try:
-        with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
+        with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
             out["backfill_tables"] = _backfill_tables(conn)
             out["validation"] = _validation(conn)
             out["runs"] = _runs(conn)
@@ -56,7 +56,7 @@ def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
 
 
 def _confirmed_lsn(db: DatabaseSettings, slot: str) -> int | None:
-    with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
+    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
         row = conn.execute(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
             (slot,),
@@ -90,7 +90,7 @@ def _backfill_tables(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 
 
 def _validation(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
-    from replicator.validate_report import last_validation
+    from replicator.validate.report import last_validation
 
     val = last_validation(conn)
     if val is None:

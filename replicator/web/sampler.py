@@ -19,7 +19,7 @@ import orjson
 
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
-from replicator.status import Status, collect
+from replicator.status.overview import Status, collect
 from replicator.web.details import read_details
 from replicator.web.history import History, Sample
 

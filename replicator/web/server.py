@@ -84,7 +84,7 @@ class WebApp:
         if metrics:
             from prometheus_client.core import REGISTRY
 
-            from replicator.metrics import StatusCollector
+            from replicator.status.metrics import StatusCollector
 
             REGISTRY.register(StatusCollector(settings))
 
@@ -117,13 +117,13 @@ class WebApp:
 
     def _read_dlq(self, direction: str) -> dict[str, Any]:
         from connectors import pg
-        from replicator.dlq import done_positions, read_letters
-        from replicator.status import sides
+        from replicator.dlq.letters import done_positions, read_letters
+        from replicator.status.overview import sides
 
         topic = self.s.topic(direction, "dlq")
         try:
             db = sides(self.s, direction)[1]
-            with pg.connect(db, autocommit=True) as conn, pg.translated(db.masked()):
+            with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
                 done = done_positions(conn, topic)
             letters = read_letters(self.s.kafka.bootstrap_servers, topic, done)
         except ReplicatorError as exc:
@@ -253,6 +253,6 @@ def serve_metrics_port(settings: Settings) -> None:
     if m.web:
         serve(settings, m.host, m.port, metrics=True)
     else:
-        from replicator.metrics import serve_metrics
+        from replicator.status.metrics import serve_metrics
 
         serve_metrics(settings)

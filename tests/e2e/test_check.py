@@ -53,7 +53,7 @@ def test_wrong_password_says_authentication_failed_and_never_prints_it(env: Env)
 def test_wal_level_replica_is_named_with_the_fix(services: Services) -> None:
     if services.kind != "local":
         pytest.skip("needs a second local cluster with wal_level=replica")
-    from replicator import local_services as ls
+    from replicator.local import services as ls
 
     cluster = ls.start_postgres("check_replica", wal_level="replica")
     try:

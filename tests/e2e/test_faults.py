@@ -170,7 +170,7 @@ def test_target_restart_during_load_loses_nothing(
 ) -> None:
     if services.kind != "local":
         pytest.skip("restarts a local PostgreSQL cluster")
-    from replicator import local_services as ls
+    from replicator.local import services as ls
 
     # A target cluster of its own: restarting the shared one would disturb other tests.
     cluster = ls.start_postgres("faults_target")
@@ -219,7 +219,7 @@ def test_broker_restart_during_load_loses_nothing(
 ) -> None:
     if services.kind != "local":
         pytest.skip("restarts the local Kafka broker")
-    from replicator import local_services as ls
+    from replicator.local import services as ls
 
     _schema(env)
     vars_ = _vars(env)

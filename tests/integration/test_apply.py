@@ -9,8 +9,8 @@ import pytest
 
 from connectors.envelope import Change, Envelope, RelationInfo, group_envelopes
 from connectors.kafka_io import Producer, ensure_topics
-from replicator.apply import ApplyWorker
-from replicator.dlq import DeadLetter
+from replicator.apply.worker import ApplyWorker
+from replicator.dlq.letters import DeadLetter
 from replicator.errors import TransientDatabaseError
 from tests.support import Env, read_topic, wait_for
 from transforms.api import (

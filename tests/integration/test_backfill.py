@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from replicator.runtime import Pipeline
+from replicator.runtime.pipeline import Pipeline
 from tests.e2e.cli import Background
 from tests.support import Env, mcp_writer, read_topic, wait_for
 from transforms.loader import load_mapping
@@ -153,7 +153,7 @@ def test_resync_one_table_while_live_sync_runs(env: Env) -> None:
             c.execute("DELETE FROM child WHERE pid < 100")
             c.execute("UPDATE child SET v = 'drift' WHERE pid BETWEEN 100 AND 200")
             c.execute("INSERT INTO child VALUES (999999, 1, 'extra')")
-        from replicator.backfill import Backfill
+        from replicator.backfill.reader import Backfill
 
         with Writer(env, 2_000_000):
             Backfill(s, pipeline.mapping.forward, tables=["public.child"]).run()
@@ -199,7 +199,7 @@ def test_a_large_mcp_backfill_with_two_workers_under_a_writer_converges(env: Env
     The million-row run is ``python -m bench.backfill``, which validates the same way: at a
     million rows this test alone took 8 minutes here and over 15 on the CI machine, more than
     half of the suite's budget."""
-    from replicator.validate import validate
+    from replicator.validate.run import validate
 
     env.mcp_schemas(scale=100, seed=5)  # ~236,000 rows over 8 tables
     with env.legacy_conn() as c:

@@ -19,7 +19,7 @@ import bcrypt
 import psycopg
 import pytest
 
-from replicator.runtime import Pipeline
+from replicator.runtime.pipeline import Pipeline
 from tests.support import Env, Services, isolated_env, wait_for
 from transforms.converters import sha256_hex_to_base64url
 from transforms.loader import load_mapping

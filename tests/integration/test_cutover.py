@@ -11,10 +11,10 @@ import bcrypt
 import psycopg
 import pytest
 
-from replicator.cutover import Cutover
+from replicator.cutover.switch import Cutover
 from replicator.errors import CutoverAborted
-from replicator.runtime import Pipeline
-from replicator.validate import validate
+from replicator.runtime.pipeline import Pipeline
+from replicator.validate.run import validate
 from tests.support import Env, wait_for
 from transforms.loader import load_mapping
 

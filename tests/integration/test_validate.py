@@ -16,9 +16,9 @@ from connectors import pg
 from connectors.pgsink import Batch, Sink
 from replicator.config import DatabaseSettings
 from replicator.errors import DataError
-from replicator.runtime import Pipeline
-from replicator.validate import validate
-from replicator.validate_report import Report, last_validation
+from replicator.runtime.pipeline import Pipeline
+from replicator.validate.report import Report, last_validation
+from replicator.validate.run import validate
 from tests.e2e.cli import run_cli
 from tests.support import Env, mcp_writer, wait_for
 from transforms.api import RowChange
@@ -40,7 +40,7 @@ def _schemas(env: Env) -> None:
 
 def _load(env: Env) -> None:
     """What a backfill would do, directly: every legacy row through the forward transforms."""
-    with env.legacy_conn() as lc, pg.connect(env.target) as tc:
+    with env.legacy_conn() as lc, pg.connect(env.target.conninfo()) as tc:
         tc.execute("SET session_replication_role = replica")
         batch = Batch()
         for t in MAPPING.forward.tables.values():

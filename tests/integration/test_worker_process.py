@@ -1,4 +1,4 @@
-"""Apply workers in processes of their own (replicator.worker_process): the child's error
+"""Apply workers in processes of their own (replicator.runtime.worker_process): the child's error
 reaches the parent as the error it is, and a stop request ends the child cleanly."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from replicator.errors import AuthenticationFailed
-from replicator.worker_process import ApplyProcess
+from replicator.runtime.worker_process import ApplyProcess
 from tests.support import Env
 
 

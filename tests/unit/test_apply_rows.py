@@ -8,8 +8,8 @@ from typing import Any
 
 from connectors.envelope import Change, Envelope, RelationInfo
 from connectors.pgsink import Batch
-from replicator.apply import ApplyWorker
-from replicator.apply_rows import RowMapper
+from replicator.apply.rows import RowMapper
+from replicator.apply.worker import ApplyWorker
 from transforms.api import Direction
 from transforms.identity import identity_direction
 

@@ -95,8 +95,14 @@ def _exported() -> dict[str, str]:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from replicator import metrics
-    from replicator.status import KafkaStatus, PartitionLag, SourceStatus, Status, TargetStatus
+    from replicator.status import metrics
+    from replicator.status.overview import (
+        KafkaStatus,
+        PartitionLag,
+        SourceStatus,
+        Status,
+        TargetStatus,
+    )
 
     st = Status(
         "p",

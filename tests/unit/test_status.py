@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from replicator.status import KafkaStatus, SourceStatus, Status, TargetStatus, verdict
+from replicator.status.overview import KafkaStatus, SourceStatus, Status, TargetStatus, verdict
 
 
 def _healthy() -> Status:

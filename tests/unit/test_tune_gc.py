@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from replicator.runtime import GC_YOUNG_THRESHOLD, tune_gc
+from replicator.runtime.gc_tuning import GC_YOUNG_THRESHOLD, tune_gc
 
 
 def test_tune_gc_freezes_start_up_objects_and_collects_less_often() -> None:

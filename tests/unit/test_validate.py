@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from replicator.errors import PreconditionError
-from replicator.validate_canon import (
+from replicator.validate.canon import (
     SKIP,
     Exp,
     TableShape,
@@ -20,9 +20,9 @@ from replicator.validate_canon import (
     expected_view,
     verdict,
 )
-from replicator.validate_expect import Folder
-from replicator.validate_report import Difference, Report, TableResult
-from replicator.validate_scope import components, select_tables
+from replicator.validate.expect import Folder
+from replicator.validate.report import Difference, Report, TableResult
+from replicator.validate.scope import components, select_tables
 from transforms.mcp_manager import MAPPING
 
 FWD = MAPPING.forward
@@ -170,8 +170,8 @@ def test_report_outcome_and_json_schema() -> None:
 def test_human_report_names_the_differences() -> None:
     from rich.console import Console
 
-    from replicator.validate_print import print_report
-    from replicator.validate_report import Orphan
+    from replicator.validate.print import print_report
+    from replicator.validate.report import Orphan
 
     r = Report("full", None, datetime(2024, 1, 1, tzinfo=UTC), live=True)
     r.tables = [TableResult("public.user", "full", 3, 3, 3, 1, 1, differs=1)]
@@ -187,3 +187,24 @@ def test_human_report_names_the_differences() -> None:
     text = console.export_text()
     assert "differs public.user (id=u1): name expected 'a', target has '[b]'" in text
     assert "orphan public.member (id=m1)" in text and "different" in text
+
+
+def test_human_report_fits_an_80_column_terminal() -> None:
+    from rich.console import Console
+
+    from replicator.validate.print import print_report
+
+    r = Report("full", None, datetime(2024, 1, 1, tzinfo=UTC), live=True)
+    r.tables = [
+        TableResult("public.mcp_server_configuration", "full", 576_000, 576_000, 576_000, 58),
+        TableResult("public.organization_membership", "keys", 12_000, 11_998, 12_000, 3),
+        TableResult("public.audit_log", "full", 1_000_000, 1_000_000, 1_000_000, 100),
+    ]
+    r.tables[1].missing, r.tables[1].differs, r.tables[1].in_flight = 2, 1, 4
+    console = Console(record=True, width=80)
+    print_report(r, console)
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "…" not in text, text
+    assert "mcp_server_configuration" in text and "public." not in text
+    assert "2 missing, 1 differ" in text and "(4 in flight)" in text and "ok" in text

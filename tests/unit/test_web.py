@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from replicator.config import Settings
-from replicator.status import KafkaStatus, PartitionLag, Status, TargetStatus
+from replicator.status.overview import KafkaStatus, PartitionLag, Status, TargetStatus
 from replicator.web.history import History, Sample
 from replicator.web.sampler import counters, rates
 from replicator.web.server import WebApp, _Handler, _Server

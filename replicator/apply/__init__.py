@@ -1,0 +1,11 @@
+"""Apply: the Kafka change log → typed rows → transforms → the target, exactly once.
+
+- ``worker``     :class:`ApplyWorker`: batches at commit boundaries, offsets in the same txn
+- ``rows``       :class:`RowMapper`: one change of an envelope → target operations (no I/O)
+- ``session``    the target session: FK triggers off, writes tagged with a replication origin
+- ``positions``  what a worker keeps in memory: partition positions and counters
+"""
+
+from replicator.apply.worker import ApplyWorker
+
+__all__ = ["ApplyWorker"]

@@ -1,0 +1,579 @@
+"""The apply worker: Kafka change log → typed rows → transforms → the target, exactly once.
+
+Exactly-once effect (ARCHITECTURE.md section 4): in the same target transaction as the rows, the
+worker stores the next Kafka offset of every partition it consumed and the last applied source
+``commit_lsn``. On (re)assignment it seeks to those offsets; a message whose ``commit_lsn`` is
+not above the stored one is a duplicate (a capture replay) and is skipped. A source transaction
+sliced over several messages is applied in one target transaction: the worker commits only at
+boundaries where no partition is inside an unfinished source transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from connectors import pg
+from connectors.envelope import Envelope, decode_envelopes
+from connectors.kafka_io import Consumer, Producer, ensure_topics
+from connectors.pgsink import Batch, Sink
+from replicator.apply.positions import ApplyStats, Partition
+from replicator.apply.rows import RowMapper
+from replicator.apply.session import connect_session
+from replicator.config import Settings
+from replicator.dlq.letters import DeadLetter, DeadLetterWriter, dead_letter
+from replicator.errors import (
+    DataError,
+    ReplicatorError,
+    StateError,
+    TargetRejected,
+    TransformError,
+    TransientDatabaseError,
+)
+from replicator.state import (
+    add_snapshot_progress,
+    add_table_stats,
+    load_offsets,
+    store_offset,
+)
+from transforms.api import Direction, Truncate
+
+log = logging.getLogger(__name__)
+
+
+class ApplyWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        direction: Direction,
+        *,
+        dir_name: str = "fwd",
+        target: Any = None,
+        on_commit: Callable[[ApplyStats], None] | None = None,
+    ) -> None:
+        self.s = settings
+        self.direction = direction
+        self.dir_name = dir_name
+        self.db = target if target is not None else settings.target
+        self.changes_topic = settings.topic(dir_name, "changes")
+        self.snapshot_topic = settings.topic(dir_name, "snapshot")
+        self.topic = self.changes_topic  # the topic of the current phase
+        self.stats = ApplyStats()
+        # Phase switch requested by a control message, taken after the next commit.
+        self._switch = False
+        self._barrier_reached = False  # a barrier row in the open batch: try the phase after it
+        self._batch_rows: dict[str, int] = {}  # rows written by the open batch, per table
+        self._backfill_id: str | None = None
+        self._snapshot_rows: dict[str, int] = {}
+        self._rows = RowMapper(direction)
+        self._on_commit = on_commit
+        self._parts: dict[int, Partition] = {}
+        self._reseeked = False
+        # After the target refused a batch: partition -> offset up to which every row is
+        # written under its own savepoint, so the poison row is dead-lettered alone.
+        self._isolate_until: dict[int, int] = {}
+        self._current: tuple[int, int, int | None] = (0, 0, None)
+        # Dead letters of the open batch: written to Kafka just before its commit, dropped
+        # with it on a re-seek, so a replayed stretch never dead-letters a row twice.
+        self._dead_pending: list[DeadLetter] = []
+        self._truncate_owned = self._exclusive_targets()
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The session, with any merge a flush left running waited for first: a flush inside a
+        large source transaction returns while the target still merges (Sink, defer=True), so
+        the next rows are prepared meanwhile; every other use of the session waits here."""
+        self.sink.settle()
+        return self._conn
+
+    def _exclusive_targets(self) -> dict[str, list[str]]:
+        """Source table -> target tables it alone writes (safe to truncate with it)."""
+        writers: dict[str, int] = {}
+        for t in self.direction.tables.values():
+            for w in t.writes:
+                writers[w.name] = writers.get(w.name, 0) + 1
+        return {
+            src: [w.name for w in t.writes if writers[w.name] == 1]
+            for src, t in self.direction.tables.items()
+        }
+
+    def _positions(self, partitions: list[int]) -> dict[int, int]:
+        """Where each assigned partition resumes: the offsets stored beside the rows.
+
+        Anything written but not committed belongs to the old assignment: it is discarded and
+        will be read again from the stored offsets.
+        """
+        # A merge a flush left running belongs to the discarded work too: its outcome (even a
+        # refusal) no longer matters, and raising it here would break the group's rebalance.
+        with contextlib.suppress(ReplicatorError):
+            self.sink.settle()
+        with pg.translated(self.db.masked()):
+            self.conn.rollback()
+            stored = load_offsets(self.conn, self.topic)
+            held = self._held_partitions() if self.topic == self.changes_topic else set()
+            self.conn.commit()
+        self._reseeked = True
+        self._forget_uncommitted()
+        out = {}
+        for p in partitions:
+            off, lsn = stored.get(p, (0, 0))
+            self._parts[p] = Partition(next_offset=off, last_lsn=lsn, committed=off, held=p in held)
+            out[p] = off
+        return out
+
+    def _forget_uncommitted(self) -> None:
+        """Drop the positions and pending work of an earlier assignment or session. What was
+        not committed with its rows is read again from the stored offsets; committing it
+        later, from a new session, would skip the rows the failed transaction lost."""
+        self._dead_pending = []
+        self._barrier_reached = False
+        self._batch_rows = {}
+        self._snapshot_rows = {}
+        self._parts = {}
+
+    def _held_partitions(self) -> set[int]:
+        """Partitions stopped at the start marker of a backfill that is not applied yet: no
+        change after the marker may land before the snapshot, whichever worker reads it."""
+        rows = self.conn.execute(
+            "SELECT b.partition FROM replicator.backfill_barrier b "
+            "JOIN replicator.backfill f ON f.id = b.backfill_id "
+            "WHERE f.status IN ('pending', 'snapshot')"
+        ).fetchall()
+        return {int(r[0]) for r in rows}
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self._run_once(stop)
+                return
+            except ReplicatorError as exc:
+                if not exc.retriable:
+                    raise
+                log.warning("apply: %s; retrying in %.1fs", exc.message, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _run_once(self, stop: threading.Event) -> None:
+        # Subscribing to a topic that does not exist yet would leave the group without
+        # partitions until the next metadata refresh: create them if the capture has not.
+        ensure_topics(
+            self.s.kafka.bootstrap_servers,
+            self.s.topics(self.dir_name),
+            self.s.kafka.replication_factor,
+        )
+        self._conn = connect_session(self.db, self.s.name, self.dir_name)
+        self.sink = Sink(self._conn, self.db.masked())
+        producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
+        self.dlq = DeadLetterWriter(producer, self.s.topic(self.dir_name, "dlq"))
+        try:
+            while not stop.is_set():
+                # A backfill in its snapshot phase is loaded before any later change.
+                self._backfill_id = self._pending_backfill()
+                snapshot = self._backfill_id is not None
+                self.topic = self.snapshot_topic if snapshot else self.changes_topic
+                # Until the new consumer's assignment, nothing is ours to commit: a failed
+                # session's dirty positions must not be stored by this one.
+                self._forget_uncommitted()
+                consumer = Consumer(
+                    self.s.kafka.bootstrap_servers,
+                    self.topic,
+                    group=f"{self.s.name}-{self.dir_name}-{'snapshot' if snapshot else 'apply'}",
+                    seek_to=self._positions,
+                )
+                try:
+                    self._loop(consumer, stop)
+                finally:
+                    consumer.close()
+                self._switch = False
+        finally:
+            producer.close()
+            with contextlib.suppress(ReplicatorError):
+                self.sink.settle()  # a merge still running: its outcome no longer matters
+            try:
+                self._conn.rollback()
+                self._conn.close()
+            except psycopg.Error:
+                pass
+
+    def _pending_backfill(self) -> str | None:
+        with pg.translated(self.db.masked()):
+            row = self.conn.execute(
+                "SELECT id FROM replicator.backfill WHERE status = 'snapshot' "
+                "ORDER BY started_at LIMIT 1"
+            ).fetchone()
+            self.conn.commit()
+        return str(row[0]) if row else None
+
+    def _loop(self, consumer: Consumer, stop: threading.Event) -> None:
+        batch = Batch()
+        started = last_phase_check = time.monotonic()
+        max_wait = self.s.apply.batch_max_wait_ms / 1000
+        while not stop.is_set() and not self._switch:
+            records = consumer.poll(timeout_ms=self._poll_timeout_ms(batch, started, max_wait))
+            if not records and self._backfill_id and time.monotonic() - last_phase_check > 2:
+                # A worker without the snapshot partition learns from the target when the
+                # snapshot phase is over.
+                last_phase_check = time.monotonic()
+                if not len(batch) and self._pending_backfill() != self._backfill_id:
+                    return
+            holding = any(p.held for p in self._parts.values())
+            if holding and not records and time.monotonic() - last_phase_check > 0.5:
+                # Held at a backfill marker: learn from the target when the others are there.
+                last_phase_check = time.monotonic()
+                idle = not len(batch) and not any(p.dirty for p in self._parts.values())
+                if idle and self._held_released():
+                    return
+            if self._reseeked:
+                self._reseeked = False
+                batch, started = Batch(), time.monotonic()
+            try:
+                for partition, offset, value in records:
+                    part = self._parts.get(partition)
+                    if part is None or offset < part.next_offset:
+                        continue  # re-delivered from before a re-seek
+                    if part.held and part.open_lsn is None:
+                        # Past the marker's transaction: read again from the stored offset
+                        # after the snapshot.
+                        continue
+                    self._handle(partition, offset, value, batch)
+                    part.next_offset = offset + 1
+                    part.dirty = True
+                    if not self._at_boundary():
+                        if len(batch) >= self.s.apply.batch_max_changes:
+                            # Inside a large source transaction: write, commit at its end.
+                            self._flush(batch)
+                        continue
+                    if (
+                        self._isolate_until
+                        or self._switch
+                        or len(batch) >= self.s.apply.batch_max_changes
+                    ):
+                        self._commit(batch, consumer)
+                        batch, started = Batch(), time.monotonic()
+                        self._leave_isolation()
+                        if self._switch:
+                            return
+                dirty = any(p.dirty for p in self._parts.values())
+                waited = time.monotonic() - started >= max_wait
+                if dirty and self._at_boundary() and (not records or waited):
+                    self._commit(batch, consumer)
+                    batch, started = Batch(), time.monotonic()
+            except TargetRejected as exc:
+                # The target refused a row the transform let through. Go back to the stored
+                # offsets and write that stretch again one row at a time, so that only the
+                # poison row is dead-lettered.
+                log.warning("target refused a batch (%s); isolating the row", exc.message)
+                self._isolate_until = {p: part.next_offset for p, part in self._parts.items()}
+                consumer.reseek()
+
+    def _poll_timeout_ms(self, batch: Batch, started: float, max_wait: float) -> int:
+        """How long the next poll may wait. With uncommitted work at a commit boundary, only
+        until the batch's deadline: a longer wait would hold the target transaction open past
+        ``batch_max_wait_ms`` whenever the log goes quiet (as it does when a cutover fences the
+        writer, whose drain and slot creation then wait for this commit)."""
+        if not len(batch) and not any(p.dirty for p in self._parts.values()):
+            return 500  # nothing to commit: wait for work
+        if not self._at_boundary():
+            return 100  # inside a source transaction: its next slice is on the way
+        return max(0, int((max_wait - (time.monotonic() - started)) * 1000))
+
+    def _held_released(self) -> bool:
+        """Time to leave the held changes phase: the snapshot phase began (load it), or the
+        backfill is applied (resume after the markers)."""
+        if self._try_snapshot_phase() or self._pending_backfill() is not None:
+            return True
+        with pg.translated(self.db.masked()):
+            held = self._held_partitions()
+            self.conn.commit()
+        return not held & {p for p, part in self._parts.items() if part.held}
+
+    def _at_boundary(self) -> bool:
+        return all(p.open_lsn is None for p in self._parts.values())
+
+    def _leave_isolation(self) -> None:
+        if self._isolate_until and all(
+            self._parts[p].next_offset >= o
+            for p, o in self._isolate_until.items()
+            if p in self._parts
+        ):
+            self._isolate_until = {}
+
+    # -- one message ---------------------------------------------------------------------------
+
+    def _handle(self, partition: int, offset: int, value: bytes, batch: Batch) -> None:
+        self.stats.messages += 1
+        self._current = (partition, offset, None)
+        try:
+            envs = decode_envelopes(value)
+        except DataError as exc:
+            self._dead(exc, partition, offset, None, value.decode("utf-8", "replace")[:10_000])
+            return
+        for env in envs:  # several whole transactions when the capture had a backlog
+            self._envelope(partition, offset, env, batch)
+            if self._isolate_until and len(envs) > 1:
+                # Row by row after a refusal: written per transaction, so that a refused
+                # row's letter names its own transaction's commit LSN.
+                self._flush(batch)
+
+    def _envelope(self, partition: int, offset: int, env: Envelope, batch: Batch) -> None:
+        part = self._parts[partition]
+        if self.topic == self.snapshot_topic:
+            # Snapshot chunks are idempotent upserts: a re-sent chunk needs no de-duplication.
+            if env.control is not None:
+                self._control(env, partition, batch)
+            for change in env.changes:
+                self._change(env, change, partition, offset, batch)
+            return
+        if env.xid == 0 and env.control is not None:
+            # A message outside any transaction (heartbeat). Its LSN is the *end* of its WAL
+            # record, which can equal the commit LSN of the next transaction: it must not
+            # advance the position that de-duplicates transactions. Replays are harmless.
+            self._control(env, partition, batch)
+            return
+        if part.open_lsn is not None:
+            if env.commit_lsn != part.open_lsn:
+                raise StateError(
+                    f"partition {partition}: transaction at {part.open_lsn} ended without its "
+                    f"last slice; the log is incomplete at offset {offset}"
+                )
+            if env.seq < part.open_seq:
+                self.stats.skipped_duplicates += 1
+                return  # a slice replayed after a capture restart
+        elif env.commit_lsn <= part.last_lsn:
+            self.stats.skipped_duplicates += 1
+            return
+        self._current = (partition, offset, env.commit_lsn)
+        part.open_lsn, part.open_seq = (None, 0) if env.last else (env.commit_lsn, env.seq + 1)
+        if env.last:
+            part.last_lsn = env.commit_lsn
+        if env.control is not None:
+            self._control(env, partition, batch)
+            return
+        for change in env.changes:
+            self._change(env, change, partition, offset, batch)
+
+    def _change(
+        self, env: Envelope, change: Any, partition: int, offset: int, batch: Batch
+    ) -> None:
+        table, transform = self._rows.relation(env, change.rel)
+        if transform is None:
+            if table in self.direction.ignored:
+                return
+            self._dead(
+                TransformError(f"no mapping for source table {table}", table=table),
+                partition,
+                offset,
+                env.commit_lsn,
+                change.to_wire(),
+            )
+            return
+        if change.op == "snapshot":
+            self._snapshot_rows[table] = self._snapshot_rows.get(table, 0) + 1
+        if change.op == "truncate":
+            self._flush(batch)
+            owned = self._truncate_owned.get(table, [])
+            if owned:
+                self.sink.truncate(owned)
+            return
+        try:
+            if self._rows.copy_into(env, change, transform, batch):
+                return
+            ops = self._rows.ops(env, change, transform)
+        except DataError as exc:
+            if exc.table is None:
+                exc.table = table
+            self._dead(exc, partition, offset, env.commit_lsn, change.to_wire())
+            return
+        for op in ops:
+            if isinstance(op, Truncate):
+                self._flush(batch)
+                self.sink.truncate([op.table])
+            else:
+                batch.add(op)
+
+    def _control(self, env: Envelope, partition: int, batch: Batch) -> None:
+        ctl = env.control or {}
+        kind = ctl.get("kind")
+        if kind == "heartbeat":
+            self.conn.execute(
+                "INSERT INTO replicator.heartbeats (topic, partition, emitted_at, applied_at, commit_lsn)"
+                " VALUES (%s, %s, %s, clock_timestamp(), %s) ON CONFLICT (topic, partition) DO UPDATE"
+                " SET emitted_at = EXCLUDED.emitted_at, applied_at = EXCLUDED.applied_at,"
+                " commit_lsn = EXCLUDED.commit_lsn"
+                " WHERE heartbeats.emitted_at < EXCLUDED.emitted_at",
+                (self.topic, partition, ctl.get("emitted_at"), env.commit_lsn),
+            )
+        elif kind == "backfill_started" and self.topic == self.changes_topic:
+            self._reach_backfill_marker(ctl, partition)
+        elif kind == "snapshot_done" and ctl.get("backfill_id") == self._backfill_id:
+            self.conn.execute(
+                "UPDATE replicator.backfill SET status = 'applied', finished_at = now() WHERE id = %s",
+                (self._backfill_id,),
+            )
+            self._switch = True
+        elif kind == "marker":
+            self.conn.execute(
+                "INSERT INTO replicator.markers (topic, marker_id, partition, kind, commit_lsn, emitted_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (
+                    self.topic,
+                    ctl.get("id"),
+                    partition,
+                    ctl.get("marker"),
+                    env.commit_lsn,
+                    ctl.get("emitted_at"),
+                ),
+            )
+
+    def _reach_backfill_marker(self, ctl: dict[str, Any], partition: int) -> None:
+        """Hold this partition at the marker (committed with its offset). Once every partition
+        has reached it, the snapshot phase begins: every change before the marker is applied
+        on every partition before the snapshot, and none after it — why the backfill converges."""
+        backfill_id = ctl.get("backfill_id")
+        row = self.conn.execute(
+            "SELECT status FROM replicator.backfill WHERE id = %s", (backfill_id,)
+        ).fetchone()
+        if row is None or row[0] != "pending":
+            return  # the marker of a backfill already under way or done (a replay)
+        self.conn.execute(
+            "INSERT INTO replicator.backfill_barrier (backfill_id, partition, partitions) "
+            "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (backfill_id, partition, int(ctl.get("partitions", 1))),
+        )
+        self._parts[partition].held = True
+        self._barrier_reached = True
+
+    def _try_snapshot_phase(self) -> bool:
+        """Start the snapshot phase of a backfill whose marker every partition has reached.
+
+        Its own short transaction, after the barrier rows are committed: a row lock held across
+        Kafka polls could deadlock with a rebalance. Whoever runs last sees the barrier complete;
+        the status condition lets exactly one worker switch."""
+        with pg.translated(self.db.masked()):
+            row = self.conn.execute(
+                "UPDATE replicator.backfill f SET status = 'snapshot' WHERE f.status = 'pending' "
+                "AND (SELECT count(*) FROM replicator.backfill_barrier b WHERE b.backfill_id = f.id)"
+                " >= (SELECT max(partitions) FROM replicator.backfill_barrier b "
+                "WHERE b.backfill_id = f.id) RETURNING f.truncate, f.tables"
+            ).fetchone()
+            if row is not None and row[0]:
+                owned = [t for src in row[1] for t in self._truncate_owned.get(src, [])]
+                if owned:
+                    self.sink.truncate(owned)
+            self.conn.commit()
+        return row is not None
+
+    def _dead(
+        self, exc: ReplicatorError, partition: int, offset: int, lsn: int | None, change: Any
+    ) -> None:
+        log.error("dead-lettered (partition %s offset %s): %s", partition, offset, exc.message)
+        self._dead_pending.append(
+            dead_letter(
+                exc,
+                topic=self.topic,
+                partition=partition,
+                offset=offset,
+                commit_lsn=lsn,
+                change=change,
+            )
+        )
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _flush(self, batch: Batch) -> None:
+        if not len(batch):
+            return
+        if self._isolate_until:
+            touched = self._flush_isolated(batch)
+        else:
+            with pg.translated(self.db.masked()):
+                touched = self.sink.flush(batch, defer=True)
+        for t, n in touched.items():
+            self.stats.rows[t] = self.stats.rows.get(t, 0) + n
+            self._batch_rows[t] = self._batch_rows.get(t, 0) + n
+        batch.tables.clear()
+        batch.size = 0
+
+    def _flush_isolated(self, batch: Batch) -> dict[str, int]:
+        """Every row under its own savepoint: a refused row is dead-lettered, the rest apply."""
+        touched: dict[str, int] = {}
+        for table, one in batch.split():
+            try:
+                with pg.translated(self.db.masked()), self.conn.transaction():
+                    self.sink.flush(one)
+                touched[table] = touched.get(table, 0) + 1
+            except TargetRejected as exc:
+                key_cols = one.key_columns[table]
+                key = next(iter(one.tables[table]))
+                exc.table, exc.key = table, dict(zip(key_cols, key, strict=True))
+                partition, offset, lsn = self._current
+                self._dead(exc, partition, offset, lsn, {"table": table, "key": exc.key})
+        return touched
+
+    def _commit(self, batch: Batch, consumer: Consumer) -> None:
+        try:
+            self._flush(batch)
+            self._store_offsets()
+            self._store_snapshot_progress()
+            self._store_table_stats()
+            for letter in self._dead_pending:
+                self.dlq.write(letter)
+            with pg.translated(self.db.masked()):
+                self.conn.commit()
+            self.stats.dead_letters += len(self._dead_pending)
+            self._dead_pending = []
+        except ReplicatorError:
+            # The connection may be the thing that failed; the error raised says so already.
+            with contextlib.suppress(psycopg.Error):
+                self.conn.rollback()
+            raise
+        if self._barrier_reached:
+            self._barrier_reached = False
+            if self._try_snapshot_phase():
+                self._switch = True
+        done = {p: part.next_offset for p, part in self._parts.items() if part.dirty}
+        for part in self._parts.values():
+            part.dirty = False
+            self.stats.last_commit_lsn = max(self.stats.last_commit_lsn, part.last_lsn)
+        self.stats.commits += 1
+        consumer.commit_advisory(done)
+        if self._on_commit is not None:
+            self._on_commit(self.stats)
+
+    def _store_table_stats(self) -> None:
+        """Rows applied per target table, with the batch (``status`` derives throughput)."""
+        with pg.translated(self.db.masked()):
+            add_table_stats(self.conn, self.topic, self._batch_rows)
+        self._batch_rows = {}
+
+    def _store_snapshot_progress(self) -> None:
+        if not self._snapshot_rows or self._backfill_id is None:
+            return
+        with pg.translated(self.db.masked()):
+            add_snapshot_progress(self.conn, self._backfill_id, self._snapshot_rows)
+        self._snapshot_rows = {}
+
+    def _store_offsets(self) -> None:
+        """Store positions, fenced: a worker that lost its partition to another cannot commit."""
+        with pg.translated(self.db.masked()):
+            for p, part in self._parts.items():
+                if not part.dirty:
+                    continue
+                if not store_offset(
+                    self.conn, self.topic, p, part.next_offset, part.last_lsn, part.committed
+                ):
+                    raise TransientDatabaseError(
+                        f"partition {p} was committed by another worker; re-reading its position"
+                    )
+                part.committed = part.next_offset

@@ -1,0 +1,392 @@
+"""Backfill: a resumable, chunked read of the mapped legacy tables into the snapshot topic.
+
+Why it converges (ARCHITECTURE.md section 5): the slot exists before the first chunk is read, and
+the capture keeps consuming it into the changes topic. A ``backfill_started`` marker goes through
+the log first; apply commits every change up to it, switches to the snapshot topic, loads every
+chunk (read *after* the marker, so never older than what it overwrites), and on
+``snapshot_done`` resumes the changes topic where it stopped. Replaying changes newer than the
+marker over the snapshot with idempotent upserts and deletes yields the source state.
+
+Chunks are keyset pages (``WHERE key > last ORDER BY key LIMIT n``) read as text, so the log
+keeps its one raw form. Progress is stored per chunk in the target's ``replicator`` schema after
+Kafka acknowledged the chunk: an interrupted backfill resumes from the completed chunks.
+Tables are read in foreign-key levels (parents first, a level's tables in parallel), because an
+N→1 merge patches a row that its parent table creates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from connectors import pg
+from connectors.envelope import Change, Envelope, RelationInfo
+from connectors.kafka_io import Producer, ensure_topics
+from replicator.capture import prepare_source
+from replicator.config import Settings
+from replicator.errors import SchemaError, StateError
+from replicator.state import ensure_schema
+from transforms.api import Direction
+
+log = logging.getLogger(__name__)
+
+CONTROL_PREFIX = "replicator"
+
+
+@dataclass(frozen=True)
+class TableProgress:
+    table: str
+    rows_total: int
+    rows_read: int
+    done: bool
+    rows_per_s: float = 0.0
+
+
+ProgressFn = Callable[[TableProgress], None]
+
+
+@dataclass(frozen=True)
+class _Source:
+    table: str
+    relid: int
+    columns: tuple[str, ...]
+    type_oids: tuple[int, ...]
+    types: tuple[str, ...]
+    key: tuple[str, ...]
+
+    @property
+    def relation(self) -> RelationInfo:
+        schema, _, name = self.table.partition(".")
+        return RelationInfo(schema, name, self.columns, self.type_oids, self.key)
+
+
+def _describe(conn: psycopg.Connection[Any], table: str) -> _Source:
+    schema, _, name = table.partition(".")
+    rel = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (schema, name),
+    ).fetchone()
+    if rel is None:
+        raise SchemaError(f"mapped table {table} does not exist on the source")
+    cols = conn.execute(
+        "SELECT attname, atttypid, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        (rel[0],),
+    ).fetchall()
+    key = conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n",
+        (rel[0],),
+    ).fetchall()
+    if not key:
+        raise SchemaError(
+            f"table {table} has no primary key: it cannot be read in key-ordered chunks",
+            hint=f"add a primary key to {table} (ALTER TABLE {table} ADD PRIMARY KEY (...)), "
+            "or leave it out of the mapping",
+        )
+    return _Source(
+        table,
+        int(rel[0]),
+        tuple(str(c[0]) for c in cols),
+        tuple(int(c[1]) for c in cols),
+        tuple(str(c[2]) for c in cols),
+        tuple(str(k[0]) for k in key),
+    )
+
+
+def _levels(conn: psycopg.Connection[Any], tables: list[str]) -> list[list[str]]:
+    """Tables grouped so that every table comes after the tables it references."""
+    deps: dict[str, set[str]] = {t: set() for t in tables}
+    rows = conn.execute(
+        "SELECT cn.nspname || '.' || c.relname, pn.nspname || '.' || p.relname "
+        "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+        "JOIN pg_namespace cn ON cn.oid = c.relnamespace JOIN pg_class p ON p.oid = k.confrelid "
+        "JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE k.contype = 'f'"
+    ).fetchall()
+    for child, parent in rows:
+        if child in deps and parent in deps and child != parent:
+            deps[child].add(parent)
+    levels: list[list[str]] = []
+    placed: set[str] = set()
+    while len(placed) < len(tables):
+        level = [t for t in tables if t not in placed and deps[t] <= placed]
+        if not level:  # a cycle: read the rest together
+            level = [t for t in tables if t not in placed]
+        levels.append(level)
+        placed.update(level)
+    return levels
+
+
+def unfinished(settings: Settings) -> bool:
+    """Whether a backfill was interrupted before every chunk was read (a restart resumes it)."""
+    with (
+        pg.connect(settings.target.conninfo(), autocommit=True) as tgt,
+        pg.translated(settings.target.masked()),
+    ):
+        ensure_schema(tgt)
+        row = tgt.execute("SELECT 1 FROM replicator.backfill WHERE reading LIMIT 1").fetchone()
+    return row is not None
+
+
+# A chunk's rows are split over several messages above this (before compression): wide rows —
+# TOASTed JSON configs — must not make a message the broker refuses (kafka_io.MAX_MESSAGE_BYTES)
+# or one the apply worker has to hold whole.
+SNAPSHOT_MESSAGE_BYTES = 4 << 20
+
+
+def snapshot_messages(
+    origin: str, source: _Source, rows: list[tuple[Any, ...]], limit: int = SNAPSHOT_MESSAGE_BYTES
+) -> Iterator[bytes]:
+    """The encoded snapshot envelopes of one chunk, each at most ``limit`` bytes unless it holds
+    a single row (a row is never split; the producer refuses one above its own limit)."""
+    envelope = Envelope(
+        origin=origin,
+        xid=0,
+        commit_lsn=0,
+        commit_ts=None,
+        relations={source.relid: source.relation},
+        changes=[
+            Change("snapshot", source.relid, values=r, relation=source.relation) for r in rows
+        ],
+    )
+    encoded = envelope.encode()
+    if len(encoded) <= limit or len(rows) == 1:
+        yield encoded
+        return
+    half = len(rows) // 2
+    yield from snapshot_messages(origin, source, rows[:half], limit)
+    yield from snapshot_messages(origin, source, rows[half:], limit)
+
+
+def emit_marker(conn: psycopg.Connection[Any], control: dict[str, Any]) -> None:
+    """A transactional logical message: it reaches the log in commit order with the changes."""
+    conn.execute(
+        "SELECT pg_logical_emit_message(true, %s, %s)", (CONTROL_PREFIX, json.dumps(control))
+    )
+
+
+class Backfill:
+    def __init__(
+        self,
+        settings: Settings,
+        direction: Direction,
+        *,
+        tables: list[str] | None = None,
+        chunk_rows: int | None = None,
+    ) -> None:
+        self.s = settings
+        self.direction = direction
+        all_tables = direction.source_tables
+        unknown = [t for t in tables or [] if t not in all_tables]
+        if unknown:
+            raise SchemaError(
+                f"not a mapped source table: {', '.join(unknown)}",
+                hint="mapped tables: " + ", ".join(all_tables),
+            )
+        self.tables = tables or all_tables
+        self.resync = tables is not None
+        self.chunk_rows = chunk_rows or settings.backfill.chunk_rows
+        self.parallel = settings.backfill.parallel
+        self.topic = settings.topic("fwd", "snapshot")
+
+    def run(self, stop: threading.Event | None = None, progress: ProgressFn | None = None) -> str:
+        """Read every table into the snapshot topic (resuming an interrupted run); returns its id."""
+        stop = stop or threading.Event()
+        s = self.s
+        prepare_source(s, s.source, self.direction.source_tables, "fwd")
+        ensure_topics(
+            s.kafka.bootstrap_servers,
+            s.topics("fwd"),
+            s.kafka.replication_factor,
+        )
+        with (
+            pg.connect(s.source.conninfo(), autocommit=True) as src,
+            pg.connect(s.target.conninfo(), autocommit=True) as tgt,
+        ):
+            with pg.translated(s.target.masked()):
+                ensure_schema(tgt)
+            with pg.translated(s.source.masked()):
+                sources = {t: _describe(src, t) for t in self.tables}
+                levels = _levels(src, self.tables)
+            backfill_id = self._start(src, tgt, sources)
+        producer = Producer(s.kafka.bootstrap_servers, compression=s.kafka.compression)
+        try:
+            for level in levels:
+                with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+                    futures = [
+                        pool.submit(
+                            self._read_table, backfill_id, sources[t], producer, stop, progress
+                        )
+                        for t in level
+                    ]
+                    for f in futures:
+                        f.result()
+                if stop.is_set():
+                    log.warning("backfill %s interrupted; the next run resumes it", backfill_id)
+                    return backfill_id
+            done = Envelope(
+                origin=s.name,
+                xid=0,
+                commit_lsn=0,
+                commit_ts=None,
+                control={"kind": "snapshot_done", "backfill_id": backfill_id},
+            )
+            sent = producer.send(self.topic, done.encode(), partition=0)
+            producer.flush()
+            sent.check()
+        finally:
+            producer.close()
+        with (
+            pg.connect(s.target.conninfo(), autocommit=True) as tgt,
+            pg.translated(s.target.masked()),
+        ):
+            tgt.execute(
+                "UPDATE replicator.backfill SET reading = false WHERE id = %s",
+                (backfill_id,),
+            )
+        return backfill_id
+
+    def _start(
+        self,
+        src: psycopg.Connection[Any],
+        tgt: psycopg.Connection[Any],
+        sources: dict[str, _Source],
+    ) -> str:
+        """Resume the unfinished backfill of the same tables, or start one and mark the log."""
+        with pg.translated(self.s.target.masked()):
+            row = tgt.execute(
+                "SELECT id FROM replicator.backfill WHERE reading AND tables = %s "
+                "ORDER BY started_at DESC LIMIT 1",
+                (self.tables,),
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            backfill_id = uuid.uuid4().hex[:12]
+            with tgt.transaction():
+                tgt.execute(
+                    "INSERT INTO replicator.backfill (id, tables, truncate) VALUES (%s, %s, %s)",
+                    (backfill_id, self.tables, self.resync),
+                )
+                for t, source in sources.items():
+                    total = src.execute(
+                        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*t.split(".", 1)))
+                    ).fetchone()
+                    tgt.execute(
+                        "INSERT INTO replicator.backfill_progress (backfill_id, table_name, rows_total) "
+                        "VALUES (%s, %s, %s)",
+                        (backfill_id, source.table, total[0] if total else 0),
+                    )
+        # The marker goes through the log *before* the first chunk is read: apply commits
+        # every change before it, then loads the snapshot, then replays what follows it.
+        with pg.translated(self.s.source.masked()):
+            emit_marker(
+                src,
+                {
+                    "kind": "backfill_started",
+                    "backfill_id": backfill_id,
+                    "tables": self.tables,
+                    "truncate": self.resync,
+                },
+            )
+        return backfill_id
+
+    def _read_table(
+        self,
+        backfill_id: str,
+        source: _Source,
+        producer: Producer,
+        stop: threading.Event,
+        progress: ProgressFn | None,
+    ) -> None:
+        s = self.s
+        with (
+            pg.connect(s.source.conninfo(), autocommit=True) as src,
+            pg.connect(s.target.conninfo(), autocommit=True) as tgt,
+        ):
+            with pg.translated(s.target.masked()):
+                row = tgt.execute(
+                    "SELECT rows_total, rows_read, last_key, done, chunks FROM replicator.backfill_progress "
+                    "WHERE backfill_id = %s AND table_name = %s",
+                    (backfill_id, source.table),
+                ).fetchone()
+            if row is None:
+                raise StateError(f"backfill {backfill_id} has no progress row for {source.table}")
+            total, read, last_key, done, chunks = (
+                int(row[0]),
+                int(row[1]),
+                row[2],
+                bool(row[3]),
+                int(row[4]),
+            )
+            if done:
+                if progress:
+                    progress(TableProgress(source.table, total, read, True))
+                return
+            started, started_rows = time.monotonic(), read
+            first, after = self._chunk_query(source, False), self._chunk_query(source, True)
+            while not stop.is_set():
+                with pg.translated(s.source.masked()):
+                    query = first if last_key is None else after
+                    rows = src.execute(query, (*(last_key or []), self.chunk_rows)).fetchall()
+                if rows:
+                    sent = [
+                        producer.send(self.topic, message, partition=0)
+                        for message in snapshot_messages(s.name, source, rows)
+                    ]
+                    producer.flush()
+                    for one in sent:
+                        one.check()
+                    key_idx = [source.columns.index(k) for k in source.key]
+                    last_key = [rows[-1][i] for i in key_idx]
+                    read += len(rows)
+                    chunks += 1
+                finished = len(rows) < self.chunk_rows
+                with pg.translated(s.target.masked()):
+                    tgt.execute(
+                        "UPDATE replicator.backfill_progress SET rows_read = %s, last_key = %s::jsonb, chunks = %s, "
+                        "done = %s, rows_total = GREATEST(rows_total, %s), updated_at = now() "
+                        "WHERE backfill_id = %s AND table_name = %s",
+                        (
+                            read,
+                            json.dumps(last_key),
+                            chunks,
+                            finished,
+                            read,
+                            backfill_id,
+                            source.table,
+                        ),
+                    )
+                if progress:
+                    rate = (read - started_rows) / max(time.monotonic() - started, 1e-6)
+                    progress(TableProgress(source.table, max(total, read), read, finished, rate))
+                if finished:
+                    return
+
+    @staticmethod
+    def _chunk_query(source: _Source, after: bool) -> sql.Composed:
+        # Columns are read as text (the log's one raw form). ORDER BY and WHERE name the
+        # table's columns through the alias ``t``: a bare name would sort by the text output.
+        cols = sql.SQL(", ").join(
+            sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in source.columns
+        )
+        table = sql.Identifier(*source.table.split(".", 1))
+        order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in source.key)
+        if not after:
+            return sql.SQL("SELECT {} FROM {} t ORDER BY {} LIMIT %s").format(cols, table, order)
+        types = dict(zip(source.columns, source.types, strict=True))
+        bound = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(types[k])) for k in source.key)
+        return sql.SQL("SELECT {} FROM {} t WHERE ({}) > ({}) ORDER BY {} LIMIT %s").format(
+            cols, table, order, bound, order
+        )

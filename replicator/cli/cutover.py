@@ -1,0 +1,103 @@
+"""``cutover`` and ``rollback``: the switch between writers, printed step by step."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from replicator.cli.app import ConfigOpt, app, mapping_of, out, settings_from
+from replicator.errors import ReplicatorError
+
+
+@app.command()
+def cutover(
+    config: ConfigOpt = None,
+    max_lag: Annotated[
+        float | None, typer.Option(help="Seconds of end-to-end lag allowed (cutover.max_lag_s).")
+    ] = None,
+    lock_timeout: Annotated[
+        int | None, typer.Option(help="Milliseconds to wait for table locks.")
+    ] = None,
+    switch_hook: Annotated[
+        str | None, typer.Option(help="Command that switches the application.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Rehearse: fence, drain, verify, unfence; no switch.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Fence legacy writes, drain, verify, sync sequences, arm the reverse stream, switch."""
+    _switch("cutover", config, max_lag, lock_timeout, switch_hook, dry_run, yes, json_out)
+
+
+@app.command()
+def rollback(
+    config: ConfigOpt = None,
+    max_lag: Annotated[
+        float | None, typer.Option(help="Seconds of end-to-end lag allowed.")
+    ] = None,
+    lock_timeout: Annotated[
+        int | None, typer.Option(help="Milliseconds to wait for table locks.")
+    ] = None,
+    switch_hook: Annotated[
+        str | None, typer.Option(help="Command that switches the application back.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Rehearse: fence, drain, unfence; no switch.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """After a cutover: fence the target, drain the reverse stream, sync legacy sequences,
+    re-arm the forward stream, switch back."""
+    _switch("rollback", config, max_lag, lock_timeout, switch_hook, dry_run, yes, json_out)
+
+
+def _switch(
+    action: str,
+    config: Path | None,
+    max_lag: float | None,
+    lock_timeout: int | None,
+    switch_hook: str | None,
+    dry_run: bool,
+    yes: bool,
+    json_out: bool,
+) -> None:
+    from replicator.cutover.switch import Cutover, StepResult, outcome_json
+
+    s = settings_from(config)
+    if not dry_run and not yes:
+        if not sys.stdin.isatty():
+            raise ReplicatorError(
+                f"{action} needs confirmation", hint="pass --yes (or rehearse with --dry-run)"
+            )
+        typer.confirm(f"{action}: fence writes on the current writer and switch?", abort=True)
+
+    def show(r: StepResult) -> None:
+        if not json_out:
+            mark = "[green]ok[/]" if r.ok else "[red]FAILED[/]"
+            out.print(f"{r.name:<14} {mark} {r.seconds * 1000:9.1f} ms  {r.detail}")
+
+    result = Cutover(
+        s,
+        mapping_of(s),
+        action=action,
+        max_lag_s=max_lag,
+        lock_timeout_ms=lock_timeout,
+        switch_hook=switch_hook,
+        report=show,
+    ).run(dry_run=dry_run)
+    if json_out:
+        out.print(outcome_json(result), highlight=False)
+        return
+    pause = f"{(result.pause_s or 0) * 1000:.0f} ms"
+    if dry_run:
+        out.print(
+            f"[green]dry run complete[/]: writes were paused for {pause}; nothing was switched"
+        )
+    else:
+        out.print(f"[green]{action} complete[/]: write pause {pause}")

@@ -1,0 +1,240 @@
+"""Pipeline commands: ``init``, ``check``, ``run``, ``capture``, ``apply``, ``backfill``,
+``validate``, ``demo`` and the local ``services``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from replicator import config as cfg
+from replicator.cli.app import (
+    ConfigOpt,
+    WorkersOpt,
+    app,
+    child_logging,
+    console,
+    mapping_of,
+    out,
+    services_app,
+    settings_from,
+)
+from replicator.errors import ReplicatorError
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Option(help="Where to write the template.")] = Path(
+        cfg.DEFAULT_CONFIG_FILE
+    ),
+    local: Annotated[
+        bool, typer.Option(help="Fill in the local services' addresses (starts them).")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented configuration template."""
+    if path.exists() and not force:
+        raise ReplicatorError(f"{path} exists", hint="pass --force to overwrite it")
+    values: dict[str, Any] = {}
+    if local:
+        from replicator.local import services as ls
+
+        legacy, target, kafka = (
+            ls.start_postgres("legacy"),
+            ls.start_postgres("target"),
+            ls.start_kafka(),
+        )
+        values = {
+            "source_port": legacy.port,
+            "source_password": legacy.password,
+            "target_port": target.port,
+            "target_password": target.password,
+            "bootstrap": kafka.bootstrap,
+        }
+    path.write_text(cfg.render_template(**values))
+    out.print(f"wrote {path}")
+
+
+@app.command()
+def check(config: ConfigOpt = None) -> None:
+    """Check source, target, Kafka and the mapping; report every problem at once."""
+    from replicator.check import run_checks
+
+    s = settings_from(config)
+    findings = run_checks(s, mapping_of(s))
+    table = Table("check", "", "finding", "fix", show_lines=False)
+    for f in findings:
+        table.add_row(f.check, "[green]ok[/]" if f.ok else "[red]FAIL[/]", f.message, f.hint or "")
+    out.print(table)
+    failed = [f for f in findings if not f.ok]
+    if failed:
+        console.print(f"[red]{len(failed)} problem(s) found[/]")
+        raise typer.Exit(1)
+
+
+def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int) -> None:
+    from replicator.runtime.gc_tuning import tune_gc
+    from replicator.runtime.pipeline import Pipeline
+
+    s = settings_from(config)
+    pipeline = Pipeline(s, mapping_of(s))
+    tune_gc()
+
+    def _stop(signum: int, frame: Any) -> None:
+        console.print("[yellow]stopping…[/]")
+        pipeline.stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    # Apply workers get processes of their own when they would share the interpreter with
+    # capture or with each other: each stage then has a core (see replicator.runtime.worker_process).
+    pipeline.start(
+        run_capture=run_capture,
+        run_apply=run_apply,
+        workers=workers,
+        processes=run_capture or workers > 1,
+        log_setup=child_logging(),
+    )
+    from replicator.web import serve_metrics_port
+
+    serve_metrics_port(s)  # /metrics, and with metrics.web the page too
+    console.print(
+        f"[green]running[/] pipeline {s.name}: "
+        + ", ".join(x for x, on in (("capture", run_capture), ("apply", run_apply)) if on)
+        + f" — source {s.source.masked()}, target {s.target.masked()}, kafka {s.kafka.bootstrap_servers}"
+    )
+    pipeline.wait()
+
+
+@app.command()
+def run(config: ConfigOpt = None, workers: WorkersOpt = 1) -> None:
+    """Run capture and apply together (live sync) until interrupted."""
+    _serve(True, True, config, workers)
+
+
+@app.command()
+def capture(config: ConfigOpt = None) -> None:
+    """Run the capture alone: legacy slot → Kafka."""
+    _serve(True, False, config, 1)
+
+
+@app.command("apply")
+def apply_cmd(config: ConfigOpt = None, workers: WorkersOpt = 1) -> None:
+    """Run apply workers alone: Kafka → transforms → target."""
+    _serve(False, True, config, workers)
+
+
+@app.command()
+def backfill(
+    config: ConfigOpt = None,
+    table: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--table", "-t", help="Re-sync only this table (repeatable) while live sync runs."
+        ),
+    ] = None,
+    chunk_rows: Annotated[
+        int | None, typer.Option(min=1, help="Rows per chunk (backfill.chunk_rows).")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until apply has loaded the snapshot.")] = True,
+) -> None:
+    """Read the mapped legacy tables into the snapshot topic, resumably; apply loads them."""
+    from replicator.backfill.progress import BackfillProgress
+    from replicator.backfill.reader import Backfill
+    from replicator.runtime.gc_tuning import tune_gc
+
+    s = settings_from(config)
+    mapping = mapping_of(s)
+    tune_gc()
+    tables = [t if "." in t else f"public.{t}" for t in table] if table else None
+    bf = Backfill(s, mapping.forward, tables=tables, chunk_rows=chunk_rows)
+    with BackfillProgress(out) as bars:
+        backfill_id = bf.run(progress=bars.update)
+        out.print(f"backfill {backfill_id}: every chunk is in Kafka")
+        if wait:
+            bars.wait_applied(s, backfill_id)
+
+
+@app.command()
+def validate(
+    config: ConfigOpt = None,
+    table: Annotated[
+        str | None, typer.Option("--table", "-t", help="Only this target (or source) table.")
+    ] = None,
+    fast: Annotated[
+        bool, typer.Option(help="Only keys changed since the last clean full validation.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Compare the target with the transformed legacy data; exit 1 on a difference, 3 if rows
+    were still changing."""
+    from replicator.validate.print import print_report
+    from replicator.validate.run import validate as run_validation
+
+    s = settings_from(config)
+    report = run_validation(s, mapping_of(s), table=table, fast=fast)
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(report.to_json(), ensure_ascii=False) + "\n")
+    else:
+        print_report(report, out)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def demo(
+    rows: Annotated[int, typer.Option(help="Scale of the generated legacy data.")] = 200,
+    keep_running: Annotated[bool, typer.Option(help="Keep live sync running at the end.")] = False,
+) -> None:
+    """The main job on local services: sample data → live sync → rows arriving in the target."""
+    from replicator.local.demo import run_demo
+
+    run_demo(
+        scale=rows,
+        keep_running=keep_running,
+        console=out,
+        log_setup=child_logging(),
+    )
+
+
+@services_app.command("start")
+def services_start() -> None:
+    """Start local PostgreSQL clusters (legacy, target) and Kafka; harmless when running."""
+    from replicator.local import services as ls
+
+    legacy, target = ls.start_postgres("legacy"), ls.start_postgres("target")
+    kafka = ls.start_kafka()
+    out.print(f"legacy PostgreSQL  127.0.0.1:{legacy.port}")
+    out.print(f"target PostgreSQL  127.0.0.1:{target.port}")
+    out.print(f"Kafka              {kafka.bootstrap}")
+
+
+@services_app.command("stop")
+def services_stop() -> None:
+    """Stop every local service."""
+    from replicator.local import services as ls
+
+    ls.stop_all()
+    out.print("stopped")
+
+
+@services_app.command("status")
+def services_status() -> None:
+    """Show local services, their ports and logs."""
+    from replicator.local import services as ls
+
+    st = ls.status()
+    table = Table("service", "running", "address", "log")
+    for name, pg_ in st["postgres"].items():
+        table.add_row(
+            f"postgres:{name}", str(pg_["running"]), f"127.0.0.1:{pg_['port']}", pg_["log"]
+        )
+    if st["kafka"]:
+        k = st["kafka"]
+        table.add_row("kafka", str(k["running"]), k["bootstrap"], k["log"])
+    out.print(table)

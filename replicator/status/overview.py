@@ -1,0 +1,289 @@
+"""What ops decide on: lag at every stage, throughput, DLQ, backfill, direction, and a verdict.
+
+Every part is collected on its own: an unreachable target still leaves the source and Kafka
+parts, and the missing part is named with its fix. The verdict is a pure function of the
+collected :class:`Status`, so it is tested without servers. ``--json`` is ``Status.to_json()``,
+documented in ``docs/status.md`` and ``docs/status.schema.json`` (``version`` changes only on
+breaking changes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+
+from connectors import kafka_io, pg
+from connectors.envelope import parse_lsn
+from replicator.config import DatabaseSettings, Settings
+from replicator.errors import ReplicatorError
+
+SCHEMA_VERSION = 1
+# Retained WAL above this puts the source's disk at risk: the verdict says so.
+WAL_DANGER_BYTES = 1 << 30
+# A validation older than this no longer vouches for the data.
+VALIDATION_MAX_AGE_S = 24 * 3600.0
+
+
+@dataclass
+class SourceStatus:
+    slot: str
+    slot_exists: bool = False
+    slot_active: bool = False
+    wal_status: str | None = None
+    lag_bytes: int | None = None  # WAL written but not yet confirmed (in Kafka)
+    retained_wal_bytes: int | None = None  # WAL the slot keeps on the source's disk
+
+
+@dataclass
+class PartitionLag:
+    partition: int
+    end_offset: int
+    applied_offset: int | None
+    behind: int | None
+
+
+@dataclass
+class KafkaStatus:
+    topic: str
+    partitions: list[PartitionLag] = field(default_factory=list)
+    messages_behind: int | None = None
+    dlq_messages: int | None = None  # letters neither replayed nor purged
+
+
+@dataclass
+class TargetStatus:
+    desired_direction: str | None = None
+    observed_direction: str | None = None
+    end_to_end_lag_s: float | None = None
+    last_heartbeat_latency_s: float | None = None
+    seconds_since_last_apply: float | None = None
+    rows_applied: dict[str, int] = field(default_factory=dict)
+    backfill: dict[str, Any] | None = None  # latest: id, status, rows_total, rows_applied
+    validation: dict[str, Any] | None = None  # latest: outcome, age_s, differences
+
+
+@dataclass
+class Status:
+    pipeline: str
+    direction: str
+    collected_at: str
+    source: SourceStatus | None
+    kafka: KafkaStatus | None
+    target: TargetStatus | None
+    unreachable: list[dict[str, str]] = field(default_factory=list)  # part, message, hint
+    ready: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": SCHEMA_VERSION, **asdict(self)}
+
+
+def sides(s: Settings, direction: str) -> tuple[DatabaseSettings, DatabaseSettings]:
+    """(source, target) of a direction: after a cutover the target is the source."""
+    return (s.source, s.target) if direction == "fwd" else (s.target, s.source)
+
+
+def collect(s: Settings, *, max_lag_s: float | None = None) -> Status:
+    unreachable: list[dict[str, str]] = []
+
+    def attempt(part: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except ReplicatorError as exc:
+            unreachable.append({"part": part, "message": exc.message, "hint": exc.hint or ""})
+            return None
+
+    direction = attempt("direction", _direction, s) or "fwd"
+    src_db, tgt_db = sides(s, direction)
+    source = attempt("source", _source, s, src_db, direction)
+    offsets = attempt("target", _applied_offsets, tgt_db, s.topic(direction, "changes"))
+    kafka = attempt("kafka", _kafka, s, direction, offsets or {})
+    target = (
+        attempt("target", _target, s, tgt_db, direction, kafka) if offsets is not None else None
+    )
+    if kafka is not None and target is not None:
+        kafka.dlq_messages = attempt("kafka", _dlq_pending, s, tgt_db, direction)
+    st = Status(
+        pipeline=s.name,
+        direction=direction,
+        collected_at=dt.datetime.now(dt.UTC).isoformat(),
+        source=source,
+        kafka=kafka,
+        target=target,
+        unreachable=unreachable,
+    )
+    st.ready, st.reasons = verdict(st, s.cutover.max_lag_s if max_lag_s is None else max_lag_s)
+    return st
+
+
+def verdict(st: Status, max_lag_s: float) -> tuple[bool, list[str]]:
+    """Ready for cutover (or rollback), or every reason why not."""
+    reasons = [f"{u['part']} unreachable: {u['message']}" for u in st.unreachable]
+    src, kafka, tgt = st.source, st.kafka, st.target
+    if src is not None:
+        if not src.slot_exists:
+            reasons.append(f"replication slot {src.slot} does not exist")
+        elif not src.slot_active:
+            reasons.append(f"replication slot {src.slot} has no capture attached")
+        if src.wal_status in ("unreserved", "lost"):
+            reasons.append(f"slot {src.slot} is in danger: wal_status={src.wal_status}")
+        if (src.retained_wal_bytes or 0) > WAL_DANGER_BYTES:
+            reasons.append(f"slot {src.slot} retains {src.retained_wal_bytes} bytes of WAL")
+    if tgt is not None:
+        lag = tgt.end_to_end_lag_s
+        if lag is None:
+            reasons.append("end-to-end lag unknown: no heartbeat applied yet")
+        elif lag > max_lag_s:
+            reasons.append(f"end-to-end lag {lag:.1f} s is over the threshold {max_lag_s:g} s")
+        bf = tgt.backfill
+        if bf is None:
+            reasons.append("no backfill has run")
+        elif bf["status"] != "applied":
+            reasons.append(f"backfill {bf['id']} is incomplete ({bf['status']})")
+        val = tgt.validation
+        if val is None:
+            reasons.append("no validation has run (`replicator validate`)")
+        elif val["outcome"] != "clean":
+            reasons.append(f"last validation was {val['outcome']}")
+        elif (val.get("age_s") or 0) > VALIDATION_MAX_AGE_S:
+            reasons.append(f"last validation is stale ({val['age_s'] / 3600:.0f} h old)")
+    if kafka is not None and kafka.dlq_messages:
+        reasons.append(f"{kafka.dlq_messages} dead letter(s) in {st.pipeline}'s DLQ")
+    return not reasons, reasons
+
+
+# -- the parts -------------------------------------------------------------------------------
+
+
+def _direction(s: Settings) -> str:
+    """The observed direction, as stored beside the forward apply's rows (on the target)."""
+    with pg.connect(s.target.conninfo(), autocommit=True) as conn, pg.translated(s.target.masked()):
+        row = (
+            conn.execute(
+                "SELECT observed_direction FROM replicator.pipeline WHERE name = %s", (s.name,)
+            ).fetchone()
+            if _has_state(conn)
+            else None
+        )
+    return str(row[0]) if row else "fwd"
+
+
+def _has_state(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regclass('replicator.offsets') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def _source(s: Settings, db: DatabaseSettings, direction: str) -> SourceStatus:
+    out = SourceStatus(slot=s.slot(direction))
+    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+        row = conn.execute(
+            "SELECT active, wal_status, pg_current_wal_lsn()::text, confirmed_flush_lsn::text,"
+            " restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (out.slot,),
+        ).fetchone()
+    if row is None:
+        return out
+    out.slot_exists, out.slot_active, out.wal_status = True, bool(row[0]), row[1]
+    current = parse_lsn(row[2])
+    if row[3]:
+        out.lag_bytes = max(0, current - parse_lsn(row[3]))
+    if row[4]:
+        out.retained_wal_bytes = max(0, current - parse_lsn(row[4]))
+    return out
+
+
+def _applied_offsets(db: DatabaseSettings, topic: str) -> dict[int, int]:
+    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+        if not _has_state(conn):
+            return {}
+        rows = conn.execute(
+            "SELECT partition, next_offset FROM replicator.offsets WHERE topic = %s", (topic,)
+        ).fetchall()
+    return {int(p): int(o) for p, o in rows}
+
+
+def _kafka(s: Settings, direction: str, applied: dict[int, int]) -> KafkaStatus:
+    topic = s.topic(direction, "changes")
+    ends = kafka_io.end_offsets(s.kafka.bootstrap_servers, topic)
+    out = KafkaStatus(topic=topic)
+    for p, end in sorted(ends.items()):
+        done = applied.get(p)
+        out.partitions.append(PartitionLag(p, end, done, end - (done or 0)))
+    out.messages_behind = sum(pl.behind or 0 for pl in out.partitions)
+    return out
+
+
+def _dlq_pending(s: Settings, db: DatabaseSettings, direction: str) -> int:
+    from replicator.dlq.letters import done_count
+
+    topic = s.topic(direction, "dlq")
+    total = sum(kafka_io.end_offsets(s.kafka.bootstrap_servers, topic).values())
+    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+        return max(0, total - done_count(conn, topic))
+
+
+def _target(
+    s: Settings, db: DatabaseSettings, direction: str, kafka: KafkaStatus | None
+) -> TargetStatus:
+    from replicator.validate.report import last_validation
+
+    out = TargetStatus()
+    topic = s.topic(direction, "changes")
+    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+        if not _has_state(conn):
+            return out
+        row = conn.execute(
+            "SELECT desired_direction, observed_direction FROM replicator.pipeline WHERE name = %s",
+            (s.name,),
+        ).fetchone()
+        if row:
+            out.desired_direction, out.observed_direction = row
+        hb = conn.execute(
+            "SELECT extract(epoch FROM applied_at - emitted_at)::float8,"
+            " extract(epoch FROM clock_timestamp() - emitted_at)::float8"
+            " FROM replicator.heartbeats WHERE topic = %s ORDER BY emitted_at DESC LIMIT 1",
+            (topic,),
+        ).fetchone()
+        if hb:
+            out.last_heartbeat_latency_s = max(0.0, float(hb[0]))
+            caught_up = kafka is not None and not kafka.messages_behind
+            # Caught up: the lag is what the last heartbeat took from legacy to the target.
+            # Behind: the newest applied data is this old (grows while apply is stopped).
+            out.end_to_end_lag_s = out.last_heartbeat_latency_s if caught_up else float(hb[1])
+        last = conn.execute(
+            "SELECT extract(epoch FROM clock_timestamp() - max(updated_at))::float8"
+            " FROM replicator.offsets WHERE topic = %s",
+            (topic,),
+        ).fetchone()
+        out.seconds_since_last_apply = float(last[0]) if last and last[0] is not None else None
+        out.rows_applied = {
+            str(t): int(n)
+            for t, n in conn.execute(
+                "SELECT table_name, sum(rows_applied) FROM replicator.table_stats"
+                " GROUP BY table_name ORDER BY table_name"
+            ).fetchall()
+        }
+        bf = conn.execute(
+            "SELECT b.id, b.status, coalesce(sum(p.rows_total), 0), coalesce(sum(p.rows_applied), 0)"
+            " FROM replicator.backfill b LEFT JOIN replicator.backfill_progress p"
+            " ON p.backfill_id = b.id GROUP BY b.id, b.status, b.started_at"
+            " ORDER BY b.started_at DESC LIMIT 1"
+        ).fetchone()
+        if bf:
+            out.backfill = {
+                "id": bf[0],
+                "status": bf[1],
+                "rows_total": int(bf[2]),
+                "rows_applied": int(bf[3]),
+            }
+        val = last_validation(conn)
+        if val:
+            out.validation = {
+                "outcome": val["outcome"],
+                "age_s": val["age_s"],
+                "differences": val["differences"],
+            }
+    return out

@@ -1,0 +1,122 @@
+"""Validation's view of the tables: which target tables to check, their shape in the target
+catalog, the groups that must be read together, and target rows in canonical form."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.errors import PreconditionError, SchemaError
+from replicator.validate.canon import CanonRow, Key, TableShape, canon_row, chunks
+from transforms.api import Direction, TargetTable
+
+
+def select_tables(direction: Direction, table: str | None) -> dict[str, TargetTable]:
+    """The target tables to check: all, a target table, or those a source table writes."""
+    targets = direction.target_tables
+    if table is None:
+        return dict(targets)
+    name = table if "." in table else f"public.{table}"
+    if name in targets:
+        return {name: targets[name]}
+    t = direction.transform_for(name)
+    if t is not None:
+        return {w.name: targets[w.name] for w in t.writes}
+    raise PreconditionError(
+        f"{table} is neither a target nor a source table of the mapping",
+        hint="tables: " + ", ".join(sorted(targets)),
+    )
+
+
+def shapes_of(
+    conn: psycopg.Connection[Any], tables: Mapping[str, TargetTable]
+) -> dict[str, TableShape]:
+    out: dict[str, TableShape] = {}
+    for name, tt in tables.items():
+        schema, _, rel = name.partition(".")
+        rows = conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod),"
+            " a.atthasdef OR a.attidentity <> ''"
+            " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped"
+            " ORDER BY a.attnum",
+            (schema, rel),
+        ).fetchall()
+        if not rows:
+            raise SchemaError(f"target table {name} does not exist", hint="apply the target schema")
+        types = {str(r[0]): str(r[1]) for r in rows}
+        cols = tuple(dict.fromkeys(tt.key + (tt.columns or tuple(types))))
+        unknown = [c for c in cols if c not in types]
+        if unknown:
+            raise SchemaError(
+                f"target table {name} has no column(s) {', '.join(unknown)}",
+                hint="run `replicator check` to compare the mapping with the target",
+            )
+        defaults = frozenset(str(r[0]) for r in rows if r[2])
+        out[name] = TableShape(name, tt.key, cols, types, defaults)
+    return out
+
+
+def components(direction: Direction, tables: Iterable[str]) -> list[list[str]]:
+    """Target tables grouped so that each group's writers write nothing outside it."""
+    groups: list[set[str]] = []
+    for t in tables:
+        linked = {
+            w.name
+            for tr in direction.tables.values()
+            if t in {x.name for x in tr.writes}
+            for w in tr.writes
+        }
+        merged = {t} | linked
+        for g in [g for g in groups if g & merged]:
+            merged |= g
+            groups.remove(g)
+        groups.append(merged)
+    wanted = set(tables)
+    return [sorted(g & wanted) for g in groups if g & wanted]
+
+
+def _ident(table: str) -> sql.Identifier:
+    schema, _, name = table.partition(".")
+    return sql.Identifier(schema, name)
+
+
+def read_target(
+    conn: psycopg.Connection[Any], shape: TableShape, keys: list[Key] | None = None
+) -> dict[Key, CanonRow]:
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in shape.columns)
+    out: dict[Key, CanonRow] = {}
+    nkey = len(shape.key)
+
+    def take(rows: Iterable[tuple[Any, ...]]) -> None:
+        for r in rows:
+            row = canon_row(shape, dict(zip(shape.columns, r, strict=True)))
+            out[tuple(v or "" for v in row[:nkey])] = row
+
+    if keys is None:
+        take(conn.execute(sql.SQL("SELECT {} FROM {}").format(cols, _ident(shape.name))))
+        return out
+    if nkey == 1:
+        # One array parameter: a short statement, not thousands of placeholders to parse.
+        k = shape.key[0]
+        stmt = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::" + shape.types[k] + "[])").format(
+            cols, _ident(shape.name), sql.Identifier(k)
+        )
+        for part in chunks(keys, 5_000):
+            take(conn.execute(stmt, ([key[0] for key in part],)))
+        return out
+    one = sql.SQL("({})").format(
+        # format_type() output is valid SQL type syntax; the cast makes the key text comparable.
+        sql.SQL(", ").join(sql.SQL("%s::" + shape.types[k]) for k in shape.key)
+    )
+    key_cols = sql.SQL(", ").join(sql.Identifier(k) for k in shape.key)
+    for part in chunks(keys, 500):
+        stmt = sql.SQL("SELECT {} FROM {} WHERE ({}) IN ({})").format(
+            cols, _ident(shape.name), key_cols, sql.SQL(", ").join([one] * len(part))
+        )
+        take(conn.execute(stmt, [v for k in part for v in k]))
+    return out
