@@ -113,4 +113,7 @@ class Sampler:
                 log.warning("web: sampling failed: %s", exc.message)
             except Exception:  # the page must never take the pipeline down with it
                 log.exception("web: sampling failed")
-            stop.wait(max(0.05, self.interval_s - (time.monotonic() - started)))
+            # A slow sample (a loaded machine) spaces the next one out: the sampler spends at
+            # most half its time collecting, so watching never adds to a struggling pipeline.
+            took = time.monotonic() - started
+            stop.wait(max(0.05, self.interval_s - took, took))

@@ -14,6 +14,7 @@ state, so nothing to authenticate beyond binding to 127.0.0.1 by default. Every 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -49,6 +50,7 @@ _ASSETS = {
     "/vendor/uPlot.iife.min.js": "vendor/uPlot.iife.min.js",
     "/vendor/uPlot.min.css": "vendor/uPlot.min.css",
 }
+_LOOPBACK_NAMES = {"127.0.0.1", "localhost", "[::1]", ""}
 _SECURITY = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline';"
@@ -162,6 +164,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         app = self.server.app
+        if not self._host_allowed():
+            return self._send(HTTPStatus.MISDIRECTED_REQUEST, b"unknown host\n", "text/plain")
         url = urlsplit(self.path)
         path = url.path
         if path in app.assets:
@@ -180,6 +184,16 @@ class _Handler(BaseHTTPRequestHandler):
 
             return self._send(HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST)
         self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+    def _host_allowed(self) -> bool:
+        """Bound to loopback, answer only requests addressed to it: a web page elsewhere whose
+        name was pointed at 127.0.0.1 (DNS rebinding) must not read the pipeline's data."""
+        if not self.server.loopback:
+            return True
+        host = self.headers.get("Host") or ""
+        if not host.endswith("]"):  # [::1] alone has no port to cut
+            host = host.rsplit(":", 1)[0]
+        return host in _LOOPBACK_NAMES
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -219,6 +233,14 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     app: WebApp
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A browser that closed its connection mid-request is no error worth a stack trace.
+        log.debug("web: request from %s failed", client_address, exc_info=True)
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(str(self.server_address[0])).is_loopback
 
     def close(self) -> None:
         self.app.stop()

@@ -126,6 +126,20 @@ def test_the_server_is_read_only(served: tuple[str, WebApp]) -> None:
     assert e.value.code == 405
 
 
+def test_a_loopback_server_answers_only_requests_addressed_to_it(
+    served: tuple[str, WebApp],
+) -> None:
+    base, _ = served
+    for host in ("localhost:9180", "127.0.0.1", "[::1]:80"):
+        req = urllib.request.Request(base + "/api/state", headers={"Host": host})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200
+    rebound = urllib.request.Request(base + "/api/state", headers={"Host": "evil.example:9180"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(rebound, timeout=5)
+    assert e.value.code == 421
+
+
 def test_history_endpoint_with_a_full_day(served: tuple[str, WebApp]) -> None:
     base, app = served
     assert app.history.capacity == 86_400

@@ -219,9 +219,23 @@ function showHistory(h) {
 
 // -- polling -----------------------------------------------------------------------------
 
+let span = HOUR_S;
+
+function historyUrl() {
+  return "api/history?span=" + span + "&points=720";
+}
+
+function chooseSpan(ev) {
+  ev.preventDefault();
+  span = Number(ev.currentTarget.dataset.span);
+  text("chart-title", span === HOUR_S ? "Last hour" : "Last 24 hours");
+  fetch(historyUrl(), { cache: "no-store" }).then((r) => r.json()).then(showHistory).catch(() => {});
+}
+
+// `url` is a string or a function giving one (the chart's span can change between polls).
 async function poll(url, show, every) {
   try {
-    const resp = await fetch(url, { cache: "no-store" });
+    const resp = await fetch(typeof url === "function" ? url() : url, { cache: "no-store" });
     if (resp.ok) show(await resp.json());
     document.body.classList.remove("offline");
   } catch (e) {
@@ -233,4 +247,6 @@ async function poll(url, show, every) {
 
 $("dlq-link").addEventListener("click", showLetters);
 poll("api/state", showState, STATE_MS);
-poll("api/history?span=" + HOUR_S + "&points=720", showHistory, HISTORY_MS);
+$("span-1h").addEventListener("click", chooseSpan);
+$("span-24h").addEventListener("click", chooseSpan);
+poll(historyUrl, showHistory, HISTORY_MS);
