@@ -95,7 +95,9 @@ def delete_topics(bootstrap: str, names: list[str]) -> None:
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # kafka-python bootstraps in the constructor: an unreachable broker fails here.
+    with translated(f"at {bootstrap} is unreachable"):
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         with translated("offset query failed"):
             parts = consumer.partitions_for_topic(topic) or set()

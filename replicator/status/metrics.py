@@ -31,6 +31,11 @@ class StatusCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         self.s = settings
 
+    def describe(self) -> Iterator[Any]:
+        # Nothing to declare up front: without this, registering would run a whole status
+        # collection (and wait on every unreachable part) before the server even starts.
+        return iter(())
+
     def collect(self) -> Iterator[Any]:
         st = collect(self.s)
         labels = {"pipeline": st.pipeline, "direction": st.direction}
