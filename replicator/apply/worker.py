@@ -36,6 +36,7 @@ from replicator.errors import (
     TransformError,
     TransientDatabaseError,
 )
+from replicator.retry import RetryPolicy
 from replicator.state import (
     add_snapshot_progress,
     add_table_stats,
@@ -152,17 +153,8 @@ class ApplyWorker:
     # -- main loop -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                self._run_once(stop)
-                return
-            except ReplicatorError as exc:
-                if not exc.retriable:
-                    raise
-                log.warning("apply: %s; retrying in %.1fs", exc.message, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        if not stop.is_set():
+            RetryPolicy(self.s.retry, "apply", stop=stop).run(lambda: self._run_once(stop))
 
     def _run_once(self, stop: threading.Event) -> None:
         # Subscribing to a topic that does not exist yet would leave the group without

@@ -53,7 +53,7 @@ def init(
             "source_password": legacy.password,
             "target_port": target.port,
             "target_password": target.password,
-            "bootstrap": kafka.bootstrap,
+            "kafka_bootstrap_servers": kafka.bootstrap,
         }
     path.write_text(cfg.render_template(**values))
     out.print(f"wrote {path}")
