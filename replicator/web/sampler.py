@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from connectors.kafka_io import OffsetReader
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
 from replicator.status.overview import Status, collect
@@ -72,6 +73,7 @@ class Sampler:
         self.history = history
         self.interval_s = interval_s
         self._prev: Counters | None = None
+        self._end_offsets = OffsetReader()  # one Kafka consumer for every sample
         self._state = orjson.dumps({"sampled_at": None, "message": "first sample pending"})
         self._lock = threading.Lock()
         self.samples = 0
@@ -84,7 +86,7 @@ class Sampler:
     def sample_once(self) -> None:
         started = time.monotonic()
         now = time.time()
-        st = collect(self.s)
+        st = collect(self.s, end_offsets=self._end_offsets)
         details = read_details(self.s, st.direction)
         cur = counters(st, details, now)
         r = rates(self._prev, cur)
@@ -117,3 +119,4 @@ class Sampler:
             # most half its time collecting, so watching never adds to a struggling pipeline.
             took = time.monotonic() - started
             stop.wait(max(0.05, self.interval_s - took, took))
+        self._end_offsets.close()
