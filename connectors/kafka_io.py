@@ -374,6 +374,14 @@ class Consumer:
         self.assigned: set[int] = set()
         self._assign_error: ReplicatorError | None = None
 
+    @property
+    def coordinated(self) -> bool:
+        """Whether the group's coordinator (a broker) was reachable at the last poll. Without
+        it the assignment is stale and nothing arrives; kafka-python says so only through its
+        coordinator's id, which its poll clears when the connection is lost."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        return coordinator is None or getattr(coordinator, "coordinator_id", 0) is not None
+
     def _on_assigned(self, partitions: list[int]) -> None:
         self.assigned = set(partitions)
         positions = self._seek_to(partitions)

@@ -40,6 +40,7 @@ from replicator.errors import (
     PreconditionError,
     ReplicatorError,
 )
+from replicator.health import StageHealth, waiting_sleep
 from replicator.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class Capture:
         self.topic = settings.topic(direction, "changes")
         self.stats = CaptureStats()
         self._kafka_down = False
+        self.health = StageHealth()
 
     def prepare(self) -> int | None:
         """Publication, slot and topics; returns the slot's LSN when this call created it."""
@@ -119,11 +121,16 @@ class Capture:
 
     def run(self, stop: threading.Event) -> None:
         if not stop.is_set():
-            RetryPolicy(self.s.retry, "capture", stop=stop, on_failure=self._failed).run(
-                lambda: self._stream(stop)
-            )
+            RetryPolicy(
+                self.s.retry,
+                "capture",
+                stop=stop,
+                on_failure=self._failed,
+                sleep=waiting_sleep(self.health, stop),
+            ).run(lambda: self._stream(stop))
 
     def _failed(self, exc: ReplicatorError) -> None:
+        self.health.waiting(f"{exc.message} (retrying)")
         if isinstance(exc, KafkaUnavailable) and not self._kafka_down:
             log.error("capture: Kafka unavailable; the slot is not advanced until it answers")
             self._kafka_down = True
@@ -230,6 +237,10 @@ class Capture:
                 if self._kafka_down and not inflight:
                     log.info("capture: Kafka acknowledges again")
                     self._kafka_down = False
+                if self._kafka_down:
+                    self.health.waiting("streaming, but Kafka has not acknowledged yet")
+                else:
+                    self.health.ready()
                 if asm.changed_relations:
                     # The new shape travels in every later envelope; transforms see it, and
                     # `replicator check` says whether the mapping still fits.

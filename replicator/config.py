@@ -161,11 +161,18 @@ class MetricsSettings(_Strict):
         0,
         ge=0,
         le=65535,
-        description="port of the Prometheus endpoint of long-running processes; 0 disables it",
+        description="port of /metrics, /healthz and /readyz of long-running processes; 0: none",
     )
     host: str = Field(
         "127.0.0.1",
-        description="address the endpoint binds; 0.0.0.0 lets a Prometheus on another host scrape",
+        description="address they bind; 0.0.0.0 lets a Prometheus or a kubelet elsewhere ask",
+    )
+    # Generous: a liveness failure restarts the process, which must not happen to a slow
+    # large merge (replicator.health).
+    stall_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="/healthz fails when a stage's loop has not come round for this long",
     )
     web: bool = Field(
         False, description="true: the web page (`replicator web`) on this port too, beside /metrics"

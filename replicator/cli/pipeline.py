@@ -90,6 +90,17 @@ def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    # The endpoints answer before the pipeline starts (creating a slot can take a while):
+    # /readyz says "starting" meanwhile.
+    from replicator.health import process_view
+    from replicator.status.endpoints import serve
+    from replicator.web import page_for_metrics_port
+
+    serve(
+        s,
+        lambda: process_view(pipeline, s.metrics.stall_after_s),
+        page=page_for_metrics_port(s),  # metrics.web: the page beside /metrics
+    )
     # Apply workers get processes of their own when they would share the interpreter with
     # capture or with each other: each stage then has a core (see replicator.runtime.worker_process).
     pipeline.start(
@@ -99,9 +110,6 @@ def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int
         processes=run_capture or workers > 1,
         log_setup=child_logging(),
     )
-    from replicator.web import serve_metrics_port
-
-    serve_metrics_port(s)  # /metrics, and with metrics.web the page too
     console.print(
         f"[green]running[/] pipeline {s.name}: "
         + ", ".join(x for x, on in (("capture", run_capture), ("apply", run_apply)) if on)

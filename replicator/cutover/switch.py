@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from connectors import kafka_io, pg
+from connectors.pgsequences import set_target_past, source_high
 from connectors.pgsource import create_slot, ensure_publication, slot_info, source_problems
 from replicator.config import DatabaseSettings, Settings
 from replicator.cutover import fence as fencing
@@ -390,22 +391,9 @@ class Cutover:
         ):
             for seq in p.drain.sequences:
                 with pg.translated(p.old.masked()):
-                    row = old.execute(
-                        sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
-                            sql.Identifier(seq.column), sql.Identifier(*seq.table.split(".", 1))
-                        )
-                    ).fetchone()
-                high = int(row[0]) if row else 0
+                    high = source_high(old, seq)
                 with pg.translated(p.new.masked()):
-                    new.execute(
-                        sql.SQL(
-                            "SELECT setval(pg_get_serial_sequence(%s, %s), "
-                            "GREATEST(%s, (SELECT coalesce(max({}), 0) FROM {}), 1))"
-                        ).format(
-                            sql.Identifier(seq.column), sql.Identifier(*seq.table.split(".", 1))
-                        ),
-                        (fencing._quoted(seq.table), seq.column, high),
-                    )
+                    set_target_past(new, seq, high)
 
     def _arm_next_direction(self) -> None:
         """Publication and slot on the new writer, created now: the draining apply has stopped

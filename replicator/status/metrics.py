@@ -1,4 +1,5 @@
-"""Prometheus metrics of long-running processes (``run``, ``capture``, ``apply``).
+"""Prometheus metrics of long-running processes (``run``, ``capture``, ``apply``), served by
+:mod:`replicator.status.endpoints` beside the health probes.
 
 Collected at scrape time from the same :func:`replicator.status.overview.collect` that ``status`` uses,
 so the numbers on a dashboard and in the terminal are the same numbers. Series (see
@@ -19,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import start_http_server
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from replicator.config import Settings
@@ -30,11 +30,6 @@ from replicator.status.overview import collect
 class StatusCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         self.s = settings
-
-    def describe(self) -> Iterator[Any]:
-        # Nothing to declare up front: without this, registering would run a whole status
-        # collection (and wait on every unreachable part) before the server even starts.
-        return iter(())
 
     def collect(self) -> Iterator[Any]:
         st = collect(self.s)
@@ -99,10 +94,3 @@ class StatusCollector(Collector):
         for part in ("source", "kafka", "target"):
             up.add_metric([*values, part], 0.0 if part in down else 1.0)
         yield up
-
-
-def serve_metrics(settings: Settings) -> None:
-    """Serve /metrics on ``metrics.port`` (0: off)."""
-    if settings.metrics.port:
-        REGISTRY.register(StatusCollector(settings))
-        start_http_server(settings.metrics.port, addr=settings.metrics.host)

@@ -8,6 +8,6 @@
 """
 
 from replicator.web.history import History, Sample
-from replicator.web.server import WebApp, serve, serve_metrics_port
+from replicator.web.server import WebApp, page_for_metrics_port, serve
 
-__all__ = ["History", "Sample", "WebApp", "serve", "serve_metrics_port"]
+__all__ = ["History", "Sample", "WebApp", "page_for_metrics_port", "serve"]

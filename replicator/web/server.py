@@ -9,7 +9,9 @@ state, so nothing to authenticate beyond binding to 127.0.0.1 by default. Every 
     /api/state            the latest sample: ``status --json`` plus details and rates
     /api/history?span=S&points=N   the chart's series, folded to at most N points
     /api/dlq              dead letters not replayed or purged, newest first, with reasons
-    /metrics              Prometheus, when served on the metrics port (``metrics.web``)
+
+With ``metrics.web`` the same routes are served on the metrics port, beside ``/metrics`` and
+the health probes (:func:`page_for_metrics_port`, a WSGI application).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -32,6 +35,7 @@ from replicator.web.history import History
 from replicator.web.sampler import Sampler
 
 log = logging.getLogger(__name__)
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 MAX_POINTS = 2000  # the most points a chart asks for: a screen's width
 DLQ_SHOWN = 100
@@ -73,22 +77,15 @@ def _load_assets() -> dict[str, tuple[bytes, str]]:
 class WebApp:
     """The page's data: a sampler thread and the routes that read what it keeps."""
 
-    def __init__(self, settings: Settings, *, metrics: bool = False) -> None:
+    def __init__(self, settings: Settings) -> None:
         w = settings.web
         self.s = settings
         self.history = History(max(1, int(w.history_h * 3600 / w.interval_s)))
         self.sampler = Sampler(settings, self.history, w.interval_s)
         self.assets = _load_assets()
-        self.metrics = metrics
         self._dlq: tuple[float, tuple[str, Any], bytes] | None = None
         self._dlq_lock = threading.Lock()
         self._stop = threading.Event()
-        if metrics:
-            from prometheus_client.core import REGISTRY
-
-            from replicator.status.metrics import StatusCollector
-
-            REGISTRY.register(StatusCollector(settings))
 
     def start_sampling(self) -> None:
         threading.Thread(
@@ -157,74 +154,89 @@ def _number(q: dict[str, list[str]], name: str, default: float, lo: float, hi: f
     return min(hi, max(lo, v))
 
 
+Response = tuple[HTTPStatus, bytes, str, str]  # code, body, content type, cache-control
+
+
+def _respond(app: WebApp, method: str, target: str, host: str, loopback: bool) -> Response:
+    """One request, whichever server carries it (this module's, or the metrics port's WSGI)."""
+    if method not in ("GET", "HEAD"):
+        return HTTPStatus.METHOD_NOT_ALLOWED, b"read-only\n", "text/plain", "no-store"
+    if loopback and not _host_allowed(host):
+        return HTTPStatus.MISDIRECTED_REQUEST, b"unknown host\n", "text/plain", "no-store"
+    url = urlsplit(target)
+    path = url.path
+    if path in app.assets:
+        body, ctype = app.assets[path]
+        return HTTPStatus.OK, body, ctype, "max-age=300"
+    if path == "/api/state":
+        return HTTPStatus.OK, app.sampler.state_json, "application/json", "no-store"
+    if path == "/api/history":
+        return HTTPStatus.OK, app.history_json(parse_qs(url.query)), "application/json", "no-store"
+    if path == "/api/dlq":
+        return HTTPStatus.OK, app.dlq_json(), "application/json", "no-store"
+    if path == "/healthz":
+        return HTTPStatus.OK, b"ok\n", "text/plain", "no-store"
+    return HTTPStatus.NOT_FOUND, b"not found\n", "text/plain", "no-store"
+
+
+def _host_allowed(host: str) -> bool:
+    """Bound to loopback, answer only requests addressed to it: a web page elsewhere whose name
+    was pointed at 127.0.0.1 (DNS rebinding) must not read the pipeline's data."""
+    if not host.endswith("]"):  # [::1] alone has no port to cut
+        host = host.rsplit(":", 1)[0]
+    return host in _LOOPBACK_NAMES
+
+
+def _headers(code: HTTPStatus, body: bytes, ctype: str, cache: str) -> list[tuple[str, str]]:
+    out = [
+        ("Content-Type", ctype),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", cache),
+        *_SECURITY.items(),
+    ]
+    if code == HTTPStatus.METHOD_NOT_ALLOWED:
+        out.append(("Allow", "GET, HEAD"))
+    return out
+
+
+def wsgi_app(app: WebApp, loopback: bool) -> WsgiApp:
+    """The page as a WSGI application: what the metrics port serves with ``metrics.web``."""
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        target = environ.get("PATH_INFO", "/")
+        if environ.get("QUERY_STRING"):
+            target += "?" + environ["QUERY_STRING"]
+        method = environ.get("REQUEST_METHOD", "GET")
+        code, body, ctype, cache = _respond(
+            app, method, target, environ.get("HTTP_HOST", ""), loopback
+        )
+        start_response(f"{code.value} {code.phrase}", _headers(code, body, ctype, cache))
+        return [] if method == "HEAD" else [body]
+
+    return wsgi
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     server_version = "replicator-web"
 
-    def do_GET(self) -> None:
-        app = self.server.app
-        if not self._host_allowed():
-            return self._send(HTTPStatus.MISDIRECTED_REQUEST, b"unknown host\n", "text/plain")
-        url = urlsplit(self.path)
-        path = url.path
-        if path in app.assets:
-            body, ctype = app.assets[path]
-            return self._send(HTTPStatus.OK, body, ctype, cache="max-age=300")
-        if path == "/api/state":
-            return self._json(app.sampler.state_json)
-        if path == "/api/history":
-            return self._json(app.history_json(parse_qs(url.query)))
-        if path == "/api/dlq":
-            return self._json(app.dlq_json())
-        if path == "/healthz":
-            return self._send(HTTPStatus.OK, b"ok\n", "text/plain")
-        if path == "/metrics" and app.metrics:
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-            return self._send(HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST)
-        self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
-
-    def _host_allowed(self) -> bool:
-        """Bound to loopback, answer only requests addressed to it: a web page elsewhere whose
-        name was pointed at 127.0.0.1 (DNS rebinding) must not read the pipeline's data."""
-        if not self.server.loopback:
-            return True
-        host = self.headers.get("Host") or ""
-        if not host.endswith("]"):  # [::1] alone has no port to cut
-            host = host.rsplit(":", 1)[0]
-        return host in _LOOPBACK_NAMES
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def _not_allowed(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"read-only\n", "text/plain", allow="GET, HEAD")
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
-
-    def _json(self, body: bytes) -> None:
-        self._send(HTTPStatus.OK, body, "application/json")
-
-    def _send(
-        self,
-        code: HTTPStatus,
-        body: bytes,
-        ctype: str,
-        cache: str = "no-store",
-        allow: str | None = None,
-    ) -> None:
+    def _any(self) -> None:
+        code, body, ctype, cache = _respond(
+            self.server.app,
+            self.command,
+            self.path,
+            self.headers.get("Host") or "",
+            self.server.loopback,
+        )
         self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", cache)
-        for k, v in _SECURITY.items():
+        for k, v in _headers(code, body, ctype, cache):
             self.send_header(k, v)
-        if allow:
-            self.send_header("Allow", allow)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _any
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("web: " + format, *args)
@@ -240,7 +252,7 @@ class _Server(ThreadingHTTPServer):
 
     @property
     def loopback(self) -> bool:
-        return ipaddress.ip_address(str(self.server_address[0])).is_loopback
+        return _is_loopback(str(self.server_address[0]))
 
     def close(self) -> None:
         self.app.stop()
@@ -248,10 +260,10 @@ class _Server(ThreadingHTTPServer):
         self.server_close()
 
 
-def serve(settings: Settings, host: str, port: int, *, metrics: bool = False) -> _Server:
+def serve(settings: Settings, host: str, port: int) -> _Server:
     """Start the page (and its sampler) in background threads; returns the server, whose
-    ``shutdown()`` stops it. ``ConfigError`` when the address cannot be bound."""
-    app = WebApp(settings, metrics=metrics)
+    ``close()`` stops both. ``ConfigError`` when the address cannot be bound."""
+    app = WebApp(settings)
     try:
         server = _Server((host, port), _Handler)
     except OSError as exc:
@@ -266,15 +278,17 @@ def serve(settings: Settings, host: str, port: int, *, metrics: bool = False) ->
     return server
 
 
-def serve_metrics_port(settings: Settings) -> None:
-    """What long-running commands serve on ``metrics.port``: /metrics alone, or with
-    ``metrics.web`` the page as well (one port to open for both)."""
-    m = settings.metrics
-    if not m.port:
-        return
-    if m.web:
-        serve(settings, m.host, m.port, metrics=True)
-    else:
-        from replicator.status.metrics import serve_metrics
+def page_for_metrics_port(settings: Settings) -> WsgiApp | None:
+    """With ``metrics.web``: the page (its sampler started) to serve beside ``/metrics``."""
+    if not (settings.metrics.port and settings.metrics.web):
+        return None
+    app = WebApp(settings)
+    app.start_sampling()
+    return wsgi_app(app, _is_loopback(settings.metrics.host))
 
-        serve_metrics(settings)
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -161,3 +161,27 @@ def test_bind_address_is_local_by_default() -> None:
     s = Settings()
     assert s.web.host == "127.0.0.1" and s.metrics.host == "127.0.0.1"
     assert not s.metrics.web
+
+
+def test_the_page_as_a_wsgi_application_for_the_metrics_port() -> None:
+    from replicator.web.server import wsgi_app
+
+    page = wsgi_app(WebApp(Settings()), loopback=True)
+
+    def call(path: str, method: str = "GET", host: str = "127.0.0.1:9108") -> tuple[str, bytes]:
+        seen: list[str] = []
+        path, _, query = path.partition("?")
+        environ = {
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "REQUEST_METHOD": method,
+            "HTTP_HOST": host,
+        }
+        body = b"".join(page(environ, lambda status, headers: seen.append(status)))
+        return seen[0], body
+
+    status, body = call("/")
+    assert status == "200 OK" and b'<div id="chart"' in body
+    assert call("/api/history?span=600&points=10")[0] == "200 OK"
+    assert call("/api/state", method="POST")[0] == "405 Method Not Allowed"
+    assert call("/api/state", host="evil.example")[0] == "421 Misdirected Request"
