@@ -217,6 +217,47 @@ def end_offsets(bootstrap: str, topic: str, **security: Any) -> dict[int, int]:
         reader.close()
 
 
+class OffsetReader:
+    """:func:`end_offsets` for a caller asking every second (the web page's sampler): one
+    long-lived consumer instead of a new one, its bootstrap and a metadata request for every
+    topic of the cluster each time; a topic's partitions are looked up again after
+    ``partitions_ttl_s``. Not thread-safe: one caller. A failure closes the consumer, so the
+    next call connects afresh."""
+
+    def __init__(self, partitions_ttl_s: float = 30.0, **security: Any) -> None:
+        self._ttl = partitions_ttl_s
+        self._security = security
+        self._consumer: KafkaConsumer | None = None
+        self._bootstrap = ""
+        self._partitions: dict[str, tuple[float, list[int]]] = {}
+
+    def __call__(self, bootstrap: str, topic: str) -> dict[int, int]:
+        try:
+            with translated(f"at {bootstrap}: offset query failed"):
+                if self._consumer is None or bootstrap != self._bootstrap:
+                    self.close()
+                    self._consumer = consumer(bootstrap, **self._security)
+                    self._bootstrap = bootstrap
+                known = self._partitions.get(topic)
+                if known is None or time.monotonic() - known[0] > self._ttl:
+                    parts = sorted(self._consumer.partitions_for_topic(topic) or ())
+                    known = (time.monotonic(), parts)
+                    self._partitions[topic] = known
+                tps = [TopicPartition(topic, p) for p in known[1]]
+                ends = self._consumer.end_offsets(tps) if tps else {}
+                return {tp.partition: off for tp, off in ends.items()}
+        except ReplicatorError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.close()
+        self._consumer = None
+        self._partitions.clear()
+
+
 def read_topic(
     bootstrap: str, topic: str, timeout_s: float = 60.0, **security: Any
 ) -> list[tuple[int, int, bytes]]:

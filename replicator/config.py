@@ -303,6 +303,23 @@ class MetricsSettings(_Strict):
         gt=0,
         description="/healthz fails when a stage's loop has not come round for this long",
     )
+    web: bool = Field(
+        False, description="true: the web page (`replicator web`) on this port too, beside /metrics"
+    )
+
+
+class WebSettings(_Strict):
+    port: int = Field(9180, ge=0, le=65535, description="port of `replicator web`")
+    host: str = Field(
+        "127.0.0.1",
+        description="address it binds: read-only, yet it shows table names, keys and errors",
+    )
+    interval_s: float = Field(
+        1.0, ge=0.2, le=60, description="seconds between status samples, however many watch"
+    )
+    history_h: float = Field(
+        24.0, gt=0, le=168, description="hours of history kept in memory for the chart"
+    )
 
 
 class Settings(BaseSettings):
@@ -349,6 +366,9 @@ class Settings(BaseSettings):
     retry: RetrySettings = Field(
         default_factory=RetrySettings,
         description="how capture and apply retry a temporary error (a server gone, a deadlock)",
+    )
+    web: WebSettings = Field(
+        default_factory=WebSettings, description="`replicator web`: the read-only page"
     )
 
     @classmethod

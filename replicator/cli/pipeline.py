@@ -94,8 +94,13 @@ def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int
     # /readyz says "starting" meanwhile.
     from replicator.health import process_view
     from replicator.status.endpoints import serve
+    from replicator.web import page_for_metrics_port
 
-    serve(s, lambda: process_view(pipeline, s.metrics.stall_after_s))
+    serve(
+        s,
+        lambda: process_view(pipeline, s.metrics.stall_after_s),
+        page=page_for_metrics_port(s),  # metrics.web: the page beside /metrics
+    )
     # Apply workers get processes of their own when they would share the interpreter with
     # capture or with each other: each stage then has a core (see replicator.runtime.worker_process).
     pipeline.start(

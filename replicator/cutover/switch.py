@@ -314,16 +314,19 @@ class Cutover:
             return None
 
     def _dlq_pending(self) -> int:
-        try:
-            from replicator.dlq.letters import pending_count  # type: ignore[attr-defined]
-        except ImportError:
-            offsets = kafka_io.end_offsets(
-                self.s.kafka.bootstrap_servers,
-                self._topic(self.plan.old_dir, "dlq"),
-                **self.s.kafka.client_options(),
-            )
-            return sum(offsets.values())
-        return int(pending_count(self.s, self.plan.old_dir))
+        """Letters neither replayed nor purged (as ``status`` counts them): a letter dealt
+        with must not hold the cutover back."""
+        from replicator.dlq.letters import done_count
+
+        topic = self._topic(self.plan.old_dir, "dlq")
+        total = sum(
+            kafka_io.end_offsets(
+                self.s.kafka.bootstrap_servers, topic, **self.s.kafka.client_options()
+            ).values()
+        )
+        state = self._state_db(self.plan.old_dir)
+        with pg.connect(state.conninfo(), autocommit=True) as conn, pg.translated(state.masked()):
+            return max(0, total - done_count(conn, topic))
 
     def _privilege_problems(self) -> list[str]:
         p = self.plan
