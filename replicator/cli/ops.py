@@ -130,7 +130,7 @@ def _letters(config: Path | None, direction: str, table: str | None = None) -> t
     with pg.connect(target.conninfo()) as conn, pg.translated(target.masked()):
         ensure_schema(conn)
         done = done_positions(conn, topic)
-    letters = read_letters(s.kafka.bootstrap_servers, topic, done)
+    letters = read_letters(s.kafka.bootstrap_servers, topic, done, **s.kafka.client_options())
     if table:
         # "user" or "public.user" names public.user, never public.api_user.
         letters = [

@@ -147,7 +147,9 @@ class Cutover:
             with self._step(out, "drain"):
                 # Counted by the preflight's lag probe: no Kafka metadata round trip in the pause.
                 partitions = self._partitions or kafka_io.partition_count(
-                    self.s.kafka.bootstrap_servers, self._topic(p.old_dir)
+                    self.s.kafka.bootstrap_servers,
+                    self._topic(p.old_dir),
+                    **self.s.kafka.client_options(),
                 )
                 waited = fencing.wait_marker(
                     self._state_db(p.old_dir),
@@ -237,7 +239,7 @@ class Cutover:
 
             self._reverse_keys = ReverseKeys(self.mapping, self.s.source)
             try:
-                self._reverse_keys.read(self.s.kafka.bootstrap_servers, self._topic("rev"))
+                self._reverse_keys.read(self.s.kafka, self._topic("rev"))
             except ReplicatorError as exc:
                 problems.append(f"the reverse stream could not be read: {exc.message}")
         return problems
@@ -262,6 +264,7 @@ class Cutover:
                     self._topic("fwd"),
                     self.mapping.forward,
                     base[1],
+                    **self.s.kafka.client_options(),
                 )
         except ReplicatorError as exc:
             log.warning("cutover: reading the changes topic ahead of the pause failed: %s", exc)
@@ -295,7 +298,9 @@ class Cutover:
             ):
                 fencing.emit(conn, {"kind": "marker", "marker": "probe", "id": marker_id})
             partitions = kafka_io.partition_count(
-                self.s.kafka.bootstrap_servers, self._topic(p.old_dir)
+                self.s.kafka.bootstrap_servers,
+                self._topic(p.old_dir),
+                **self.s.kafka.client_options(),
             )
             self._partitions = partitions
             return fencing.wait_marker(
@@ -309,14 +314,19 @@ class Cutover:
             return None
 
     def _dlq_pending(self) -> int:
-        try:
-            from replicator.dlq.letters import pending_count  # type: ignore[attr-defined]
-        except ImportError:
-            offsets = kafka_io.end_offsets(
-                self.s.kafka.bootstrap_servers, self._topic(self.plan.old_dir, "dlq")
-            )
-            return sum(offsets.values())
-        return int(pending_count(self.s, self.plan.old_dir))
+        """Letters neither replayed nor purged (as ``status`` counts them): a letter dealt
+        with must not hold the cutover back."""
+        from replicator.dlq.letters import done_count
+
+        topic = self._topic(self.plan.old_dir, "dlq")
+        total = sum(
+            kafka_io.end_offsets(
+                self.s.kafka.bootstrap_servers, topic, **self.s.kafka.client_options()
+            ).values()
+        )
+        state = self._state_db(self.plan.old_dir)
+        with pg.connect(state.conninfo(), autocommit=True) as conn, pg.translated(state.masked()):
+            return max(0, total - done_count(conn, topic))
 
     def _privilege_problems(self) -> list[str]:
         p = self.plan
@@ -365,7 +375,7 @@ class Cutover:
             rk = self._reverse_keys
             if rk is None:
                 raise CutoverAborted("the preflight did not read the reverse stream", step="verify")
-            rk.read(self.s.kafka.bootstrap_servers, self._topic("rev"))
+            rk.read(self.s.kafka, self._topic("rev"))
             report = validate(
                 self.s,
                 self.mapping,
@@ -416,6 +426,7 @@ class Cutover:
             self.s.kafka.bootstrap_servers,
             {self._topic(p.new_dir): self.s.kafka.partitions, self._topic(p.new_dir, "dlq"): 1},
             self.s.kafka.replication_factor,
+            **self.s.kafka.client_options(),
         )
 
     def _disarm_next_direction(self) -> None:

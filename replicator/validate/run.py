@@ -393,7 +393,12 @@ def validate(
                 )
             report.since_run_id = base[0]
             got = touched_since(
-                settings.kafka.bootstrap_servers, topic, mapping.forward, base[1], prior=read_ahead
+                settings.kafka.bootstrap_servers,
+                topic,
+                mapping.forward,
+                base[1],
+                prior=read_ahead,
+                **settings.kafka.client_options(),
             )
             touched = got.keys
             # A truncate cannot be narrowed to keys: its tables are checked in full.
@@ -403,7 +408,9 @@ def validate(
             )
         else:
             try:
-                report.log_offsets = end_offsets(settings.kafka.bootstrap_servers, topic)
+                report.log_offsets = end_offsets(
+                    settings.kafka.bootstrap_servers, topic, **settings.kafka.client_options()
+                )
             except ReplicatorError:
                 report.log_offsets = None  # no Kafka: the run stands, --fast cannot build on it
         ctx.sync()
