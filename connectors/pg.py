@@ -18,11 +18,14 @@ from psycopg.conninfo import conninfo_to_dict
 from replicator.errors import (
     AuthenticationFailed,
     ConnectionFailed,
+    InternalError,
     PermissionDenied,
     PreconditionError,
     ReplicatorError,
     SlotInUse,
+    StateError,
     TargetRejected,
+    TLSFailed,
     TransientDatabaseError,
 )
 
@@ -49,13 +52,17 @@ def translate(exc: BaseException, *, where: str) -> ReplicatorError:
         if "password authentication failed" in low or "authentication failed" in low:
             return AuthenticationFailed(
                 f"{where}: authentication failed",
-                hint="check the user and password (REPLICATOR_<SIDE>__USER / __PASSWORD)",
+                hint="check the user and password (REPLICATOR_<SIDE>__USER / __PASSWORD, "
+                "or the file password_file names)",
             )
         if "no password supplied" in low:
             return AuthenticationFailed(
                 f"{where}: the server asks for a password and none is configured",
                 hint="set REPLICATOR_<SIDE>__PASSWORD or password in replicator.toml",
             )
+        tls = _tls_problem(low)
+        if tls is not None:
+            return TLSFailed(f"{where}: {text}", hint=tls)
         if "does not exist" in low and "database" in low:
             return PreconditionError(f"{where}: {text}", hint="create the database or fix dbname")
         return ConnectionFailed(
@@ -66,6 +73,12 @@ def translate(exc: BaseException, *, where: str) -> ReplicatorError:
         return AuthenticationFailed(f"{where}: authentication failed", hint="check the credentials")
     if isinstance(exc, pgerr.InsufficientPrivilege):
         return PermissionDenied(f"{where}: {text}")
+    if isinstance(exc, pgerr.UndefinedObject) and "replication slot" in str(exc):
+        return PreconditionError(
+            f"{where}: {text}",
+            hint="restart `replicator run` (or `replicator capture`): it creates the slot, and "
+            "a new forward slot starts a new backfill",
+        )
     if isinstance(exc, pgerr.ObjectInUse) and "replication slot" in str(exc):
         return SlotInUse(f"{where}: {text}", hint="another capture streams from this slot")
     if sqlstate in _TRANSIENT_SQLSTATES or isinstance(
@@ -74,7 +87,36 @@ def translate(exc: BaseException, *, where: str) -> ReplicatorError:
         return TransientDatabaseError(f"{where}: {text}")
     if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
         return TargetRejected(f"{where}: {text}")
-    return ReplicatorError(f"{where}: {text}")
+    if isinstance(exc, pgerr.ReadOnlySqlTransaction):
+        return StateError(
+            f"{where}: {text}",
+            hint="this database is read-only or fenced; `replicator status` shows the writer",
+        )
+    # What is left is a statement of ours the server refused (syntax, unknown column, table or
+    # function: ProgrammingError), a misuse of the driver, or a state we did not expect: a bug,
+    # not the operator's configuration (exit 70, never retried).
+    code = f", SQLSTATE {sqlstate}" if sqlstate else ""
+    return InternalError(
+        f"{where}: {text} ({type(exc).__name__}{code})",
+        hint="if `replicator check` finds nothing (a table or column changed under the "
+        "replicator), this is a bug: rerun with --debug and report the trace",
+    )
+
+
+def _tls_problem(low: str) -> str | None:
+    """What to fix for a libpq TLS failure (None: not a TLS failure)."""
+    if "certificate verify failed" in low or "does not match host name" in low:
+        return (
+            "the server's certificate is not trusted: set sslrootcert to the CA that signed it, "
+            "and connect with a host name (or IP) its certificate names (verify-full)"
+        )
+    if "server does not support ssl" in low:
+        return "the server does not accept TLS: enable ssl on it, or lower sslmode"
+    if "certificate file" in low or "private key file" in low or "sslkey" in low:
+        return "check the sslrootcert, sslcert and sslkey paths and their permissions"
+    if "ssl" in low and ("handshake" in low or "alert" in low or "certificate" in low):
+        return "check sslmode, sslrootcert, sslcert and sslkey against the server's TLS setup"
+    return None
 
 
 def describe(conninfo: str) -> str:
@@ -93,7 +135,7 @@ def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(conninfo, **kwargs)
     except psycopg.Error as exc:
-        raise translate(exc, where=describe(conninfo)) from None
+        raise translate(exc, where=describe(conninfo)) from exc
 
 
 @contextlib.contextmanager
@@ -102,4 +144,4 @@ def translated(where: str) -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
-        raise translate(exc, where=where) from None
+        raise translate(exc, where=where) from exc

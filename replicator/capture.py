@@ -14,6 +14,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ from replicator.errors import (
     PreconditionError,
     ReplicatorError,
 )
+from replicator.health import StageHealth, waiting_sleep
+from replicator.retry import RetryPolicy
 from replicator.stage_timings import CaptureTimings
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,7 @@ class Capture:
         self.topic = settings.topic(direction, "changes")
         self.stats = CaptureStats()
         self._kafka_down = False
+        self.health = StageHealth()
 
     def prepare(self) -> int | None:
         """Publication, slot and topics; returns the slot's LSN when this call created it."""
@@ -113,28 +117,26 @@ class Capture:
             self.s.kafka.bootstrap_servers,
             self.s.topics(self.direction),
             self.s.kafka.replication_factor,
+            **self.s.kafka.client_options(),
         )
         return created
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                self._stream(stop)
-                return
-            except ReplicatorError as exc:
-                if not exc.retriable:
-                    raise
-                if isinstance(exc, KafkaUnavailable) and not self._kafka_down:
-                    log.error(
-                        "capture: Kafka unavailable (%s); the slot is not advanced", exc.message
-                    )
-                    self._kafka_down = True
-                elif not isinstance(exc, KafkaUnavailable):
-                    log.warning("capture: %s; reconnecting in %.1fs", exc.message, backoff)
-                self.stats.reconnects += 1
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        if not stop.is_set():
+            RetryPolicy(
+                self.s.retry,
+                "capture",
+                stop=stop,
+                on_failure=self._failed,
+                sleep=waiting_sleep(self.health, stop),
+            ).run(lambda: self._stream(stop))
+
+    def _failed(self, exc: ReplicatorError) -> None:
+        self.health.waiting(f"{exc.message} (retrying)")
+        if isinstance(exc, KafkaUnavailable) and not self._kafka_down:
+            log.error("capture: Kafka unavailable; the slot is not advanced until it answers")
+            self._kafka_down = True
+        self.stats.reconnects += 1
 
     # -- one replication session ---------------------------------------------------------------
 
@@ -146,7 +148,11 @@ class Capture:
         }
         if self.s.capture.proto_version >= 2 and self.s.capture.streaming:
             options["streaming"] = "on"
-        producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
+        producer = Producer(
+            self.s.kafka.bootstrap_servers,
+            compression=self.s.kafka.compression,
+            **self.s.kafka.client_options(),
+        )
         stream = ReplicationStream(self.db.conninfo(), self.s.slot(self.direction), options)
         heartbeat = pg.connect(self.db.conninfo(), autocommit=True)
         try:
@@ -155,7 +161,8 @@ class Capture:
             if not info.exists:
                 raise PreconditionError(
                     f"replication slot {self.s.slot(self.direction)} is missing",
-                    hint="run `replicator capture` once with the default --prepare to create it",
+                    hint="restart `replicator run` (or `replicator capture`): it creates the "
+                    "slot, and a new forward slot starts a new backfill",
                 )
             self.stats.confirmed_lsn = info.confirmed_flush_lsn or 0
             stream.start(0)  # 0/0: resume from the slot's confirmed position
@@ -180,7 +187,7 @@ class Capture:
             self.topic,
             producer.partitions(self.topic),
             self.s.apply.partition_key,
-            CaptureTimings(timings_dir) if timings_dir else None,
+            timings=CaptureTimings(timings_dir) if timings_dir else None,
         )
         inflight: deque[tuple[Sent, int | None]] = deque()
         pending_bytes = 0
@@ -241,6 +248,10 @@ class Capture:
                 if self._kafka_down and not inflight:
                     log.info("capture: Kafka acknowledges again")
                     self._kafka_down = False
+                if self._kafka_down:
+                    self.health.waiting("streaming, but Kafka has not acknowledged yet")
+                else:
+                    self.health.ready()
                 if asm.changed_relations:
                     # The new shape travels in every later envelope; transforms see it, and
                     # `replicator check` says whether the mapping still fits.
@@ -269,7 +280,7 @@ class Capture:
             c = self.stats.confirmed_lsn
             stream.send(walframe.standby_status(self.stats.received_lsn, c, c))
         except psycopg.Error as exc:
-            raise ConnectionFailed(f"{self.db.masked()}: {exc}") from None
+            raise ConnectionFailed(f"{self.db.masked()}: {exc}") from exc
         finally:
             hb_conn.close()
             if router.timings is not None:
@@ -304,9 +315,11 @@ class _Router:
         topic: str,
         partitions: int,
         key_column: str,
+        clock: Callable[[], float] = time.monotonic,
         timings: CaptureTimings | None = None,
     ) -> None:
         self.producer = producer
+        self._clock = clock
         self.timings = timings
         self.topic = topic
         self.partitions = partitions
@@ -326,7 +339,7 @@ class _Router:
 
     @property
     def overdue(self) -> bool:
-        return bool(self._group) and time.monotonic() - self._group_since >= GROUP_WAIT_S
+        return bool(self._group) and self._clock() - self._group_since >= GROUP_WAIT_S
 
     def flush(self) -> list[tuple[Sent, int | None]]:
         """Send the held transactions as one message."""
@@ -341,7 +354,7 @@ class _Router:
         (monotonic), for the stage timings."""
         sent = self.producer.send(self.topic, value, partition=partition)
         if self.timings is not None:
-            held = time.monotonic() - since if since is not None else 0.0
+            held = self._clock() - since if since is not None else 0.0
             self.timings.sent(sent.future, time.time() - held)
         return sent
 
@@ -357,7 +370,7 @@ class _Router:
                 ]
             # A whole transaction: held while the capture has more frames at hand; sent with
             # the others when the stream pauses, or the group is full or getting old.
-            now = time.monotonic()
+            now = self._clock()
             if not self._group:
                 self._group_since = now
             self._group.append(value)

@@ -4,6 +4,7 @@
 - ``rows``       :class:`RowMapper`: one change of an envelope → target operations (no I/O)
 - ``session``    the target session: FK triggers off, writes tagged with a replication origin
 - ``positions``  what a worker keeps in memory: partition positions and counters
+- ``pacing``     when a batch commits: as the stream pauses, or later when commits are dear
 """
 
 from replicator.apply.worker import ApplyWorker

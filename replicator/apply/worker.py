@@ -23,6 +23,7 @@ from connectors import pg
 from connectors.envelope import Envelope, decode_envelopes
 from connectors.kafka_io import Consumer, Producer, ensure_topics
 from connectors.pgsink import Batch, Sink
+from replicator.apply.pacing import CommitPacer
 from replicator.apply.positions import ApplyStats, Partition
 from replicator.apply.rows import RowMapper
 from replicator.apply.session import connect_session
@@ -36,6 +37,8 @@ from replicator.errors import (
     TransformError,
     TransientDatabaseError,
 )
+from replicator.health import StageHealth, waiting_sleep
+from replicator.retry import RetryPolicy
 from replicator.stage_timings import ApplyTimings
 from replicator.state import (
     add_snapshot_progress,
@@ -47,10 +50,6 @@ from transforms.api import Direction, Truncate
 
 log = logging.getLogger(__name__)
 
-# A batch at a commit boundary waits for more records up to this many times as long as the last
-# commit took (from its end): apply then spends at most about a third of its time committing.
-HOLD_PER_COMMIT = 2.0
-
 
 class ApplyWorker:
     def __init__(
@@ -61,6 +60,7 @@ class ApplyWorker:
         dir_name: str = "fwd",
         target: Any = None,
         on_commit: Callable[[ApplyStats], None] | None = None,
+        health: StageHealth | None = None,
     ) -> None:
         self.s = settings
         self.direction = direction
@@ -70,6 +70,7 @@ class ApplyWorker:
         self.snapshot_topic = settings.topic(dir_name, "snapshot")
         self.topic = self.changes_topic  # the topic of the current phase
         self.stats = ApplyStats()
+        self.health = health if health is not None else StageHealth()
         # Phase switch requested by a control message, taken after the next commit.
         self._switch = False
         self._barrier_reached = False  # a barrier row in the open batch: try the phase after it
@@ -91,10 +92,7 @@ class ApplyWorker:
         timings_dir = settings.metrics.stage_timings_dir
         self._timings = ApplyTimings(timings_dir) if timings_dir else None
         self._read_at = 0.0  # when the records being handled came from the consumer (timings)
-        # When the last commit ended and how long it took (monotonic): the next one waits for
-        # more records at most that long (see _poll_timeout_ms).
-        self._commit_end = 0.0
-        self._commit_cost = 0.0
+        self._pacer = CommitPacer()  # how long a poll may hold the open batch
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -166,17 +164,14 @@ class ApplyWorker:
     # -- main loop -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                self._run_once(stop)
-                return
-            except ReplicatorError as exc:
-                if not exc.retriable:
-                    raise
-                log.warning("apply: %s; retrying in %.1fs", exc.message, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        if not stop.is_set():
+            RetryPolicy(
+                self.s.retry,
+                "apply",
+                stop=stop,
+                on_failure=lambda exc: self.health.waiting(f"{exc.message} (retrying)"),
+                sleep=waiting_sleep(self.health, stop),
+            ).run(lambda: self._run_once(stop))
 
     def _run_once(self, stop: threading.Event) -> None:
         # Subscribing to a topic that does not exist yet would leave the group without
@@ -185,10 +180,15 @@ class ApplyWorker:
             self.s.kafka.bootstrap_servers,
             self.s.topics(self.dir_name),
             self.s.kafka.replication_factor,
+            **self.s.kafka.client_options(),
         )
         self._conn = connect_session(self.db, self.s.name, self.dir_name)
         self.sink = Sink(self._conn, self.db.masked())
-        producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
+        producer = Producer(
+            self.s.kafka.bootstrap_servers,
+            compression=self.s.kafka.compression,
+            **self.s.kafka.client_options(),
+        )
         self.dlq = DeadLetterWriter(producer, self.s.topic(self.dir_name, "dlq"))
         try:
             while not stop.is_set():
@@ -204,6 +204,7 @@ class ApplyWorker:
                     self.topic,
                     group=f"{self.s.name}-{self.dir_name}-{'snapshot' if snapshot else 'apply'}",
                     seek_to=self._positions,
+                    **self.s.kafka.client_options(),
                 )
                 try:
                     self._loop(consumer, stop)
@@ -234,9 +235,14 @@ class ApplyWorker:
         started = last_phase_check = time.monotonic()
         max_wait = self.s.apply.batch_max_wait_ms / 1000
         while not stop.is_set() and not self._switch:
+            if not consumer.assigned:
+                self.health.waiting("connected; waiting for Kafka to assign it partitions")
+            elif not consumer.coordinated:
+                self.health.waiting("Kafka's group coordinator is unreachable (retrying)")
+            else:
+                self.health.ready()
             records = consumer.poll(timeout_ms=self._poll_timeout_ms(batch, started, max_wait))
-            if self._timings is not None:
-                self._read_at = time.time()
+            self._read_at = time.time()  # the stage timings' "read by apply"
             if not records and self._backfill_id and time.monotonic() - last_phase_check > 2:
                 # A worker without the snapshot partition learns from the target when the
                 # snapshot phase is over.
@@ -294,24 +300,11 @@ class ApplyWorker:
                 consumer.reseek()
 
     def _poll_timeout_ms(self, batch: Batch, started: float, max_wait: float) -> int:
-        """How long the next poll may wait; when it returns nothing, the batch commits.
-
-        With uncommitted work at a commit boundary: no longer after the last commit's end than
-        HOLD_PER_COMMIT times what that commit took, and never past the batch's deadline
-        (``batch_max_wait_ms``). Where commits are cheap (a few ms) a trickle of small
-        transactions is committed as it comes, none waiting for the deadline as all did before;
-        where they are dear (a flood of small transactions, a busy target, a starved CPU) apply
-        spends at most about a third of its time committing and batches grow, so it keeps pace
-        instead of queueing changes behind commits. A batch also grows while records
-        keep coming, up to ``batch_max_changes`` or the deadline."""
-        if not len(batch) and not any(p.dirty for p in self._parts.values()):
-            return 500  # nothing to commit: wait for work
-        if not self._at_boundary():
-            return 100  # inside a source transaction: its next slice is on the way
-        now = time.monotonic()
-        hold = self._commit_end + HOLD_PER_COMMIT * self._commit_cost - now
-        wait = min(hold, started + max_wait - now)
-        return max(0, int(wait * 1000))
+        """How long the next poll may wait; when it returns nothing, the batch commits."""
+        pending = bool(len(batch)) or any(p.dirty for p in self._parts.values())
+        return self._pacer.poll_timeout_ms(
+            pending=pending, at_boundary=self._at_boundary(), started=started, max_wait=max_wait
+        )
 
     def _held_released(self) -> bool:
         """Time to leave the held changes phase: the snapshot phase began (load it), or the
@@ -561,8 +554,7 @@ class ApplyWorker:
             self._dead_pending = []
             if self._timings is not None:
                 self._timings.committed()
-            self._commit_end = time.monotonic()
-            self._commit_cost = self._commit_end - begun
+            self._pacer.committed(begun)
         except ReplicatorError:
             # The connection may be the thing that failed; the error raised says so already.
             with contextlib.suppress(psycopg.Error):
@@ -582,20 +574,16 @@ class ApplyWorker:
             self._on_commit(self.stats)
 
     def _store_positions(self) -> None:
-        """Store the batch's bookkeeping with it: positions, fenced (a worker that lost its
-        partition to another cannot commit), snapshot progress, rows per target table (``status``
-        derives throughput). Sent behind the merges the flush left running and waited for with
-        them: one round trip, not one per statement (each one a wait on a busy machine)."""
+        """The batch's positions, fenced (a worker that lost a partition cannot commit), snapshot
+        progress and rows per table, sent behind the merges: one round trip for them all."""
         conn = self._conn  # not self.conn: that would wait for the merges first
-        fences = []
         with pg.translated(self.db.masked()):
             self.sink.hold()
-            for p, part in self._parts.items():
-                if part.dirty:
-                    cur = send_offset(
-                        conn, self.topic, p, part.next_offset, part.last_lsn, part.committed
-                    )
-                    fences.append((p, part, cur))
+            fences = [
+                (p, part, send_offset(conn, self.topic, p, *part.position()))
+                for p, part in self._parts.items()
+                if part.dirty
+            ]
             progress = self._snapshot_rows and self._backfill_id is not None
             if progress:
                 add_snapshot_progress(conn, str(self._backfill_id), self._snapshot_rows)

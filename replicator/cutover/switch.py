@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from connectors import kafka_io, pg
+from connectors.pgsequences import set_target_past, source_high
 from connectors.pgsource import create_slot, ensure_publication, slot_info, source_problems
 from replicator.config import DatabaseSettings, Settings
 from replicator.cutover import fence as fencing
@@ -146,7 +147,9 @@ class Cutover:
             with self._step(out, "drain"):
                 # Counted by the preflight's lag probe: no Kafka metadata round trip in the pause.
                 partitions = self._partitions or kafka_io.partition_count(
-                    self.s.kafka.bootstrap_servers, self._topic(p.old_dir)
+                    self.s.kafka.bootstrap_servers,
+                    self._topic(p.old_dir),
+                    **self.s.kafka.client_options(),
                 )
                 waited = fencing.wait_marker(
                     self._state_db(p.old_dir),
@@ -236,7 +239,7 @@ class Cutover:
 
             self._reverse_keys = ReverseKeys(self.mapping, self.s.source)
             try:
-                self._reverse_keys.read(self.s.kafka.bootstrap_servers, self._topic("rev"))
+                self._reverse_keys.read(self.s.kafka, self._topic("rev"))
             except ReplicatorError as exc:
                 problems.append(f"the reverse stream could not be read: {exc.message}")
         return problems
@@ -261,6 +264,7 @@ class Cutover:
                     self._topic("fwd"),
                     self.mapping.forward,
                     base[1],
+                    **self.s.kafka.client_options(),
                 )
         except ReplicatorError as exc:
             log.warning("cutover: reading the changes topic ahead of the pause failed: %s", exc)
@@ -294,7 +298,9 @@ class Cutover:
             ):
                 fencing.emit(conn, {"kind": "marker", "marker": "probe", "id": marker_id})
             partitions = kafka_io.partition_count(
-                self.s.kafka.bootstrap_servers, self._topic(p.old_dir)
+                self.s.kafka.bootstrap_servers,
+                self._topic(p.old_dir),
+                **self.s.kafka.client_options(),
             )
             self._partitions = partitions
             return fencing.wait_marker(
@@ -308,14 +314,19 @@ class Cutover:
             return None
 
     def _dlq_pending(self) -> int:
-        try:
-            from replicator.dlq.letters import pending_count  # type: ignore[attr-defined]
-        except ImportError:
-            offsets = kafka_io.end_offsets(
-                self.s.kafka.bootstrap_servers, self._topic(self.plan.old_dir, "dlq")
-            )
-            return sum(offsets.values())
-        return int(pending_count(self.s, self.plan.old_dir))
+        """Letters neither replayed nor purged (as ``status`` counts them): a letter dealt
+        with must not hold the cutover back."""
+        from replicator.dlq.letters import done_count
+
+        topic = self._topic(self.plan.old_dir, "dlq")
+        total = sum(
+            kafka_io.end_offsets(
+                self.s.kafka.bootstrap_servers, topic, **self.s.kafka.client_options()
+            ).values()
+        )
+        state = self._state_db(self.plan.old_dir)
+        with pg.connect(state.conninfo(), autocommit=True) as conn, pg.translated(state.masked()):
+            return max(0, total - done_count(conn, topic))
 
     def _privilege_problems(self) -> list[str]:
         p = self.plan
@@ -364,7 +375,7 @@ class Cutover:
             rk = self._reverse_keys
             if rk is None:
                 raise CutoverAborted("the preflight did not read the reverse stream", step="verify")
-            rk.read(self.s.kafka.bootstrap_servers, self._topic("rev"))
+            rk.read(self.s.kafka, self._topic("rev"))
             report = validate(
                 self.s,
                 self.mapping,
@@ -389,22 +400,9 @@ class Cutover:
         ):
             for seq in p.drain.sequences:
                 with pg.translated(p.old.masked()):
-                    row = old.execute(
-                        sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
-                            sql.Identifier(seq.column), sql.Identifier(*seq.table.split(".", 1))
-                        )
-                    ).fetchone()
-                high = int(row[0]) if row else 0
+                    high = source_high(old, seq)
                 with pg.translated(p.new.masked()):
-                    new.execute(
-                        sql.SQL(
-                            "SELECT setval(pg_get_serial_sequence(%s, %s), "
-                            "GREATEST(%s, (SELECT coalesce(max({}), 0) FROM {}), 1))"
-                        ).format(
-                            sql.Identifier(seq.column), sql.Identifier(*seq.table.split(".", 1))
-                        ),
-                        (fencing._quoted(seq.table), seq.column, high),
-                    )
+                    set_target_past(new, seq, high)
 
     def _arm_next_direction(self) -> None:
         """Publication and slot on the new writer, created now: the draining apply has stopped
@@ -428,6 +426,7 @@ class Cutover:
             self.s.kafka.bootstrap_servers,
             {self._topic(p.new_dir): self.s.kafka.partitions, self._topic(p.new_dir, "dlq"): 1},
             self.s.kafka.replication_factor,
+            **self.s.kafka.client_options(),
         )
 
     def _disarm_next_direction(self) -> None:

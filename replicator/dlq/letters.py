@@ -94,12 +94,14 @@ class Letter:
         return f"{self.partition}:{self.offset}"
 
 
-def read_letters(bootstrap: str, topic: str, done: set[tuple[int, int]]) -> list[Letter]:
+def read_letters(
+    bootstrap: str, topic: str, done: set[tuple[int, int]], **security: Any
+) -> list[Letter]:
     """The letters of ``topic`` not replayed or purged yet, oldest first."""
     from connectors.kafka_io import read_topic
 
     out = []
-    for p, o, value in read_topic(bootstrap, topic):
+    for p, o, value in read_topic(bootstrap, topic, **security):
         if (p, o) in done:
             continue
         try:

@@ -1,4 +1,5 @@
-"""Prometheus metrics of long-running processes (``run``, ``capture``, ``apply``).
+"""Prometheus metrics of long-running processes (``run``, ``capture``, ``apply``), served by
+:mod:`replicator.status.endpoints` beside the health probes.
 
 Collected at scrape time from the same :func:`replicator.status.overview.collect` that ``status`` uses,
 so the numbers on a dashboard and in the terminal are the same numbers. Series (see
@@ -7,7 +8,7 @@ so the numbers on a dashboard and in the terminal are the same numbers. Series (
 - ``replicator_end_to_end_lag_seconds`` — heartbeat lag, legacy commit → target commit
 - ``replicator_source_slot_lag_bytes`` / ``replicator_source_retained_wal_bytes``
 - ``replicator_kafka_consumer_lag_messages{partition}`` — changes not applied yet
-- ``replicator_apply_seconds_since_last_commit``
+- ``replicator_apply_last_commit_age_seconds``
 - ``replicator_apply_rows_total{table}`` — rows applied per target table (counter)
 - ``replicator_dlq_messages`` — dead letters neither replayed nor purged
 - ``replicator_backfill_complete`` / ``replicator_ready`` — 1 or 0
@@ -19,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import start_http_server
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from replicator.config import Settings
@@ -59,7 +59,7 @@ class StatusCollector(Collector):
             src.retained_wal_bytes if src else None,
         )
         yield from gauge(
-            "replicator_apply_seconds_since_last_commit",
+            "replicator_apply_last_commit_age_seconds",
             "Seconds since apply last committed",
             tgt.seconds_since_last_apply if tgt else None,
         )
@@ -94,10 +94,3 @@ class StatusCollector(Collector):
         for part in ("source", "kafka", "target"):
             up.add_metric([*values, part], 0.0 if part in down else 1.0)
         yield up
-
-
-def serve_metrics(settings: Settings) -> None:
-    """Serve /metrics on ``metrics.port`` (0: off)."""
-    if settings.metrics.port:
-        REGISTRY.register(StatusCollector(settings))
-        start_http_server(settings.metrics.port, addr=settings.metrics.host)

@@ -50,6 +50,12 @@ def print_report(report: Report, console: Console) -> None:
     for t in report.tables:
         table.add_row(_short(t.table), t.mode, f"{t.target_rows}/{t.expected_rows}", _result(t))
     console.print(table)
+    in_sql = [_short(t.table) for t in report.tables if t.path == "sql"]
+    if in_sql:
+        console.print(f"checked by checksums in both databases: {', '.join(in_sql)}")
+    for t in report.tables:
+        if t.path_reason:
+            console.print(f"{_short(t.table)}: python path ({escape(t.path_reason)})")
     for d in report.differences[:SHOWN]:
         cols = ""
         if d.columns:
@@ -68,6 +74,8 @@ def print_report(report: Report, console: Console) -> None:
             f"[red]rejected[/] {r.source} ({escape(_key(r.key))}): {escape(r.reason)} "
             "(dead-lettered, not in the target)"
         )
+    for m in report.mapping_errors:
+        console.print(f"[red]mapping error[/] {escape(m)}")
     listed = len(report.differences) + len(report.orphans) + len(report.rejected)
     if listed > 3 * SHOWN or any(
         len(x) > SHOWN for x in (report.differences, report.orphans, report.rejected)

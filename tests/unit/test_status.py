@@ -50,3 +50,17 @@ def test_an_unreachable_part_is_a_reason_and_the_rest_still_counts() -> None:
     st.target = None
     st.unreachable = [{"part": "target", "message": "cannot connect", "hint": "check"}]
     assert verdict(st, 2.0) == (False, ["target unreachable: cannot connect"])
+
+
+def test_status_says_how_many_tables_the_last_validation_checked_in_sql() -> None:
+    from rich.console import Console
+
+    from replicator.cli.ops import render
+
+    st = _healthy()
+    assert st.target is not None and st.target.validation is not None
+    st.target.validation["paths"] = {"public.user": "sql", "public.member": "python"}
+    console = Console(record=True, width=120)
+    console.print(render(st))
+    text = console.export_text()
+    assert "checked in SQL" in text and "1/2 tables" in text

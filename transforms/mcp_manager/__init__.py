@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from transforms.api import MappingSet
 from transforms.mcp_manager import forward, reverse
+from transforms.mcp_manager import sql as _sql  # noqa: F401 - registers the SQL twins
 from transforms.mcp_manager.snapshot import snapshot_catalog
 
 MAPPING = MappingSet(
@@ -17,6 +18,8 @@ MAPPING = MappingSet(
     forward=forward.build(),
     reverse=reverse.build(),
     expected_target=snapshot_catalog,
+    target_schema_hint="apply the target schema: in transforms/mcp_manager/drizzle run "
+    "`npm ci` once, then `DATABASE_URL=postgresql://… npx drizzle-kit migrate`",
 )
 
 __all__ = ["MAPPING"]
