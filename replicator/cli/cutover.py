@@ -92,7 +92,8 @@ def _switch(
         report=show,
     ).run(dry_run=dry_run)
     if json_out:
-        out.print(outcome_json(result), highlight=False)
+        # Plain stdout, never rich's console: it wraps long lines at 80 columns off a terminal.
+        sys.stdout.write(outcome_json(result) + "\n")
         return
     pause = f"{(result.pause_s or 0) * 1000:.0f} ms"
     if dry_run:

@@ -8,6 +8,7 @@ sync keeps running. The write pause the application sees is fence commit → swi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,18 +21,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
 
 from connectors import kafka_io, pg
 from connectors.pgsource import create_slot, ensure_publication, slot_info, source_problems
+from connectors.pgtypes import TextLoader
 from replicator.config import DatabaseSettings, Settings
+from replicator.cutover import decision
 from replicator.cutover import fence as fencing
+from replicator.cutover.verify import KeyedCheck, Mismatch, Tail
 from replicator.errors import CutoverAborted, PreconditionError, ReplicatorError
 from replicator.state import ensure_schema
+from replicator.validate.fast import Touched
 from transforms.api import Direction, MappingSet
 
 if TYPE_CHECKING:
-    from replicator.validate.fast import Touched
+    from replicator.validate.expect import SourceKey
     from replicator.validate.reverse import ReverseKeys
 
 log = logging.getLogger(__name__)
@@ -85,6 +91,7 @@ class Outcome:
     steps: list[StepResult] = field(default_factory=list)
     pause_s: float | None = None  # fence commit → switch (or unfence, for a dry run)
     preflight_problems: list[str] = field(default_factory=list)
+    resumed_run_id: str | None = None  # a rerun that finished this earlier run's switch
 
 
 Report = Callable[[StepResult], None]
@@ -118,12 +125,35 @@ class Cutover:
         self._reverse_keys: ReverseKeys | None = None
         self._partitions = 0  # of the draining direction's topic, once the preflight counted them
         self._touched: Touched | None = None  # the changes topic as the preflight read it
+        self._conns: dict[str, psycopg.Connection[Any]] = {}  # held across the pause
+        self._check: KeyedCheck | None = None
+        self._tail: Tail | None = None
+        self._tail_keys: Callable[[], tuple[dict[str, set[SourceKey]], set[str]]] | None = None
+        self._carried = Mismatch()  # rows the pre-fence verification saw in flight
+        self._held: list[StepResult] | None = None  # journal rows kept back in the pause
+        self._hook_started = False
+        self._hook_refused = False
+        self._resumed_fresh = False
 
     # -- the whole run ---------------------------------------------------------------------------
 
     def run(self, *, dry_run: bool = False) -> Outcome:
+        out = Outcome(self.plan.action, self.run_id, switched=False, dry_run=dry_run)
+        try:
+            pending = self._pending_decision()
+            if pending is not None:
+                if dry_run or pending.action != self.plan.action:
+                    raise PreconditionError(
+                        pending.explain(),
+                        hint=f"run `replicator {pending.action} --yes` to finish it first",
+                    )
+                return self._resume(out, pending)
+            return self._switch(out, dry_run)
+        finally:
+            self._close()
+
+    def _switch(self, out: Outcome, dry_run: bool) -> Outcome:
         p = self.plan
-        out = Outcome(p.action, self.run_id, switched=False, dry_run=dry_run)
         with self._step(out, "preflight"):
             problems = self.preflight()
             out.preflight_problems = problems
@@ -132,60 +162,128 @@ class Cutover:
                     f"{p.action} preflight failed:\n  " + "\n  ".join(problems),
                     hint="fix each reason (`replicator status` shows them), then run it again",
                 )
-        tables = p.drain.source_tables
-        with self._step(out, "fence"):
-            f = fencing.fence(
-                p.old,
-                tables,
-                app_roles=self.s.cutover.app_roles,
-                lock_timeout_ms=self.lock_timeout_ms,
-                attempts=self.s.cutover.lock_attempts,
-                marker={"action": p.action, "run_id": self.run_id},
-            )
+        try:
+            # Before the fence, writes flowing: connections, the next direction's slot, and a
+            # verification of everything up to the changes topic's current end.
+            with self._step(out, "arm"):
+                self._open()
+                if not dry_run:
+                    self._arm_next_direction()
+            with self._step(out, "pre-verify"):
+                self._pre_verify()
+        except BaseException:
+            if not dry_run:
+                self._disarm_next_direction()
+            raise
+        self._held = []  # journal rows wait until the pause is over
+        try:
+            with self._step(out, "fence"):
+                f = fencing.fence(
+                    p.old,
+                    p.drain.source_tables,
+                    app_roles=self.s.cutover.app_roles,
+                    lock_timeout_ms=self.lock_timeout_ms,
+                    attempts=self.s.cutover.lock_attempts,
+                    marker={"action": p.action, "run_id": self.run_id},
+                    conn=self._conn("old"),
+                )
+        except BaseException:
+            self._release_journal()
+            if not dry_run:
+                self._disarm_next_direction()
+            raise
+        decided = False
         try:
             with self._step(out, "drain"):
-                # Counted by the preflight's lag probe: no Kafka metadata round trip in the pause.
-                partitions = self._partitions or kafka_io.partition_count(
-                    self.s.kafka.bootstrap_servers, self._topic(p.old_dir)
-                )
-                waited = fencing.wait_marker(
-                    self._state_db(p.old_dir),
-                    self._topic(p.old_dir),
-                    f.marker_id,
-                    partitions,
-                    self.s.cutover.drain_timeout_s,
-                )
-                if waited is None:
-                    raise CutoverAborted(
-                        f"apply did not pass the fence marker within {self.s.cutover.drain_timeout_s:.0f}s",
-                        step="drain",
-                        hint="is `replicator run` (or `apply`) running? `replicator status` shows its lag",
-                    )
+                applied = self._drain(f)
             with self._step(out, "verify"):
-                self._verify()
+                self._verify(applied)
             if dry_run:
                 with self._step(out, "unfence"):
                     fencing.unfence(p.old, f)
                 out.pause_s = time.monotonic() - f.committed_at
+                self._release_journal()
                 return out
-            with self._step(out, "sequences"):
-                self._sync_sequences()
-            with self._step(out, "reverse slot"):
-                self._arm_next_direction()
+            decided = True  # from its first write on: a partial decision is taken back below
+            with self._step(out, "decide"):
+                self._decide()
+            # The point of no return: the old writer is never unfenced after this, unless the
+            # hook says it did not switch the application.
+            self._hook_started = False
             with self._step(out, "switch"):
-                fencing.drop_fence(p.new)  # a fence left by an earlier switch the other way
+                self._hook_started = True
                 self._run_hook()
-                self._set_direction(p.new_dir)
+        except BaseException as exc:
             out.pause_s = time.monotonic() - f.committed_at
-            out.switched = True
-            return out
-        except BaseException:
-            # Not switched: the old writer stays authoritative, forward sync goes on.
-            fencing.unfence(p.old, f)
-            self._disarm_next_direction()
-            out.pause_s = time.monotonic() - f.committed_at
-            self._journal(StepResult("unfence", True, 0.0, "aborted: old writer restored"))
+            if decided and self._hook_started and not self._hook_refused:
+                self._release_journal()
+                raise CutoverAborted(
+                    f"{p.action} stopped in its switch hook ({_reason(exc)}); the application may"
+                    " have been switched, so the old writer stays fenced",
+                    step="switch",
+                    hint=f"check the application, then run `replicator {p.action} --yes` again"
+                    " to finish (it runs the hook again)",
+                ) from exc
+            if not self._abort(f, decided):
+                self._release_journal()
+                raise CutoverAborted(
+                    f"{p.action} stopped at {_step_of(exc)} and could not take back its"
+                    " decision; the old writer stays fenced",
+                    step=_step_of(exc),
+                    hint=f"run `replicator {p.action} --yes` again to finish the switch",
+                ) from exc
+            self._release_journal()
             raise
+        out.pause_s = time.monotonic() - f.committed_at
+        self._release_journal()
+        self._finish_step(out)
+        return out
+
+    def _resume(self, out: Outcome, pending: decision.Decision) -> Outcome:
+        """A rerun after a switch stopped past its decision: the hook again, then the direction.
+        Never unfences: the application may write to the new writer already."""
+        p = self.plan
+        out.resumed_run_id = pending.run_id
+        with self._step(out, "resume"):
+            self._open()
+            old, new = self._conn("old"), self._conn("new")
+            with pg.translated(p.old.masked()):
+                fenced = fencing.fenced_tables(old)
+            if not fenced:
+                # Taken back by hand (the fence is gone): nothing was switched. Start afresh.
+                log.warning("%s: a stale decision without a fence was dropped", p.action)
+                self._forget_decision()
+                self._resumed_fresh = True
+            else:
+                with pg.translated(p.new.masked()):
+                    armed = slot_info(new, self.s.slot(p.new_dir)).exists
+                if not armed:
+                    raise CutoverAborted(
+                        f"the {p.new_dir} slot {self.s.slot(p.new_dir)} is gone: writes made on"
+                        " the new writer since the decision cannot be streamed back",
+                        step="resume",
+                        hint="see docs/cutover.md (a lost slot after the switch)",
+                    )
+        if self._resumed_fresh:
+            out.resumed_run_id = None
+            return self._switch(out, dry_run=False)
+        with self._step(out, "switch"):
+            self._run_hook()
+        self._finish_step(out)
+        return out
+
+    def _finish_step(self, out: Outcome) -> None:
+        try:
+            with self._step(out, "finish"):
+                self._finish()
+        except CutoverAborted as exc:
+            raise CutoverAborted(
+                f"{self.plan.action}: the application was switched but the new direction is not"
+                f" recorded yet ({exc.message}); the old writer stays fenced",
+                step="finish",
+                hint=f"run `replicator {self.plan.action} --yes` again to finish",
+            ) from None
+        out.switched = True
 
     # -- preflight -------------------------------------------------------------------------------
 
@@ -214,6 +312,7 @@ class Cutover:
                         )
                 if p.action == "cutover":
                     problems.extend(self._validation_problems(conn))
+                problems.extend(self._direction_problems())
         except ReplicatorError as exc:
             problems.append(f"state database unreachable: {exc.message}")
         lag = self._probe_lag()
@@ -221,11 +320,16 @@ class Cutover:
             problems.append(
                 f"end-to-end lag is over {self.max_lag_s:.1f}s (a probe marker did not arrive in time)"
             )
-        dlq = self._dlq_pending()
-        if dlq:
-            problems.append(
-                f"the dead-letter queue holds {dlq} event(s): `replicator dlq list`, then replay or purge"
-            )
+        try:
+            dlq = self._dlq_pending()
+        except ReplicatorError as exc:
+            problems.append(f"the dead-letter queue could not be counted: {exc.message}")
+        else:
+            if dlq:
+                problems.append(
+                    f"the dead-letter queue holds {dlq} letter(s) neither replayed nor purged:"
+                    " `replicator dlq list`, then `dlq replay` or `dlq purge`"
+                )
         problems.extend(self._privilege_problems())
         if p.action == "cutover" and not problems:
             self._read_touched()
@@ -308,14 +412,14 @@ class Cutover:
             return None
 
     def _dlq_pending(self) -> int:
-        try:
-            from replicator.dlq.letters import pending_count  # type: ignore[attr-defined]
-        except ImportError:
-            offsets = kafka_io.end_offsets(
-                self.s.kafka.bootstrap_servers, self._topic(self.plan.old_dir, "dlq")
+        """Letters of the draining direction not replayed or purged: the count `status` shows."""
+        from replicator.dlq.letters import pending_count
+
+        db = self._state_db(self.plan.old_dir)
+        with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+            return pending_count(
+                conn, self.s.kafka.bootstrap_servers, self._topic(self.plan.old_dir, "dlq")
             )
-            return sum(offsets.values())
-        return int(pending_count(self.s, self.plan.old_dir))
 
     def _privilege_problems(self) -> list[str]:
         p = self.plan
@@ -348,63 +452,258 @@ class Cutover:
             problems.append(f"new writer unreachable: {exc.message}")
         return problems
 
-    # -- steps inside the window -----------------------------------------------------------------
-
-    def _verify(self) -> None:
-        """The fenced side is static now: a validation of what changed is exact. A cutover
-        re-checks the legacy keys changed since the last full validation; a rollback, the legacy
-        rows the reverse stream wrote (the topic's tail since the preflight read it)."""
-        from replicator.validate.run import validate
-
+    def _direction_problems(self) -> list[str]:
+        """A cutover when the target already writes (or a rollback when legacy does)."""
+        db = self.s.target
+        with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+            row = conn.execute(
+                "SELECT observed_direction FROM replicator.pipeline WHERE name = %s",
+                (self.s.name,),
+            ).fetchone()
+        current = str(row[0]) if row else "fwd"
+        if current == self.plan.old_dir:
+            return []
         if self.plan.action == "cutover":
+            return ["already cut over: the target is the writer (`replicator rollback` goes back)"]
+        return ["nothing to roll back: legacy is the writer (no cutover since the last rollback)"]
+
+    # -- before the fence ------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Connections to both writers held across the pause (a connection costs milliseconds),
+        and the tables the pause writes to, created now."""
+        p = self.plan
+        for side, db in (("old", p.old), ("new", p.new)):
+            if side in self._conns:
+                continue
+            conn = self._conns[side] = pg.connect(db.conninfo(), autocommit=True)
+            with pg.translated(db.masked()):
+                ensure_schema(conn)
+                decision.ensure_table(conn)
+                if db is self.s.target:
+                    conn.execute(JOURNAL_SQL)
+        with pg.translated(p.old.masked()):
+            fencing.prepare(self._conn("old"))
+
+    def _conn(self, side: str) -> psycopg.Connection[Any]:
+        return self._conns[side]
+
+    def _close(self) -> None:
+        for closer in (self._tail, self._check):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    closer.close()
+        self._tail = self._check = None
+        for conn in self._conns.values():
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._conns = {}
+
+    def _pre_verify(self) -> None:
+        """Everything up to the changes topic's current end ``E1``, proven with writes flowing;
+        a consumer then waits at ``E1`` for the pause's tail (replicator.cutover.verify)."""
+        from replicator.validate.fast import _collect
+
+        p = self.plan
+        self._check = KeyedCheck(self.s, self.mapping)
+        bootstrap = self.s.kafka.bootstrap_servers
+        if p.action == "cutover":
+            from replicator.validate.run import validate
+
+            touched = self._touched or Touched()
             report = validate(
-                self.s, self.mapping, fast=True, marker_timeout_s=5.0, read_ahead=self._touched
+                self.s, self.mapping, fast=True, marker_timeout_s=5.0, read_ahead=touched
             )
-        else:
-            rk = self._reverse_keys
-            if rk is None:
-                raise CutoverAborted("the preflight did not read the reverse stream", step="verify")
-            rk.read(self.s.kafka.bootstrap_servers, self._topic("rev"))
-            report = validate(
-                self.s,
-                self.mapping,
-                keys=rk.keys,
-                full_sources=rk.full,
-                marker_timeout_s=5.0,
-                save=False,
+            if report.difference_count or report.unsettled_count:
+                raise CutoverAborted(
+                    f"verification found {report.difference_count} difference(s)"
+                    f" and {report.unsettled_count} row(s) still changing",
+                    step="pre-verify",
+                    hint="`replicator validate` lists them; nothing was fenced",
+                )
+            tail = Touched()
+            loader = TextLoader()
+            self._tail = Tail(
+                bootstrap,
+                self._topic("fwd"),
+                touched.end_offsets,
+                lambda v: _collect(v, self.mapping.forward, loader, tail),
             )
-        if report.difference_count or report.unsettled_count:
+            self._tail_keys = lambda: (tail.keys, tail.truncated)
+            return
+        from replicator.validate.orphans import find_orphans
+        from replicator.validate.reverse import ReverseKeys
+
+        rk = self._reverse_keys
+        if rk is None:
+            raise CutoverAborted("the preflight did not read the reverse stream", step="pre-verify")
+        rk.read(bootstrap, self._topic("rev"))
+        carried = self._check.compare(rk.keys, rk.full)
+        if carried.rejected:
             raise CutoverAborted(
-                f"verification found {report.difference_count} difference(s)",
+                f"{carried.rejected} legacy row(s) written by the reverse stream are refused by"
+                " the forward mapping",
+                step="pre-verify",
+                hint="`replicator validate` lists them; nothing was fenced",
+            )
+        _, orphans = find_orphans(
+            self._check.target, self.mapping.forward, self._check.selected, None
+        )
+        if orphans:
+            raise CutoverAborted(
+                f"{orphans} target row(s) point at a parent that is not there",
+                step="pre-verify",
+                hint="`replicator validate` lists them; nothing was fenced",
+            )
+        self._carried = carried  # rows in flight now: compared again once both sides are static
+        tail_rk = ReverseKeys(self.mapping, self.s.source, offsets=dict(rk.offsets))
+        tail_rk._oids = rk._oids
+        tail_rk._conn = self._conn("new")  # legacy, for the types of a table not seen yet
+        self._tail = Tail(bootstrap, self._topic("rev"), rk.offsets, tail_rk._collect)
+        self._tail_keys = lambda: (tail_rk.keys, tail_rk.full)
+
+    # -- inside the pause ------------------------------------------------------------------------
+
+    def _drain(self, f: fencing.Fence) -> dict[int, int]:
+        """Until apply has passed the fence marker; returns its offsets as of then."""
+        p = self.plan
+        # Counted by the preflight's lag probe: no Kafka metadata round trip in the pause.
+        partitions = self._partitions or kafka_io.partition_count(
+            self.s.kafka.bootstrap_servers, self._topic(p.old_dir)
+        )
+        with pg.translated(p.new.masked()):
+            applied = fencing.wait_drained(
+                self._conn("new"),
+                self._topic(p.old_dir),
+                f.marker_id,
+                partitions,
+                self.s.cutover.drain_timeout_s,
+            )
+        if applied is None:
+            raise CutoverAborted(
+                f"apply did not pass the fence marker within {self.s.cutover.drain_timeout_s:.0f}s",
+                step="drain",
+                hint="is `replicator run` (or `apply`) running? `replicator status` shows its lag",
+            )
+        return applied
+
+    def _verify(self, applied: dict[int, int]) -> None:
+        """Both sides are static now: the keys changed since the pre-fence verification's
+        ``E1`` (up to what apply applied), and the rows it saw in flight, compared exactly."""
+        assert self._tail is not None and self._tail_keys is not None and self._check
+        self._tail.read_to(applied)
+        tail_keys, tail_full = self._tail_keys()
+        keys = {t: set(k) for t, k in tail_keys.items()}
+        for t, k in self._carried.keys.items():
+            keys.setdefault(t, set()).update(k)
+        found = self._check.compare(keys, set(tail_full) | self._carried.full)
+        if found:
+            raise CutoverAborted(
+                f"verification found {len(found.differences) + found.rejected} difference(s)",
                 step="verify",
                 hint="`replicator validate` lists them",
             )
 
-    def _sync_sequences(self) -> None:
-        """Sequences are not replicated: set the new writer's past the old writer's values."""
+    def _decide(self) -> None:
+        """Sequences set and the decision recorded: one round trip on each writer. On the new
+        one, with the same statement: its slot moved past everything written so far (the
+        draining apply's rows must not echo back), and the fence of an earlier switch the
+        other way dropped."""
         p = self.plan
-        with (
-            pg.connect(p.old.conninfo(), autocommit=True) as old,
-            pg.connect(p.new.conninfo(), autocommit=True) as new,
-        ):
-            for seq in p.drain.sequences:
-                with pg.translated(p.old.masked()):
-                    row = old.execute(
-                        sql.SQL("SELECT coalesce(max({}), 0) FROM {}").format(
-                            sql.Identifier(seq.column), sql.Identifier(*seq.table.split(".", 1))
-                        )
-                    ).fetchone()
-                high = int(row[0]) if row else 0
-                with pg.translated(p.new.masked()):
-                    new.execute(
-                        sql.SQL(
-                            "SELECT setval(pg_get_serial_sequence(%s, %s), "
-                            "GREATEST(%s, (SELECT coalesce(max({}), 0) FROM {}), 1))"
-                        ).format(
-                            sql.Identifier(seq.column), sql.Identifier(*seq.table.split(".", 1))
+        old, new = self._conn("old"), self._conn("new")
+        record = decision.record(self.s.name, p.action, self.run_id, p.old_dir, p.new_dir)
+        seqs = p.drain.sequences
+        with pg.translated(p.old.masked()):
+            highs: list[int] = []
+            if seqs:
+                cur = old.execute(
+                    sql.SQL("{}; SELECT {}").format(
+                        record,
+                        sql.SQL(", ").join(
+                            sql.SQL("(SELECT coalesce(max({}), 0) FROM {})").format(
+                                sql.Identifier(q.column), sql.Identifier(*q.table.split(".", 1))
+                            )
+                            for q in seqs
                         ),
-                        (fencing._quoted(seq.table), seq.column, high),
                     )
+                )
+                while cur.nextset():
+                    pass
+                row = cur.fetchone()
+                highs = [int(v) for v in row] if row else [0] * len(seqs)
+            else:
+                old.execute(record)
+        self._inject("decide:new")
+        statements = [
+            sql.SQL("SELECT pg_replication_slot_advance({}, pg_current_wal_lsn())").format(
+                sql.Literal(self.s.slot(p.new_dir))
+            ),
+            *(
+                sql.SQL(
+                    "SELECT setval(pg_get_serial_sequence({}, {}), "
+                    "GREATEST({}, (SELECT coalesce(max({}), 0) FROM {}), 1))"
+                ).format(
+                    sql.Literal(fencing._quoted(q.table)),
+                    sql.Literal(q.column),
+                    sql.Literal(high),
+                    sql.Identifier(q.column),
+                    sql.Identifier(*q.table.split(".", 1)),
+                )
+                for q, high in zip(seqs, highs, strict=True)
+            ),
+            sql.SQL(fencing.DROP_ALL_FENCES),
+            record,
+        ]
+        with pg.translated(p.new.masked()):
+            new.execute(sql.SQL("; ").join(statements))
+
+    def _abort(self, f: fencing.Fence, decided: bool) -> bool:
+        """Not switched: take back a decision, then unfence the old writer and drop the new
+        direction's slot. False when the decision could not be taken back: the fence stays."""
+        p = self.plan
+        if decided:
+            try:
+                self._forget_decision()
+            except ReplicatorError as exc:
+                log.error("%s: the decision could not be taken back: %s", p.action, exc.message)
+                return False
+        fencing.unfence(p.old, f)
+        self._disarm_next_direction()
+        self._journal(StepResult("unfence", True, 0.0, "aborted: old writer restored"))
+        return True
+
+    def _forget_decision(self) -> None:
+        for side, db in (("new", self.plan.new), ("old", self.plan.old)):
+            with pg.translated(db.masked()):
+                self._conn(side).execute(decision.forget(self.s.name))
+
+    def _pending_decision(self) -> decision.Decision | None:
+        for db in (self.s.target, self.s.source):
+            try:
+                with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+                    found = decision.read(conn, self.s.name)
+            except ReplicatorError:
+                continue
+            if found is not None:
+                return found
+        return None
+
+    def _finish(self) -> None:
+        """The new direction recorded and the decision deleted, target first (the side the
+        pipeline and `status` read first), one statement each."""
+        p = self.plan
+        self._inject("finish:target")
+        for db in (self.s.target, self.s.source):
+            side = "new" if db is p.new else "old"
+            with pg.translated(db.masked()):
+                self._conn(side).execute(decision.finish(self.s.name, p.new_dir))
+            self._inject("finish:source")
+
+    def _inject(self, point: str) -> None:
+        """Test hook: fail at a point inside a step (REPLICATOR_CUTOVER_FAIL_AT)."""
+        if self._fail_at == point:
+            self._fail_at = None
+            raise CutoverAborted(f"induced failure at {point}", step=point.split(":")[0])
 
     def _arm_next_direction(self) -> None:
         """Publication and slot on the new writer, created now: the draining apply has stopped
@@ -457,23 +756,12 @@ class Cutover:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise CutoverAborted(f"switch hook could not run: {exc}", step="switch") from None
         if done.returncode != 0:
+            self._hook_refused = True  # it says it did not switch: the switch can be undone
             raise CutoverAborted(
                 f"switch hook exited with {done.returncode}: {(done.stderr or done.stdout).strip()[-400:]}",
                 step="switch",
                 hint="the application was not switched; fix the hook and run again",
             )
-
-    def _set_direction(self, direction: str) -> None:
-        for db in (self.s.source, self.s.target):
-            with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-                ensure_schema(conn)
-                conn.execute(
-                    "INSERT INTO replicator.pipeline (name, desired_direction, observed_direction, state) "
-                    "VALUES (%s, %s, %s, 'sync') ON CONFLICT (name) DO UPDATE SET "
-                    "desired_direction = EXCLUDED.desired_direction, observed_direction = EXCLUDED.observed_direction, "
-                    "updated_at = now()",
-                    (self.s.name, direction, direction),
-                )
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -512,25 +800,47 @@ class Cutover:
         self._journal(result)
 
     def _journal(self, r: StepResult) -> None:
+        if self._held is not None:
+            self._held.append(r)  # in the pause: written once it is over
+            return
+        self._write_journal([r])
+
+    def _release_journal(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._write_journal(held)
+
+    def _write_journal(self, rows: list[StepResult]) -> None:
         db = self.s.target
+        side = "new" if db is self.plan.new else "old"
+        values = [
+            (self.run_id, self.plan.action, r.name, r.ok, r.seconds, r.seconds * 1000, r.detail)
+            for r in rows
+        ]
+        insert = (
+            "INSERT INTO replicator.cutover_journal VALUES"
+            " (%s, %s, %s, %s, now() - make_interval(secs => %s), %s, %s)"
+        )
         try:
+            if side in self._conns:
+                with pg.translated(db.masked()), self._conns[side].cursor() as cur:
+                    cur.executemany(insert, values)
+                return
             with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
                 ensure_schema(conn)
                 conn.execute(JOURNAL_SQL)
-                conn.execute(
-                    "INSERT INTO replicator.cutover_journal VALUES (%s, %s, %s, %s, now() - make_interval(secs => %s), %s, %s)",
-                    (
-                        self.run_id,
-                        self.plan.action,
-                        r.name,
-                        r.ok,
-                        r.seconds,
-                        r.seconds * 1000,
-                        r.detail,
-                    ),
-                )
+                with conn.cursor() as cur:
+                    cur.executemany(insert, values)
         except ReplicatorError:
             pass  # the journal must never turn a good cutover into a failed one
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, ReplicatorError) else type(exc).__name__
+
+
+def _step_of(exc: BaseException) -> str:
+    return getattr(exc, "step", None) or "an unknown step"
 
 
 def outcome_json(out: Outcome) -> str:
@@ -541,6 +851,7 @@ def outcome_json(out: Outcome) -> str:
             "switched": out.switched,
             "dry_run": out.dry_run,
             "pause_s": out.pause_s,
+            "resumed_run_id": out.resumed_run_id,
             "steps": [
                 {"name": r.name, "ok": r.ok, "seconds": round(r.seconds, 4), "detail": r.detail}
                 for r in out.steps

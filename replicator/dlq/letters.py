@@ -127,6 +127,20 @@ def done_count(conn: Any, topic: str) -> int:
     return int(row.fetchone()[0])
 
 
+def pending_count(conn: Any, bootstrap: str, topic: str) -> int:
+    """Letters of ``topic`` neither replayed nor purged: what `status` reports and what the
+    cutover's preflight refuses. The one count of pending letters: ``conn`` is the database
+    that keeps ``replicator.dlq_done`` for the direction (the side its apply writes). The DLQ's
+    producer is idempotent, not transactional, so its offsets are dense: every offset below the
+    end is a letter."""
+    from connectors.kafka_io import end_offsets
+
+    total = sum(end_offsets(bootstrap, topic).values())
+    if total == 0:
+        return 0
+    return max(0, total - done_count(conn, topic))
+
+
 def mark_done(conn: Any, topic: str, letters: list[Letter], action: str) -> None:
     for item in letters:
         conn.execute(

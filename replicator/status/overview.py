@@ -76,6 +76,8 @@ class Status:
     unreachable: list[dict[str, str]] = field(default_factory=list)  # part, message, hint
     ready: bool = False
     reasons: list[str] = field(default_factory=list)
+    # A cutover or rollback stopped past its point of no return (replicator.cutover.decision).
+    switching: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"version": SCHEMA_VERSION, **asdict(self)}
@@ -115,6 +117,8 @@ def collect(s: Settings, *, max_lag_s: float | None = None) -> Status:
         target=target,
         unreachable=unreachable,
     )
+    pending = attempt("direction", _switching, s)
+    st.switching = pending.to_json() if pending is not None else None
     st.ready, st.reasons = verdict(st, s.cutover.max_lag_s if max_lag_s is None else max_lag_s)
     return st
 
@@ -122,6 +126,13 @@ def collect(s: Settings, *, max_lag_s: float | None = None) -> Status:
 def verdict(st: Status, max_lag_s: float) -> tuple[bool, list[str]]:
     """Ready for cutover (or rollback), or every reason why not."""
     reasons = [f"{u['part']} unreachable: {u['message']}" for u in st.unreachable]
+    if st.switching:
+        sw = st.switching
+        reasons.append(
+            f"a {sw['action']} (run {sw['run_id']}) stopped after its point of no return: the old"
+            f" writer stays fenced and the application may already write to the new one; run"
+            f" `replicator {sw['action']} --yes` again to finish it"
+        )
     src, kafka, tgt = st.source, st.kafka, st.target
     if src is not None:
         if not src.slot_exists:
@@ -171,6 +182,21 @@ def _direction(s: Settings) -> str:
     return str(row[0]) if row else "fwd"
 
 
+def _switching(s: Settings) -> Any:
+    """A switch's decision left on either database (the target's first)."""
+    from replicator.cutover.decision import read
+
+    for db in (s.target, s.source):
+        try:
+            with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+                found = read(conn, s.name)
+        except ReplicatorError:
+            continue  # an unreachable side is reported by its own part
+        if found is not None:
+            return found
+    return None
+
+
 def _has_state(conn: psycopg.Connection[Any]) -> bool:
     row = conn.execute("SELECT to_regclass('replicator.offsets') IS NOT NULL").fetchone()
     return bool(row and row[0])
@@ -217,12 +243,10 @@ def _kafka(s: Settings, direction: str, applied: dict[int, int]) -> KafkaStatus:
 
 
 def _dlq_pending(s: Settings, db: DatabaseSettings, direction: str) -> int:
-    from replicator.dlq.letters import done_count
+    from replicator.dlq.letters import pending_count
 
-    topic = s.topic(direction, "dlq")
-    total = sum(kafka_io.end_offsets(s.kafka.bootstrap_servers, topic).values())
     with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-        return max(0, total - done_count(conn, topic))
+        return pending_count(conn, s.kafka.bootstrap_servers, s.topic(direction, "dlq"))
 
 
 def _target(

@@ -1,0 +1,144 @@
+"""The switch's verification, split so that the write pause checks only what the pause changed.
+
+Before the fence, with writes flowing, a verification proves every key touched up to the changes
+topic's offsets ``E1`` that it read first (a cutover: ``validate --fast`` with its live settling;
+a rollback: the legacy keys the reverse stream wrote, compared once, the keys that differ — rows
+still in flight — carried into the pause). Any change it could not have seen commits after it
+read ``E1``, so it sits at or after ``E1`` in the topic. Inside the pause both sides are static
+once drained: :class:`Tail` reads the topic from ``E1`` up to what apply has applied (a consumer
+positioned before the fence) and :class:`KeyedCheck` compares exactly those keys, plus the
+carried ones, on connections opened before the fence. The pause's verification is bounded by
+the write rate times the short gap between ``E1`` and the fence, not by the time since the last
+full validation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from connectors import kafka_io, pg
+from replicator.config import Settings
+from replicator.errors import KafkaUnavailable, PreconditionError
+from replicator.validate.expect import SourceKey
+from replicator.validate.report import Difference, Report
+from replicator.validate.run import _Ctx, _difference, _first_pass
+from replicator.validate.scope import components, select_tables, shapes_of
+from transforms.api import MappingSet
+
+
+@dataclass
+class Mismatch:
+    """Legacy keys (and whole legacy tables) whose target rows differ, with the differences."""
+
+    keys: dict[str, set[SourceKey]] = field(default_factory=dict)
+    full: set[str] = field(default_factory=set)
+    differences: list[Difference] = field(default_factory=list)
+    rejected: int = 0
+    rows_checked: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.differences or self.rejected)
+
+
+class KeyedCheck:
+    """The forward comparison of chosen legacy keys, on connections held open across the pause,
+    with no marker round trip (the caller knows whether both sides are static)."""
+
+    def __init__(self, s: Settings, mapping: MappingSet) -> None:
+        self.s = s
+        self.fwd = mapping.forward
+        self.selected = select_tables(self.fwd, None)
+        unkeyed = sorted(t for t, tt in self.fwd.target_tables.items() if not tt.key)
+        if unkeyed:
+            raise PreconditionError(
+                f"verification compares rows by key, and the mapping declares none for "
+                f"{', '.join(unkeyed)}",
+                hint="write a mapping module with keys (docs/transforms.md)",
+            )
+        self.legacy = pg.connect(s.source.conninfo(), autocommit=True)
+        self.target = pg.connect(s.target.conninfo(), autocommit=True)
+        with pg.translated(s.target.masked()):
+            self.shapes = shapes_of(self.target, self.selected)
+
+    def compare(self, keys: Mapping[str, set[SourceKey]], full_sources: set[str]) -> Mismatch:
+        report = Report("keys", None, datetime.now(UTC))
+        ctx = _Ctx(self.s, self.fwd, self.legacy, self.target, self.shapes, False, 0.0)
+        full_tables = sorted(
+            {
+                w.name
+                for src in full_sources
+                if src in self.fwd.tables
+                for w in self.fwd.tables[src].writes
+            }
+            & set(self.selected)
+        )
+        pending = {}
+        for group in components(self.fwd, full_tables):
+            pending.update(_first_pass(ctx, group, report, None))
+        keyed = [t for t in self.selected if t not in full_tables]
+        wanted = {src: set(k) for src, k in keys.items() if k}
+        if keyed and wanted:
+            ctx.partial.update(keyed)
+            pending.update(_first_pass(ctx, keyed, report, wanted))
+        out = Mismatch(rejected=len(report.rejected), rows_checked=report.rows_checked)
+        for t, rows in pending.items():
+            prov = ctx.provenance.get(t, {})
+            for k, (actual, exp) in rows.items():
+                out.differences.append(_difference(self.shapes[t], k, actual, exp))
+                sources = prov.get(k)
+                if sources:
+                    for src, sk in sources:
+                        out.keys.setdefault(src, set()).add(sk)
+                else:  # a target row no legacy key explains: its writers' tables in full
+                    out.full.update(w.source for w in ctx.writers(t))
+        return out
+
+    def close(self) -> None:
+        self.legacy.close()
+        self.target.close()
+
+
+class Tail:
+    """A consumer of ``topic`` positioned at ``start`` before the fence; :meth:`read_to` hands
+    every message up to (at least) the given offsets to ``collect``, one fetch when they are
+    few. A message past them is collected too: a superset of keys is still exact."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, start: Mapping[int, int], collect: Callable[[bytes], Any]
+    ) -> None:
+        self.topic = topic
+        self.collect = collect
+        with kafka_io.translated(f"reading {topic}"):
+            self.consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5
+            )
+            self.tps = [TopicPartition(topic, p) for p in sorted(start)]
+            self.consumer.assign(self.tps)
+            for tp in self.tps:
+                self.consumer.seek(tp, start[tp.partition])
+        self.read = 0
+
+    def read_to(self, ends: Mapping[int, int], timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        with kafka_io.translated(f"reading {self.topic}"):
+            while True:
+                behind = [
+                    tp for tp in self.tps if self.consumer.position(tp) < ends.get(tp.partition, 0)
+                ]
+                if not behind:
+                    return
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(f"reading {self.topic} did not finish in {timeout_s}s")
+                for records in self.consumer.poll(timeout_ms=50).values():
+                    for r in records:
+                        self.collect(r.value)
+                        self.read += 1
+
+    def close(self) -> None:
+        self.consumer.close()
