@@ -18,7 +18,7 @@ from typing import Any
 
 from bench._writer import InProcessSwitch, PacedWriter, SyncedPipeline, lost_writes
 from bench.harness import bench_env, emit, log, parse_args
-from replicator.cutover.switch import Outcome, StepResult
+from replicator.cutover.plan import Outcome, StepResult
 from replicator.errors import ReplicatorError
 
 GOAL_PAUSE_S = 1.0

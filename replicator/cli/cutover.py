@@ -67,7 +67,8 @@ def _switch(
     yes: bool,
     json_out: bool,
 ) -> None:
-    from replicator.cutover.switch import Cutover, StepResult, outcome_json
+    from replicator.cutover.plan import StepResult, outcome_json
+    from replicator.cutover.switch import Cutover
 
     s = settings_from(config)
     if not dry_run and not yes:

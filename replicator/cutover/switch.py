@@ -9,7 +9,6 @@ sync keeps running. The write pause the application sees is fence commit → swi
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shlex
@@ -18,23 +17,24 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
 from connectors import kafka_io, pg
-from connectors.pgsource import create_slot, ensure_publication, slot_info, source_problems
+from connectors.pgsource import create_slot, ensure_publication, slot_info
 from connectors.pgtypes import TextLoader
-from replicator.config import DatabaseSettings, Settings
+from replicator.config import Settings
 from replicator.cutover import decision
 from replicator.cutover import fence as fencing
+from replicator.cutover.plan import JOURNAL_SQL, Journal, Outcome, StepResult, plan_for
+from replicator.cutover.preflight import Preflight
 from replicator.cutover.verify import KeyedCheck, Mismatch, Tail
 from replicator.errors import CutoverAborted, PreconditionError, ReplicatorError
 from replicator.state import ensure_schema
 from replicator.validate.fast import Touched
-from transforms.api import Direction, MappingSet
+from transforms.api import MappingSet
 
 if TYPE_CHECKING:
     from replicator.validate.expect import SourceKey
@@ -42,62 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JOURNAL_SQL = """
-CREATE TABLE IF NOT EXISTS replicator.cutover_journal (
-    run_id      text        NOT NULL,
-    action      text        NOT NULL,   -- cutover | rollback | dry-run
-    step        text        NOT NULL,
-    ok          boolean     NOT NULL,
-    started_at  timestamptz NOT NULL,
-    duration_ms double precision NOT NULL,
-    detail      text
-);
-"""
-
-
-@dataclass
-class Plan:
-    """One direction's switch: from ``old`` (fenced) to ``new`` (becomes the writer)."""
-
-    action: str  # "cutover" | "rollback"
-    old: DatabaseSettings
-    new: DatabaseSettings
-    old_dir: str  # the direction that drains: "fwd" for a cutover
-    new_dir: str  # the direction armed at the switch: "rev" for a cutover
-    drain: Direction  # the mapping of the draining direction
-    arm: Direction  # the mapping of the direction armed at the switch
-
-
-def plan_for(s: Settings, mapping: MappingSet, action: str) -> Plan:
-    if action == "cutover":
-        return Plan("cutover", s.source, s.target, "fwd", "rev", mapping.forward, mapping.reverse)
-    return Plan("rollback", s.target, s.source, "rev", "fwd", mapping.reverse, mapping.forward)
-
-
-@dataclass
-class StepResult:
-    name: str
-    ok: bool
-    seconds: float
-    detail: str = ""
-
-
-@dataclass
-class Outcome:
-    action: str
-    run_id: str
-    switched: bool
-    dry_run: bool
-    steps: list[StepResult] = field(default_factory=list)
-    pause_s: float | None = None  # fence commit → switch (or unfence, for a dry run)
-    preflight_problems: list[str] = field(default_factory=list)
-    resumed_run_id: str | None = None  # a rerun that finished this earlier run's switch
-
-
 Report = Callable[[StepResult], None]
 
 
-class Cutover:
+class Cutover(Preflight):
     def __init__(
         self,
         settings: Settings,
@@ -114,6 +62,7 @@ class Cutover:
         self.s = settings
         self.mapping = mapping
         self.plan = plan_for(settings, mapping, action)
+        self.run_id = uuid.uuid4().hex[:12]
         self.max_lag_s = max_lag_s if max_lag_s is not None else settings.cutover.max_lag_s
         self.lock_timeout_ms = lock_timeout_ms or settings.cutover.lock_timeout_ms
         self.switch_hook = switch_hook if switch_hook is not None else settings.cutover.switch_hook
@@ -121,7 +70,6 @@ class Cutover:
         self._report = report or (lambda r: None)
         # Test hook: raise at the named step, to prove every abort path restores the old writer.
         self._fail_at = fail_at or os.environ.get("REPLICATOR_CUTOVER_FAIL_AT")
-        self.run_id = uuid.uuid4().hex[:12]
         self._reverse_keys: ReverseKeys | None = None
         self._partitions = 0  # of the draining direction's topic, once the preflight counted them
         self._touched: Touched | None = None  # the changes topic as the preflight read it
@@ -130,7 +78,7 @@ class Cutover:
         self._tail: Tail | None = None
         self._tail_keys: Callable[[], tuple[dict[str, set[SourceKey]], set[str]]] | None = None
         self._carried = Mismatch()  # rows the pre-fence verification saw in flight
-        self._held: list[StepResult] | None = None  # journal rows kept back in the pause
+        self.journal = Journal(settings, self.plan, self.run_id)
         self._hook_started = False
         self._hook_refused = False
         self._resumed_fresh = False
@@ -175,7 +123,7 @@ class Cutover:
             if not dry_run:
                 self._disarm_next_direction()
             raise
-        self._held = []  # journal rows wait until the pause is over
+        self.journal.hold()  # journal rows wait until the pause is over
         try:
             with self._step(out, "fence"):
                 f = fencing.fence(
@@ -188,7 +136,7 @@ class Cutover:
                     conn=self._conn("old"),
                 )
         except BaseException:
-            self._release_journal()
+            self.journal.release()
             if not dry_run:
                 self._disarm_next_direction()
             raise
@@ -202,7 +150,7 @@ class Cutover:
                 with self._step(out, "unfence"):
                     fencing.unfence(p.old, f)
                 out.pause_s = time.monotonic() - f.committed_at
-                self._release_journal()
+                self.journal.release()
                 return out
             decided = True  # from its first write on: a partial decision is taken back below
             with self._step(out, "decide"):
@@ -216,7 +164,7 @@ class Cutover:
         except BaseException as exc:
             out.pause_s = time.monotonic() - f.committed_at
             if decided and self._hook_started and not self._hook_refused:
-                self._release_journal()
+                self.journal.release()
                 raise CutoverAborted(
                     f"{p.action} stopped in its switch hook ({_reason(exc)}); the application may"
                     " have been switched, so the old writer stays fenced",
@@ -225,17 +173,17 @@ class Cutover:
                     " to finish (it runs the hook again)",
                 ) from exc
             if not self._abort(f, decided):
-                self._release_journal()
+                self.journal.release()
                 raise CutoverAborted(
                     f"{p.action} stopped at {_step_of(exc)} and could not take back its"
                     " decision; the old writer stays fenced",
                     step=_step_of(exc),
                     hint=f"run `replicator {p.action} --yes` again to finish the switch",
                 ) from exc
-            self._release_journal()
+            self.journal.release()
             raise
         out.pause_s = time.monotonic() - f.committed_at
-        self._release_journal()
+        self.journal.release()
         self._finish_step(out)
         return out
 
@@ -284,188 +232,6 @@ class Cutover:
                 hint=f"run `replicator {self.plan.action} --yes` again to finish",
             ) from None
         out.switched = True
-
-    # -- preflight -------------------------------------------------------------------------------
-
-    def preflight(self) -> list[str]:
-        """Every reason not to start, at once; no write is blocked while it runs."""
-        p = self.plan
-        problems: list[str] = []
-        state = self._state_db(p.old_dir)
-        try:
-            with (
-                pg.connect(state.conninfo(), autocommit=True) as conn,
-                pg.translated(state.masked()),
-            ):
-                ensure_schema(conn)
-                row = conn.execute(
-                    "SELECT count(*) FILTER (WHERE reading OR status <> 'applied'), count(*) FROM replicator.backfill"
-                ).fetchone()
-                if p.action == "cutover" and row is not None:
-                    if row[1] == 0:
-                        problems.append(
-                            "no backfill has run: the target lacks the rows that existed before the slot"
-                        )
-                    elif row[0]:
-                        problems.append(
-                            "a backfill is not complete (`replicator status` shows its progress)"
-                        )
-                if p.action == "cutover":
-                    problems.extend(self._validation_problems(conn))
-                problems.extend(self._direction_problems())
-        except ReplicatorError as exc:
-            problems.append(f"state database unreachable: {exc.message}")
-        lag = self._probe_lag()
-        if lag is None:
-            problems.append(
-                f"end-to-end lag is over {self.max_lag_s:.1f}s (a probe marker did not arrive in time)"
-            )
-        try:
-            dlq = self._dlq_pending()
-        except ReplicatorError as exc:
-            problems.append(f"the dead-letter queue could not be counted: {exc.message}")
-        else:
-            if dlq:
-                problems.append(
-                    f"the dead-letter queue holds {dlq} letter(s) neither replayed nor purged:"
-                    " `replicator dlq list`, then `dlq replay` or `dlq purge`"
-                )
-        problems.extend(self._privilege_problems())
-        if p.action == "cutover" and not problems:
-            self._read_touched()
-        if p.action == "rollback":
-            # Most of the reverse stream is read now, before any write is blocked; the verify
-            # step reads only what arrived since.
-            from replicator.validate.reverse import ReverseKeys
-
-            self._reverse_keys = ReverseKeys(self.mapping, self.s.source)
-            try:
-                self._reverse_keys.read(self.s.kafka.bootstrap_servers, self._topic("rev"))
-            except ReplicatorError as exc:
-                problems.append(f"the reverse stream could not be read: {exc.message}")
-        return problems
-
-    def _read_touched(self) -> None:
-        """The changes topic since the last clean full validation, read before any write is
-        blocked; the verify step reads only what arrived since. A failure here is left to the
-        verify step, which reads the whole range again and reports it."""
-        from replicator.validate.fast import touched_since
-        from replicator.validate.report import fast_baseline
-
-        state = self._state_db("fwd")
-        try:
-            with (
-                pg.connect(state.conninfo(), autocommit=True) as conn,
-                pg.translated(state.masked()),
-            ):
-                base = fast_baseline(conn, None)
-            if base is not None:
-                self._touched = touched_since(
-                    self.s.kafka.bootstrap_servers,
-                    self._topic("fwd"),
-                    self.mapping.forward,
-                    base[1],
-                )
-        except ReplicatorError as exc:
-            log.warning("cutover: reading the changes topic ahead of the pause failed: %s", exc)
-            self._touched = None
-
-    def _validation_problems(self, conn: Any) -> list[str]:
-        try:
-            from replicator.validate.report import last_validation
-        except ImportError:
-            return []
-        last = last_validation(conn, scope="full")
-        if last is None:
-            return ["no validation has run: `replicator validate` first"]
-        out = []
-        if last.get("outcome") != "clean":
-            out.append(f"the last validation found differences (outcome {last.get('outcome')})")
-        if float(last.get("age_s") or 0) > self.validation_max_age_s:
-            out.append(
-                f"the last validation is {float(last['age_s']) / 3600:.1f} h old: run `replicator validate`"
-            )
-        return out
-
-    def _probe_lag(self) -> float | None:
-        """Exact end-to-end lag: a marker emitted now on the old side, seen applied."""
-        p = self.plan
-        marker_id = uuid.uuid4().hex
-        try:
-            with (
-                pg.connect(p.old.conninfo(), autocommit=True) as conn,
-                pg.translated(p.old.masked()),
-            ):
-                fencing.emit(conn, {"kind": "marker", "marker": "probe", "id": marker_id})
-            partitions = kafka_io.partition_count(
-                self.s.kafka.bootstrap_servers, self._topic(p.old_dir)
-            )
-            self._partitions = partitions
-            return fencing.wait_marker(
-                self._state_db(p.old_dir),
-                self._topic(p.old_dir),
-                marker_id,
-                partitions,
-                self.max_lag_s,
-            )
-        except ReplicatorError:
-            return None
-
-    def _dlq_pending(self) -> int:
-        """Letters of the draining direction not replayed or purged: the count `status` shows."""
-        from replicator.dlq.letters import pending_count
-
-        db = self._state_db(self.plan.old_dir)
-        with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-            return pending_count(
-                conn, self.s.kafka.bootstrap_servers, self._topic(self.plan.old_dir, "dlq")
-            )
-
-    def _privilege_problems(self) -> list[str]:
-        p = self.plan
-        problems: list[str] = []
-        try:
-            with (
-                pg.connect(p.old.conninfo(), autocommit=True) as conn,
-                pg.translated(p.old.masked()),
-            ):
-                for table in p.drain.source_tables:
-                    row = conn.execute(
-                        "SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c "
-                        "WHERE c.oid = %s::regclass",
-                        (fencing._quoted(table),),
-                    ).fetchone()
-                    if row is None or not row[0]:
-                        problems.append(
-                            f"{p.old.masked()}: may not fence {table} (not its owner)",
-                        )
-        except ReplicatorError as exc:
-            problems.append(f"old writer unreachable: {exc.message}")
-        try:
-            with (
-                pg.connect(p.new.conninfo(), autocommit=True) as conn,
-                pg.translated(p.new.masked()),
-            ):
-                for prob in source_problems(conn, p.arm.source_tables):
-                    problems.append(f"{p.new_dir} stream not preparable: {prob.message}")
-        except ReplicatorError as exc:
-            problems.append(f"new writer unreachable: {exc.message}")
-        return problems
-
-    def _direction_problems(self) -> list[str]:
-        """A cutover when the target already writes (or a rollback when legacy does)."""
-        db = self.s.target
-        with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-            row = conn.execute(
-                "SELECT observed_direction FROM replicator.pipeline WHERE name = %s",
-                (self.s.name,),
-            ).fetchone()
-        current = str(row[0]) if row else "fwd"
-        if current == self.plan.old_dir:
-            return []
-        if self.plan.action == "cutover":
-            return ["already cut over: the target is the writer (`replicator rollback` goes back)"]
-        return ["nothing to roll back: legacy is the writer (no cutover since the last rollback)"]
 
     # -- before the fence ------------------------------------------------------------------------
 
@@ -669,7 +435,7 @@ class Cutover:
                 return False
         fencing.unfence(p.old, f)
         self._disarm_next_direction()
-        self._journal(StepResult("unfence", True, 0.0, "aborted: old writer restored"))
+        self.journal.add(StepResult("unfence", True, 0.0, "aborted: old writer restored"))
         return True
 
     def _forget_decision(self) -> None:
@@ -765,13 +531,6 @@ class Cutover:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _topic(self, direction: str, kind: str = "changes") -> str:
-        return self.s.topic(direction, kind)
-
-    def _state_db(self, direction: str) -> DatabaseSettings:
-        """Where the apply of ``direction`` keeps its offsets and markers: the side it writes."""
-        return self.s.target if direction == "fwd" else self.s.source
-
     @contextmanager
     def _step(self, out: Outcome, name: str) -> Iterator[None]:
         if self._fail_at == name:
@@ -779,7 +538,7 @@ class Cutover:
             result = StepResult(name, False, 0.0, "induced failure")
             out.steps.append(result)
             self._report(result)
-            self._journal(result)
+            self.journal.add(result)
             raise CutoverAborted(f"induced failure at step {name}", step=name)
         start = time.monotonic()
         try:
@@ -788,7 +547,7 @@ class Cutover:
             result = StepResult(name, False, time.monotonic() - start, exc.message)
             out.steps.append(result)
             self._report(result)
-            self._journal(result)
+            self.journal.add(result)
             if isinstance(exc, CutoverAborted):
                 raise
             raise CutoverAborted(
@@ -797,42 +556,7 @@ class Cutover:
         result = StepResult(name, True, time.monotonic() - start)
         out.steps.append(result)
         self._report(result)
-        self._journal(result)
-
-    def _journal(self, r: StepResult) -> None:
-        if self._held is not None:
-            self._held.append(r)  # in the pause: written once it is over
-            return
-        self._write_journal([r])
-
-    def _release_journal(self) -> None:
-        held, self._held = self._held, None
-        if held:
-            self._write_journal(held)
-
-    def _write_journal(self, rows: list[StepResult]) -> None:
-        db = self.s.target
-        side = "new" if db is self.plan.new else "old"
-        values = [
-            (self.run_id, self.plan.action, r.name, r.ok, r.seconds, r.seconds * 1000, r.detail)
-            for r in rows
-        ]
-        insert = (
-            "INSERT INTO replicator.cutover_journal VALUES"
-            " (%s, %s, %s, %s, now() - make_interval(secs => %s), %s, %s)"
-        )
-        try:
-            if side in self._conns:
-                with pg.translated(db.masked()), self._conns[side].cursor() as cur:
-                    cur.executemany(insert, values)
-                return
-            with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-                ensure_schema(conn)
-                conn.execute(JOURNAL_SQL)
-                with conn.cursor() as cur:
-                    cur.executemany(insert, values)
-        except ReplicatorError:
-            pass  # the journal must never turn a good cutover into a failed one
+        self.journal.add(result)
 
 
 def _reason(exc: BaseException) -> str:
@@ -841,23 +565,6 @@ def _reason(exc: BaseException) -> str:
 
 def _step_of(exc: BaseException) -> str:
     return getattr(exc, "step", None) or "an unknown step"
-
-
-def outcome_json(out: Outcome) -> str:
-    return json.dumps(
-        {
-            "action": out.action,
-            "run_id": out.run_id,
-            "switched": out.switched,
-            "dry_run": out.dry_run,
-            "pause_s": out.pause_s,
-            "resumed_run_id": out.resumed_run_id,
-            "steps": [
-                {"name": r.name, "ok": r.ok, "seconds": round(r.seconds, 4), "detail": r.detail}
-                for r in out.steps
-            ],
-        }
-    )
 
 
 def cutover_for_demo(settings: Settings, pipeline: Any, console: Any) -> None:
