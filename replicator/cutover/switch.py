@@ -119,6 +119,8 @@ class Cutover(Preflight):
                     self._arm_next_direction()
             with self._step(out, "pre-verify"):
                 self._pre_verify()
+            with self._step(out, "catch-up"):
+                self._catch_up(dry_run)
         except BaseException:
             if not dry_run:
                 self._disarm_next_direction()
@@ -321,12 +323,54 @@ class Cutover(Preflight):
                 step="pre-verify",
                 hint="`replicator validate` lists them; nothing was fenced",
             )
-        self._carried = carried  # rows in flight now: compared again once both sides are static
+        self._carry(carried)  # rows in flight now: compared again once both sides are static
         tail_rk = ReverseKeys(self.mapping, self.s.source, offsets=dict(rk.offsets))
         tail_rk._oids = rk._oids
         tail_rk._conn = self._conn("new")  # legacy, for the types of a table not seen yet
         self._tail = Tail(bootstrap, self._topic("rev"), rk.offsets, tail_rk._collect)
         self._tail_keys = lambda: (tail_rk.keys, tail_rk.full)
+
+    def _catch_up(self, dry_run: bool, rounds: int = 4, short_s: float = 0.05) -> None:
+        """Shrink the pause's share: what arrived while the last check ran is compared now, with
+        writes flowing (rows in flight are carried into the pause), until a round is short. Then
+        the new direction's slot is moved past the draining apply's writes so far, leaving the
+        pause's advance little WAL to decode."""
+        assert self._tail is not None and self._check is not None
+        for _ in range(rounds):
+            start = time.monotonic()
+            self._tail.read_to(self._tail.end_offsets())
+            keys, full = self._take_tail()
+            if keys or full:
+                found = self._check.compare(keys, full)
+                if found.rejected:
+                    raise CutoverAborted(
+                        f"{found.rejected} legacy row(s) are refused by the forward mapping",
+                        step="catch-up",
+                        hint="`replicator validate` lists them; nothing was fenced",
+                    )
+                self._carry(found)
+            if time.monotonic() - start < short_s:
+                break
+        if not dry_run:
+            with pg.translated(self.plan.new.masked()):
+                self._conn("new").execute(
+                    "SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())",
+                    (self.s.slot(self.plan.new_dir),),
+                )
+
+    def _take_tail(self) -> tuple[dict[str, set[SourceKey]], set[str]]:
+        """The keys the tail consumer collected since the last call (and forget them)."""
+        assert self._tail_keys is not None
+        keys, full = self._tail_keys()
+        taken = ({t: set(k) for t, k in keys.items() if k}, set(full))
+        keys.clear()
+        full.clear()
+        return taken
+
+    def _carry(self, found: Mismatch) -> None:
+        for t, k in found.keys.items():
+            self._carried.keys.setdefault(t, set()).update(k)
+        self._carried.full |= found.full
 
     # -- inside the pause ------------------------------------------------------------------------
 
@@ -358,11 +402,10 @@ class Cutover(Preflight):
         ``E1`` (up to what apply applied), and the rows it saw in flight, compared exactly."""
         assert self._tail is not None and self._tail_keys is not None and self._check
         self._tail.read_to(applied)
-        tail_keys, tail_full = self._tail_keys()
-        keys = {t: set(k) for t, k in tail_keys.items()}
+        keys, full = self._take_tail()
         for t, k in self._carried.keys.items():
             keys.setdefault(t, set()).update(k)
-        found = self._check.compare(keys, set(tail_full) | self._carried.full)
+        found = self._check.compare(keys, full | self._carried.full)
         if found:
             raise CutoverAborted(
                 f"verification found {len(found.differences) + found.rejected} difference(s)",

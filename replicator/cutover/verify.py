@@ -124,6 +124,10 @@ class Tail:
                 self.consumer.seek(tp, start[tp.partition])
         self.read = 0
 
+    def end_offsets(self) -> dict[int, int]:
+        with kafka_io.translated(f"reading {self.topic}"):
+            return {tp.partition: off for tp, off in self.consumer.end_offsets(self.tps).items()}
+
     def read_to(self, ends: Mapping[int, int], timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
         with kafka_io.translated(f"reading {self.topic}"):

@@ -18,9 +18,20 @@ from replicator.validate.run import validate
 from tests.support import Env, wait_for
 from transforms.loader import load_mapping
 
-STEPS = ["preflight", "arm", "pre-verify", "fence", "drain", "verify", "decide", "switch", "finish"]
+STEPS = [
+    "preflight",
+    "arm",
+    "pre-verify",
+    "catch-up",
+    "fence",
+    "drain",
+    "verify",
+    "decide",
+    "switch",
+    "finish",
+]
 # Every point before the switch hook ran, where a failure must leave the old writer writing.
-BEFORE_THE_HOOK = [*STEPS[:7], "decide:new", "switch"]
+BEFORE_THE_HOOK = [*STEPS[:8], "decide:new", "switch"]
 
 
 def _url(env: Env, side: str) -> str:
@@ -187,7 +198,7 @@ def test_dry_run_changes_nothing_and_reports_the_pause(env: Env, synced: Any) ->
     s, pipeline = synced
     out = Cutover(s, pipeline.mapping).run(dry_run=True)
     assert not out.switched and out.pause_s is not None and out.pause_s < 30
-    assert [st.name for st in out.steps] == [*STEPS[:6], "unfence"]
+    assert [st.name for st in out.steps] == [*STEPS[:7], "unfence"]
     with env.legacy_conn() as c:
         c.execute("INSERT INTO audit_log (action, created_at) VALUES ('after-dry-run', now())")
     wait_for(lambda: "after-dry-run" in _actions(env), 30, what="sync after the dry run")
@@ -362,7 +373,7 @@ def test_cutover_verify_checks_changes_made_after_the_preflight(env: Env, synced
         sid = c.execute("SELECT min(id) FROM mcp_server").fetchone()[0]  # type: ignore[index]
 
     def between_steps(step: Any) -> None:
-        if step.name == "pre-verify":  # after the pre-fence verification, before the fence
+        if step.name == "catch-up":  # after the last check before the fence
             with env.legacy_conn() as c:
                 c.execute("UPDATE mcp_server SET name = 'after preflight' WHERE id = %s", (sid,))
         elif step.name == "drain":  # applied by now; then damaged on the target
