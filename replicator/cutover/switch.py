@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,20 +25,18 @@ from psycopg import sql
 
 from connectors import kafka_io, pg
 from connectors.pgsource import create_slot, ensure_publication, slot_info
-from connectors.pgtypes import TextLoader
 from replicator.config import Settings
 from replicator.cutover import decision
 from replicator.cutover import fence as fencing
 from replicator.cutover.plan import JOURNAL_SQL, Journal, Outcome, StepResult, plan_for
 from replicator.cutover.preflight import Preflight
-from replicator.cutover.verify import KeyedCheck, Mismatch, Tail
+from replicator.cutover.verify import PauseVerification
 from replicator.errors import CutoverAborted, PreconditionError, ReplicatorError
 from replicator.state import ensure_schema
 from replicator.validate.fast import Touched
 from transforms.api import MappingSet
 
 if TYPE_CHECKING:
-    from replicator.validate.expect import SourceKey
     from replicator.validate.reverse import ReverseKeys
 
 log = logging.getLogger(__name__)
@@ -74,10 +73,7 @@ class Cutover(Preflight):
         self._partitions = 0  # of the draining direction's topic, once the preflight counted them
         self._touched: Touched | None = None  # the changes topic as the preflight read it
         self._conns: dict[str, psycopg.Connection[Any]] = {}  # held across the pause
-        self._check: KeyedCheck | None = None
-        self._tail: Tail | None = None
-        self._tail_keys: Callable[[], tuple[dict[str, set[SourceKey]], set[str]]] | None = None
-        self._carried = Mismatch()  # rows the pre-fence verification saw in flight
+        self._verification: PauseVerification | None = None
         self.journal = Journal(settings, self.plan, self.run_id)
         self._hook_started = False
         self._hook_refused = False
@@ -118,7 +114,10 @@ class Cutover(Preflight):
                 if not dry_run:
                     self._arm_next_direction()
             with self._step(out, "pre-verify"):
-                self._pre_verify()
+                self._verification = PauseVerification(
+                    self.s, self.mapping, p.action, self._touched, self._reverse_keys
+                )
+                self._verification.before_fence()
             with self._step(out, "catch-up"):
                 self._catch_up(dry_run)
         except BaseException:
@@ -146,8 +145,14 @@ class Cutover(Preflight):
         try:
             with self._step(out, "drain"):
                 applied = self._drain(f)
-            with self._step(out, "verify"):
-                self._verify(applied)
+            prepared = None if dry_run else _Background(self._prepare_new_writer)
+            try:
+                with self._step(out, "verify"):
+                    assert self._verification is not None
+                    self._verification.in_pause(applied)
+            finally:
+                if prepared is not None:
+                    prepared.join()  # no thread may outlive the step on a shared connection
             if dry_run:
                 with self._step(out, "unfence"):
                     fencing.unfence(p.old, f)
@@ -156,6 +161,8 @@ class Cutover(Preflight):
                 return out
             decided = True  # from its first write on: a partial decision is taken back below
             with self._step(out, "decide"):
+                assert prepared is not None
+                prepared.result()
                 self._decide()
             # The point of no return: the old writer is never unfenced after this, unless the
             # hook says it did not switch the application.
@@ -257,120 +264,26 @@ class Cutover(Preflight):
         return self._conns[side]
 
     def _close(self) -> None:
-        for closer in (self._tail, self._check):
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    closer.close()
-        self._tail = self._check = None
+        if self._verification is not None:
+            with contextlib.suppress(Exception):
+                self._verification.close()
+        self._verification = None
         for conn in self._conns.values():
             with contextlib.suppress(Exception):
                 conn.close()
         self._conns = {}
 
-    def _pre_verify(self) -> None:
-        """Everything up to the changes topic's current end ``E1``, proven with writes flowing;
-        a consumer then waits at ``E1`` for the pause's tail (replicator.cutover.verify)."""
-        from replicator.validate.fast import _collect
-
-        p = self.plan
-        self._check = KeyedCheck(self.s, self.mapping)
-        bootstrap = self.s.kafka.bootstrap_servers
-        if p.action == "cutover":
-            from replicator.validate.run import validate
-
-            touched = self._touched or Touched()
-            report = validate(
-                self.s, self.mapping, fast=True, marker_timeout_s=5.0, read_ahead=touched
-            )
-            if report.difference_count or report.unsettled_count:
-                raise CutoverAborted(
-                    f"verification found {report.difference_count} difference(s)"
-                    f" and {report.unsettled_count} row(s) still changing",
-                    step="pre-verify",
-                    hint="`replicator validate` lists them; nothing was fenced",
-                )
-            tail = Touched()
-            loader = TextLoader()
-            self._tail = Tail(
-                bootstrap,
-                self._topic("fwd"),
-                touched.end_offsets,
-                lambda v: _collect(v, self.mapping.forward, loader, tail),
-            )
-            self._tail_keys = lambda: (tail.keys, tail.truncated)
-            return
-        from replicator.validate.orphans import find_orphans
-        from replicator.validate.reverse import ReverseKeys
-
-        rk = self._reverse_keys
-        if rk is None:
-            raise CutoverAborted("the preflight did not read the reverse stream", step="pre-verify")
-        rk.read(bootstrap, self._topic("rev"))
-        carried = self._check.compare(rk.keys, rk.full)
-        if carried.rejected:
-            raise CutoverAborted(
-                f"{carried.rejected} legacy row(s) written by the reverse stream are refused by"
-                " the forward mapping",
-                step="pre-verify",
-                hint="`replicator validate` lists them; nothing was fenced",
-            )
-        _, orphans = find_orphans(
-            self._check.target, self.mapping.forward, self._check.selected, None
-        )
-        if orphans:
-            raise CutoverAborted(
-                f"{orphans} target row(s) point at a parent that is not there",
-                step="pre-verify",
-                hint="`replicator validate` lists them; nothing was fenced",
-            )
-        self._carry(carried)  # rows in flight now: compared again once both sides are static
-        tail_rk = ReverseKeys(self.mapping, self.s.source, offsets=dict(rk.offsets))
-        tail_rk._oids = rk._oids
-        tail_rk._conn = self._conn("new")  # legacy, for the types of a table not seen yet
-        self._tail = Tail(bootstrap, self._topic("rev"), rk.offsets, tail_rk._collect)
-        self._tail_keys = lambda: (tail_rk.keys, tail_rk.full)
-
-    def _catch_up(self, dry_run: bool, rounds: int = 4, short_s: float = 0.05) -> None:
-        """Shrink the pause's share: what arrived while the last check ran is compared now, with
-        writes flowing (rows in flight are carried into the pause), until a round is short. Then
-        the new direction's slot is moved past the draining apply's writes so far, leaving the
-        pause's advance little WAL to decode."""
-        assert self._tail is not None and self._check is not None
-        for _ in range(rounds):
-            start = time.monotonic()
-            self._tail.read_to(self._tail.end_offsets())
-            keys, full = self._take_tail()
-            if keys or full:
-                found = self._check.compare(keys, full)
-                if found.rejected:
-                    raise CutoverAborted(
-                        f"{found.rejected} legacy row(s) are refused by the forward mapping",
-                        step="catch-up",
-                        hint="`replicator validate` lists them; nothing was fenced",
-                    )
-                self._carry(found)
-            if time.monotonic() - start < short_s:
-                break
+    def _catch_up(self, dry_run: bool) -> None:
+        """The last checks before the fence; then the new direction's slot moved past the
+        draining apply's writes so far, leaving the pause's advance little WAL to decode."""
+        assert self._verification is not None
+        self._verification.catch_up()
         if not dry_run:
             with pg.translated(self.plan.new.masked()):
                 self._conn("new").execute(
                     "SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())",
                     (self.s.slot(self.plan.new_dir),),
                 )
-
-    def _take_tail(self) -> tuple[dict[str, set[SourceKey]], set[str]]:
-        """The keys the tail consumer collected since the last call (and forget them)."""
-        assert self._tail_keys is not None
-        keys, full = self._tail_keys()
-        taken = ({t: set(k) for t, k in keys.items() if k}, set(full))
-        keys.clear()
-        full.clear()
-        return taken
-
-    def _carry(self, found: Mismatch) -> None:
-        for t, k in found.keys.items():
-            self._carried.keys.setdefault(t, set()).update(k)
-        self._carried.full |= found.full
 
     # -- inside the pause ------------------------------------------------------------------------
 
@@ -397,53 +310,36 @@ class Cutover(Preflight):
             )
         return applied
 
-    def _verify(self, applied: dict[int, int]) -> None:
-        """Both sides are static now: the keys changed since the pre-fence verification's
-        ``E1`` (up to what apply applied), and the rows it saw in flight, compared exactly."""
-        assert self._tail is not None and self._tail_keys is not None and self._check
-        self._tail.read_to(applied)
-        keys, full = self._take_tail()
-        for t, k in self._carried.keys.items():
-            keys.setdefault(t, set()).update(k)
-        found = self._check.compare(keys, full | self._carried.full)
-        if found:
-            raise CutoverAborted(
-                f"verification found {len(found.differences) + found.rejected} difference(s)",
-                step="verify",
-                hint="`replicator validate` lists them",
-            )
-
-    def _decide(self) -> None:
-        """Sequences set and the decision recorded: one round trip on each writer. On the new
-        one, with the same statement: its slot moved past everything written so far (the
-        draining apply's rows must not echo back), and the fence of an earlier switch the
-        other way dropped."""
+    def _prepare_new_writer(self) -> None:
+        """The new writer made ready, beside the verification (its own connections): sequences
+        read on the old writer (static since the fence) and set on the new one; in the same
+        statement the new direction's slot moved past everything written so far (the draining
+        apply's rows must not echo back) and the fence of an earlier switch the other way
+        dropped. Undone by an abort (the slot is dropped); nothing here is the decision, so its
+        commit need not wait for the disk: the decision's commit after it flushes it."""
         p = self.plan
-        old, new = self._conn("old"), self._conn("new")
-        record = decision.record(self.s.name, p.action, self.run_id, p.old_dir, p.new_dir)
         seqs = p.drain.sequences
-        with pg.translated(p.old.masked()):
-            highs: list[int] = []
-            if seqs:
-                cur = old.execute(
-                    sql.SQL("{}; SELECT {}").format(
-                        record,
-                        sql.SQL(", ").join(
-                            sql.SQL("(SELECT coalesce(max({}), 0) FROM {})").format(
-                                sql.Identifier(q.column), sql.Identifier(*q.table.split(".", 1))
+        highs: list[int] = []
+        if seqs:
+            with pg.translated(p.old.masked()):
+                row = (
+                    self._conn("old")
+                    .execute(
+                        sql.SQL("SELECT {}").format(
+                            sql.SQL(", ").join(
+                                sql.SQL("(SELECT coalesce(max({}), 0) FROM {})").format(
+                                    sql.Identifier(q.column),
+                                    sql.Identifier(*q.table.split(".", 1)),
+                                )
+                                for q in seqs
                             )
-                            for q in seqs
-                        ),
+                        )
                     )
+                    .fetchone()
                 )
-                while cur.nextset():
-                    pass
-                row = cur.fetchone()
-                highs = [int(v) for v in row] if row else [0] * len(seqs)
-            else:
-                old.execute(record)
-        self._inject("decide:new")
+            highs = [int(v) for v in row] if row else [0] * len(seqs)
         statements = [
+            sql.SQL("SET LOCAL synchronous_commit = off"),
             sql.SQL("SELECT pg_replication_slot_advance({}, pg_current_wal_lsn())").format(
                 sql.Literal(self.s.slot(p.new_dir))
             ),
@@ -461,10 +357,26 @@ class Cutover(Preflight):
                 for q, high in zip(seqs, highs, strict=True)
             ),
             sql.SQL(fencing.DROP_ALL_FENCES),
-            record,
         ]
         with pg.translated(p.new.masked()):
-            new.execute(sql.SQL("; ").join(statements))
+            self._conn("new").execute(sql.SQL("; ").join(statements))
+
+    def _decide(self) -> None:
+        """The decision recorded on both writers at once (two connections, two threads)."""
+        p = self.plan
+        record = decision.record(self.s.name, p.action, self.run_id, p.old_dir, p.new_dir)
+
+        def on_old() -> None:
+            with pg.translated(p.old.masked()):
+                self._conn("old").execute(record)
+
+        old = _Background(on_old)
+        try:
+            self._inject("decide:new")
+            with pg.translated(p.new.masked()):
+                self._conn("new").execute(record)
+        finally:
+            old.result()
 
     def _abort(self, f: fencing.Fence, decided: bool) -> bool:
         """Not switched: take back a decision, then unfence the old writer and drop the new
@@ -600,6 +512,29 @@ class Cutover(Preflight):
         out.steps.append(result)
         self._report(result)
         self.journal.add(result)
+
+
+class _Background:
+    """A call on a thread of its own; :meth:`result` waits and raises what it raised."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _reason(exc: BaseException) -> str:

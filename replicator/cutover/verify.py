@@ -18,18 +18,23 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaConsumer, TopicPartition
 
 from connectors import kafka_io, pg
+from connectors.pgtypes import TextLoader
 from replicator.config import Settings
-from replicator.errors import KafkaUnavailable, PreconditionError
+from replicator.errors import CutoverAborted, KafkaUnavailable, PreconditionError
 from replicator.validate.expect import SourceKey
+from replicator.validate.fast import Touched
 from replicator.validate.report import Difference, Report
 from replicator.validate.run import _Ctx, _difference, _first_pass
 from replicator.validate.scope import components, select_tables, shapes_of
 from transforms.api import MappingSet
+
+if TYPE_CHECKING:
+    from replicator.validate.reverse import ReverseKeys
 
 
 @dataclass
@@ -146,3 +151,145 @@ class Tail:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+class PauseVerification:
+    """The three phases of a switch's verification, in order: :meth:`before_fence` proves
+    everything up to ``E1``; :meth:`catch_up` compares, in short rounds, what arrived while the
+    last check ran (rows in flight are carried); :meth:`in_pause` compares the tail read after
+    the fence plus the carried rows, on static sides, and raises on any difference."""
+
+    def __init__(
+        self,
+        s: Settings,
+        mapping: MappingSet,
+        action: str,
+        touched: Touched | None,
+        reverse_keys: ReverseKeys | None,
+    ) -> None:
+        self.s = s
+        self.mapping = mapping
+        self.action = action
+        self._touched = touched
+        self._reverse_keys = reverse_keys
+        self.check = KeyedCheck(s, mapping)
+        self._tail: Tail | None = None
+        self._tail_keys: Callable[[], tuple[dict[str, set[SourceKey]], set[str]]] | None = None
+        self.carried = Mismatch()
+
+    def before_fence(self) -> None:
+        if self.action == "cutover":
+            self._cutover_proof()
+        else:
+            self._rollback_proof()
+
+    def _cutover_proof(self) -> None:
+        """``validate --fast`` with its live settling, up to ``E1``."""
+        from replicator.validate.fast import _collect
+        from replicator.validate.run import validate
+
+        touched = self._touched or Touched()
+        report = validate(self.s, self.mapping, fast=True, marker_timeout_s=5.0, read_ahead=touched)
+        if report.difference_count or report.unsettled_count:
+            raise CutoverAborted(
+                f"verification found {report.difference_count} difference(s)"
+                f" and {report.unsettled_count} row(s) still changing",
+                step="pre-verify",
+                hint="`replicator validate` lists them; nothing was fenced",
+            )
+        tail = Touched()
+        loader = TextLoader()
+        self._tail = Tail(
+            self.s.kafka.bootstrap_servers,
+            self.s.topic("fwd", "changes"),
+            touched.end_offsets,
+            lambda v: _collect(v, self.mapping.forward, loader, tail),
+        )
+        self._tail_keys = lambda: (tail.keys, tail.truncated)
+
+    def _rollback_proof(self) -> None:
+        """The legacy keys the reverse stream wrote, compared once (rows in flight carried),
+        and the target's orphans."""
+        from replicator.validate.orphans import find_orphans
+        from replicator.validate.reverse import ReverseKeys
+
+        rk = self._reverse_keys
+        if rk is None:
+            raise CutoverAborted("the preflight did not read the reverse stream", step="pre-verify")
+        topic = self.s.topic("rev", "changes")
+        rk.read(self.s.kafka.bootstrap_servers, topic)
+        found = self.check.compare(rk.keys, rk.full)
+        _refuse_rejected(found, "pre-verify")
+        _, orphans = find_orphans(
+            self.check.target, self.mapping.forward, self.check.selected, None
+        )
+        if orphans:
+            raise CutoverAborted(
+                f"{orphans} target row(s) point at a parent that is not there",
+                step="pre-verify",
+                hint="`replicator validate` lists them; nothing was fenced",
+            )
+        self._carry(found)
+        tail = ReverseKeys(self.mapping, self.s.source, offsets=dict(rk.offsets))
+        tail._oids = rk._oids
+        tail._conn = self.check.legacy  # for the types of a legacy table not seen yet
+        self._tail = Tail(self.s.kafka.bootstrap_servers, topic, rk.offsets, tail._collect)
+        self._tail_keys = lambda: (tail.keys, tail.full)
+
+    def catch_up(self, rounds: int = 4, short_s: float = 0.05) -> None:
+        """Shrink the pause's share: until a round is short, compare with writes flowing what
+        arrived while the last one ran; rows in flight are carried into the pause."""
+        assert self._tail is not None
+        for _ in range(rounds):
+            start = time.monotonic()
+            self._tail.read_to(self._tail.end_offsets())
+            keys, full = self._take_tail()
+            if keys or full:
+                found = self.check.compare(keys, full)
+                _refuse_rejected(found, "catch-up")
+                self._carry(found)
+            if time.monotonic() - start < short_s:
+                return
+
+    def in_pause(self, applied: Mapping[int, int]) -> None:
+        """Both sides static: the tail up to what apply applied, and the carried rows."""
+        assert self._tail is not None
+        self._tail.read_to(applied)
+        keys, full = self._take_tail()
+        for t, k in self.carried.keys.items():
+            keys.setdefault(t, set()).update(k)
+        found = self.check.compare(keys, full | self.carried.full)
+        if found:
+            raise CutoverAborted(
+                f"verification found {len(found.differences) + found.rejected} difference(s)",
+                step="verify",
+                hint="`replicator validate` lists them",
+            )
+
+    def _take_tail(self) -> tuple[dict[str, set[SourceKey]], set[str]]:
+        """The keys the tail consumer collected since the last call (and forget them)."""
+        assert self._tail_keys is not None
+        keys, full = self._tail_keys()
+        taken = ({t: set(k) for t, k in keys.items() if k}, set(full))
+        keys.clear()
+        full.clear()
+        return taken
+
+    def _carry(self, found: Mismatch) -> None:
+        for t, k in found.keys.items():
+            self.carried.keys.setdefault(t, set()).update(k)
+        self.carried.full |= found.full
+
+    def close(self) -> None:
+        if self._tail is not None:
+            self._tail.close()
+        self.check.close()
+
+
+def _refuse_rejected(found: Mismatch, step: str) -> None:
+    if found.rejected:
+        raise CutoverAborted(
+            f"{found.rejected} legacy row(s) are refused by the forward mapping",
+            step=step,
+            hint="`replicator validate` lists them; nothing was fenced",
+        )
