@@ -474,8 +474,11 @@ class Cutover(Preflight):
             done = subprocess.run(
                 shlex.split(self.switch_hook), env=env, capture_output=True, text=True, timeout=120
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except OSError as exc:  # it never started: nothing was switched
+            self._hook_refused = True
             raise CutoverAborted(f"switch hook could not run: {exc}", step="switch") from None
+        except subprocess.TimeoutExpired as exc:  # it may have switched before it hung
+            raise CutoverAborted(f"switch hook timed out: {exc}", step="switch") from None
         if done.returncode != 0:
             self._hook_refused = True  # it says it did not switch: the switch can be undone
             raise CutoverAborted(
