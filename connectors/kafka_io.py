@@ -1,7 +1,9 @@
 """The Kafka edge: topics, an idempotent producer whose acknowledgements the capture tracks, and a
 consumer that starts from offsets stored in the target (not Kafka's committed offsets).
 
-kafka-python's exceptions are translated into :class:`replicator.errors.KafkaUnavailable` here.
+kafka-python's exceptions are translated here (:func:`translate`), once: what kafka-python calls
+retriable becomes :class:`replicator.errors.KafkaUnavailable` (retried), the rest an error the
+operator must act on (an ACL, a message size, a topic setting).
 """
 
 from __future__ import annotations
@@ -20,12 +22,78 @@ from kafka import (
     KafkaProducer,
     TopicPartition,
 )
+from kafka import errors as kerr
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from replicator.errors import KafkaUnavailable, ReplicatorError
+from replicator.errors import KafkaRefused, KafkaUnavailable, PermissionDenied, ReplicatorError
 
 log = logging.getLogger(__name__)
+
+# kafka-python calls these not retriable, yet a new session cures them: the group or the
+# producer's session moved on (a rebalance, a restarted broker), which the stage's retry redoes.
+_SESSION_ERRORS: tuple[type[KafkaError], ...] = (
+    kerr.BrokerNotAvailableError,
+    kerr.CommitFailedError,
+    kerr.RebalanceInProgressError,
+    kerr.IllegalGenerationError,
+    kerr.UnknownMemberIdError,
+    kerr.MemberIdRequiredError,
+    kerr.UnknownProducerIdError,
+    kerr.OutOfOrderSequenceNumberError,
+    kerr.InvalidProducerEpochError,
+    kerr.UnrecognizedBrokerVersion,
+)
+
+# The ACL each authorization failure lacks, as kafka-acls names it.
+_ACL_HINTS: dict[type[KafkaError], str] = {
+    kerr.TopicAuthorizationFailedError: (
+        "--operation Describe --operation Read --operation Write --operation Create "
+        "--topic '<name>.' --resource-pattern-type prefixed"
+    ),
+    kerr.GroupAuthorizationFailedError: (
+        "--operation Read --group '<name>-' --resource-pattern-type prefixed"
+    ),
+    kerr.ClusterAuthorizationFailedError: "--operation Describe --operation Create --cluster",
+    kerr.TransactionalIdAuthorizationFailedError: (
+        "--operation Write --operation Describe --transactional-id '*'"
+    ),
+}
+
+
+def translate(exc: BaseException, *, what: str) -> ReplicatorError:
+    """Map a kafka-python exception to the replicator's tree, honouring its ``retriable``."""
+    if isinstance(exc, ReplicatorError):
+        return exc
+    name = type(exc).__name__
+    text = f"Kafka {what}: {exc}" if name in str(exc) else f"Kafka {what}: {name}: {exc}"
+    if isinstance(exc, kerr.AuthorizationError):
+        acl = next((v for k, v in _ACL_HINTS.items() if isinstance(exc, k)), "the ACL it names")
+        return PermissionDenied(
+            text,
+            hint=f"grant the replicator's principal the ACL: `kafka-acls.sh --add "
+            f"--allow-principal User:<principal> {acl}`",
+        )
+    if isinstance(exc, kerr.MessageSizeTooLargeError | kerr.RecordListTooLargeError):
+        return KafkaRefused(
+            text,
+            hint="a message is larger than Kafka accepts: set the topic's max.message.bytes "
+            f"(and the broker's message.max.bytes) to at least {MAX_MESSAGE_BYTES}: "
+            "`kafka-configs.sh --alter --entity-type topics --entity-name <topic> "
+            f"--add-config max.message.bytes={MAX_MESSAGE_BYTES}`; or make messages smaller "
+            "with backfill.chunk_rows and capture.slice_max_bytes",
+        )
+    if isinstance(exc, kerr.SaslAuthenticationFailedError | kerr.UnacceptableCredentialError):
+        return KafkaRefused(text, hint="check the Kafka credentials")
+    if getattr(exc, "retriable", False) or isinstance(exc, _SESSION_ERRORS):
+        return KafkaUnavailable(
+            text, hint="check kafka.bootstrap_servers and that the broker is running"
+        )
+    return KafkaRefused(
+        text,
+        hint="Kafka refused the request and a retry will not change its answer: "
+        "see the broker's log for why",
+    )
 
 
 @contextlib.contextmanager
@@ -33,10 +101,7 @@ def translated(what: str) -> Iterator[None]:
     try:
         yield
     except KafkaError as exc:
-        raise KafkaUnavailable(
-            f"Kafka {what}: {type(exc).__name__}: {exc}",
-            hint="check kafka.bootstrap_servers and that the broker is running",
-        ) from None
+        raise translate(exc, what=what) from exc
 
 
 def admin(bootstrap: str, timeout_ms: int = 10_000) -> KafkaAdminClient:
@@ -178,7 +243,7 @@ class Sent:
         """Raise if Kafka refused the message."""
         if self.future.is_done and self.future.failed():
             exc = self.future.exception
-            raise KafkaUnavailable(f"Kafka did not acknowledge a message: {exc}")
+            raise translate(exc, what="did not acknowledge a message") from exc
 
 
 class Producer:
@@ -264,6 +329,14 @@ class Consumer:
             self._consumer.subscribe([topic], listener=_Rebalance(self))
         self.assigned: set[int] = set()
         self._assign_error: ReplicatorError | None = None
+
+    @property
+    def coordinated(self) -> bool:
+        """Whether the group's coordinator (a broker) was reachable at the last poll. Without
+        it the assignment is stale and nothing arrives; kafka-python says so only through its
+        coordinator's id, which its poll clears when the connection is lost."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        return coordinator is None or getattr(coordinator, "coordinator_id", 0) is not None
 
     def _on_assigned(self, partitions: list[int]) -> None:
         self.assigned = set(partitions)

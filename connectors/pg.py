@@ -18,10 +18,12 @@ from psycopg.conninfo import conninfo_to_dict
 from replicator.errors import (
     AuthenticationFailed,
     ConnectionFailed,
+    InternalError,
     PermissionDenied,
     PreconditionError,
     ReplicatorError,
     SlotInUse,
+    StateError,
     TargetRejected,
     TransientDatabaseError,
 )
@@ -66,6 +68,12 @@ def translate(exc: BaseException, *, where: str) -> ReplicatorError:
         return AuthenticationFailed(f"{where}: authentication failed", hint="check the credentials")
     if isinstance(exc, pgerr.InsufficientPrivilege):
         return PermissionDenied(f"{where}: {text}")
+    if isinstance(exc, pgerr.UndefinedObject) and "replication slot" in str(exc):
+        return PreconditionError(
+            f"{where}: {text}",
+            hint="restart `replicator run` (or `replicator capture`): it creates the slot, and "
+            "a new forward slot starts a new backfill",
+        )
     if isinstance(exc, pgerr.ObjectInUse) and "replication slot" in str(exc):
         return SlotInUse(f"{where}: {text}", hint="another capture streams from this slot")
     if sqlstate in _TRANSIENT_SQLSTATES or isinstance(
@@ -74,7 +82,20 @@ def translate(exc: BaseException, *, where: str) -> ReplicatorError:
         return TransientDatabaseError(f"{where}: {text}")
     if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
         return TargetRejected(f"{where}: {text}")
-    return ReplicatorError(f"{where}: {text}")
+    if isinstance(exc, pgerr.ReadOnlySqlTransaction):
+        return StateError(
+            f"{where}: {text}",
+            hint="this database is read-only or fenced; `replicator status` shows the writer",
+        )
+    # What is left is a statement of ours the server refused (syntax, unknown column, table or
+    # function: ProgrammingError), a misuse of the driver, or a state we did not expect: a bug,
+    # not the operator's configuration (exit 70, never retried).
+    code = f", SQLSTATE {sqlstate}" if sqlstate else ""
+    return InternalError(
+        f"{where}: {text} ({type(exc).__name__}{code})",
+        hint="if `replicator check` finds nothing (a table or column changed under the "
+        "replicator), this is a bug: rerun with --debug and report the trace",
+    )
 
 
 def describe(conninfo: str) -> str:
@@ -93,7 +114,7 @@ def connect(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(conninfo, **kwargs)
     except psycopg.Error as exc:
-        raise translate(exc, where=describe(conninfo)) from None
+        raise translate(exc, where=describe(conninfo)) from exc
 
 
 @contextlib.contextmanager
@@ -102,4 +123,4 @@ def translated(where: str) -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
-        raise translate(exc, where=where) from None
+        raise translate(exc, where=where) from exc

@@ -204,7 +204,7 @@ class ReplicationStream:
                 if nbytes == 0:
                     return None
         except psycopg.OperationalError as exc:
-            raise ConnectionFailed(f"{self.where}: replication stream lost ({exc})") from None
+            raise ConnectionFailed(f"{self.where}: replication stream lost ({exc})") from exc
         if nbytes < 0:
             res = pgc.get_result()
             msg = res.error_message.decode(errors="replace").strip() if res else ""
@@ -220,7 +220,7 @@ class ReplicationStream:
             pgc.put_copy_data(frame)
             pgc.flush()
         except psycopg.OperationalError as exc:
-            raise ConnectionFailed(f"{self.where}: replication stream lost ({exc})") from None
+            raise ConnectionFailed(f"{self.where}: replication stream lost ({exc})") from exc
 
     def close(self) -> None:
         if self._conn is not None:

@@ -14,6 +14,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ from replicator.errors import (
     PreconditionError,
     ReplicatorError,
 )
+from replicator.health import StageHealth, waiting_sleep
+from replicator.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,7 @@ class Capture:
         self.topic = settings.topic(direction, "changes")
         self.stats = CaptureStats()
         self._kafka_down = False
+        self.health = StageHealth()
 
     def prepare(self) -> int | None:
         """Publication, slot and topics; returns the slot's LSN when this call created it."""
@@ -116,24 +120,21 @@ class Capture:
         return created
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                self._stream(stop)
-                return
-            except ReplicatorError as exc:
-                if not exc.retriable:
-                    raise
-                if isinstance(exc, KafkaUnavailable) and not self._kafka_down:
-                    log.error(
-                        "capture: Kafka unavailable (%s); the slot is not advanced", exc.message
-                    )
-                    self._kafka_down = True
-                elif not isinstance(exc, KafkaUnavailable):
-                    log.warning("capture: %s; reconnecting in %.1fs", exc.message, backoff)
-                self.stats.reconnects += 1
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        if not stop.is_set():
+            RetryPolicy(
+                self.s.retry,
+                "capture",
+                stop=stop,
+                on_failure=self._failed,
+                sleep=waiting_sleep(self.health, stop),
+            ).run(lambda: self._stream(stop))
+
+    def _failed(self, exc: ReplicatorError) -> None:
+        self.health.waiting(f"{exc.message} (retrying)")
+        if isinstance(exc, KafkaUnavailable) and not self._kafka_down:
+            log.error("capture: Kafka unavailable; the slot is not advanced until it answers")
+            self._kafka_down = True
+        self.stats.reconnects += 1
 
     # -- one replication session ---------------------------------------------------------------
 
@@ -154,7 +155,8 @@ class Capture:
             if not info.exists:
                 raise PreconditionError(
                     f"replication slot {self.s.slot(self.direction)} is missing",
-                    hint="run `replicator capture` once with the default --prepare to create it",
+                    hint="restart `replicator run` (or `replicator capture`): it creates the "
+                    "slot, and a new forward slot starts a new backfill",
                 )
             self.stats.confirmed_lsn = info.confirmed_flush_lsn or 0
             stream.start(0)  # 0/0: resume from the slot's confirmed position
@@ -235,6 +237,10 @@ class Capture:
                 if self._kafka_down and not inflight:
                     log.info("capture: Kafka acknowledges again")
                     self._kafka_down = False
+                if self._kafka_down:
+                    self.health.waiting("streaming, but Kafka has not acknowledged yet")
+                else:
+                    self.health.ready()
                 if asm.changed_relations:
                     # The new shape travels in every later envelope; transforms see it, and
                     # `replicator check` says whether the mapping still fits.
@@ -263,7 +269,7 @@ class Capture:
             c = self.stats.confirmed_lsn
             stream.send(walframe.standby_status(self.stats.received_lsn, c, c))
         except psycopg.Error as exc:
-            raise ConnectionFailed(f"{self.db.masked()}: {exc}") from None
+            raise ConnectionFailed(f"{self.db.masked()}: {exc}") from exc
         finally:
             hb_conn.close()
 
@@ -290,8 +296,16 @@ class _Router:
     ``last`` slice, and control messages go to every partition.
     """
 
-    def __init__(self, producer: Producer, topic: str, partitions: int, key_column: str) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        partitions: int,
+        key_column: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.producer = producer
+        self._clock = clock
         self.topic = topic
         self.partitions = partitions
         self.key_column = key_column
@@ -310,7 +324,7 @@ class _Router:
 
     @property
     def overdue(self) -> bool:
-        return bool(self._group) and time.monotonic() - self._group_since >= GROUP_WAIT_S
+        return bool(self._group) and self._clock() - self._group_since >= GROUP_WAIT_S
 
     def flush(self) -> list[tuple[Sent, int | None]]:
         """Send the held transactions as one message."""
@@ -332,7 +346,7 @@ class _Router:
                 ]
             # A whole transaction: held while the capture has more frames at hand; sent with
             # the others when the stream pauses, or the group is full or getting old.
-            now = time.monotonic()
+            now = self._clock()
             if not self._group:
                 self._group_since = now
             self._group.append(value)

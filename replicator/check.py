@@ -14,9 +14,10 @@ import psycopg
 
 from connectors import kafka_io, pg
 from connectors.pgsource import source_problems
+from replicator.check_mapping import check_mapping_sides, live_catalog
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
-from transforms.api import Catalog, ColumnSpec, MappingSet
+from transforms.api import MappingSet
 from transforms.schema_check import mapping_problems
 
 
@@ -65,28 +66,17 @@ def _target(s: Settings, mapping: MappingSet) -> list[Finding]:
     return findings
 
 
-_CATALOG_SQL = """
-SELECT n.nspname || '.' || c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
-       a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
-  FROM pg_attribute a
-  JOIN pg_class c ON c.oid = a.attrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
-   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'replicator')
-"""
-
-
-def live_catalog(conn: psycopg.Connection[Any]) -> Catalog:
-    out: dict[str, dict[str, ColumnSpec]] = {}
-    for table, col, typ, not_null, has_default in conn.execute(_CATALOG_SQL).fetchall():
-        out.setdefault(table, {})[col] = ColumnSpec(typ, not_null, has_default)
-    return out
-
-
 def _mapping_findings(conn: psycopg.Connection[Any], mapping: MappingSet) -> list[Finding]:
     """The mapping against the live catalog and the schema it was written for."""
     expected = mapping.expected_target() if mapping.expected_target is not None else None
-    problems = mapping_problems(mapping.forward, live_catalog(conn), expected)
+    problems = mapping_problems(
+        mapping.forward, live_catalog(conn), expected, schema_hint=mapping.target_schema_hint
+    )
+    return [Finding("mapping", False, p.message, p.hint) for p in problems]
+
+
+def _sides(s: Settings, mapping: MappingSet) -> list[Finding]:
+    problems = check_mapping_sides(s, mapping)
     return [Finding("mapping", False, p.message, p.hint) for p in problems]
 
 
@@ -109,9 +99,26 @@ CHECKS: list[tuple[str, Callable[[Settings, MappingSet], list[Finding]]]] = [
 
 def run_checks(s: Settings, mapping: MappingSet) -> list[Finding]:
     findings: list[Finding] = []
+    unreachable = False
     for name, fn in CHECKS:
         try:
             findings.extend(fn(s, mapping))
         except ReplicatorError as exc:
             findings.append(Finding(name, False, exc.message, exc.hint))
+            unreachable = unreachable or name in ("source", "target")
+    if unreachable:
+        findings.append(
+            Finding(
+                "mapping",
+                False,
+                "the columns the mapping reads and its sequences were not checked: "
+                "a database could not be read",
+                "fix the problems above, then run `replicator check` again",
+            )
+        )
+        return findings
+    try:
+        findings.extend(_sides(s, mapping))
+    except ReplicatorError as exc:
+        findings.append(Finding("mapping", False, exc.message, exc.hint))
     return findings

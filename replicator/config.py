@@ -29,13 +29,18 @@ class _Strict(BaseModel):
 
 
 class DatabaseSettings(_Strict):
-    host: str = "127.0.0.1"
-    port: int = 5432
-    user: str = "postgres"
-    password: SecretStr = SecretStr("")
-    dbname: str = "postgres"
-    sslmode: str = "prefer"
-    connect_timeout: int = 10
+    """A PostgreSQL server and database."""
+
+    host: str = Field("127.0.0.1", description="host name or address of the server")
+    port: int = Field(5432, description="port of the server")
+    user: str = Field("postgres", description="role to connect as")
+    password: SecretStr = Field(
+        SecretStr(""),
+        description="its password; better set from the environment (REPLICATOR_<SIDE>__PASSWORD)",
+    )
+    dbname: str = Field("postgres", description="the database")
+    sslmode: str = Field("prefer", description="libpq sslmode: disable, prefer, require, ...")
+    connect_timeout: int = Field(10, description="seconds to wait for a connection")
 
     def conninfo(self, **extra: str) -> str:
         """A libpq connection string, with the password. Never print it: use :meth:`masked`."""
@@ -60,56 +65,115 @@ class DatabaseSettings(_Strict):
 
 
 class KafkaSettings(_Strict):
-    bootstrap_servers: str = "127.0.0.1:9092"
-    # Topics are <topic_prefix>.fwd.changes etc.; empty means the pipeline name.
-    topic_prefix: str = ""
-    partitions: int = Field(1, ge=1)
-    replication_factor: int = Field(1, ge=1)
-    compression: str = "lz4"
-    request_timeout_ms: int = 30_000
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="host:port[,host:port...]")
+    topic_prefix: str = Field(
+        "", description="topics are <prefix>.fwd.changes etc.; empty: the pipeline name"
+    )
+    partitions: int = Field(
+        1, ge=1, description="partitions of the changes topic; > 1 is scale-out mode"
+    )
+    replication_factor: int = Field(1, ge=1, description="replication factor of new topics")
+    compression: str = Field("lz4", description="producer compression: lz4, gzip, zstd or none")
+    request_timeout_ms: int = Field(30_000, description="Kafka request timeout")
 
 
 class CaptureSettings(_Strict):
-    publication: str = ""  # empty: "<name>_pub"
-    heartbeat_interval_s: float = Field(5.0, gt=0)
-    proto_version: int = Field(2, ge=1, le=2)
+    publication: str = Field("", description='publication on the source; empty: "<name>_pub"')
+    heartbeat_interval_s: float = Field(
+        5.0, gt=0, description="seconds between heartbeats (keep an idle slot moving, measure lag)"
+    )
+    proto_version: int = Field(2, ge=1, le=2, description="pgoutput protocol version")
     # Ask PostgreSQL (protocol 2) to stream large transactions while they are still running;
     # the capture then decodes and spools them on its own host and sends them at their commit.
     # Off by default: the walsender spills a large transaction to the source's pg_replslot in
     # C and sends it at commit, where the capture decodes it once, alongside apply — a
     # million-row transaction becomes visible on the target about a quarter sooner (bench.live).
     # On: the source spills nothing, the capture host does. Either way slices bound memory.
-    streaming: bool = False
-    slice_max_changes: int = Field(5_000, ge=1)
-    slice_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    status_interval_s: float = Field(1.0, gt=0)
+    streaming: bool = Field(
+        False,
+        description="true: large transactions spill on the capture's host while they run; "
+        "false: on the source (pg_replslot), sent at commit",
+    )
+    slice_max_changes: int = Field(
+        5_000, ge=1, description="changes of one transaction per Kafka message, at most"
+    )
+    slice_max_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="bytes of one transaction per Kafka message, at most"
+    )
+    status_interval_s: float = Field(
+        1.0, gt=0, description="seconds between standby status updates to the source"
+    )
 
 
 class ApplySettings(_Strict):
-    batch_max_changes: int = Field(5_000, ge=1)
-    batch_max_wait_ms: int = Field(50, ge=0)
-    workers: int = Field(1, ge=1)
-    # Column used to partition changes in scale-out mode (empty: the row's key).
-    partition_key: str = ""
+    batch_max_changes: int = Field(5_000, ge=1, description="changes per target transaction")
+    batch_max_wait_ms: int = Field(
+        50, ge=0, description="how long a batch waits for more changes before it is written"
+    )
+    workers: int = Field(
+        1, ge=1, description="apply workers (today the commands take theirs from --workers)"
+    )
+    partition_key: str = Field(
+        "", description="column that partitions changes in scale-out mode; empty: the row's key"
+    )
 
 
 class BackfillSettings(_Strict):
-    chunk_rows: int = Field(5_000, ge=1)
-    parallel: int = Field(2, ge=1)  # tables read at once (within a foreign-key level)
+    chunk_rows: int = Field(5_000, ge=1, description="rows per snapshot chunk")
+    parallel: int = Field(2, ge=1, description="tables read at once (within a foreign-key level)")
 
 
 class CutoverSettings(_Strict):
-    max_lag_s: float = 2.0
-    lock_timeout_ms: int = 200
-    lock_attempts: int = 5
-    app_roles: list[str] = Field(default_factory=list)
-    switch_hook: str = ""
-    drain_timeout_s: float = 30.0
+    max_lag_s: float = Field(2.0, description="end-to-end lag allowed when a cutover starts")
+    lock_timeout_ms: int = Field(200, description="wait for the fence's table locks, per attempt")
+    lock_attempts: int = Field(5, description="attempts to take the fence's locks")
+    app_roles: list[str] = Field(
+        default_factory=list, description="roles whose writes are revoked on the fenced side"
+    )
+    switch_hook: str = Field(
+        "", description="shell command run at the switch, e.g. a deployment flip"
+    )
+    drain_timeout_s: float = Field(
+        30.0, description="how long the last changes may take to drain once writes are fenced"
+    )
+
+
+class RetrySettings(_Strict):
+    first_wait_s: float = Field(
+        0.5, gt=0, description="first wait before a stage retries a temporary error"
+    )
+    max_wait_s: float = Field(
+        30.0, gt=0, description="cap of the doubling wait between retries (jitter below it)"
+    )
+    give_up_after_s: float = Field(
+        900.0,
+        ge=0,
+        description="a stage failing this long without a healthy session stops with its error "
+        "(0: retry for as long as it runs)",
+    )
+    healthy_after_s: float = Field(
+        60.0, gt=0, description="a session that ran this long before failing starts a new count"
+    )
 
 
 class MetricsSettings(_Strict):
-    port: int = Field(0, ge=0, le=65535)  # 0: no metrics endpoint
-    host: str = "127.0.0.1"  # 0.0.0.0 to let a Prometheus on another host scrape
+    port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="port of /metrics, /healthz and /readyz of long-running processes; 0: none",
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="address they bind; 0.0.0.0 lets a Prometheus or a kubelet elsewhere ask",
+    )
+    # Generous: a liveness failure restarts the process, which must not happen to a slow
+    # large merge (replicator.health).
+    stall_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="/healthz fails when a stage's loop has not come round for this long",
+    )
 
 
 class Settings(BaseSettings):
@@ -120,16 +184,43 @@ class Settings(BaseSettings):
         toml_file=DEFAULT_CONFIG_FILE,
     )
 
-    name: str = Field("replicator", pattern=r"^[a-z][a-z0-9_]{0,40}$")
-    mapping: str = "transforms.mcp_manager:MAPPING"
-    source: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    target: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    capture: CaptureSettings = Field(default_factory=CaptureSettings)
-    apply: ApplySettings = Field(default_factory=ApplySettings)
-    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
-    cutover: CutoverSettings = Field(default_factory=CutoverSettings)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    name: str = Field(
+        "replicator",
+        pattern=r"^[a-z][a-z0-9_]{0,40}$",
+        description="pipeline name: slots are <name>_fwd / <name>_rev, topics <name>.fwd.changes",
+    )
+    mapping: str = Field(
+        "transforms.mcp_manager:MAPPING",
+        description='the mapping: "module:ATTRIBUTE" (a transforms.api.MappingSet), '
+        'or "identity:schema.table,..."',
+    )
+    source: DatabaseSettings = Field(
+        default_factory=DatabaseSettings,
+        description="the legacy database (read through logical replication)",
+    )
+    target: DatabaseSettings = Field(
+        default_factory=DatabaseSettings, description="the new schema's database"
+    )
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="the Kafka cluster")
+    capture: CaptureSettings = Field(
+        default_factory=CaptureSettings, description="reading the source's replication slot"
+    )
+    apply: ApplySettings = Field(
+        default_factory=ApplySettings, description="writing changes into the target"
+    )
+    backfill: BackfillSettings = Field(
+        default_factory=BackfillSettings, description="the initial copy of the mapped tables"
+    )
+    cutover: CutoverSettings = Field(
+        default_factory=CutoverSettings, description="`replicator cutover` and `rollback`"
+    )
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="the Prometheus endpoint"
+    )
+    retry: RetrySettings = Field(
+        default_factory=RetrySettings,
+        description="how capture and apply retry a temporary error (a server gone, a deadlock)",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -200,75 +291,54 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         ) from None
 
 
-TEMPLATE = """\
+TEMPLATE_HEADER = """\
 # replicator.toml — written by `replicator init`. Every key may be overridden from the
 # environment: REPLICATOR_<SECTION>__<KEY>, e.g. REPLICATOR_SOURCE__PASSWORD.
 # Unknown keys are errors. Keep passwords out of this file in production: use the environment.
-
-# Pipeline name: slots are <name>_fwd / <name>_rev, topics <name>.fwd.changes, ...
-name = "{name}"
-# The mapping: "module:ATTRIBUTE" (a transforms.api.MappingSet), or "identity:schema.table,..."
-mapping = "{mapping}"
-
-[source]            # the legacy database (read through logical replication)
-host = "{source_host}"
-port = {source_port}
-user = "{source_user}"
-password = "{source_password}"
-dbname = "{source_dbname}"
-
-[target]            # the Drizzle schema's database
-host = "{target_host}"
-port = {target_port}
-user = "{target_user}"
-password = "{target_password}"
-dbname = "{target_dbname}"
-
-[kafka]
-bootstrap_servers = "{bootstrap}"
-partitions = 1          # > 1 is scale-out mode (see apply.partition_key)
-replication_factor = 1
-compression = "lz4"
-
-[capture]
-heartbeat_interval_s = 5.0
-proto_version = 2
-streaming = false       # true: large transactions spill on the capture host, not the source
-
-[apply]
-batch_max_changes = 5000
-batch_max_wait_ms = 50
-
-[backfill]
-chunk_rows = 5000
-parallel = 2            # tables read at once
-
-[cutover]
-max_lag_s = 2.0
-lock_timeout_ms = 200
-app_roles = []          # roles whose writes are revoked on the fenced side
-switch_hook = ""        # shell command run at the switch, e.g. a deployment flip
-
-[metrics]
-port = 0                # Prometheus endpoint of long-running processes; 0 disables it
 """
 
 
 def render_template(**values: Any) -> str:
-    defaults: dict[str, Any] = {
-        "name": "mcp",
-        "mapping": "transforms.mcp_manager:MAPPING",
-        "source_host": "127.0.0.1",
-        "source_port": 5432,
-        "source_user": "postgres",
-        "source_password": "",
-        "source_dbname": "legacy",
-        "target_host": "127.0.0.1",
-        "target_port": 5432,
-        "target_user": "postgres",
-        "target_password": "",
-        "target_dbname": "target",
-        "bootstrap": "127.0.0.1:9092",
-    }
-    defaults.update(values)
-    return TEMPLATE.format(**defaults)
+    """The commented configuration template, generated from :class:`Settings`: every key with
+    its description and its default, or the value given here as ``<key>`` (top level) or
+    ``<section>_<key>`` (``source_port=6543``, ``kafka_bootstrap_servers="host:9092"``)."""
+    unused = dict(values)
+    top: list[str] = []
+    sections: list[str] = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            lines = [*_comment(field.description), f"[{name}]"]
+            for key, sub in type(default).model_fields.items():
+                value = unused.pop(f"{name}_{key}", getattr(default, key))
+                lines += [*_comment(sub.description), f"{key} = {_toml(value)}"]
+            sections.append("\n".join(lines))
+        else:
+            value = unused.pop(name, default)
+            top += [*_comment(field.description), f"{name} = {_toml(value)}"]
+    if unused:
+        raise ValueError(f"not settings: {', '.join(sorted(unused))}")
+    return "\n\n".join([TEMPLATE_HEADER + "\n" + "\n".join(top), *sections]) + "\n"
+
+
+def _comment(text: str | None) -> list[str]:
+    import textwrap
+
+    return ["# " + line for line in textwrap.wrap(text or "", 94)]
+
+
+def _toml(value: Any) -> str:
+    """A TOML literal (JSON's string escapes are TOML's)."""
+    import json
+
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")

@@ -6,6 +6,9 @@ retries the others, which are reported to the operator with ``hint`` (what to do
 data, dead-lettered. Foreign exceptions (psycopg, kafka-python) are translated into this tree
 at the connector edge, once; nothing above the connectors sees them.
 
+Exit codes (``exit_code``): 2 for a problem a retry will not fix (configuration, credentials,
+privileges, schema), 75 for a temporary one, 70 for a bug in the replicator itself.
+
 This module imports nothing but the standard library so that every layer may use it.
 """
 
@@ -24,6 +27,21 @@ class ReplicatorError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  fix: {self.hint}"
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit code: 75 (EX_TEMPFAIL) when a retry may help, else 2 (the operator
+        must act)."""
+        return 75 if self.retriable else 2
+
+
+class InternalError(ReplicatorError):
+    """A bug in the replicator, e.g. the server refused one of our own statements (syntax,
+    unknown column or function). Never retried; exit 70, and ``--debug`` shows the trace."""
+
+    @property
+    def exit_code(self) -> int:
+        return 70
 
 
 # -- configuration and operator errors (never retried) ---------------------------------------
@@ -72,6 +90,11 @@ class TransientDatabaseError(ReplicatorError):
 
 class KafkaUnavailable(ConnectionFailed):
     """The Kafka cluster does not answer or does not acknowledge."""
+
+
+class KafkaRefused(ReplicatorError):
+    """Kafka answered with an error that a retry will not cure (kafka-python says it is not
+    retriable): a message too large, a topic configuration, an unsupported feature."""
 
 
 # -- data errors (dead-lettered, never retried) ----------------------------------------------

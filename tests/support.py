@@ -326,6 +326,39 @@ def wait_for(
     )
 
 
+def wait_progressing(
+    observe: Callable[[], Any],
+    done: Callable[[Any], bool],
+    *,
+    stall: float,
+    what: str,
+    interval: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> Any:
+    """Poll ``observe()`` until ``done(value)`` holds; return that value.
+
+    No fixed deadline: a slow machine takes as long as it takes, but a wait that sees the same
+    value for ``stall`` seconds fails at once, saying what it waited for, what it last saw and
+    since when. ``observe`` may raise to fail the wait early (a pipeline that stopped).
+    """
+    started = clock()
+    last = observe()
+    since = started
+    while not done(last):
+        sleep(interval)
+        value = observe()
+        now = clock()
+        if value != last:
+            last, since = value, now
+        elif now - since >= stall:
+            raise AssertionError(
+                f"no progress for {now - since:.0f}s waiting for {what} "
+                f"(after {now - started:.0f}s); last seen: {last!r}"
+            )
+    return last
+
+
 def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> list[bytes]:
     """Every message of partition 0 of ``topic`` up to its current end."""
     from kafka import KafkaConsumer, TopicPartition

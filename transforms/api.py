@@ -115,6 +115,25 @@ class TargetTable:
 
 
 @dataclass(frozen=True, slots=True)
+class ColumnRead:
+    """A source column a transform reads, and the mapping line that reads it (``check`` names
+    both when the source relation lacks the column; apply refuses such a relation's rows)."""
+
+    column: str
+    # The target table and column computed from it (``target_column`` None: read to decide
+    # something else, e.g. which rows a target takes).
+    table: str
+    target_column: str | None = None
+
+    @property
+    def line(self) -> str:
+        """The mapping line, as an operator finds it in the mapping module."""
+        if self.target_column is None:
+            return f"the mapping of {self.table}"
+        return f"{self.table}.{self.target_column}"
+
+
+@dataclass(frozen=True, slots=True)
 class TableTransform:
     """The transform for one source table, and what it writes."""
 
@@ -122,6 +141,11 @@ class TableTransform:
     source_key: tuple[str, ...]
     fn: TransformFn
     writes: tuple[TargetTable, ...]
+    # Every source column the transform reads (None: not declared, e.g. the identity, which
+    # copies whatever the relation has). A column of this list that the source relation lacks
+    # is a mapping error, never a NULL: ``check`` refuses it, apply dead-letters the relation's
+    # rows, validation reports it.
+    reads: tuple[ColumnRead, ...] | None = None
     # The transform takes the log's text forms as they are (it copies values, never reads
     # them): apply then skips loading them into Python values when the relation's key types
     # have one text form per value (connectors.pgtypes.CANONICAL_TEXT_KEYS).
@@ -137,10 +161,64 @@ class TableTransform:
 
 @dataclass(frozen=True, slots=True)
 class SequenceSync:
-    """A sequence to set past the values in use on the side that becomes the writer."""
+    """A sequence on the direction's target side to set past the values in use on its source
+    side, when the target side becomes the writer (cutover; the reverse direction's at rollback).
 
-    table: str
-    column: str
+    Each side is a table and column, or a sequence by name:
+
+    - source side: ``table``/``column`` (the highest value in use), and/or ``source_sequence``
+      (its current value: covers ids handed out and then deleted); at least one;
+    - target side: ``target_table``/``target_column`` (default: the source's names; the
+      sequence is the one the column owns, ``serial`` or identity), or ``target_sequence`` (a
+      sequence by name; the target table and column, if also given, are read for their
+      highest value as well).
+
+    ``SequenceSync("public.item", "id")`` is the same table and column on both sides;
+    ``SequenceSync("public.item", "id", target_table="public.items")`` a renamed table.
+    Names are schema-qualified (``public.item``, ``public.item_id_seq``).
+    """
+
+    table: str | None = None
+    column: str | None = None
+    target_table: str | None = None
+    target_column: str | None = None
+    source_sequence: str | None = None
+    target_sequence: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.table is None) != (self.column is None):
+            raise ValueError("SequenceSync: give the source table and column together")
+        if self.table is None and self.source_sequence is None:
+            raise ValueError("SequenceSync: name the source table and column, or source_sequence")
+        if self.target_sequence is None:
+            # The target side defaults to the source's names (a table kept as it was).
+            if self.target_table is None:
+                object.__setattr__(self, "target_table", self.table)
+            if self.target_column is None:
+                object.__setattr__(self, "target_column", self.column)
+            if self.target_table is None or self.target_column is None:
+                raise ValueError(
+                    "SequenceSync: name the target table and column, or target_sequence"
+                )
+        elif (self.target_table is None) != (self.target_column is None):
+            raise ValueError("SequenceSync: give the target table and column together")
+
+    def reversed(self) -> SequenceSync:
+        """The same sequence seen from the other direction (for the rollback's mapping)."""
+        return SequenceSync(
+            self.target_table,
+            self.target_column,
+            self.table,
+            self.column,
+            source_sequence=self.target_sequence,
+            target_sequence=self.source_sequence,
+        )
+
+    @property
+    def described(self) -> str:
+        src = self.source_sequence or f"{self.table}.{self.column}"
+        dst = self.target_sequence or f"{self.target_table}.{self.target_column}"
+        return f"sequence sync {src} -> {dst}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +261,8 @@ class ColumnSpec:
     type: str
     not_null: bool = False
     has_default: bool = False
+    # A generated column: logical replication (PostgreSQL 15) does not send its values.
+    generated: bool = False
 
 
 # table ("public.user") -> column -> spec
@@ -199,3 +279,6 @@ class MappingSet:
     # The target schema the forward mapping was written against (e.g. a Drizzle snapshot):
     # ``check`` reports live columns whose type differs from it. None: types are not checked.
     expected_target: Callable[[], Catalog] | None = None
+    # How to create the target schema, when the mapping ships a tool for it (the MCP mapping:
+    # drizzle-kit migrate). None: ``check`` suggests the DDL of a missing table instead.
+    target_schema_hint: str | None = None

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Hashable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
@@ -53,6 +54,61 @@ def to_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def utc_to_naive(value: datetime) -> datetime:
+    """The reverse twin of :func:`to_utc`, for a legacy ``timestamp`` (without time zone)
+    column that holds UTC wall times: an aware datetime becomes the naive UTC time (a naive one
+    is taken as UTC already and passes as it is). ``utc_to_naive(to_utc(n)) == n`` for naive
+    ``n``, and ``to_utc(utc_to_naive(a)) == a`` for aware ``a``."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        return value.replace(tzinfo=None)
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+class LocalTimestamps:
+    """A legacy ``timestamp`` (without time zone) column holding wall times of ``zone``
+    (``"Europe/Berlin"``), not UTC: :meth:`to_utc` for the forward mapping, :meth:`from_utc`
+    for the reverse.
+
+    Where the zone turns its clocks back, one hour of wall times happens twice and the column
+    cannot tell which: :meth:`to_utc` takes the first, so a value written on the target in the
+    second comes back an hour early after a round trip through the legacy column. Wall times
+    the zone skips (clocks forward) cannot have been written by a clock in the zone:
+    :meth:`to_utc` refuses them (the row is dead-lettered) rather than guess.
+    """
+
+    __slots__ = ("zone",)
+
+    def __init__(self, zone: str) -> None:
+        try:
+            self.zone = ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown time zone {zone!r}") from e
+
+    def to_utc(self, value: datetime) -> datetime:
+        """A naive wall time of the zone → an aware UTC datetime (an aware one is converted)."""
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        if value.tzinfo is not None and value.utcoffset() is not None:
+            return value.astimezone(UTC)
+        local = value.replace(tzinfo=self.zone, fold=0)
+        out = local.astimezone(UTC)
+        if out.astimezone(self.zone).replace(tzinfo=None) != value.replace(fold=0):
+            raise ValueError(
+                f"{value.isoformat()} does not exist in {self.zone.key} (clocks went forward)"
+            )
+        return out
+
+    def from_utc(self, value: datetime) -> datetime:
+        """An aware datetime → the naive wall time of the zone (a naive one is taken as UTC)."""
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(self.zone).replace(tzinfo=None, fold=0)
 
 
 def sha256_hex_to_base64url(value: str) -> str:

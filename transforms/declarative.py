@@ -5,8 +5,10 @@ and columns, each a source column name (a rename) or a :func:`col` (source colum
 :func:`table_mapping` turns a source table and its targets into a
 :class:`~transforms.api.TableTransform`, handling for every target:
 
-- unchanged-TOAST: a target column derived from a source column the log did not send is left
-  out of ``values``, so the sink keeps what the target row holds;
+- unchanged-TOAST: a target column derived from a source column the log did not send (and
+  listed as unchanged) is left out of ``values``, so the sink keeps what the target row holds;
+  a source column that is neither in the row nor unchanged is not in the relation at all (a
+  misspelt name): a ``TransformError``, never a NULL;
 - deletes: ``Delete`` of the target key, or a ``Patch`` to NULLs for a merged (``patch``) target;
 - key changes: the old target row is removed and the new one written whole;
 - validation: an optional pydantic model checks each present column at the boundary;
@@ -20,6 +22,7 @@ function) or in a :func:`custom` transform.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, cast
@@ -29,6 +32,7 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 
 from replicator.errors import TransformError
 from transforms.api import (
+    ColumnRead,
     Delete,
     Direction,
     Patch,
@@ -241,12 +245,29 @@ class _Plan:
                 raise ctx.error(f"target key {self.target.table}.{c.name} would be NULL", c.blame)
         return key
 
-    def values(self, ctx: _Context, row: Mapping[str, Any], *, whole: bool) -> dict[str, Any]:
+    def reads(self) -> tuple[ColumnRead, ...]:
+        t = self.target.table
+        return tuple(
+            ColumnRead(s, t, c.name)
+            for c in (*self.key, *self.columns, *self.insert_only)
+            for s in c.sources
+        )
+
+    def values(
+        self,
+        ctx: _Context,
+        row: Mapping[str, Any],
+        unchanged: frozenset[str],
+        *,
+        whole: bool,
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for c in self.columns:
             if c.single in row if c.single is not None else all(s in row for s in c.sources):
                 out[c.name] = c.compute(ctx, row)
-            elif whole:
+                continue
+            _refuse_absent(ctx, self.target.table, c, row, unchanged)
+            if whole:
                 missing = [s for s in c.sources if s not in row]
                 # A moved row is written anew, so an unsent (unchanged-TOAST) value would be lost.
                 raise ctx.error(
@@ -254,6 +275,17 @@ class _Plan:
                     missing[0],
                     hint=f"set REPLICA IDENTITY FULL on {ctx.table} so the old row carries it",
                 )
+        return out
+
+    def insert_only_values(
+        self, ctx: _Context, row: Mapping[str, Any], unchanged: frozenset[str]
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for c in self.insert_only:
+            if all(s in row for s in c.sources):
+                out[c.name] = c.compute(ctx, row)
+            else:
+                _refuse_absent(ctx, self.target.table, c, row, unchanged)
         return out
 
     def removal(self, key: dict[str, Any]) -> list[TargetOp]:
@@ -301,17 +333,35 @@ class _Plan:
                 # Under REPLICA IDENTITY FULL the old row holds the unchanged-TOAST values.
                 row = {**change.old, **new}
                 moved = True
-        values = self.values(ctx, row, whole=moved)
+        values = self.values(ctx, row, change.unchanged, whole=moved)
         if not t.patch:
-            extra = {
-                c.name: c.compute(ctx, row)
-                for c in self.insert_only
-                if all(s in row for s in c.sources)
-            }
+            extra = self.insert_only_values(ctx, row, change.unchanged)
             ops.append(Upsert(t.table, key, values, extra))
         elif values:
             ops.append(Patch(t.table, key, values))
         return ops
+
+
+def _refuse_absent(
+    ctx: _Context, table: str, c: _Column, row: Mapping[str, Any], unchanged: frozenset[str]
+) -> None:
+    """A source column missing from a row is an unchanged TOAST value only if the log says so
+    (``RowChange.unchanged``); otherwise the relation has no such column and leaving the target
+    column out would write NULL into new rows, silently."""
+    for s in c.sources:
+        if s not in row and s not in unchanged:
+            raise ctx.error(
+                f"{table}.{c.name} reads source column {s}, which the row does not have "
+                f"(the source relation has no such column){_close(s, row)}",
+                s,
+                hint="fix the mapping (`replicator check` lists such mistakes), then "
+                "`replicator dlq replay`",
+            )
+
+
+def _close(name: str, row: Mapping[str, Any]) -> str:
+    found = difflib.get_close_matches(name, [str(k) for k in row], n=3)
+    return f"; did you mean {' or '.join(found)}?" if found else ""
 
 
 def target_ops(t: Target, change: RowChange, source_key: Sequence[str] = ()) -> list[TargetOp]:
@@ -334,6 +384,7 @@ def table_mapping(
     validator = RowValidator(model) if model is not None else None
     key_names = tuple(source_key)
     plans = tuple(_Plan.of(t) for t in targets)
+    reads = tuple(dict.fromkeys(r for p in plans for r in p.reads()))
 
     def fn(change: RowChange) -> list[TargetOp]:
         ctx = _context(change, key_names)
@@ -349,7 +400,8 @@ def table_mapping(
         return ops
 
     writes = tuple(t.written for t in targets) + tuple(extra_writes)
-    return TableTransform(source, key_names, fn, writes)
+    # ``extra`` reads what it reads: only the declared targets' sources are known.
+    return TableTransform(source, key_names, fn, writes, reads=reads)
 
 
 def _guarded(
@@ -366,16 +418,29 @@ def _guarded(
 
 
 def custom(
-    source: str, source_key: Sequence[str], writes: Iterable[TargetTable], fn: TransformFn
+    source: str,
+    source_key: Sequence[str],
+    writes: Iterable[TargetTable],
+    fn: TransformFn,
+    *,
+    reads: Iterable[str | ColumnRead] | None = None,
 ) -> TableTransform:
     """A transform written as a plain function; its ``ValueError``/``TypeError``/``KeyError``
-    (and a ``TransformError`` without a table) are reported with the source table and key."""
+    (and a ``TransformError`` without a table) are reported with the source table and key.
+
+    ``reads``: the source columns ``fn`` reads (names, or :class:`ColumnRead` to name the
+    target column too), so that ``check`` and apply refuse a relation that lacks one."""
     key_names = tuple(source_key)
+    write_list = tuple(writes)
 
     def wrapped(change: RowChange) -> list[TargetOp]:
         return _guarded(fn, change, _context(change, key_names))
 
-    return TableTransform(source, key_names, wrapped, tuple(writes))
+    declared: tuple[ColumnRead, ...] | None = None
+    if reads is not None:
+        first = write_list[0].name if write_list else source
+        declared = tuple(r if isinstance(r, ColumnRead) else ColumnRead(r, first) for r in reads)
+    return TableTransform(source, key_names, wrapped, write_list, reads=declared)
 
 
 def direction(

@@ -51,4 +51,4 @@ if [ -f "$drizzle/package-lock.json" ]; then
 fi
 
 say "resolving Kafka's jars"
-.venv/bin/python -c 'from replicator.local_services import kafka_classpath; kafka_classpath()'
+.venv/bin/python -c 'from replicator.local.services import kafka_classpath; kafka_classpath()'

@@ -13,7 +13,9 @@ from typing import Any
 from connectors.envelope import Change, Envelope
 from connectors.pgsink import Batch
 from connectors.pgtypes import CANONICAL_TEXT_KEYS, RowPlan, TextLoader
+from replicator.errors import TransformError
 from transforms.api import Direction, RowChange, TableTransform, TargetOp
+from transforms.reads import absent_reads
 
 _NONE: frozenset[str] = frozenset()
 _COPIED_OPS = frozenset({"insert", "snapshot"})
@@ -41,12 +43,25 @@ class _Relation:
         self.build: Callable[[Sequence[str | None]], dict[str, str | None]] | None = None
 
 
+def _refuse(reason: tuple[str, str | None, str], key_columns: tuple[str, ...]) -> _Load:
+    message, column, hint = reason
+
+    def refuse(row: Mapping[str, str | None], plan: RowPlan) -> Mapping[str, Any]:
+        key: dict[str, object] = {k: row[k] for k in key_columns if k in row}
+        raise TransformError(message, key=key, column=column, hint=hint)
+
+    return refuse
+
+
 class RowMapper:
     def __init__(self, direction: Direction) -> None:
         self.direction = direction
         self._loader = TextLoader()
         self._env: Envelope | None = None
         self._rels: dict[int, _Relation] = {}
+        # Per source table and column list: what the mapping reads that the relation lacks
+        # (planning is per envelope; the answer changes only with the relation).
+        self._absent: dict[tuple[str, tuple[str, ...]], tuple[str, str | None, str] | None] = {}
 
     def relation(self, env: Envelope, relid: int) -> tuple[str, TableTransform | None]:
         """The source table a change of ``env`` belongs to, and its transform (None: unmapped)."""
@@ -65,6 +80,18 @@ class RowMapper:
     def _plan(self, env: Envelope, relid: int, r: _Relation, transform: TableTransform) -> None:
         info = env.relations[relid]
         r.plan = self._loader.row_plan(info.columns, info.type_oids)
+        seen = (r.table, info.columns)
+        if seen not in self._absent:
+            if len(self._absent) > 1_000:  # bounded: relations come from the log
+                self._absent.clear()
+            self._absent[seen] = absent_reads(transform, info.columns)
+        refusal = self._absent[seen]
+        if refusal is not None:
+            # The mapping reads a column this relation does not have (a misspelt name, or one
+            # dropped on the source): every row of it is refused with the reason, none is
+            # written with that column NULL. Loading is where every row passes.
+            r.load = _refuse(refusal, r.key_columns)
+            return
         # Decided once per relation: every row of a table must reach the batch in the same
         # form, or one key could be coalesced as two (text and loaded).
         key_oids = [

@@ -36,6 +36,8 @@ from replicator.errors import (
     TransformError,
     TransientDatabaseError,
 )
+from replicator.health import StageHealth, waiting_sleep
+from replicator.retry import RetryPolicy
 from replicator.state import (
     add_snapshot_progress,
     add_table_stats,
@@ -56,6 +58,7 @@ class ApplyWorker:
         dir_name: str = "fwd",
         target: Any = None,
         on_commit: Callable[[ApplyStats], None] | None = None,
+        health: StageHealth | None = None,
     ) -> None:
         self.s = settings
         self.direction = direction
@@ -65,6 +68,7 @@ class ApplyWorker:
         self.snapshot_topic = settings.topic(dir_name, "snapshot")
         self.topic = self.changes_topic  # the topic of the current phase
         self.stats = ApplyStats()
+        self.health = health if health is not None else StageHealth()
         # Phase switch requested by a control message, taken after the next commit.
         self._switch = False
         self._barrier_reached = False  # a barrier row in the open batch: try the phase after it
@@ -155,17 +159,14 @@ class ApplyWorker:
     # -- main loop -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                self._run_once(stop)
-                return
-            except ReplicatorError as exc:
-                if not exc.retriable:
-                    raise
-                log.warning("apply: %s; retrying in %.1fs", exc.message, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        if not stop.is_set():
+            RetryPolicy(
+                self.s.retry,
+                "apply",
+                stop=stop,
+                on_failure=lambda exc: self.health.waiting(f"{exc.message} (retrying)"),
+                sleep=waiting_sleep(self.health, stop),
+            ).run(lambda: self._run_once(stop))
 
     def _run_once(self, stop: threading.Event) -> None:
         # Subscribing to a topic that does not exist yet would leave the group without
@@ -223,6 +224,12 @@ class ApplyWorker:
         started = last_phase_check = time.monotonic()
         max_wait = self.s.apply.batch_max_wait_ms / 1000
         while not stop.is_set() and not self._switch:
+            if not consumer.assigned:
+                self.health.waiting("connected; waiting for Kafka to assign it partitions")
+            elif not consumer.coordinated:
+                self.health.waiting("Kafka's group coordinator is unreachable (retrying)")
+            else:
+                self.health.ready()
             records = consumer.poll(timeout_ms=self._poll_timeout_ms(batch, started, max_wait))
             if not records and self._backfill_id and time.monotonic() - last_phase_check > 2:
                 # A worker without the snapshot partition learns from the target when the

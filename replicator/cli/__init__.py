@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 # Importing the verb modules registers their commands on `app`.
 from replicator.cli import cutover as _cutover
 from replicator.cli import ops as _ops
@@ -26,16 +28,20 @@ def main() -> None:
     try:
         app()
     except ReplicatorError as exc:
-        console.print(f"[red]error:[/] {exc.message}")
+        if _State.debug:  # the trace, down to the foreign exception it was translated from
+            console.print_exception()
+        # Escaped: a message quotes servers ("[Error 29] ...") and SQL, not rich markup.
+        console.print(f"[red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.hint:
-            console.print(f"[yellow]fix:[/] {exc.hint}")
-        sys.exit(2 if not exc.retriable else 75)
+            console.print(f"[yellow]fix:[/] {escape(exc.hint)}", highlight=False)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # a bug: say so plainly, trace only on request
         if _State.debug:
             raise
         console.print(
-            f"[red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug for a trace)"
+            f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
+            "(rerun with --debug for a trace)"
         )
         sys.exit(70)

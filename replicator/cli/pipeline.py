@@ -53,7 +53,7 @@ def init(
             "source_password": legacy.password,
             "target_port": target.port,
             "target_password": target.password,
-            "bootstrap": kafka.bootstrap,
+            "kafka_bootstrap_servers": kafka.bootstrap,
         }
     path.write_text(cfg.render_template(**values))
     out.print(f"wrote {path}")
@@ -90,6 +90,12 @@ def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    # The endpoints answer before the pipeline starts (creating a slot can take a while):
+    # /readyz says "starting" meanwhile.
+    from replicator.health import process_view
+    from replicator.status.endpoints import serve
+
+    serve(s, lambda: process_view(pipeline, s.metrics.stall_after_s))
     # Apply workers get processes of their own when they would share the interpreter with
     # capture or with each other: each stage then has a core (see replicator.runtime.worker_process).
     pipeline.start(
@@ -99,9 +105,6 @@ def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int
         processes=run_capture or workers > 1,
         log_setup=child_logging(),
     )
-    from replicator.status.metrics import serve_metrics
-
-    serve_metrics(s)
     console.print(
         f"[green]running[/] pipeline {s.name}: "
         + ", ".join(x for x, on in (("capture", run_capture), ("apply", run_apply)) if on)

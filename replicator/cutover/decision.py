@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS replicator.switch_decision (
 """
 
 
+def rerun(action: str) -> str:
+    """The command that finishes (or reruns) a switch, as an operator types it."""
+    return "`replicator rollback --yes`" if action == "rollback" else "`replicator cutover --yes`"
+
+
 @dataclass(frozen=True)
 class Decision:
     action: str
@@ -44,7 +49,7 @@ class Decision:
         return (
             f"a {self.action} (run {self.run_id}, decided {self.decided_at[:19]}) stopped after"
             f" its point of no return: the old writer stays fenced and the application may"
-            f" already write to the new one; run `replicator {self.action}` again to finish it"
+            f" already write to the new one; run {rerun(self.action)} again to finish it"
         )
 
     def to_json(self) -> dict[str, str]:

@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from connectors import kafka_io, pg
+from connectors.pgsequences import set_past_sql, sources_high, target_name
 from connectors.pgsource import create_slot, ensure_publication, slot_info
 from replicator.config import Settings
 from replicator.cutover import decision
@@ -74,6 +75,7 @@ class Cutover(Preflight):
         self._touched: Touched | None = None  # the changes topic as the preflight read it
         self._conns: dict[str, psycopg.Connection[Any]] = {}  # held across the pause
         self._verification: PauseVerification | None = None
+        self._seq_names: list[str] = []  # the new writer's sequences, resolved before the fence
         self.journal = Journal(settings, self.plan, self.run_id)
         self._hook_started = False
         self._hook_refused = False
@@ -89,7 +91,7 @@ class Cutover(Preflight):
                 if dry_run or pending.action != self.plan.action:
                     raise PreconditionError(
                         pending.explain(),
-                        hint=f"run `replicator {pending.action} --yes` to finish it first",
+                        hint=f"run {decision.rerun(pending.action)} to finish it first",
                     )
                 return self._resume(out, pending)
             return self._switch(out, dry_run)
@@ -111,6 +113,8 @@ class Cutover(Preflight):
             # verification of everything up to the changes topic's current end.
             with self._step(out, "arm"):
                 self._open()
+                with pg.translated(p.new.masked()):  # a sequence that is missing fails now
+                    self._seq_names = [target_name(self._conn("new"), q) for q in p.drain.sequences]
                 if not dry_run:
                     self._arm_next_direction()
             with self._step(out, "pre-verify"):
@@ -178,7 +182,7 @@ class Cutover(Preflight):
                     f"{p.action} stopped in its switch hook ({_reason(exc)}); the application may"
                     " have been switched, so the old writer stays fenced",
                     step="switch",
-                    hint=f"check the application, then run `replicator {p.action} --yes` again"
+                    hint=f"check the application, then run {decision.rerun(p.action)} again"
                     " to finish (it runs the hook again)",
                 ) from exc
             if not self._abort(f, decided):
@@ -187,7 +191,7 @@ class Cutover(Preflight):
                     f"{p.action} stopped at {_step_of(exc)} and could not take back its"
                     " decision; the old writer stays fenced",
                     step=_step_of(exc),
-                    hint=f"run `replicator {p.action} --yes` again to finish the switch",
+                    hint=f"run {decision.rerun(p.action)} again to finish the switch",
                 ) from exc
             self.journal.release()
             raise
@@ -238,7 +242,7 @@ class Cutover(Preflight):
                 f"{self.plan.action}: the application was switched but the new direction is not"
                 f" recorded yet ({exc.message}); the old writer stays fenced",
                 step="finish",
-                hint=f"run `replicator {self.plan.action} --yes` again to finish",
+                hint=f"run {decision.rerun(self.plan.action)} again to finish",
             ) from None
         out.switched = True
 
@@ -318,43 +322,17 @@ class Cutover(Preflight):
         dropped. Undone by an abort (the slot is dropped); nothing here is the decision, so its
         commit need not wait for the disk: the decision's commit after it flushes it."""
         p = self.plan
-        seqs = p.drain.sequences
-        highs: list[int] = []
-        if seqs:
-            with pg.translated(p.old.masked()):
-                row = (
-                    self._conn("old")
-                    .execute(
-                        sql.SQL("SELECT {}").format(
-                            sql.SQL(", ").join(
-                                sql.SQL("(SELECT coalesce(max({}), 0) FROM {})").format(
-                                    sql.Identifier(q.column),
-                                    sql.Identifier(*q.table.split(".", 1)),
-                                )
-                                for q in seqs
-                            )
-                        )
-                    )
-                    .fetchone()
-                )
-            highs = [int(v) for v in row] if row else [0] * len(seqs)
+        seqs = list(p.drain.sequences)
+        with pg.translated(p.old.masked()):
+            highs = sources_high(self._conn("old"), seqs)
         statements = [
             sql.SQL("SET LOCAL synchronous_commit = off"),
             sql.SQL("SELECT pg_replication_slot_advance({}, pg_current_wal_lsn())").format(
                 sql.Literal(self.s.slot(p.new_dir))
             ),
             *(
-                sql.SQL(
-                    "SELECT setval(pg_get_serial_sequence({}, {}), "
-                    "GREATEST({}, (SELECT coalesce(max({}), 0) FROM {}), 1))"
-                ).format(
-                    sql.Literal(fencing._quoted(q.table)),
-                    sql.Literal(q.column),
-                    sql.Literal(high),
-                    sql.Identifier(q.column),
-                    sql.Identifier(*q.table.split(".", 1)),
-                )
-                for q, high in zip(seqs, highs, strict=True)
+                sql.SQL("SELECT {}").format(set_past_sql(q, name, high))
+                for q, name, high in zip(seqs, self._seq_names, highs, strict=True)
             ),
             sql.SQL(fencing.DROP_ALL_FENCES),
         ]

@@ -200,7 +200,17 @@ def _as_change(ch: Change, rel: RelationInfo) -> RowChange:
     new = loader.row(ch.new, rel.columns, rel.type_oids) if ch.new is not None else None
     old = loader.row(ch.old, rel.columns, rel.type_oids) if ch.old is not None else None
     op = "insert" if ch.op == "snapshot" else ch.op
-    return RowChange(op=op, table=rel.qualname, new=new, old=old, key_columns=rel.key_columns)  # type: ignore[arg-type]
+    # Unchanged TOAST values stay named as such: a column missing without that is a mapping
+    # error to the transform, not a value to leave alone.
+    unchanged = frozenset(ch.unchanged) if ch.unchanged else frozenset()
+    return RowChange(
+        op=op,  # type: ignore[arg-type]
+        table=rel.qualname,
+        new=new,
+        old=old,
+        unchanged=unchanged,
+        key_columns=rel.key_columns,
+    )
 
 
 def _key_oids(rel: RelationInfo) -> tuple[int, ...]:

@@ -162,7 +162,7 @@ def run_demo(
             target_port=target.port,
             target_password=target.password,
             target_dbname=TARGET_DB,
-            bootstrap=kafka.bootstrap,
+            kafka_bootstrap_servers=kafka.bootstrap,
         )
     )
     import os

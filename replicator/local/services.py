@@ -314,7 +314,7 @@ def kafka_classpath() -> Path:
     if result.returncode != 0:
         raise PreconditionError(
             "Maven could not resolve Kafka's jars: " + (result.stdout + result.stderr)[-800:],
-            hint="check that Maven Central is reachable (mvn -B dependency:get)",
+            hint="check that Maven Central is reachable (`mvn -B dependency:get`)",
         )
     marker.write_text(pom_digest)
     return libs

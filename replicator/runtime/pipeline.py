@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from replicator.backfill.reader import Backfill, ProgressFn, unfinished
 from replicator.capture import Capture
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
+from replicator.health import StageHealth
 from replicator.runtime.worker_process import ApplyProcess, LogSetup
 from replicator.state import ensure_schema
 from transforms.api import MappingSet
@@ -109,6 +111,10 @@ class Pipeline:
     stop: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     direction: str = "fwd"
+    # The running stages, with the vital signs of each (:mod:`replicator.health`), and since
+    # when the current set is (being) started: a direction change starts a new set.
+    stages: list[tuple[str, threading.Thread, StageHealth | None]] = field(default_factory=list)
+    stages_since: float = field(default_factory=time.monotonic)
     _stage_stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _supervisor: threading.Thread | None = None
@@ -146,6 +152,8 @@ class Pipeline:
         source, target = (s.source, s.target) if d == "fwd" else (s.target, s.source)
         self._stage_stop = threading.Event()
         self._threads = []
+        self.stages = []
+        self.stages_since = time.monotonic()
         self.workers = []
         log.info(
             "pipeline %s: running the %s direction", s.name, "forward" if d == "fwd" else "reverse"
@@ -153,7 +161,7 @@ class Pipeline:
         if run_capture:
             self.capture = Capture(s, direction.source_tables, direction=d, source=source)
             created = self.capture.prepare()
-            self._spawn("capture", self.capture.run)
+            self._spawn("capture", self.capture.run, self.capture.health)
             wanted = backfill or (backfill is None and (created is not None or unfinished(s)))
             if d == "fwd" and wanted:
                 self.backfill = Backfill(s, direction)
@@ -168,7 +176,7 @@ class Pipeline:
                 else:
                     worker = ApplyWorker(s, direction, dir_name=d, target=target)
                 self.workers.append(worker)
-                self._spawn(f"apply-{i}", worker.run)
+                self._spawn(f"apply-{i}", worker.run, worker.health)
 
     def _stop_stages(self) -> None:
         self._stage_stop.set()
@@ -216,7 +224,12 @@ class Pipeline:
                 (self.settings.slot(direction),),
             )
 
-    def _spawn(self, name: str, target: Callable[[threading.Event], object]) -> None:
+    def _spawn(
+        self,
+        name: str,
+        target: Callable[[threading.Event], object],
+        health: StageHealth | None = None,
+    ) -> None:
         stop = self._stage_stop
 
         def body() -> None:
@@ -228,6 +241,7 @@ class Pipeline:
         t = threading.Thread(target=body, name=name, daemon=True)
         t.start()
         self._threads.append(t)
+        self.stages.append((name, t, health))
 
     def _fail(self, name: str, exc: BaseException) -> None:
         if self.error is None:

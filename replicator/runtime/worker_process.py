@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
+from replicator.health import StageHealth
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def _child(
     parent: int,
     errors: Connection,
     log_setup: LogSetup | None,
+    health: StageHealth,
 ) -> None:
     _die_with_parent(parent)
     # The terminal's Ctrl-C reaches the whole process group: the parent decides when to stop,
@@ -81,7 +83,8 @@ def _child(
         direction = mapping.forward if dir_name == "fwd" else mapping.reverse
         target = settings.target if dir_name == "fwd" else settings.source
         tune_gc()
-        ApplyWorker(settings, direction, dir_name=dir_name, target=target).run(stop)
+        worker = ApplyWorker(settings, direction, dir_name=dir_name, target=target, health=health)
+        worker.run(stop)
     except BaseException as exc:
         try:
             errors.send(exc)
@@ -103,6 +106,8 @@ class ApplyProcess:
         self.name = name
         self.log_setup = log_setup
         self.pid: int | None = None
+        # In shared memory: the child's loop reports, the parent's /healthz and /readyz read.
+        self.health = StageHealth(shared=True)
 
     def run(self, stop: threading.Event) -> None:
         # spawn, not fork: the parent has threads (Kafka clients, capture) that fork would
@@ -111,7 +116,7 @@ class ApplyProcess:
         receive, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=_child,
-            args=(self.settings, self.dir_name, os.getpid(), send, self.log_setup),
+            args=(self.settings, self.dir_name, os.getpid(), send, self.log_setup, self.health),
             name=f"replicator-{self.name}",
             daemon=True,
         )

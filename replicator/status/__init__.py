@@ -2,7 +2,9 @@
 the readiness verdict.
 
 - ``overview``  :func:`collect` and :func:`verdict` (a pure function of :class:`Status`)
-- ``metrics``   the Prometheus endpoint of long-running processes, from the same collector
+- ``metrics``   the Prometheus series of long-running processes, from the same collector
+- ``endpoints`` their HTTP server: ``/metrics``, and ``/healthz``, ``/readyz`` from
+                :mod:`replicator.health`
 """
 
 from replicator.status.overview import Status, collect, verdict

@@ -1,4 +1,5 @@
-"""Prometheus metrics of long-running processes (``run``, ``capture``, ``apply``).
+"""Prometheus metrics of long-running processes (``run``, ``capture``, ``apply``), served by
+:mod:`replicator.status.endpoints` beside the health probes.
 
 Collected at scrape time from the same :func:`replicator.status.overview.collect` that ``status`` uses,
 so the numbers on a dashboard and in the terminal are the same numbers. Series (see
@@ -19,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import start_http_server
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from replicator.config import Settings
@@ -94,10 +94,3 @@ class StatusCollector(Collector):
         for part in ("source", "kafka", "target"):
             up.add_metric([*values, part], 0.0 if part in down else 1.0)
         yield up
-
-
-def serve_metrics(settings: Settings) -> None:
-    """Serve /metrics on ``metrics.port`` (0: off)."""
-    if settings.metrics.port:
-        REGISTRY.register(StatusCollector(settings))
-        start_http_server(settings.metrics.port, addr=settings.metrics.host)

@@ -127,11 +127,13 @@ def verdict(st: Status, max_lag_s: float) -> tuple[bool, list[str]]:
     """Ready for cutover (or rollback), or every reason why not."""
     reasons = [f"{u['part']} unreachable: {u['message']}" for u in st.unreachable]
     if st.switching:
+        from replicator.cutover.decision import rerun
+
         sw = st.switching
         reasons.append(
             f"a {sw['action']} (run {sw['run_id']}) stopped after its point of no return: the old"
             f" writer stays fenced and the application may already write to the new one; run"
-            f" `replicator {sw['action']} --yes` again to finish it"
+            f" {rerun(sw['action'])} again to finish it"
         )
     src, kafka, tgt = st.source, st.kafka, st.target
     if src is not None:

@@ -7,6 +7,7 @@
 - ``fast``      ``--fast``: keys changed since the last clean full validation (from the log)
 - ``reverse``   what a rollback re-checks on legacy
 - ``orphans``   target rows whose foreign key points at a missing parent
+- ``mapping``   columns the mapping reads that legacy lacks (a run with one is never clean)
 - ``report``    the report, its JSON, and the stored results; ``print`` renders it
 """
 

@@ -68,6 +68,8 @@ def print_report(report: Report, console: Console) -> None:
             f"[red]rejected[/] {r.source} ({escape(_key(r.key))}): {escape(r.reason)} "
             "(dead-lettered, not in the target)"
         )
+    for m in report.mapping_errors:
+        console.print(f"[red]mapping error[/] {escape(m)}")
     listed = len(report.differences) + len(report.orphans) + len(report.rejected)
     if listed > 3 * SHOWN or any(
         len(x) > SHOWN for x in (report.differences, report.orphans, report.rejected)

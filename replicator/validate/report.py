@@ -94,13 +94,20 @@ class Report:
     orphans: list[Orphan] = field(default_factory=list)
     orphan_count: int = 0
     rejected_count: int = 0
+    # The mapping reads columns legacy does not have (replicator.validate.mapping): never clean.
+    mapping_errors: list[str] = field(default_factory=list)
     log_offsets: dict[int, int] | None = None
     since_run_id: int | None = None
     run_id: int | None = None
 
     @property
     def difference_count(self) -> int:
-        return sum(t.differences for t in self.tables) + self.orphan_count + self.rejected_count
+        return (
+            sum(t.differences for t in self.tables)
+            + self.orphan_count
+            + self.rejected_count
+            + len(self.mapping_errors)
+        )
 
     @property
     def unsettled_count(self) -> int:
@@ -139,7 +146,9 @@ class Report:
                 "unsettled": self.unsettled_count,
                 "orphans": self.orphan_count,
                 "rejected": self.rejected_count,
+                "mapping_errors": len(self.mapping_errors),
             },
+            "mapping_errors": self.mapping_errors,
             "tables": [{**asdict(t), "differences": t.differences} for t in self.tables],
             "differences": [asdict(d) for d in self.differences[:limit]],
             "rejected": [asdict(r) for r in self.rejected[:limit]],

@@ -51,6 +51,7 @@ from replicator.validate.canon import (
 )
 from replicator.validate.expect import SourceKey, fold_all, fold_keys
 from replicator.validate.fast import Touched, end_offsets, touched_since
+from replicator.validate.mapping import mapping_errors
 from replicator.validate.orphans import find_orphans
 from replicator.validate.report import (
     Difference,
@@ -295,6 +296,13 @@ def validate(
                 ).fetchone()
                 is not None
             )
+            writers = {
+                w.source: w
+                for tt in selected
+                for w in mapping.forward.tables.values()
+                if any(x.name == tt for x in w.writes)
+            }
+            report.mapping_errors = mapping_errors(legacy, writers.values())
         ctx = _Ctx(settings, mapping.forward, legacy, target, shapes, live, marker_timeout_s)
         report.live = live
         topic = settings.topic("fwd", "changes")

@@ -28,13 +28,18 @@ def _txn(lsn: int, *, seq: int = 0, last: bool = True) -> Output:
     return Output(env, lsn + 8 if last else None)
 
 
+def _frozen() -> float:
+    """A clock that never moves: a busy machine must not flush a group by age mid-test."""
+    return 0.0
+
+
 def _heartbeat() -> Output:
     return Output(Envelope("o", 0, 50, None, control={"kind": "heartbeat"}), None)
 
 
 def test_whole_transactions_are_held_and_go_as_one_message_before_anything_else() -> None:
     kafka = _Recorder()
-    router = _Router(kafka, "changes", 1, "")  # type: ignore[arg-type]
+    router = _Router(kafka, "changes", 1, "", clock=_frozen)  # type: ignore[arg-type]
     assert router.send(_txn(10)) == [] and router.send(_txn(20)) == [] and router.pending
     sent = router.send(_heartbeat())
     # The held group first, acknowledged at its last transaction's end; then the heartbeat.
@@ -45,7 +50,7 @@ def test_whole_transactions_are_held_and_go_as_one_message_before_anything_else(
 
 def test_slices_travel_alone_and_a_full_group_is_sent() -> None:
     kafka = _Recorder()
-    router = _Router(kafka, "changes", 1, "")  # type: ignore[arg-type]
+    router = _Router(kafka, "changes", 1, "", clock=_frozen)  # type: ignore[arg-type]
     router.send(_txn(5))
     assert [ack for _, ack in router.send(_txn(10, last=False))] == [13, None]
     assert [ack for _, ack in router.send(_txn(10, seq=1))] == [18]  # its last slice too
@@ -54,3 +59,12 @@ def test_slices_travel_alone_and_a_full_group_is_sent() -> None:
         assert router.send(_txn(100 + i)) == []
     assert len(router.send(_txn(1000))) == 1 and not router.pending
     assert len(decode_envelopes(kafka.values[-1])) == GROUP_TRANSACTIONS
+
+
+def test_a_group_getting_old_is_sent() -> None:
+    kafka, now = _Recorder(), [0.0]
+    router = _Router(kafka, "changes", 1, "", clock=lambda: now[0])  # type: ignore[arg-type]
+    assert router.send(_txn(10)) == [] and not router.overdue
+    now[0] = 1.0
+    assert router.overdue
+    assert len(router.send(_txn(20))) == 1 and not router.pending

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import os
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from replicator.config import load_settings, render_template
+from replicator.config import Settings, load_settings, render_template
 from replicator.errors import ConfigError
 
 
@@ -24,8 +28,59 @@ def test_template_round_trips(tmp_path: Path) -> None:
     s = load_settings(path)
     assert s.source.port == 6543
     assert s.source.password.get_secret_value() == "s3cret"
-    assert s.topic("fwd", "changes") == "mcp.fwd.changes"
-    assert s.slot("rev") == "mcp_rev"
+    assert s.topic("fwd", "changes") == "replicator.fwd.changes"  # the model's default name
+    assert s.slot("rev") == "replicator_rev"
+
+
+def _model_keys(model: type[BaseModel]) -> dict[str, Any]:
+    """Top-level keys -> None, sections -> their set of keys, as the settings model has them."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out[name] = set(sub.model_fields)
+        else:
+            out[name] = None
+    return out
+
+
+def test_the_template_has_every_key_of_the_model_and_no_other() -> None:
+    parsed = tomllib.loads(render_template())
+    shown = {k: set(v) if isinstance(v, dict) else None for k, v in parsed.items()}
+    assert shown == _model_keys(Settings)
+
+
+def test_every_key_of_the_template_is_explained() -> None:
+    text = render_template()
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            for key, f in sub.model_fields.items():
+                assert f.description, f"{name}.{key} has no description"
+                assert f"# {f.description[:40]}" in text
+
+
+def test_the_template_loads_back_into_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "replicator.toml"
+    path.write_text(render_template())
+    loaded = load_settings(path)
+    monkeypatch.setenv("REPLICATOR_CONFIG", os.devnull)  # the model alone, no file
+    assert loaded.model_dump() == Settings().model_dump()
+
+
+def test_template_values_are_checked_and_quoted(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bootstrap"):
+        render_template(bootstrap="typo:9092")
+    path = tmp_path / "replicator.toml"
+    path.write_text(
+        render_template(source_password='a"b\\c', cutover_app_roles=["app", "web"], name="x1")
+    )
+    s = load_settings(path)
+    assert s.source.password.get_secret_value() == 'a"b\\c'
+    assert (s.cutover.app_roles, s.name) == (["app", "web"], "x1")
 
 
 def test_environment_overrides_nested_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,9 +1,9 @@
 """The shipped MCP Manager mapping: round trips (hypothesis), validation, edge cases.
 
-Forward ops are applied to an in-memory "database" keyed by (table, key); its rows are then
-completed with NULLs for every column the Drizzle snapshot lists (as a real row change would
-carry them), run through the reverse mapping into a second in-memory database, and compared
-with the legacy rows we started from.
+Forward ops are applied to an in-memory database (``transforms.testing.InMemoryStore``, the
+helper the docs offer mapping authors); its rows are then completed with NULLs for every column
+the Drizzle snapshot lists (as a real row change would carry them), run through the reverse
+mapping into a second one, and compared with the legacy rows we started from.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transforms.api import Delete, Direction, Patch, RowChange, TargetOp, Truncate, Upsert
+from transforms.api import Direction, RowChange
 from transforms.mcp_manager import MAPPING
 from transforms.mcp_manager.target_schema import load_drizzle_snapshot
-
-DB = dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]]
+from transforms.testing import InMemoryStore
 
 LEGACY_KEYS = {
     "public.user": ("id",),
@@ -49,34 +48,10 @@ TARGET_KEYS = {
 }
 
 
-def frozen(key: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted(key.items()))
-
-
-def apply(db: DB, ops: Iterable[TargetOp]) -> None:
-    for op in ops:
-        if isinstance(op, Truncate):
-            for k in [k for k in db if k[0] == op.table]:
-                del db[k]
-            continue
-        k = (op.table, frozen(op.key))
-        if isinstance(op, Upsert):
-            # insert_only columns are written when the row is created, never overwritten.
-            db.setdefault(k, {**op.insert_only, **op.key}).update(op.values)
-        elif isinstance(op, Patch):
-            if k in db:
-                db[k].update(op.values)
-        elif isinstance(op, Delete):
-            db.pop(k, None)
-
-
-def run(direction: Direction, changes: Iterable[RowChange], db: DB | None = None) -> DB:
-    db = {} if db is None else db
-    for ch in changes:
-        t = direction.transform_for(ch.table)
-        assert t is not None, ch.table
-        apply(db, t(ch))
-    return db
+def run(
+    direction: Direction, changes: Iterable[RowChange], db: InMemoryStore | None = None
+) -> InMemoryStore:
+    return (InMemoryStore() if db is None else db).run(direction, changes)
 
 
 def inserts(
@@ -89,23 +64,18 @@ def inserts(
     ]
 
 
-def as_db(rows: Mapping[str, list[dict[str, Any]]]) -> DB:
-    return {(t, frozen({k: r[k] for k in LEGACY_KEYS[t]})): r for t in rows for r in rows[t]}
+def as_db(rows: Mapping[str, list[dict[str, Any]]]) -> InMemoryStore:
+    return InMemoryStore.of(MAPPING.reverse, rows)
 
 
-def target_rows(db: DB) -> dict[str, list[dict[str, Any]]]:
+def target_rows(db: InMemoryStore) -> dict[str, list[dict[str, Any]]]:
     """The target rows as the log would carry them: every column, NULL where nothing wrote."""
-    out: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGET_ORDER}
-    for (table, _), row in db.items():
-        unknown = set(row) - set(TARGET_COLUMNS[table])
-        assert not unknown, f"{table} has no columns {unknown} in the Drizzle schema"
-        out[table].append({c: row.get(c) for c in TARGET_COLUMNS[table]})
-    return out
+    return {t: db.rows(t, TARGET_COLUMNS[t]) for t in TARGET_ORDER}
 
 
-def round_trip(rows: Mapping[str, list[dict[str, Any]]]) -> DB:
-    target = run(MAPPING.forward, inserts(rows, LEGACY_KEYS))
-    return run(MAPPING.reverse, inserts(target_rows(target), TARGET_KEYS))
+def round_trip(rows: Mapping[str, list[dict[str, Any]]]) -> InMemoryStore:
+    target = InMemoryStore().load(MAPPING.forward, rows)
+    return InMemoryStore().load(MAPPING.reverse, target_rows(target))
 
 
 # ---- strategies ------------------------------------------------------------------------------
@@ -253,14 +223,14 @@ def test_deleting_every_row_empties_both_sides(rows: dict[str, list[dict[str, An
         for t in rows
         for r in rows[t]
     ]
-    assert run(MAPPING.forward, deletes, target) == {}
+    assert run(MAPPING.forward, deletes, target) == InMemoryStore()
     full = target_rows(run(MAPPING.forward, inserts(rows, LEGACY_KEYS)))
     legacy = run(MAPPING.reverse, inserts(full, TARGET_KEYS))
     # Under REPLICA IDENTITY FULL (which member needs) the old row is the whole row.
     back = [
         RowChange("delete", t, old=r, key_columns=TARGET_KEYS[t]) for t in full for r in full[t]
     ]
-    assert run(MAPPING.reverse, back, legacy) == {}
+    assert run(MAPPING.reverse, back, legacy) == InMemoryStore()
 
 
 @FAST

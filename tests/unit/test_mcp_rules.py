@@ -11,14 +11,24 @@ import pytest
 
 from replicator.errors import TransformError
 from tests.unit.test_mcp_mapping import LEGACY_KEYS, TARGET_COLUMNS, TARGET_KEYS
-from transforms.api import Delete, Patch, RowChange, TargetOp, Upsert
+from transforms.api import Delete, Patch, RowChange, TableTransform, TargetOp, Upsert
 from transforms.mcp_manager import MAPPING
 from transforms.mcp_manager.ids import credential_account_id, member_id
 
 
+def _unsent(t: TableTransform, new: dict[str, Any] | None) -> frozenset[str]:
+    """The columns a partial test row leaves out, as a change lists its unsent TOAST values
+    (a column neither sent nor listed is a mapping error)."""
+    if new is None:
+        return frozenset()
+    return frozenset(r.column for r in t.reads or () if r.column not in new)
+
+
 def forward(table: str, new: dict[str, Any], op: str = "insert") -> list[TargetOp]:
     t = MAPPING.forward.tables[table]
-    return t(RowChange(op, table, new=new, key_columns=LEGACY_KEYS[table]))  # type: ignore[arg-type]
+    return t(
+        RowChange(op, table, new=new, unchanged=_unsent(t, new), key_columns=LEGACY_KEYS[table])  # type: ignore[arg-type]
+    )
 
 
 def reverse(
@@ -28,7 +38,15 @@ def reverse(
     old: dict[str, Any] | None = None,
 ) -> list[TargetOp]:
     t = MAPPING.reverse.tables[table]
-    return t(RowChange(op, table, new=new, old=old, key_columns=TARGET_KEYS[table]))  # type: ignore[arg-type]
+    change = RowChange(
+        op,  # type: ignore[arg-type]
+        table,
+        new=new,
+        old=old,
+        unchanged=_unsent(t, new),
+        key_columns=TARGET_KEYS[table],
+    )
+    return t(change)
 
 
 UID = uuid.UUID("6f9619ff-8b86-4011-b42d-00c04fc964ff")

@@ -8,11 +8,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from replicator.errors import ConfigError, TransformError
 from transforms.api import Delete, MappingSet, Patch, RowChange, TargetTable, Upsert
-from transforms.converters import ValueMap, jsonb_safe, negate, text_to_uuid, to_utc, uuid_to_text
+from transforms.converters import (
+    LocalTimestamps,
+    ValueMap,
+    jsonb_safe,
+    negate,
+    text_to_uuid,
+    to_utc,
+    utc_to_naive,
+    uuid_to_text,
+)
 from transforms.declarative import (
     Target,
     col,
@@ -394,3 +405,44 @@ def test_docs_example_mapping_round_trips() -> None:
     )
     assert back[0] == Upsert("public.item", {"id": U1}, {k: v for k, v in row.items() if k != "id"})
     assert back[1] == Upsert("public.item_stats", {"item_id": U1}, {"views": 3})
+
+
+# ---- legacy timestamp columns (issue 22, item 5) --------------------------------------------
+
+
+@given(st.datetimes(datetime(1900, 1, 1), datetime(2200, 1, 1)))
+def test_utc_to_naive_is_the_inverse_of_to_utc(naive: datetime) -> None:
+    aware = to_utc(naive)
+    assert utc_to_naive(aware) == naive and utc_to_naive(aware).tzinfo is None
+    assert to_utc(utc_to_naive(aware)) == aware
+    other = aware.astimezone(timezone(timedelta(hours=-7)))
+    assert utc_to_naive(other) == naive  # any offset: the UTC wall time
+
+
+def test_local_timestamps_round_trip_and_refuse_skipped_times() -> None:
+    berlin = LocalTimestamps("Europe/Berlin")
+    winter, summer = datetime(2024, 1, 15, 12, 0), datetime(2024, 7, 15, 12, 0)
+    assert berlin.to_utc(winter) == datetime(2024, 1, 15, 11, 0, tzinfo=UTC)
+    assert berlin.to_utc(summer) == datetime(2024, 7, 15, 10, 0, tzinfo=UTC)
+    for n in (winter, summer):
+        assert berlin.from_utc(berlin.to_utc(n)) == n
+    with pytest.raises(ValueError, match="does not exist in Europe/Berlin"):
+        berlin.to_utc(datetime(2024, 3, 31, 2, 30))  # clocks went 02:00 -> 03:00
+    # The repeated hour: the first one is taken (a legacy column cannot tell them apart).
+    assert berlin.to_utc(datetime(2024, 10, 27, 2, 30)) == datetime(2024, 10, 27, 0, 30, tzinfo=UTC)
+    assert berlin.from_utc(datetime(2024, 10, 27, 1, 30, tzinfo=UTC)) == datetime(
+        2024, 10, 27, 2, 30
+    )
+    with pytest.raises(ValueError, match="unknown time zone"):
+        LocalTimestamps("Mars/Olympus")
+    with pytest.raises(TypeError):
+        berlin.to_utc("2024-01-01")  # type: ignore[arg-type]
+
+
+@given(st.datetimes(datetime(1971, 1, 1), datetime(2100, 1, 1), timezones=st.just(UTC)))
+def test_local_timestamps_from_utc_then_back_outside_the_repeated_hour(aware: datetime) -> None:
+    ny = LocalTimestamps("America/New_York")
+    local = ny.from_utc(aware)
+    back = ny.to_utc(local)
+    # Equal, except in the hour the zone repeats, which comes back as its first occurrence.
+    assert back == aware or back == aware - timedelta(hours=1)

@@ -17,6 +17,8 @@ MAPPING = MappingSet(
     forward=forward.build(),
     reverse=reverse.build(),
     expected_target=snapshot_catalog,
+    target_schema_hint="apply the target schema: in transforms/mcp_manager/drizzle run "
+    "`npm ci` once, then `DATABASE_URL=postgresql://… npx drizzle-kit migrate`",
 )
 
 __all__ = ["MAPPING"]
