@@ -10,15 +10,27 @@ shared cores they would measure each other. The replicator goes first and is sto
 left idle, costing nothing); the subscription is created after, so it starts at that point of
 the WAL and decodes only its own phase's writes.
 
-    python -m bench.live [--quick] [--processes 2] [--workers N]
+    python -m bench.live [--quick] [--processes 2] [--workers N] [--tls] [--web run|separate]
+
+``--tls``: the replicator reaches Kafka over SASL_SSL (SCRAM-SHA-512, host name checked; a local
+broker of its own) and both databases with sslmode=verify-full; the native subscription stays as
+it is, so the ratio beside a plain run shows what TLS costs.
+
+``--web`` measures the web page's cost: ``run`` serves it from ``replicator run``'s metrics port
+(``metrics.web``: its sampler in the command's process), ``separate`` from a ``replicator web``
+beside it; either way a poller stands in for an open page (state every second, history every
+two, as the page's script does) for the whole replicator phase.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import socket
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,8 +101,42 @@ def _tables(conninfo: str) -> None:
             c.execute(ddl)
 
 
+@contextlib.contextmanager
+def _tls_vars(on: bool) -> Iterator[dict[str, str]]:
+    """SASL_SSL to a local broker of its own (stopped after, if this run started it),
+    verify-full to both (local) databases."""
+    if not on:
+        yield {}
+        return
+    from replicator.local import cluster as local_cluster
+    from replicator.local import services as local_services
+    from replicator.local import tls as local_tls
+
+    for name in ("legacy", "target"):
+        local_tls.enable_postgres_tls(local_services.start_postgres(name))
+    before = local_cluster._load("tls")
+    kafka = local_cluster.start_cluster("tls", sasl_ssl=True).settings()
+    ca = str(local_tls.local_pki().ca)
+    out = {f"REPLICATOR_KAFKA__{k.upper()}": str(v) for k, v in kafka.items()}
+    for side in ("SOURCE", "TARGET"):
+        out[f"REPLICATOR_{side}__SSLMODE"] = "verify-full"
+        out[f"REPLICATOR_{side}__SSLROOTCERT"] = ca
+    try:
+        yield out
+    finally:
+        if before is None or not all(n.running for n in before.nodes):
+            local_cluster.stop_cluster("tls")
+
+
 def _replicator(
-    env: Env, ids: load.Ids, n: Sizes, logdir: Path, processes: int, workers: int
+    env: Env,
+    ids: load.Ids,
+    n: Sizes,
+    logdir: Path,
+    processes: int,
+    workers: int,
+    web: str,
+    extra: dict[str, str] | None = None,
 ) -> Result:
     """``replicator run`` (capture in the command's process, each apply worker in a child
     process), or with ``processes=2`` ``replicator capture`` and ``replicator apply`` as two
@@ -100,10 +146,17 @@ def _replicator(
         "REPLICATOR_MAPPING": "identity:public.a,public.b",
         "REPLICATOR_CAPTURE__HEARTBEAT_INTERVAL_S": "1",
         "REPLICATOR_KAFKA__PARTITIONS": str(workers),
+        **(extra or {}),
     }
     scale = ["--workers", str(workers)]
     commands = [["run", *scale]] if processes == 1 else [["capture"], ["apply", *scale]]
+    port = _free_port()
+    if web == "run":
+        vars_ |= {"REPLICATOR_METRICS__PORT": str(port), "REPLICATOR_METRICS__WEB": "true"}
+    elif web == "separate":
+        commands.append(["web", "--port", str(port)])
     procs = [Background(cmd, vars_, logdir / f"{cmd[0]}.log") for cmd in commands]
+    poller = _Poller(port) if web != "none" else None
 
     def exited() -> bool:
         return any(p.proc.poll() is not None for p in procs)
@@ -116,12 +169,46 @@ def _replicator(
         )
         if exited():
             raise SystemExit("replicator exited:\n" + "\n".join(p.output() for p in procs))
+        if poller is not None:
+            poller.start()
         return _workloads(env.legacy.conninfo(), env.target.conninfo(), ids, n, "replicator")
     finally:
+        if poller is not None:
+            poller.stop.set()
+            log(f"web: {poller.polls} polls, {poller.failures} failed")
         for p in procs:
             p.stop()
             if "Traceback" in p.output():
                 log(p.output()[-3000:])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Poller(threading.Thread):
+    """An open page: /api/state every second, /api/history every two."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.base = f"http://127.0.0.1:{port}"
+        self.stop = threading.Event()
+        self.polls = self.failures = 0
+
+    def run(self) -> None:
+        tick = 0
+        while not self.stop.wait(1.0):
+            paths = ["/api/state"] + (["/api/history?span=3600&points=720"] if tick % 2 else [])
+            for path in paths:
+                try:
+                    with urllib.request.urlopen(self.base + path, timeout=5) as r:
+                        r.read()
+                    self.polls += 1
+                except OSError:
+                    self.failures += 1
+            tick += 1
 
 
 def _slot_active(env: Env, slot: str) -> bool:
@@ -197,6 +284,15 @@ def main() -> dict[str, Any]:
                 },
             ),
             (
+                "--web",
+                {
+                    "choices": ("none", "run", "separate"),
+                    "default": "none",
+                    "help": "serve the web page from `run` or a separate `replicator web`, and"
+                    " poll it as an open page does",
+                },
+            ),
+            (
                 "--workers",
                 {
                     "type": int,
@@ -206,10 +302,18 @@ def main() -> dict[str, Any]:
                     " partition)",
                 },
             ),
+            (
+                "--tls",
+                {
+                    "action": "store_true",
+                    "help": "Kafka over SASL_SSL and both databases over verify-full",
+                },
+            ),
         ],
     )
     processes = int(args.raw.processes)
     workers = int(args.raw.workers)
+    web = str(args.raw.web)
     n = (
         Sizes(bulk=100_000, clients=4, txns=1_500, paced_s=10)
         if args.quick
@@ -219,7 +323,8 @@ def main() -> dict[str, Any]:
     with bench_env() as env, tempfile.TemporaryDirectory() as tmp:
         _tables(env.legacy.conninfo())
         _tables(env.target.conninfo())
-        ours = _replicator(env, ids, n, Path(tmp), processes, workers)
+        with _tls_vars(bool(args.raw.tls)) as extra:
+            ours = _replicator(env, ids, n, Path(tmp), processes, workers, web, extra)
         time.sleep(1)  # the replicator's process is gone before the native phase starts
         theirs = _native(env, ids, n)
     p99 = ours.lag.pct(99)
@@ -246,6 +351,8 @@ def main() -> dict[str, Any]:
         lag_goal_met=bool(p99 <= 300),
         processes=processes,
         workers=workers,
+        tls=bool(args.raw.tls),
+        web=web,
         bulk_changes=n.bulk,
         small_changes=ours.small.changes,
         peak_rss_mb=round(peak_rss_mb(), 1),

@@ -1,9 +1,10 @@
 """Validation throughput: rows validated per second, against a bare ``count(*)`` of both sides.
 
 The limit is what reading the same tables costs at the very least: ``SELECT count(*)`` over every
-mapped legacy table and every mapped target table, timed in the same run. Validation reads both
-sides in full, transforms every legacy row and canonicalises every value, so it is expected to be
-well below the limit; the ratio says by how much.
+mapped legacy table and every mapped target table, timed in the same run. Validation has both
+servers transform (compiled transforms), canonicalise and hash every row and sum the hashes per
+key bucket, so it is expected to be below the limit; the ratio says by how much. The same
+validation with every table on the Python path (``python_path_s``) is timed for comparison.
 
     python -m bench.validate [--quick]
 """
@@ -82,12 +83,25 @@ def main() -> dict[str, Any]:
         # Warm both caches the same way for both measurements.
         _count_all(env.legacy, sources)
         _count_all(env.target, targets)
-        with Timer() as counted:
-            rows_counted = _count_all(env.legacy, sources) + _count_all(env.target, targets)
+        # The best of three: a bare count of cached tables takes tens of milliseconds, where
+        # one scheduling hiccup on a shared machine would halve the limit.
+        best = None
+        for _ in range(3):
+            with Timer() as timer:
+                rows_counted = _count_all(env.legacy, sources) + _count_all(env.target, targets)
+            if best is None or timer.seconds < best.seconds:
+                best = timer
+        counted = best
+        assert counted is not None
         with Timer() as validated:
             report = validate(s, MAPPING, save=False)
         if report.outcome != "clean":
             raise SystemExit(f"validation of clean data failed: {report.to_json(limit=5)}")
+        # The same run with every table read and transformed in Python, for comparison.
+        with Timer() as in_python:
+            by_python = validate(s, MAPPING, save=False, python_path=True)
+        if by_python.outcome != "clean":
+            raise SystemExit(f"the Python path disagrees: {by_python.to_json(limit=5)}")
         rows = report.rows_checked
         rate = rows / validated.seconds
         limit = rows / counted.seconds
@@ -104,6 +118,9 @@ def main() -> dict[str, Any]:
             scale=scale,
             rows_checked=rows,
             validate_s=round(validated.seconds, 3),
+            python_path_s=round(in_python.seconds, 3),
+            tables_in_sql=sum(1 for t in report.tables if t.path == "sql"),
+            tables=len(report.tables),
             count_s=round(counted.seconds, 4),
             rows_counted=rows_counted,
             peak_rss_mb=round(peak_rss_mb(), 1),

@@ -4,6 +4,11 @@ consumer that starts from offsets stored in the target (not Kafka's committed of
 kafka-python's exceptions are translated here (:func:`translate`), once: what kafka-python calls
 retriable becomes :class:`replicator.errors.KafkaUnavailable` (retried), the rest an error the
 operator must act on (an ACL, a message size, a topic setting).
+When a client cannot even connect because of TLS or SASL, :mod:`connectors.kafka_probe` names
+the cause (:class:`~replicator.errors.TLSFailed`, :class:`~replicator.errors.AuthenticationFailed`,
+not retried). Every function takes the security options as keyword arguments
+(``security_protocol``, ``ssl_cafile``, ``sasl_mechanism``… as kafka-python spells them) and
+hands them to every client it makes.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from kafka import errors as kerr
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from connectors.kafka_probe import security_error
 from replicator.errors import KafkaRefused, KafkaUnavailable, PermissionDenied, ReplicatorError
 
 log = logging.getLogger(__name__)
@@ -104,13 +110,39 @@ def translated(what: str) -> Iterator[None]:
         raise translate(exc, what=what) from exc
 
 
-def admin(bootstrap: str, timeout_ms: int = 10_000) -> KafkaAdminClient:
-    with translated(f"at {bootstrap} is unreachable"):
+@contextlib.contextmanager
+def connecting(bootstrap: str, security: dict[str, Any]) -> Iterator[None]:
+    """Around a client's creation: a TLS or SASL failure is named with its fix, not retried."""
+    try:
+        yield
+    except KafkaError as exc:
+        cause = security_error(exc, bootstrap, security)
+        if cause is not None:
+            raise cause from exc
+        translated = translate(exc, what=f"at {bootstrap} is unreachable")
+        if isinstance(translated, KafkaUnavailable):
+            translated.hint = (
+                "check kafka.bootstrap_servers, that the brokers run, and that "
+                "kafka.security_protocol matches their listener"
+            )
+        raise translated from exc
+
+
+def admin(bootstrap: str, timeout_ms: int = 10_000, **security: Any) -> KafkaAdminClient:
+    with connecting(bootstrap, security):
         return KafkaAdminClient(
             bootstrap_servers=bootstrap,
             request_timeout_ms=timeout_ms,
+            bootstrap_timeout_ms=max(timeout_ms, 5_000),
             client_id="replicator-admin",
+            **security,
         )
+
+
+def consumer(bootstrap: str, **security: Any) -> KafkaConsumer:
+    """A plain consumer (no group, no auto-commit) for reading positions and records."""
+    with connecting(bootstrap, security):
+        return KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **security)
 
 
 # The largest message the producer sends (its max_request_size) and the topics accept. The
@@ -118,18 +150,29 @@ def admin(bootstrap: str, timeout_ms: int = 10_000) -> KafkaAdminClient:
 MAX_MESSAGE_BYTES = 16 << 20
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, int], replication_factor: int = 1) -> None:
-    """Create the topics that do not exist yet (name -> partitions). Existing ones are kept."""
-    client = admin(bootstrap)
+def ensure_topics(
+    bootstrap: str, topics: dict[str, int], replication_factor: int = 0, **security: Any
+) -> None:
+    """Create the topics that do not exist yet (name -> partitions). Existing ones are kept.
+
+    ``replication_factor`` 0 picks one from the cluster: 3 copies of which 2 must acknowledge
+    a write (``min.insync.replicas``, with the producer's acks=all) when there are three brokers
+    or more, so one broker may die without losing an acknowledged message or stopping writes;
+    a single copy on a smaller cluster."""
+    client = admin(bootstrap, **security)
     try:
         with translated("topic creation failed"):
             existing = set(client.list_topics())
+            rf = replication_factor or (3 if _brokers(client) >= 3 else 1)
+            configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+            if rf >= 3:
+                configs["min.insync.replicas"] = "2"
             new = [
                 NewTopic(
                     name,
                     num_partitions=parts,
-                    replication_factor=replication_factor,
-                    topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+                    replication_factor=rf,
+                    topic_configs=configs,
                 )
                 for name, parts in topics.items()
                 if name not in existing
@@ -141,8 +184,12 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], replication_factor: in
         client.close()
 
 
-def existing_topics(bootstrap: str) -> set[str]:
-    client = admin(bootstrap)
+def _brokers(client: KafkaAdminClient) -> int:
+    return len(client.describe_cluster().get("brokers", []))
+
+
+def existing_topics(bootstrap: str, **security: Any) -> set[str]:
+    client = admin(bootstrap, **security)
     try:
         with translated("listing topics failed"):
             return set(client.list_topics())
@@ -150,8 +197,8 @@ def existing_topics(bootstrap: str) -> set[str]:
         client.close()
 
 
-def delete_topics(bootstrap: str, names: list[str]) -> None:
-    client = admin(bootstrap)
+def delete_topics(bootstrap: str, names: list[str], **security: Any) -> None:
+    client = admin(bootstrap, **security)
     try:
         with translated("topic deletion failed"), contextlib.suppress(KafkaError):
             client.delete_topics(names)
@@ -159,68 +206,113 @@ def delete_topics(bootstrap: str, names: list[str]) -> None:
         client.close()
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+def end_offsets(bootstrap: str, topic: str, **security: Any) -> dict[int, int]:
+    reader = consumer(bootstrap, **security)
     try:
         with translated("offset query failed"):
-            parts = consumer.partitions_for_topic(topic) or set()
+            parts = reader.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in parts]
-            return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+            return {tp.partition: off for tp, off in reader.end_offsets(tps).items()}
     finally:
-        consumer.close()
+        reader.close()
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[tuple[int, int, bytes]]:
+class OffsetReader:
+    """:func:`end_offsets` for a caller asking every second (the web page's sampler): one
+    long-lived consumer instead of a new one, its bootstrap and a metadata request for every
+    topic of the cluster each time; a topic's partitions are looked up again after
+    ``partitions_ttl_s``. Not thread-safe: one caller. A failure closes the consumer, so the
+    next call connects afresh."""
+
+    def __init__(self, partitions_ttl_s: float = 30.0, **security: Any) -> None:
+        self._ttl = partitions_ttl_s
+        self._security = security
+        self._consumer: KafkaConsumer | None = None
+        self._bootstrap = ""
+        self._partitions: dict[str, tuple[float, list[int]]] = {}
+
+    def __call__(self, bootstrap: str, topic: str) -> dict[int, int]:
+        try:
+            with translated(f"at {bootstrap}: offset query failed"):
+                if self._consumer is None or bootstrap != self._bootstrap:
+                    self.close()
+                    self._consumer = consumer(bootstrap, **self._security)
+                    self._bootstrap = bootstrap
+                known = self._partitions.get(topic)
+                if known is None or time.monotonic() - known[0] > self._ttl:
+                    parts = sorted(self._consumer.partitions_for_topic(topic) or ())
+                    known = (time.monotonic(), parts)
+                    self._partitions[topic] = known
+                tps = [TopicPartition(topic, p) for p in known[1]]
+                ends = self._consumer.end_offsets(tps) if tps else {}
+                return {tp.partition: off for tp, off in ends.items()}
+        except ReplicatorError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.close()
+        self._consumer = None
+        self._partitions.clear()
+
+
+def read_topic(
+    bootstrap: str, topic: str, timeout_s: float = 60.0, **security: Any
+) -> list[tuple[int, int, bytes]]:
     """Every record of ``topic`` now, as (partition, offset, value): for small topics (DLQ).
 
     Reads until every partition's position reaches the end it had at the start (a slow poll
     does not cut the list short); ``KafkaUnavailable`` if that takes over ``timeout_s``."""
-    ends = end_offsets(bootstrap, topic)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    ends = end_offsets(bootstrap, topic, **security)
+    reader = consumer(bootstrap, **security)
     out: list[tuple[int, int, bytes]] = []
     try:
         with translated("read failed"):
             tps = [TopicPartition(topic, p) for p, end in ends.items() if end > 0]
             if not tps:
                 return out
-            consumer.assign(tps)
+            reader.assign(tps)
             for tp in tps:
-                consumer.seek_to_beginning(tp)
+                reader.seek_to_beginning(tp)
             deadline = time.monotonic() + timeout_s
-            while any(consumer.position(tp) < ends[tp.partition] for tp in tps):
+            while any(reader.position(tp) < ends[tp.partition] for tp in tps):
                 if time.monotonic() > deadline:
                     raise KafkaUnavailable(f"reading {topic} did not finish in {timeout_s:.0f}s")
-                for tp, records in consumer.poll(timeout_ms=500).items():
+                for tp, records in reader.poll(timeout_ms=500).items():
                     for r in records:
                         if r.offset < ends[tp.partition]:
                             out.append((tp.partition, r.offset, r.value))
     finally:
-        consumer.close()
+        reader.close()
     return sorted(out)
 
 
-def read_at(bootstrap: str, topic: str, partition: int, offset: int) -> bytes | None:
+def read_at(
+    bootstrap: str, topic: str, partition: int, offset: int, **security: Any
+) -> bytes | None:
     """The record at one position, or None when it is gone (retention) or never existed."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    reader = consumer(bootstrap, **security)
     try:
         with translated("read failed"):
             tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            consumer.seek(tp, offset)
+            reader.assign([tp])
+            reader.seek(tp, offset)
             for _ in range(5):
-                for records in consumer.poll(timeout_ms=2_000).values():
+                for records in reader.poll(timeout_ms=2_000).values():
                     for r in records:
                         if r.offset == offset:
                             return bytes(r.value)
                         if r.offset > offset:
                             return None
     finally:
-        consumer.close()
+        reader.close()
     return None
 
 
-def partition_count(bootstrap: str, topic: str) -> int:
-    return max(1, len(end_offsets(bootstrap, topic)))
+def partition_count(bootstrap: str, topic: str, **security: Any) -> int:
+    return max(1, len(end_offsets(bootstrap, topic, **security)))
 
 
 @dataclass
@@ -249,8 +341,15 @@ class Sent:
 class Producer:
     """acks=all, idempotent, compressed. One instance per capture process."""
 
-    def __init__(self, bootstrap: str, *, compression: str = "lz4", timeout_ms: int = 30_000):
-        with translated(f"at {bootstrap} is unreachable"):
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        compression: str = "lz4",
+        timeout_ms: int = 30_000,
+        **security: Any,
+    ):
+        with connecting(bootstrap, security):
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap,
                 acks="all",
@@ -263,6 +362,7 @@ class Producer:
                 # Retries are unbounded within delivery_timeout: ordering holds (idempotence).
                 delivery_timeout_ms=max(120_000, timeout_ms * 2),
                 client_id="replicator-capture",
+                **security,
             )
         self._partitions: dict[str, int] = {}
 
@@ -305,10 +405,11 @@ class Consumer:
         group: str,
         seek_to: Callable[[list[int]], dict[int, int]],
         max_poll_records: int = 2_000,
+        **security: Any,
     ) -> None:
         self.topic = topic
         self._seek_to = seek_to
-        with translated(f"at {bootstrap} is unreachable"):
+        with connecting(bootstrap, security):
             self._consumer = KafkaConsumer(
                 bootstrap_servers=bootstrap,
                 group_id=group,
@@ -325,6 +426,7 @@ class Consumer:
                 # the group gets its partitions at the next refresh, so make that soon.
                 metadata_max_age_ms=5_000,
                 client_id="replicator-apply",
+                **security,
             )
             self._consumer.subscribe([topic], listener=_Rebalance(self))
         self.assigned: set[int] = set()

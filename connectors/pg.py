@@ -25,6 +25,7 @@ from replicator.errors import (
     SlotInUse,
     StateError,
     TargetRejected,
+    TLSFailed,
     TransientDatabaseError,
 )
 
@@ -51,13 +52,17 @@ def translate(exc: BaseException, *, where: str) -> ReplicatorError:
         if "password authentication failed" in low or "authentication failed" in low:
             return AuthenticationFailed(
                 f"{where}: authentication failed",
-                hint="check the user and password (REPLICATOR_<SIDE>__USER / __PASSWORD)",
+                hint="check the user and password (REPLICATOR_<SIDE>__USER / __PASSWORD, "
+                "or the file password_file names)",
             )
         if "no password supplied" in low:
             return AuthenticationFailed(
                 f"{where}: the server asks for a password and none is configured",
                 hint="set REPLICATOR_<SIDE>__PASSWORD or password in replicator.toml",
             )
+        tls = _tls_problem(low)
+        if tls is not None:
+            return TLSFailed(f"{where}: {text}", hint=tls)
         if "does not exist" in low and "database" in low:
             return PreconditionError(f"{where}: {text}", hint="create the database or fix dbname")
         return ConnectionFailed(
@@ -96,6 +101,22 @@ def translate(exc: BaseException, *, where: str) -> ReplicatorError:
         hint="if `replicator check` finds nothing (a table or column changed under the "
         "replicator), this is a bug: rerun with --debug and report the trace",
     )
+
+
+def _tls_problem(low: str) -> str | None:
+    """What to fix for a libpq TLS failure (None: not a TLS failure)."""
+    if "certificate verify failed" in low or "does not match host name" in low:
+        return (
+            "the server's certificate is not trusted: set sslrootcert to the CA that signed it, "
+            "and connect with a host name (or IP) its certificate names (verify-full)"
+        )
+    if "server does not support ssl" in low:
+        return "the server does not accept TLS: enable ssl on it, or lower sslmode"
+    if "certificate file" in low or "private key file" in low or "sslkey" in low:
+        return "check the sslrootcert, sslcert and sslkey paths and their permissions"
+    if "ssl" in low and ("handshake" in low or "alert" in low or "certificate" in low):
+        return "check sslmode, sslrootcert, sslcert and sslkey against the server's TLS setup"
+    return None
 
 
 def describe(conninfo: str) -> str:

@@ -116,6 +116,7 @@ class Capture:
             self.s.kafka.bootstrap_servers,
             self.s.topics(self.direction),
             self.s.kafka.replication_factor,
+            **self.s.kafka.client_options(),
         )
         return created
 
@@ -146,7 +147,11 @@ class Capture:
         }
         if self.s.capture.proto_version >= 2 and self.s.capture.streaming:
             options["streaming"] = "on"
-        producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
+        producer = Producer(
+            self.s.kafka.bootstrap_servers,
+            compression=self.s.kafka.compression,
+            **self.s.kafka.client_options(),
+        )
         stream = ReplicationStream(self.db.conninfo(), self.s.slot(self.direction), options)
         heartbeat = pg.connect(self.db.conninfo(), autocommit=True)
         try:

@@ -27,6 +27,7 @@ class Finding:
     ok: bool
     message: str
     hint: str | None = None
+    retriable: bool = False  # a temporary problem (unreachable), not one of configuration
 
 
 def _source(s: Settings, mapping: MappingSet) -> list[Finding]:
@@ -81,13 +82,17 @@ def _sides(s: Settings, mapping: MappingSet) -> list[Finding]:
 
 
 def _kafka(s: Settings, mapping: MappingSet) -> list[Finding]:
-    client = kafka_io.admin(s.kafka.bootstrap_servers, timeout_ms=5_000)
+    client = kafka_io.admin(s.kafka.bootstrap_servers, timeout_ms=5_000, **s.kafka.client_options())
     try:
         with kafka_io.translated("metadata request failed"):
             client.list_topics()
     finally:
         client.close()
-    return [Finding("kafka", True, f"{s.kafka.bootstrap_servers}: reachable")]
+    return [
+        Finding(
+            "kafka", True, f"{s.kafka.bootstrap_servers}: reachable ({s.kafka.security_protocol})"
+        )
+    ]
 
 
 CHECKS: list[tuple[str, Callable[[Settings, MappingSet], list[Finding]]]] = [
@@ -97,6 +102,15 @@ CHECKS: list[tuple[str, Callable[[Settings, MappingSet], list[Finding]]]] = [
 ]
 
 
+def exit_code(findings: list[Finding]) -> int:
+    """0 clean; 2 when a failure needs a change (configuration, credentials, TLS, privileges,
+    schema); 75 when every failure is temporary (a server unreachable)."""
+    failed = [f for f in findings if not f.ok]
+    if not failed:
+        return 0
+    return 75 if all(f.retriable for f in failed) else 2
+
+
 def run_checks(s: Settings, mapping: MappingSet) -> list[Finding]:
     findings: list[Finding] = []
     unreachable = False
@@ -104,7 +118,7 @@ def run_checks(s: Settings, mapping: MappingSet) -> list[Finding]:
         try:
             findings.extend(fn(s, mapping))
         except ReplicatorError as exc:
-            findings.append(Finding(name, False, exc.message, exc.hint))
+            findings.append(Finding(name, False, exc.message, exc.hint, exc.retriable))
             unreachable = unreachable or name in ("source", "target")
     if unreachable:
         findings.append(
@@ -114,6 +128,7 @@ def run_checks(s: Settings, mapping: MappingSet) -> list[Finding]:
                 "the columns the mapping reads and its sequences were not checked: "
                 "a database could not be read",
                 "fix the problems above, then run `replicator check` again",
+                retriable=True,  # a consequence: the problems above set the exit code
             )
         )
         return findings

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from replicator.errors import ConfigError
+from replicator.secret_files import Masked, check_readable, read_secret_files
 
 DEFAULT_CONFIG_FILE = "replicator.toml"
 
@@ -36,11 +37,44 @@ class DatabaseSettings(_Strict):
     user: str = Field("postgres", description="role to connect as")
     password: SecretStr = Field(
         SecretStr(""),
-        description="its password; better set from the environment (REPLICATOR_<SIDE>__PASSWORD)",
+        description="its password; better set from the environment (REPLICATOR_<SIDE>__PASSWORD)"
+        " or password_file",
+    )
+    password_file: str = Field(
+        "", description="a file holding the password (a mounted Kubernetes or Docker secret)"
     )
     dbname: str = Field("postgres", description="the database")
-    sslmode: str = Field("prefer", description="libpq sslmode: disable, prefer, require, ...")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        "prefer",
+        description="libpq sslmode; verify-full checks the CA and that the certificate names host",
+    )
+    sslrootcert: str = Field(
+        "", description="the CA that signed the server's certificate (verify-ca, verify-full)"
+    )
+    sslcert: str = Field("", description="client certificate, when the server asks for one")
+    sslkey: str = Field("", description="the client certificate's private key")
+    sslpassword: SecretStr = Field(SecretStr(""), description="passphrase of an encrypted sslkey")
+    sslpassword_file: str = Field("", description="a file holding sslpassword")
     connect_timeout: int = Field(10, description="seconds to wait for a connection")
+
+    @model_validator(mode="after")
+    def _secrets_and_files(self) -> Self:
+        read_secret_files(self, {"password": "password_file", "sslpassword": "sslpassword_file"})
+        check_readable(self, ["sslrootcert", "sslcert", "sslkey"], skip={"system"})
+        if self.sslcert and not self.sslkey:
+            raise ValueError("sslcert is set without sslkey: give the client certificate's key")
+        return self
+
+    def _tls_params(self) -> dict[str, str]:
+        return {
+            k: v
+            for k, v in (
+                ("sslrootcert", self.sslrootcert),
+                ("sslcert", self.sslcert),
+                ("sslkey", self.sslkey),
+            )
+            if v
+        }
 
     def conninfo(self, **extra: str) -> str:
         """A libpq connection string, with the password. Never print it: use :meth:`masked`."""
@@ -54,11 +88,30 @@ class DatabaseSettings(_Strict):
             "sslmode": self.sslmode,
             "connect_timeout": self.connect_timeout,
             "application_name": "replicator",
+            **self._tls_params(),
         }
         if self.password.get_secret_value():
             params["password"] = self.password.get_secret_value()
+        if self.sslpassword.get_secret_value():
+            params["sslpassword"] = self.sslpassword.get_secret_value()
         params.update(extra)
         return make_conninfo("", **params)
+
+    def url(self) -> str:
+        """The same connection as a URL (``DATABASE_URL`` of the Node tools: drizzle-kit,
+        Better-Auth's ``pg`` pool), TLS settings as query parameters. Holds the password.
+
+        ``prefer``/``allow`` are left out: node-postgres has no opportunistic TLS and reads
+        any sslmode as "TLS required"; an operator who wants TLS says require or verify-*."""
+        from urllib.parse import quote, urlencode
+
+        query = dict(self._tls_params())
+        if self.sslmode not in ("prefer", "allow"):
+            query = {"sslmode": self.sslmode, **query}
+        pw = self.password.get_secret_value()
+        auth = quote(self.user, safe="") + (f":{quote(pw, safe='')}" if pw else "")
+        tail = f"?{urlencode(query)}" if query else ""
+        return f"postgresql://{auth}@{self.host}:{self.port}/{quote(self.dbname, safe='')}{tail}"
 
     def masked(self) -> str:
         return f"postgresql://{self.user}:***@{self.host}:{self.port}/{self.dbname}"
@@ -72,9 +125,85 @@ class KafkaSettings(_Strict):
     partitions: int = Field(
         1, ge=1, description="partitions of the changes topic; > 1 is scale-out mode"
     )
-    replication_factor: int = Field(1, ge=1, description="replication factor of new topics")
+    replication_factor: int = Field(
+        0,
+        ge=0,
+        description="replication factor of new topics; 0: 3 (with min.insync.replicas=2) on a "
+        "cluster of three brokers or more, else 1",
+    )
     compression: str = Field("lz4", description="producer compression: lz4, gzip, zstd or none")
     request_timeout_ms: int = Field(30_000, description="Kafka request timeout")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="with SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    )
+    sasl_username: str = Field("", description="with SASL_*: the user")
+    sasl_password: SecretStr = Field(
+        SecretStr(""), description="with SASL_*: its password (better: sasl_password_file)"
+    )
+    sasl_password_file: str = Field("", description="a file holding sasl_password")
+    ssl_cafile: str = Field(
+        "", description="CA that signed the brokers' certificates (empty: the system's)"
+    )
+    ssl_certfile: str = Field("", description="client certificate for mutual TLS (PEM)")
+    ssl_keyfile: str = Field("", description="its private key (PEM)")
+    ssl_key_password: SecretStr = Field(
+        SecretStr(""), description="passphrase of an encrypted ssl_keyfile"
+    )
+    ssl_key_password_file: str = Field("", description="a file holding ssl_key_password")
+    ssl_check_hostname: bool = Field(
+        True, description="check that a broker's certificate names its host (keep on)"
+    )
+
+    @model_validator(mode="after")
+    def _secrets_and_files(self) -> Self:
+        read_secret_files(
+            self,
+            {"sasl_password": "sasl_password_file", "ssl_key_password": "ssl_key_password_file"},
+        )
+        check_readable(self, ["ssl_cafile", "ssl_certfile", "ssl_keyfile"])
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        sasl = self.security_protocol.startswith("SASL_")
+        set_tls = [f for f in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, f)]
+        if set_tls and not tls:
+            raise ValueError(
+                f"{', '.join(set_tls)} set but security_protocol is {self.security_protocol}: "
+                "use SSL or SASL_SSL for a TLS listener"
+            )
+        if sasl and not (self.sasl_username and self.sasl_password.get_secret_value()):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_username and "
+                "sasl_password (or sasl_password_file)"
+            )
+        if (self.sasl_username or self.sasl_password.get_secret_value()) and not sasl:
+            raise ValueError(
+                f"sasl_username/sasl_password set but security_protocol is "
+                f"{self.security_protocol}: use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        return self
+
+    def client_options(self) -> dict[str, Any]:
+        """kafka-python's keyword arguments for security, given to every producer, consumer and
+        admin client (beside ``bootstrap_servers``). Holds the secrets: never print it (their
+        ``repr`` is masked, should a library log its configuration)."""
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            opts.update(
+                ssl_check_hostname=self.ssl_check_hostname,
+                ssl_cafile=self.ssl_cafile or None,
+                ssl_certfile=self.ssl_certfile or None,
+                ssl_keyfile=self.ssl_keyfile or None,
+                ssl_password=Masked.of(self.ssl_key_password),
+            )
+        if self.security_protocol.startswith("SASL_"):
+            opts.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=Masked.of(self.sasl_password),
+            )
+        return opts
 
 
 class CaptureSettings(_Strict):
@@ -174,6 +303,23 @@ class MetricsSettings(_Strict):
         gt=0,
         description="/healthz fails when a stage's loop has not come round for this long",
     )
+    web: bool = Field(
+        False, description="true: the web page (`replicator web`) on this port too, beside /metrics"
+    )
+
+
+class WebSettings(_Strict):
+    port: int = Field(9180, ge=0, le=65535, description="port of `replicator web`")
+    host: str = Field(
+        "127.0.0.1",
+        description="address it binds: read-only, yet it shows table names, keys and errors",
+    )
+    interval_s: float = Field(
+        1.0, ge=0.2, le=60, description="seconds between status samples, however many watch"
+    )
+    history_h: float = Field(
+        24.0, gt=0, le=168, description="hours of history kept in memory for the chart"
+    )
 
 
 class Settings(BaseSettings):
@@ -220,6 +366,9 @@ class Settings(BaseSettings):
     retry: RetrySettings = Field(
         default_factory=RetrySettings,
         description="how capture and apply retry a temporary error (a server gone, a deadlock)",
+    )
+    web: WebSettings = Field(
+        default_factory=WebSettings, description="`replicator web`: the read-only page"
     )
 
     @classmethod
@@ -294,7 +443,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 TEMPLATE_HEADER = """\
 # replicator.toml — written by `replicator init`. Every key may be overridden from the
 # environment: REPLICATOR_<SECTION>__<KEY>, e.g. REPLICATOR_SOURCE__PASSWORD.
-# Unknown keys are errors. Keep passwords out of this file in production: use the environment.
+# Unknown keys are errors. Keep passwords out of this file in production: use the environment
+# or files (password_file, sasl_password_file, ...: a mounted Kubernetes or Docker secret).
 """
 
 

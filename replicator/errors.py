@@ -72,6 +72,12 @@ class AuthenticationFailed(ReplicatorError):
     """The server refused the credentials. Retrying will not help."""
 
 
+class TLSFailed(ReplicatorError):
+    """A TLS handshake failed for a reason the configuration must fix: a certificate not signed
+    by the configured CA, a host name it does not name, a plaintext client at a TLS listener
+    (or the reverse). Retrying will not help."""
+
+
 class PermissionDenied(PreconditionError):
     """The role lacks a privilege the replicator needs."""
 

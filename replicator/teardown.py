@@ -52,7 +52,7 @@ def plan(s: Settings, *, drop_state: bool = False, drop_topics: bool = False) ->
         from connectors.kafka_io import existing_topics
 
         wanted = [t for d in ("fwd", "rev") for t in s.topics(d)]
-        present = existing_topics(s.kafka.bootstrap_servers)
+        present = existing_topics(s.kafka.bootstrap_servers, **s.kafka.client_options())
         items += [Item("topic", t, "kafka") for t in wanted if t in present]
     return items
 
@@ -69,7 +69,7 @@ def teardown(s: Settings, items: list[Item]) -> None:
     if topics:
         from connectors.kafka_io import delete_topics
 
-        delete_topics(s.kafka.bootstrap_servers, topics)
+        delete_topics(s.kafka.bootstrap_servers, topics, **s.kafka.client_options())
 
 
 def _database_items(

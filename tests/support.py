@@ -191,9 +191,7 @@ class Env:
 
     def url(self, side: str) -> str:
         """A URL DSN (what drizzle-kit and the schema helpers take) for "legacy" or "target"."""
-        db = self.legacy if side == "legacy" else self.target
-        pw = db.password.get_secret_value()
-        return f"postgresql://{db.user}:{pw}@{db.host}:{db.port}/{db.dbname}"
+        return (self.legacy if side == "legacy" else self.target).url()
 
     def mcp_schemas(self, scale: int = 0, seed: int = 1) -> None:
         """The MCP Manager legacy schema (filled at ``scale``) and the Drizzle target schema."""
@@ -359,11 +357,11 @@ def wait_progressing(
     return last
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> list[bytes]:
+def read_topic(bootstrap: str, topic: str, timeout: float = 10.0, **security: Any) -> list[bytes]:
     """Every message of partition 0 of ``topic`` up to its current end."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **security)
     try:
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])

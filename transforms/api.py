@@ -154,6 +154,9 @@ class TableTransform:
     # the relation's key (the identity): apply puts such rows into its batch without calling
     # ``fn``. Everything else (updates, deletes, a row without its key) still goes to ``fn``.
     copies_rows: bool = False
+    # What the transform was declared from (transforms.declarative.Declared), when it was
+    # declared rather than written as a function: transforms.compile reads it to build SQL.
+    declared: Any = None
 
     def __call__(self, change: RowChange) -> list[TargetOp]:
         return self.fn(change)

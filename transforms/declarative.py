@@ -80,9 +80,19 @@ def col(*sources: str, convert: Callable[..., Any] | None = None, none: bool = F
     return Col(tuple(sources), convert, none)
 
 
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """The converter of :func:`const`: a function of no source column (with a SQL form)."""
+
+    value: Any
+
+    def __call__(self) -> Any:
+        return self.value
+
+
 def const(value: Any) -> Col:
     """A target column with a fixed value (written on every upsert)."""
-    return Col((), lambda: value)
+    return Col((), Constant(value))
 
 
 def _spec(spec: ColumnSpec) -> Col:
@@ -401,7 +411,18 @@ def table_mapping(
 
     writes = tuple(t.written for t in targets) + tuple(extra_writes)
     # ``extra`` reads what it reads: only the declared targets' sources are known.
-    return TableTransform(source, key_names, fn, writes, reads=reads)
+    declared = Declared(tuple(targets), key_names, model, extra)
+    return TableTransform(source, key_names, fn, writes, reads=reads, declared=declared)
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """What :func:`table_mapping` was given, kept for transforms.compile."""
+
+    targets: tuple[Target, ...]
+    source_key: tuple[str, ...]
+    model: type[BaseModel] | None
+    extra: Callable[[RowChange], list[TargetOp]] | None
 
 
 def _guarded(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks, idempotently (a second run takes seconds):
-#   PostgreSQL 15, Java 17, Maven, Node.js + npm  (Debian packages, when missing)
+#   PostgreSQL 15, Java 17, Maven, Node.js + npm, Chromium  (Debian packages, when missing)
 #   .venv with the replicator and its dev tools   (PyPI)
 #   the Drizzle schema's npm packages              (npm registry)
 #   Kafka 4's jars                                 (Maven Central, via deploy/kafka/pom.xml)
@@ -13,8 +13,12 @@ missing=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the local CA of the TLS tests
+command -v keytool >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)  # the brokers' truststore
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The web page's end-to-end test drives it headless (Playwright with the system browser).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

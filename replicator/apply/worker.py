@@ -175,10 +175,15 @@ class ApplyWorker:
             self.s.kafka.bootstrap_servers,
             self.s.topics(self.dir_name),
             self.s.kafka.replication_factor,
+            **self.s.kafka.client_options(),
         )
         self._conn = connect_session(self.db, self.s.name, self.dir_name)
         self.sink = Sink(self._conn, self.db.masked())
-        producer = Producer(self.s.kafka.bootstrap_servers, compression=self.s.kafka.compression)
+        producer = Producer(
+            self.s.kafka.bootstrap_servers,
+            compression=self.s.kafka.compression,
+            **self.s.kafka.client_options(),
+        )
         self.dlq = DeadLetterWriter(producer, self.s.topic(self.dir_name, "dlq"))
         try:
             while not stop.is_set():
@@ -194,6 +199,7 @@ class ApplyWorker:
                     self.topic,
                     group=f"{self.s.name}-{self.dir_name}-{'snapshot' if snapshot else 'apply'}",
                     seek_to=self._positions,
+                    **self.s.kafka.client_options(),
                 )
                 try:
                     self._loop(consumer, stop)

@@ -210,6 +210,7 @@ class Backfill:
             s.kafka.bootstrap_servers,
             s.topics("fwd"),
             s.kafka.replication_factor,
+            **s.kafka.client_options(),
         )
         with (
             pg.connect(s.source.conninfo(), autocommit=True) as src,
@@ -221,7 +222,9 @@ class Backfill:
                 sources = {t: _describe(src, t) for t in self.tables}
                 levels = _levels(src, self.tables)
             backfill_id = self._start(src, tgt, sources)
-        producer = Producer(s.kafka.bootstrap_servers, compression=s.kafka.compression)
+        producer = Producer(
+            s.kafka.bootstrap_servers, compression=s.kafka.compression, **s.kafka.client_options()
+        )
         try:
             for level in levels:
                 with ThreadPoolExecutor(max_workers=self.parallel) as pool:

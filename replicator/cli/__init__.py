@@ -1,8 +1,8 @@
 """The ``replicator`` command: a thin layer over the library API.
 
 One module per verb group — ``pipeline`` (init, check, run, capture, apply, backfill, validate,
-demo, services), ``cutover`` (cutover, rollback), ``ops`` (status, dlq, teardown) — each
-registering its commands on the Typer app of ``app``. Errors of the replicator's tree are printed
+demo, services), ``cutover`` (cutover, rollback), ``ops`` (status, dlq, teardown), ``web`` (the
+page) — each registering its commands on the Typer app of ``app``. Errors of the replicator's tree are printed
 as a message and a fix, with a non-zero exit code; a stack trace appears only for a bug, and only
 with ``--debug``. Exports :func:`main`, the console entry point.
 """
@@ -17,11 +17,12 @@ from rich.markup import escape
 from replicator.cli import cutover as _cutover
 from replicator.cli import ops as _ops
 from replicator.cli import pipeline as _pipeline
+from replicator.cli import web as _web
 from replicator.cli.app import _State, app, console
 from replicator.errors import ReplicatorError
 
 __all__ = ["app", "main"]
-_REGISTERED = (_cutover, _ops, _pipeline)
+_REGISTERED = (_cutover, _ops, _pipeline, _web)
 
 
 def main() -> None:

@@ -70,6 +70,10 @@ def render(st: Status, history: deque[float] | None = None) -> Table:
         if tgt.validation:
             v = tgt.validation
             t.add_row("validation", "last run", f"{v['outcome']} ({v['age_s'] or 0:.0f} s ago)")
+            paths = v.get("paths") or {}
+            if paths:
+                in_sql = sum(1 for p in paths.values() if p == "sql")
+                t.add_row("validation", "checked in SQL", f"{in_sql}/{len(paths)} tables")
     for u in st.unreachable:
         t.add_row(u["part"], "[red]unreachable[/]", f"{u['message']} — fix: {u['hint']}")
     verdict = "[green]READY[/] for cutover" if st.ready else "[red]NOT READY[/]"
@@ -126,7 +130,7 @@ def _letters(config: Path | None, direction: str, table: str | None = None) -> t
     with pg.connect(target.conninfo()) as conn, pg.translated(target.masked()):
         ensure_schema(conn)
         done = done_positions(conn, topic)
-    letters = read_letters(s.kafka.bootstrap_servers, topic, done)
+    letters = read_letters(s.kafka.bootstrap_servers, topic, done, **s.kafka.client_options())
     if table:
         # "user" or "public.user" names public.user, never public.api_user.
         letters = [

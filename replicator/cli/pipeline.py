@@ -62,7 +62,7 @@ def init(
 @app.command()
 def check(config: ConfigOpt = None) -> None:
     """Check source, target, Kafka and the mapping; report every problem at once."""
-    from replicator.check import run_checks
+    from replicator.check import exit_code, run_checks
 
     s = settings_from(config)
     findings = run_checks(s, mapping_of(s))
@@ -73,7 +73,7 @@ def check(config: ConfigOpt = None) -> None:
     failed = [f for f in findings if not f.ok]
     if failed:
         console.print(f"[red]{len(failed)} problem(s) found[/]")
-        raise typer.Exit(1)
+        raise typer.Exit(exit_code(findings))
 
 
 def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int) -> None:
@@ -94,8 +94,13 @@ def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int
     # /readyz says "starting" meanwhile.
     from replicator.health import process_view
     from replicator.status.endpoints import serve
+    from replicator.web import page_for_metrics_port
 
-    serve(s, lambda: process_view(pipeline, s.metrics.stall_after_s))
+    serve(
+        s,
+        lambda: process_view(pipeline, s.metrics.stall_after_s),
+        page=page_for_metrics_port(s),  # metrics.web: the page beside /metrics
+    )
     # Apply workers get processes of their own when they would share the interpreter with
     # capture or with each other: each stage then has a core (see replicator.runtime.worker_process).
     pipeline.start(
@@ -206,8 +211,17 @@ def demo(
 
 
 @services_app.command("start")
-def services_start() -> None:
+def services_start(
+    tls: Annotated[
+        bool,
+        typer.Option(help="Also a SASL_SSL Kafka broker, and ssl=on in the PostgreSQL clusters."),
+    ] = False,
+    brokers: Annotated[
+        int, typer.Option(help="Also a Kafka cluster of this many KRaft brokers (e.g. 3).")
+    ] = 0,
+) -> None:
     """Start local PostgreSQL clusters (legacy, target) and Kafka; harmless when running."""
+    from replicator.local import cluster as local_cluster
     from replicator.local import services as ls
 
     legacy, target = ls.start_postgres("legacy"), ls.start_postgres("target")
@@ -215,13 +229,30 @@ def services_start() -> None:
     out.print(f"legacy PostgreSQL  127.0.0.1:{legacy.port}")
     out.print(f"target PostgreSQL  127.0.0.1:{target.port}")
     out.print(f"Kafka              {kafka.bootstrap}")
+    if tls:
+        from replicator.local import tls as local_tls
+
+        for pg_cluster in (legacy, target):
+            local_tls.enable_postgres_tls(pg_cluster)
+        secure = local_cluster.start_cluster("tls", sasl_ssl=True)
+        out.print(f"Kafka SASL_SSL     {secure.bootstrap} (mutual TLS: {secure.mtls_bootstrap})")
+        out.print(
+            f"  CA {local_tls.local_pki().ca}; SCRAM user {local_cluster.USER}, "
+            f"its password in {ls.state_dir() / 'services.json'}"
+        )
+    if brokers:
+        many = local_cluster.start_cluster("cluster", brokers=brokers)
+        out.print(f"Kafka x{brokers}           {many.bootstrap}")
 
 
 @services_app.command("stop")
 def services_stop() -> None:
     """Stop every local service."""
+    from replicator.local import cluster as local_cluster
     from replicator.local import services as ls
 
+    for name in ls._load_registry().get("kafka_clusters", {}):
+        local_cluster.stop_cluster(name)
     ls.stop_all()
     out.print("stopped")
 

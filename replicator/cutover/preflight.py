@@ -93,7 +93,7 @@ class Preflight:
 
             self._reverse_keys = ReverseKeys(self.mapping, self.s.source)
             try:
-                self._reverse_keys.read(self.s.kafka.bootstrap_servers, self._topic("rev"))
+                self._reverse_keys.read(self.s.kafka, self._topic("rev"))
             except ReplicatorError as exc:
                 problems.append(f"the reverse stream could not be read: {exc.message}")
         return problems
@@ -118,6 +118,7 @@ class Preflight:
                     self._topic("fwd"),
                     self.mapping.forward,
                     base[1],
+                    **self.s.kafka.client_options(),
                 )
         except ReplicatorError as exc:
             log.warning("cutover: reading the changes topic ahead of the pause failed: %s", exc)
@@ -151,7 +152,9 @@ class Preflight:
             ):
                 fencing.emit(conn, {"kind": "marker", "marker": "probe", "id": marker_id})
             partitions = kafka_io.partition_count(
-                self.s.kafka.bootstrap_servers, self._topic(p.old_dir)
+                self.s.kafka.bootstrap_servers,
+                self._topic(p.old_dir),
+                **self.s.kafka.client_options(),
             )
             self._partitions = partitions
             return fencing.wait_marker(
@@ -168,11 +171,13 @@ class Preflight:
         """Letters of the draining direction not replayed or purged: the count `status` shows."""
         from replicator.dlq.letters import pending_count
 
+        topic = self._topic(self.plan.old_dir, "dlq")
+        ends = kafka_io.end_offsets(
+            self.s.kafka.bootstrap_servers, topic, **self.s.kafka.client_options()
+        )
         db = self._state_db(self.plan.old_dir)
         with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-            return pending_count(
-                conn, self.s.kafka.bootstrap_servers, self._topic(self.plan.old_dir, "dlq")
-            )
+            return pending_count(conn, topic, ends)
 
     def _privilege_problems(self) -> list[str]:
         p = self.plan

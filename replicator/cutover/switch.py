@@ -296,7 +296,9 @@ class Cutover(Preflight):
         p = self.plan
         # Counted by the preflight's lag probe: no Kafka metadata round trip in the pause.
         partitions = self._partitions or kafka_io.partition_count(
-            self.s.kafka.bootstrap_servers, self._topic(p.old_dir)
+            self.s.kafka.bootstrap_servers,
+            self._topic(p.old_dir),
+            **self.s.kafka.client_options(),
         )
         with pg.translated(p.new.masked()):
             applied = fencing.wait_drained(
@@ -426,6 +428,7 @@ class Cutover(Preflight):
             self.s.kafka.bootstrap_servers,
             {self._topic(p.new_dir): self.s.kafka.partitions, self._topic(p.new_dir, "dlq"): 1},
             self.s.kafka.replication_factor,
+            **self.s.kafka.client_options(),
         )
 
     def _disarm_next_direction(self) -> None:

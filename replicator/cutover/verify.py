@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from connectors import kafka_io, pg
 from connectors.pgtypes import TextLoader
@@ -115,14 +115,17 @@ class Tail:
     few. A message past them is collected too: a superset of keys is still exact."""
 
     def __init__(
-        self, bootstrap: str, topic: str, start: Mapping[int, int], collect: Callable[[bytes], Any]
+        self,
+        bootstrap: str,
+        topic: str,
+        start: Mapping[int, int],
+        collect: Callable[[bytes], Any],
+        **security: Any,
     ) -> None:
         self.topic = topic
         self.collect = collect
+        self.consumer = kafka_io.consumer(bootstrap, fetch_max_wait_ms=5, **security)
         with kafka_io.translated(f"reading {topic}"):
-            self.consumer = KafkaConsumer(
-                bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5
-            )
             self.tps = [TopicPartition(topic, p) for p in sorted(start)]
             self.consumer.assign(self.tps)
             for tp in self.tps:
@@ -204,6 +207,7 @@ class PauseVerification:
             self.s.topic("fwd", "changes"),
             touched.end_offsets,
             lambda v: _collect(v, self.mapping.forward, loader, tail),
+            **self.s.kafka.client_options(),
         )
         self._tail_keys = lambda: (tail.keys, tail.truncated)
 
@@ -217,7 +221,7 @@ class PauseVerification:
         if rk is None:
             raise CutoverAborted("the preflight did not read the reverse stream", step="pre-verify")
         topic = self.s.topic("rev", "changes")
-        rk.read(self.s.kafka.bootstrap_servers, topic)
+        rk.read(self.s.kafka, topic)
         found = self.check.compare(rk.keys, rk.full)
         _refuse_rejected(found, "pre-verify")
         _, orphans = find_orphans(
@@ -233,7 +237,13 @@ class PauseVerification:
         tail = ReverseKeys(self.mapping, self.s.source, offsets=dict(rk.offsets))
         tail._oids = rk._oids
         tail._conn = self.check.legacy  # for the types of a legacy table not seen yet
-        self._tail = Tail(self.s.kafka.bootstrap_servers, topic, rk.offsets, tail._collect)
+        self._tail = Tail(
+            self.s.kafka.bootstrap_servers,
+            topic,
+            rk.offsets,
+            tail._collect,
+            **self.s.kafka.client_options(),
+        )
         self._tail_keys = lambda: (tail.keys, tail.full)
 
     def catch_up(self, rounds: int = 6, short_s: float = 0.03) -> None:

@@ -8,6 +8,7 @@ reads, replays and purges them; a purge stores the position below which records 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,12 +95,14 @@ class Letter:
         return f"{self.partition}:{self.offset}"
 
 
-def read_letters(bootstrap: str, topic: str, done: set[tuple[int, int]]) -> list[Letter]:
+def read_letters(
+    bootstrap: str, topic: str, done: set[tuple[int, int]], **security: Any
+) -> list[Letter]:
     """The letters of ``topic`` not replayed or purged yet, oldest first."""
     from connectors.kafka_io import read_topic
 
     out = []
-    for p, o, value in read_topic(bootstrap, topic):
+    for p, o, value in read_topic(bootstrap, topic, **security):
         if (p, o) in done:
             continue
         try:
@@ -127,15 +130,13 @@ def done_count(conn: Any, topic: str) -> int:
     return int(row.fetchone()[0])
 
 
-def pending_count(conn: Any, bootstrap: str, topic: str) -> int:
+def pending_count(conn: Any, topic: str, end_offsets: Mapping[int, int]) -> int:
     """Letters of ``topic`` neither replayed nor purged: what `status` reports and what the
     cutover's preflight refuses. The one count of pending letters: ``conn`` is the database
-    that keeps ``replicator.dlq_done`` for the direction (the side its apply writes). The DLQ's
-    producer is idempotent, not transactional, so its offsets are dense: every offset below the
-    end is a letter."""
-    from connectors.kafka_io import end_offsets
-
-    total = sum(end_offsets(bootstrap, topic).values())
+    that keeps ``replicator.dlq_done`` for the direction (the side its apply writes),
+    ``end_offsets`` the topic's. The DLQ's producer is idempotent, not transactional, so its
+    offsets are dense: every offset below the end is a letter."""
+    total = sum(end_offsets.values())
     if total == 0:
         return 0
     return max(0, total - done_count(conn, topic))

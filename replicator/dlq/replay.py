@@ -110,6 +110,7 @@ def _replay_one(
         letter.source_topic,
         letter.source_partition,
         letter.source_offset,
+        **s.kafka.client_options(),
     )
     if raw is None:
         raise DataError(

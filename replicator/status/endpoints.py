@@ -3,7 +3,8 @@
 - ``/metrics`` — Prometheus series (:mod:`replicator.status.metrics`), collected at scrape time;
 - ``/healthz`` — liveness, ``/readyz`` — readiness (:mod:`replicator.health`): 200 ``ok``, or
   503 with one reason a line. They touch no database or broker, so a probe every few seconds
-  costs nothing and answers even while a part is down.
+  costs nothing and answers even while a part is down;
+- with ``metrics.web``, every other path: the web page (:mod:`replicator.web`).
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ def health_app(
     view: Callable[[], ProcessView],
     metrics: WsgiApp | None = None,
     clock: Callable[[], float] = time.monotonic,
+    *,
+    page: WsgiApp | None = None,
 ) -> WsgiApp:
-    """A WSGI application: the two probes from ``view()``, ``/metrics`` to ``metrics``."""
+    """A WSGI application: the two probes from ``view()``, ``/metrics`` to ``metrics``, and
+    every other path to ``page`` when given (the web page, ``metrics.web``)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -63,6 +67,8 @@ def health_app(
             return [body]
         if metrics is not None and path == "/metrics":
             return metrics(environ, start_response)
+        if page is not None:
+            return page(environ, start_response)
         body = b"not found: /metrics, /healthz and /readyz are served here\n"
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [body]
@@ -98,8 +104,10 @@ class Endpoints:
         self._thread.join(timeout=5)
 
 
-def serve(settings: Settings, view: Callable[[], ProcessView]) -> Endpoints | None:
-    """Serve the three endpoints on ``metrics.port`` (0: none)."""
+def serve(
+    settings: Settings, view: Callable[[], ProcessView], *, page: WsgiApp | None = None
+) -> Endpoints | None:
+    """Serve the three endpoints on ``metrics.port`` (0: none), and ``page`` beside them."""
     m = settings.metrics
     if not m.port:
         return None
@@ -112,7 +120,7 @@ def serve(settings: Settings, view: Callable[[], ProcessView]) -> Endpoints | No
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    app = health_app(view, make_wsgi_app(registry))
+    app = health_app(view, make_wsgi_app(registry), page=page)
     server_class = _Server6 if ":" in m.host else _Server
     try:
         server = make_server(m.host, m.port, app, server_class, _QuietHandler)

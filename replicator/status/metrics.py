@@ -8,7 +8,7 @@ so the numbers on a dashboard and in the terminal are the same numbers. Series (
 - ``replicator_end_to_end_lag_seconds`` — heartbeat lag, legacy commit → target commit
 - ``replicator_source_slot_lag_bytes`` / ``replicator_source_retained_wal_bytes``
 - ``replicator_kafka_consumer_lag_messages{partition}`` — changes not applied yet
-- ``replicator_apply_seconds_since_last_commit``
+- ``replicator_apply_last_commit_age_seconds``
 - ``replicator_apply_rows_total{table}`` — rows applied per target table (counter)
 - ``replicator_dlq_messages`` — dead letters neither replayed nor purged
 - ``replicator_backfill_complete`` / ``replicator_ready`` — 1 or 0
@@ -59,7 +59,7 @@ class StatusCollector(Collector):
             src.retained_wal_bytes if src else None,
         )
         yield from gauge(
-            "replicator_apply_seconds_since_last_commit",
+            "replicator_apply_last_commit_age_seconds",
             "Seconds since apply last committed",
             tgt.seconds_since_last_apply if tgt else None,
         )

@@ -10,6 +10,7 @@ breaking changes).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -88,8 +89,17 @@ def sides(s: Settings, direction: str) -> tuple[DatabaseSettings, DatabaseSettin
     return (s.source, s.target) if direction == "fwd" else (s.target, s.source)
 
 
-def collect(s: Settings, *, max_lag_s: float | None = None) -> Status:
+EndOffsets = Callable[[str, str], dict[int, int]]
+
+
+def collect(
+    s: Settings, *, max_lag_s: float | None = None, end_offsets: EndOffsets | None = None
+) -> Status:
+    """``end_offsets`` reads a topic's end offsets (default: a new consumer each call; a
+    caller collecting every second passes a :class:`connectors.kafka_io.OffsetReader`)."""
     unreachable: list[dict[str, str]] = []
+    security = s.kafka.client_options()
+    ends = end_offsets or (lambda b, t: kafka_io.end_offsets(b, t, **security))
 
     def attempt(part: str, fn: Any, *args: Any) -> Any:
         try:
@@ -102,12 +112,12 @@ def collect(s: Settings, *, max_lag_s: float | None = None) -> Status:
     src_db, tgt_db = sides(s, direction)
     source = attempt("source", _source, s, src_db, direction)
     offsets = attempt("target", _applied_offsets, tgt_db, s.topic(direction, "changes"))
-    kafka = attempt("kafka", _kafka, s, direction, offsets or {})
+    kafka = attempt("kafka", _kafka, s, direction, offsets or {}, ends)
     target = (
         attempt("target", _target, s, tgt_db, direction, kafka) if offsets is not None else None
     )
     if kafka is not None and target is not None:
-        kafka.dlq_messages = attempt("kafka", _dlq_pending, s, tgt_db, direction)
+        kafka.dlq_messages = attempt("kafka", _dlq_pending, s, tgt_db, direction, ends)
     st = Status(
         pipeline=s.name,
         direction=direction,
@@ -233,9 +243,11 @@ def _applied_offsets(db: DatabaseSettings, topic: str) -> dict[int, int]:
     return {int(p): int(o) for p, o in rows}
 
 
-def _kafka(s: Settings, direction: str, applied: dict[int, int]) -> KafkaStatus:
+def _kafka(
+    s: Settings, direction: str, applied: dict[int, int], end_offsets: EndOffsets
+) -> KafkaStatus:
     topic = s.topic(direction, "changes")
-    ends = kafka_io.end_offsets(s.kafka.bootstrap_servers, topic)
+    ends = end_offsets(s.kafka.bootstrap_servers, topic)
     out = KafkaStatus(topic=topic)
     for p, end in sorted(ends.items()):
         done = applied.get(p)
@@ -244,11 +256,13 @@ def _kafka(s: Settings, direction: str, applied: dict[int, int]) -> KafkaStatus:
     return out
 
 
-def _dlq_pending(s: Settings, db: DatabaseSettings, direction: str) -> int:
+def _dlq_pending(s: Settings, db: DatabaseSettings, direction: str, end_offsets: EndOffsets) -> int:
     from replicator.dlq.letters import pending_count
 
+    topic = s.topic(direction, "dlq")
+    ends = end_offsets(s.kafka.bootstrap_servers, topic)
     with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-        return pending_count(conn, s.kafka.bootstrap_servers, s.topic(direction, "dlq"))
+        return pending_count(conn, topic, ends)
 
 
 def _target(
@@ -311,5 +325,12 @@ def _target(
                 "outcome": val["outcome"],
                 "age_s": val["age_s"],
                 "differences": val["differences"],
+                # Which way each table was checked: "sql" (checksums in both databases) or
+                # "python" (older runs have no path: Python).
+                "paths": {
+                    str(t.get("table")): str(t.get("path", "python"))
+                    for t in (val.get("summary") or {}).get("tables", [])
+                    if isinstance(t, dict)
+                },
             }
     return out

@@ -6,6 +6,8 @@
 - ``canon``     canonical text per value, whichever side it came from
 - ``fast``      ``--fast``: keys changed since the last clean full validation (from the log)
 - ``reverse``   what a rollback re-checks on legacy
+- ``sql``       checksums of key buckets computed by both servers through compiled transforms;
+                ``sql_plan`` the SQL of each side
 - ``orphans``   target rows whose foreign key points at a missing parent
 - ``mapping``   columns the mapping reads that legacy lacks (a run with one is never clean)
 - ``report``    the report, its JSON, and the stored results; ``print`` renders it

@@ -15,8 +15,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from connectors import kafka_io
 from connectors.envelope import Envelope, decode_envelopes
@@ -34,8 +35,8 @@ class Touched:
     end_offsets: dict[int, int] = field(default_factory=dict)
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    return kafka_io.end_offsets(bootstrap, topic)
+def end_offsets(bootstrap: str, topic: str, **security: Any) -> dict[int, int]:
+    return kafka_io.end_offsets(bootstrap, topic, **security)
 
 
 def touched_since(
@@ -46,6 +47,7 @@ def touched_since(
     timeout_s: float = 60.0,
     *,
     prior: Touched | None = None,
+    **security: Any,
 ) -> Touched:
     """Source keys of every change in ``topic`` from ``since`` (partition -> offset) to now.
 
@@ -63,6 +65,7 @@ def touched_since(
         lambda v: _collect(v, direction, loader, out),
         timeout_s,
         partitions=known,
+        **security,
     )
     out.end_offsets = {**out.end_offsets, **ends}
     return out
@@ -75,13 +78,14 @@ def read_range(
     collect: Callable[[bytes], None],
     timeout_s: float = 60.0,
     partitions: Iterable[int] | None = None,
+    **security: Any,
 ) -> dict[int, int]:
     """Every message of ``topic`` from ``since`` (partition -> offset; absent: the beginning) to
     its current end, to ``collect``; returns the end offsets read up to. ``partitions``, when the
     caller knows them, spares the metadata request for every topic of the cluster."""
     ends: dict[int, int] = {}
     with kafka_io.translated(f"reading {topic}"):
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        consumer = kafka_io.consumer(bootstrap, **security)
         try:
             parts = (
                 set(partitions)

@@ -50,6 +50,12 @@ def print_report(report: Report, console: Console) -> None:
     for t in report.tables:
         table.add_row(_short(t.table), t.mode, f"{t.target_rows}/{t.expected_rows}", _result(t))
     console.print(table)
+    in_sql = [_short(t.table) for t in report.tables if t.path == "sql"]
+    if in_sql:
+        console.print(f"checked by checksums in both databases: {', '.join(in_sql)}")
+    for t in report.tables:
+        if t.path_reason:
+            console.print(f"{_short(t.table)}: python path ({escape(t.path_reason)})")
     for d in report.differences[:SHOWN]:
         cols = ""
         if d.columns:

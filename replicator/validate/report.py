@@ -73,6 +73,10 @@ class TableResult:
     differs: int = 0
     in_flight: int = 0  # differed, then converged on a re-check: changes that were on their way
     unsettled: int = 0  # still changing on legacy after every re-check round
+    # sql: checksums computed by both servers through the compiled transform; python: every
+    # row read and transformed here. path_reason: why a table kept the Python path.
+    path: str = "python"
+    path_reason: str | None = None
 
     @property
     def differences(self) -> int:

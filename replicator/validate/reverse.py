@@ -21,7 +21,7 @@ import psycopg
 from connectors import pg
 from connectors.envelope import Envelope, decode_envelopes
 from connectors.pgtypes import TextLoader
-from replicator.config import DatabaseSettings
+from replicator.config import DatabaseSettings, KafkaSettings
 from replicator.errors import DataError
 from replicator.validate.expect import SourceKey
 from replicator.validate.fast import read_range
@@ -42,7 +42,7 @@ class ReverseKeys:
     _oids: dict[str, dict[str, int]] = field(default_factory=dict)
     _conn: psycopg.Connection[Any] | None = None
 
-    def read(self, bootstrap: str, topic: str, timeout_s: float = 60.0) -> None:
+    def read(self, kafka: KafkaSettings, topic: str, timeout_s: float = 60.0) -> None:
         """Read ``topic`` from where the last read ended to its current end."""
         with (
             pg.connect(self.legacy.conninfo(), autocommit=True) as conn,
@@ -54,7 +54,13 @@ class ReverseKeys:
                 # the write pause skips the cluster-wide metadata request.
                 known = list(self.offsets) if self.offsets else None
                 ends = read_range(
-                    bootstrap, topic, self.offsets, self._collect, timeout_s, partitions=known
+                    kafka.bootstrap_servers,
+                    topic,
+                    self.offsets,
+                    self._collect,
+                    timeout_s,
+                    partitions=known,
+                    **kafka.client_options(),
                 )
             finally:
                 self._conn = None

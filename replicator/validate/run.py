@@ -63,6 +63,16 @@ from replicator.validate.report import (
     store,
 )
 from replicator.validate.scope import components, read_target, select_tables, shapes_of
+from replicator.validate.sql import (
+    SESSION_SQL,
+    GroupPlan,
+    Hashing,
+    choose_hashing,
+    enum_columns,
+    plan_group,
+    run_group,
+    source_columns,
+)
 from transforms.api import Direction, MappingSet, TableTransform
 
 __all__ = ["Report", "last_validation", "select_tables", "validate"]
@@ -83,6 +93,9 @@ class _Ctx:
     partial: set[str] = field(default_factory=set)  # tables checked by key (--fast)
     provenance: dict[str, dict[Key, set[tuple[str, SourceKey]]]] = field(default_factory=dict)
     lagging: bool = False
+    force_python: bool = False  # every table the Python way (tests, comparisons)
+    hashing: Hashing = field(default_factory=lambda: Hashing(fast=False))
+    legacy_columns: dict[str, dict[str, str]] | None = None  # source table -> column category
 
     def writers(self, table: str) -> list[TableTransform]:
         return [t for t in self.direction.tables.values() if any(w.name == table for w in t.writes)]
@@ -147,9 +160,55 @@ def _compare(
     return cand
 
 
+def _sql_pass(ctx: _Ctx, group: list[str], report: Report) -> dict[str, Pending] | str:
+    """The group compared by checksums in both databases, or why it keeps the Python path."""
+    if ctx.force_python:
+        return "the Python path was asked for"
+    if ctx.legacy_columns is None:
+        with pg.translated(ctx.s.source.masked()):
+            ctx.legacy_columns = {s: source_columns(ctx.legacy, s) for s in ctx.direction.tables}
+    legacy_cols = ctx.legacy_columns
+    with pg.translated(ctx.s.target.masked()):
+        enums = {t: enum_columns(ctx.target, t) for t in group}
+    plan = plan_group(
+        ctx.direction, group, ctx.shapes, lambda s: legacy_cols[s], lambda t: enums[t], ctx.hashing
+    )
+    if not isinstance(plan, GroupPlan):
+        return plan
+    with _snapshot(ctx.target, ctx.s.target.masked()):
+        ctx.target.execute("SELECT 1")  # the target's snapshot is taken first, as in Python
+        with _snapshot(ctx.legacy, ctx.s.source.masked()):
+            got = run_group(
+                plan,
+                ctx.direction,
+                ctx.legacy,
+                ctx.target,
+                lambda shape, keys: read_target(ctx.target, shape, keys),
+                ctx.hashing,
+            )
+    report.rejected.extend(got.rejected)
+    out: dict[str, Pending] = {}
+    for t in group:
+        o = got.tables[t]
+        ctx.provenance[t] = {k: v for k, v in o.provenance.items() if v}
+        res = TableResult(t, "full", path="sql")
+        res.expected_rows, res.target_rows = o.expected_rows, o.target_rows
+        res.rows_checked = max(o.expected_rows, o.target_rows)
+        res.chunks, res.chunks_mismatched = o.buckets, o.buckets_mismatched
+        report.tables.append(res)
+        out[t] = o.pending
+    return out
+
+
 def _first_pass(
     ctx: _Ctx, group: list[str], report: Report, touched: Mapping[str, set[SourceKey]] | None
 ) -> dict[str, Pending]:
+    reason = None
+    if touched is None:
+        got = _sql_pass(ctx, group, report)
+        if not isinstance(got, str):
+            return got
+        reason = got
     shapes = {t: ctx.shapes[t] for t in group}
     out: dict[str, Pending] = {}
     # Target first, then legacy: a row changed in between then shows as missing or different
@@ -167,7 +226,7 @@ def _first_pass(
     for t in group:
         ctx.provenance[t] = exp.sources[t]
         rows = exp.rows[t]
-        res = TableResult(t, "full" if touched is None else "keys")
+        res = TableResult(t, "full" if touched is None else "keys", path_reason=reason)
         if touched is not None:
             actual[t] = read_target(ctx.target, shapes[t], list(rows))
         res.expected_rows = sum(1 for e in rows.values() if e.state == "present")
@@ -264,6 +323,7 @@ def validate(
     keys: Mapping[str, set[SourceKey]] | None = None,
     full_sources: Iterable[str] = (),
     read_ahead: Touched | None = None,
+    python_path: bool = False,
 ) -> Report:
     """Validate the target against the legacy data; the report is stored unless ``save=False``.
 
@@ -304,6 +364,11 @@ def validate(
             }
             report.mapping_errors = mapping_errors(legacy, writers.values())
         ctx = _Ctx(settings, mapping.forward, legacy, target, shapes, live, marker_timeout_s)
+        ctx.force_python = python_path
+        for conn in (legacy, target):
+            # Canonical text alike on both servers (checksums in SQL; instants in UTC).
+            conn.execute(SESSION_SQL)
+        ctx.hashing = choose_hashing(legacy, target)
         report.live = live
         topic = settings.topic("fwd", "changes")
         touched: dict[str, set[SourceKey]] | None = None
@@ -328,7 +393,12 @@ def validate(
                 )
             report.since_run_id = base[0]
             got = touched_since(
-                settings.kafka.bootstrap_servers, topic, mapping.forward, base[1], prior=read_ahead
+                settings.kafka.bootstrap_servers,
+                topic,
+                mapping.forward,
+                base[1],
+                prior=read_ahead,
+                **settings.kafka.client_options(),
             )
             touched = got.keys
             # A truncate cannot be narrowed to keys: its tables are checked in full.
@@ -338,7 +408,9 @@ def validate(
             )
         else:
             try:
-                report.log_offsets = end_offsets(settings.kafka.bootstrap_servers, topic)
+                report.log_offsets = end_offsets(
+                    settings.kafka.bootstrap_servers, topic, **settings.kafka.client_options()
+                )
             except ReplicatorError:
                 report.log_offsets = None  # no Kafka: the run stands, --fast cannot build on it
         ctx.sync()

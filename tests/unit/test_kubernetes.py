@@ -151,14 +151,23 @@ def _one(docs: list[Doc], kind: str, name: str) -> Doc:
 def _settings(docs: list[Doc], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
     """The ConfigMap's replicator.toml as the pods read it: the file, plus their environment."""
     cm = _one(docs, "ConfigMap", "replicator-config")
-    path = tmp_path / "replicator.toml"
-    path.write_text(cm["data"]["replicator.toml"])
+    text = cm["data"]["replicator.toml"]
     for var in [v for v in os.environ if v.startswith("REPLICATOR_")]:
         monkeypatch.delenv(var)
-    container = _one(docs, "Deployment", "replicator-capture")["spec"]["template"]["spec"][
-        "containers"
-    ][0]
-    for e in container["env"]:
+    pod = _one(docs, "Deployment", "replicator-capture")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    # The Secret's files, where the pod mounts them: every *_file setting must name one.
+    secret_volumes = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
+    for mount in container.get("volumeMounts", []):
+        if mount["name"] in secret_volumes:
+            local = tmp_path / "secrets"
+            local.mkdir(exist_ok=True)
+            for key in ("source-password", "target-password"):
+                (local / key).write_text("from-a-secret\n")
+            text = text.replace(mount["mountPath"] + "/", f"{local}/")
+    path = tmp_path / "replicator.toml"
+    path.write_text(text)
+    for e in container.get("env", []):
         if e["name"] != "REPLICATOR_CONFIG":
             monkeypatch.setenv(e["name"], e.get("value", "from-a-secret"))
     monkeypatch.setenv("REPLICATOR_CONFIG", str(path))  # restored after the test
@@ -276,14 +285,16 @@ def test_selectors_match_their_pods(docs: list[Doc]) -> None:
             assert d["spec"]["selector"]["matchLabels"].items() <= labels.items(), _name(d)
 
 
-def test_secrets_reach_the_pods_by_reference_only(docs: list[Doc]) -> None:
+def test_secrets_reach_the_pods_as_files_only(docs: list[Doc]) -> None:
     assert not [d for d in docs if d["kind"] == "Secret"], "the Secret is created by the operator"
     secretish = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY\b", re.IGNORECASE)
     for container in _containers(docs):
         for e in container.get("env", []):
-            if secretish.search(e["name"]):
-                assert "value" not in e, f"{e['name']} inline"
-                assert e["valueFrom"]["secretKeyRef"]["name"] == "replicator-secrets", e
+            assert not secretish.search(e["name"]), f"{e['name']}: secrets come as files"
+    for _, pod in _pod_specs(docs):
+        secrets = [v for v in pod.get("volumes", []) if "secret" in v]
+        assert [v["secret"]["secretName"] for v in secrets] == ["replicator-secrets"]
+        assert pod["securityContext"].get("fsGroup") == 65534, "the files' group is the pod's"
     for d in docs:
         if d["kind"] == "ConfigMap":
             for text in d["data"].values():

@@ -61,3 +61,17 @@ def test_a_switch_stopped_past_its_decision_is_named_with_the_command_that_finis
     assert not ready and len(reasons) == 1
     assert "rollback (run abc123)" in reasons[0]
     assert "`replicator rollback --yes` again" in reasons[0]
+
+
+def test_status_says_how_many_tables_the_last_validation_checked_in_sql() -> None:
+    from rich.console import Console
+
+    from replicator.cli.ops import render
+
+    st = _healthy()
+    assert st.target is not None and st.target.validation is not None
+    st.target.validation["paths"] = {"public.user": "sql", "public.member": "python"}
+    console = Console(record=True, width=120)
+    console.print(render(st))
+    text = console.export_text()
+    assert "checked in SQL" in text and "1/2 tables" in text

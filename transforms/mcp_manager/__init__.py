@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from transforms.api import MappingSet
 from transforms.mcp_manager import forward, reverse
+from transforms.mcp_manager import sql as _sql  # noqa: F401 - registers the SQL twins
 from transforms.mcp_manager.snapshot import snapshot_catalog
 
 MAPPING = MappingSet(

@@ -50,11 +50,15 @@ Slug = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 Prefix = Annotated[str, StringConstraints(max_length=32)]
 Scope = Annotated[str, AfterValidator(_scope)]
 UuidText = Annotated[str, AfterValidator(_uuid_text)]
-BigId = Annotated[int, AfterValidator(lambda v: v if 0 < v < 2**63 else _out_of_range(v))]
 
 
-def _out_of_range(value: int) -> int:
-    raise ValueError(f"{value} is outside bigint's positive range")
+def _positive_bigint(value: int) -> int:
+    if not 0 < value < 2**63:
+        raise ValueError(f"{value} is outside bigint's positive range")
+    return value
+
+
+BigId = Annotated[int, AfterValidator(_positive_bigint)]
 
 
 class _Row(BaseModel):

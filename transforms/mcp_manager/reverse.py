@@ -18,6 +18,7 @@ from transforms.converters import base64url_to_sha256_hex, text_to_uuid, to_utc
 from transforms.declarative import Col, Target, col, direction, table_mapping
 from transforms.mcp_manager import models
 from transforms.mcp_manager.forward import SEQUENCES
+from transforms.when import column_equals
 
 # Target tables with no legacy counterpart: the legacy backend keeps its own sessions.
 IGNORED = ("public.session", "public.verification", "public.invitation")
@@ -148,7 +149,7 @@ ACCOUNT = table_mapping(
             columns={"hashed_password": col("password", convert=require_password, none=True)},
             patch=True,
             on_delete="ignore",
-            when=lambda row: row["provider_id"] == "credential",
+            when=column_equals("provider_id", "credential"),
         )
     ],
     source_key=("id",),

@@ -1,0 +1,337 @@
+"""Validation in the database: checksums of key buckets on both sides, rows only where they differ.
+
+For a group of target tables whose writers all compile (transforms.compile), each server
+computes per target table one text per row (:mod:`replicator.validate.sql_plan`) and sums a
+64-bit hash of it per bucket of the key's hash (4,096 buckets). Only buckets whose count or sum
+differ are listed row by row (key, row md5, source keys), and only keys whose row md5 differs,
+or that one side lacks, become candidates. Candidates are then judged as the Python path judges
+every row (read from the target, the legacy rows of their provenance run through the
+transforms), which yields today's report and feeds the live re-check.
+
+Legacy rows whose reject expression holds (the SQL form cannot vouch for them) are left out of
+the sums and run through the Python transforms by key: refused ones are reported ``rejected``,
+accepted ones join the candidates. Nothing is installed on either server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from replicator.errors import DataError
+from replicator.validate.canon import Exp, Key, TableShape, verdict
+from replicator.validate.expect import Rejected, SourceKey, fold_keys
+from replicator.validate.sql_plan import (
+    ARRAY_TYPES,
+    SESSION_SQL,
+    GroupPlan,
+    Hashing,
+    TablePlan,
+    bucket_expr,
+    choose_hashing,
+    enum_columns,
+    plan_group,
+    qualified,
+    row_text,
+    source_columns,
+    source_from,
+)
+from transforms.api import Direction
+from transforms.compile import CompiledTable
+from transforms.sql_twins import ident
+
+Pending = dict[Key, tuple[Any, Exp | None]]
+
+__all__ = [
+    "SESSION_SQL",
+    "GroupPlan",
+    "Hashing",
+    "choose_hashing",
+    "enum_columns",
+    "plan_group",
+    "run_group",
+    "source_columns",
+]
+
+
+def buckets_of(conn: psycopg.Connection[Any], keys: Sequence[Key], h: Hashing) -> set[int]:
+    """The buckets of ``keys``, computed by the server that computed the sums."""
+    if not keys:
+        return set()
+    n = len(keys[0])
+    cols = [f"u.k{i}" for i in range(n)]
+    arrays = ", ".join(["%s::text[]"] * n)
+    rows = conn.execute(
+        f"SELECT DISTINCT {h.bucket(row_text(cols))} FROM unnest({arrays})"
+        f" AS u({', '.join(f'k{i}' for i in range(n))})",
+        [[k[i] for k in keys] for i in range(n)],
+    ).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+def bucket_sums(
+    conn: psycopg.Connection[Any],
+    sql: str,
+    nkeys: int,
+    h: Hashing,
+    *,
+    per_row_subqueries: bool = False,
+) -> dict[int, tuple[int, int]]:
+    """bucket -> (rows, sum of 64-bit row hashes)."""
+    # The per-row expressions cost far more than the planner's defaults assume: let it scan in
+    # parallel from a megabyte on (the workers share the snapshot). A hash table of a few
+    # thousand buckets beats sorting every row (which spills to disk), but a correlated
+    # subquery (a twin that aggregates a JSON list) must keep its sorts: hash aggregation
+    # rebuilt for every row is ten times slower. Settings last until the snapshot ends.
+    no_sort = not per_row_subqueries
+    conn.execute(
+        f"SET LOCAL enable_sort = {'off' if no_sort else 'on'};"
+        " SET LOCAL min_parallel_table_scan_size = '1MB'; SET LOCAL parallel_setup_cost = 100;"
+        " SET LOCAL parallel_tuple_cost = 0.001"
+    )
+    rows = conn.execute(
+        f"SELECT z.b, count(*), sum(z.h) FROM (SELECT {bucket_expr(nkeys, h)} AS b,"
+        f" {h.row('q.r')} AS h FROM ({sql}) q) z GROUP BY 1"
+    ).fetchall()
+    return {int(b): (int(n), int(s)) for b, n, s in rows}
+
+
+def legacy_bucket_sums(
+    conn: psycopg.Connection[Any], p: TablePlan, sql: str, h: Hashing
+) -> tuple[dict[int, tuple[int, int]], int]:
+    """The legacy side's sums over the rows the SQL form vouches for, and how many of the
+    owner's rows it leaves to Python, from one scan. Only aggregates PostgreSQL 15 can combine
+    across parallel workers: listing those rows' keys here would make the scan serial."""
+    conn.execute(
+        f"SET LOCAL enable_sort = {'on' if p.subqueries else 'off'};"
+        " SET LOCAL min_parallel_table_scan_size = '1MB'; SET LOCAL parallel_setup_cost = 100;"
+        " SET LOCAL parallel_tuple_cost = 0.001"
+    )
+    rows = conn.execute(
+        "SELECT z.b, count(*) FILTER (WHERE z.rej IS NULL), sum(z.h) FILTER (WHERE z.rej IS NULL),"
+        f" count(*) FILTER (WHERE z.rej IS NOT NULL) FROM (SELECT"
+        f" {bucket_expr(len(p.shape.key), h)} AS b, {h.row('q.r')} AS h, q.rej FROM ({sql}) q) z"
+        " GROUP BY 1"
+    ).fetchall()
+    sums = {int(b): (int(n), int(s)) for b, n, s, _ in rows if n}
+    return sums, sum(int(f) for *_, f in rows)
+
+
+def bucket_rows(
+    conn: psycopg.Connection[Any],
+    sql: str,
+    nkeys: int,
+    buckets: list[int],
+    extra: Sequence[str],
+    h: Hashing,
+) -> list[tuple[Any, ...]]:
+    """(key texts..., row md5, extra columns...) of the rows in ``buckets``."""
+    cols = ", ".join([f"q.k{i}" for i in range(nkeys)] + ["md5(q.r)"] + [f"q.{e}" for e in extra])
+    return conn.execute(
+        f"SELECT {cols} FROM ({sql}) q WHERE {bucket_expr(nkeys, h)} = ANY(%s)", (buckets,)
+    ).fetchall()
+
+
+def flagged_keys(
+    conn: psycopg.Connection[Any], compiled: CompiledTable, froms: Mapping[str, str]
+) -> list[tuple[Any, ...]]:
+    """Source keys of the rows the SQL form leaves to Python."""
+    keys = ", ".join(ident(k) for k in compiled.source_key)
+    return conn.execute(
+        f"SELECT {keys} FROM {_fill(source_from(compiled), froms)} s"
+        f" WHERE ({compiled.reject_sql}) IS NOT NULL"
+    ).fetchall()
+
+
+def _fill(text: str, froms: Mapping[str, str]) -> str:
+    for source, sql in froms.items():
+        text = text.replace(f"\x00derived:{source}\x00", sql)
+    return text
+
+
+def _array_literal(values: Sequence[Any]) -> str:
+    """A text array literal of uuids, integers or strings (NULL for None)."""
+    items = []
+    for v in values:
+        if v is None:
+            items.append("NULL")
+        elif isinstance(v, int | uuid.UUID):
+            items.append(str(v))
+        else:
+            t = str(v)
+            if "\x00" in t:
+                items.append("NULL")  # the row goes the Python way (its key is NULL)
+                continue
+            items.append('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    body = "{" + ",".join(items) + "}"
+    return "'" + body.replace("'", "''") + "'"
+
+
+def derived_from(
+    conn: psycopg.Connection[Any], comp: CompiledTable, cats: Mapping[str, str]
+) -> str:
+    """The source table joined with its derived key columns, computed here from every source
+    key (Python per row, but only the key: a uuid5 id, say). A value Python refuses is NULL,
+    which the key's NULL check sends the Python way."""
+    needed = tuple(dict.fromkeys(s for d in comp.derived for s in d.sources))
+    rows = conn.execute(
+        f"SELECT {', '.join(ident(c) for c in needed)} FROM {qualified(comp.source)}"
+    ).fetchall()
+    columns: list[list[Any]] = [[r[i] for r in rows] for i in range(len(needed))]
+    for d in comp.derived:
+        idx = [needed.index(s) for s in d.sources]
+        out: list[Any] = []
+        for r in rows:
+            try:
+                out.append(d.convert(*(r[i] for i in idx)))
+            except (ValueError, TypeError, KeyError, DataError):
+                out.append(None)
+        columns.append(out)
+    types = [ARRAY_TYPES[cats[c]] for c in needed] + [ARRAY_TYPES[d.type] for d in comp.derived]
+    arrays = ", ".join(
+        f"{_array_literal(vals)}::{t}[]" for vals, t in zip(columns, types, strict=True)
+    )
+    names = [ident(c) for c in needed] + [ident(d.alias) for d in comp.derived]
+    return (
+        f"(SELECT * FROM {qualified(comp.source)} JOIN unnest({arrays}) AS d({', '.join(names)})"
+        f" USING ({', '.join(ident(c) for c in needed)}))"
+    )
+
+
+@dataclass
+class TableOutcome:
+    expected_rows: int = 0
+    target_rows: int = 0
+    buckets: int = 0
+    buckets_mismatched: int = 0
+    pending: Pending = field(default_factory=dict)
+    provenance: dict[Key, set[tuple[str, SourceKey]]] = field(default_factory=dict)
+
+
+@dataclass
+class GroupOutcome:
+    tables: dict[str, TableOutcome]
+    rejected: list[Rejected]
+
+
+def run_group(
+    plan: GroupPlan,
+    direction: Direction,
+    legacy: psycopg.Connection[Any],
+    target: psycopg.Connection[Any],
+    read_target: Callable[[TableShape, list[Key]], dict[Key, Any]],
+    h: Hashing,
+) -> GroupOutcome:
+    """Compare one group; both connections are inside their snapshots (target taken first)."""
+    shapes = {t: p.shape for t, p in plan.tables.items()}
+    froms = {
+        s: derived_from(legacy, c, plan.columns[s]) for s, c in plan.compiled.items() if c.derived
+    }
+
+    # 1. Sums per bucket, both servers at once.
+    def legacy_side() -> tuple[dict[str, dict[int, tuple[int, int]]], dict[str, set[SourceKey]]]:
+        sums: dict[str, dict[int, tuple[int, int]]] = {}
+        flagged: dict[str, set[SourceKey]] = {}
+        for t, p in plan.tables.items():
+            sums[t], n = legacy_bucket_sums(legacy, p, _fill(p.legacy_sql, froms), h)
+            if p.owner_flags is not None and n == 0:
+                flagged[p.owner_flags] = set()  # its scan found none: no second scan
+        for s, c in plan.compiled.items():
+            if c.checks and s not in flagged:  # some to list, or a source that only patches
+                flagged[s] = {tuple(k) for k in flagged_keys(legacy, c, froms)}
+        return sums, flagged
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        legacy_f = pool.submit(legacy_side)
+        target_sums = {
+            t: bucket_sums(target, p.target_sql, len(p.shape.key), h)
+            for t, p in plan.tables.items()
+        }
+        legacy_sums, flagged = legacy_f.result()
+    # 2. The rows the SQL form left to Python.
+    rejected: list[Rejected] = []
+    from_python: dict[str, dict[Key, set[tuple[str, SourceKey]]]] = {t: {} for t in plan.tables}
+    todo = {s: keys for s, keys in flagged.items() if keys}
+    if todo:
+        exp = fold_keys(legacy, direction, todo, shapes, partial=True)
+        rejected = exp.rejected
+        for t in plan.tables:
+            from_python[t] = exp.sources[t]
+    out: dict[str, TableOutcome] = {}
+    for t, p in plan.tables.items():
+        ls, ts = legacy_sums[t], target_sums[t]
+        res = out[t] = TableOutcome()
+        res.expected_rows = sum(n for n, _ in ls.values()) + len(from_python[t])
+        res.target_rows = sum(n for n, _ in ts.values())
+        res.buckets = len(ls.keys() | ts.keys())
+        differing = {b for b in ls.keys() | ts.keys() if ls.get(b) != ts.get(b)}
+        res.buckets_mismatched = len(differing)
+        differing |= buckets_of(target, list(from_python[t]), h)
+        if not differing:
+            continue
+        nk = len(p.shape.key)
+        src_names = [n for _, _, names in p.sources for n in names]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            wanted = sorted(differing)
+            lsql = _fill(p.legacy_sql, froms)
+            lrows_f = pool.submit(
+                bucket_rows,
+                legacy,
+                f"SELECT * FROM ({lsql}) a WHERE a.rej IS NULL",
+                nk,
+                wanted,
+                src_names,
+                h,
+            )
+            trows = bucket_rows(target, p.target_sql, nk, wanted, (), h)
+            lrows = lrows_f.result()
+        lhash: dict[Key, str] = {}
+        prov: dict[Key, set[tuple[str, SourceKey]]] = {}
+        for r in lrows:
+            key = tuple(str(v) for v in r[:nk])
+            lhash[key] = r[nk]
+            i = nk + 1
+            for source, skey_cols, _names in p.sources:
+                sk = tuple(r[i : i + len(skey_cols)])
+                i += len(skey_cols)
+                if all(v is not None for v in sk):
+                    prov.setdefault(key, set()).add((source, sk))
+        thash = {tuple(str(v) for v in r[:nk]): r[nk] for r in trows}
+        cand = {k for k in lhash.keys() | thash.keys() if lhash.get(k) != thash.get(k)}
+        cand |= from_python[t].keys()
+        for k in from_python[t]:
+            prov.setdefault(k, set()).update(from_python[t][k])
+        res.provenance = {k: prov.get(k, set()) for k in cand}
+        res.pending = _judge(direction, legacy, shapes, t, cand, res.provenance, read_target)
+    return GroupOutcome(out, rejected)
+
+
+def _judge(
+    direction: Direction,
+    legacy: psycopg.Connection[Any],
+    shapes: Mapping[str, TableShape],
+    table: str,
+    keys: set[Key],
+    prov: Mapping[Key, set[tuple[str, SourceKey]]],
+    read_target: Callable[[TableShape, list[Key]], dict[Key, Any]],
+) -> Pending:
+    """Row verdicts as the Python path gives them, for the candidates of one table."""
+    if not keys:
+        return {}
+    actual = read_target(shapes[table], sorted(keys))
+    src: dict[str, set[SourceKey]] = {}
+    for k in keys:
+        for source, sk in prov.get(k, ()):
+            src.setdefault(source, set()).add(sk)
+    exp = fold_keys(legacy, direction, src, {table: shapes[table]}, partial=False).rows[table]
+    out: Pending = {}
+    for k in keys:
+        a, e = actual.get(k), exp.get(k)
+        if verdict(a, e) is not None:
+            out[k] = (a, e)
+    return out

@@ -1,0 +1,294 @@
+"""Validation in the database, the plan: per target table, the SQL of one text per row on each
+side (legacy through the compiled projection, target as stored) and how rows are hashed.
+
+Legacy: the owner's upsert LEFT JOINed with the N→1 patches, each value cast to the target
+column's type and printed (or, for JSON documents and timestamps, hashed) by the same builtin
+functions on both servers, both sessions in UTC. Target: the stored columns, alike. A row's
+text is ``ROW(...)::text``; rows and keys are hashed with ``hashtextextended`` (md5 where the
+two servers disagree on a probe). Run by :mod:`replicator.validate.sql`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from replicator.validate.canon import TableShape
+from transforms.api import Direction
+from transforms.compile import ENUM, CompiledTable, CompiledTarget, NotCompiled, compile_table
+from transforms.sql_twins import (
+    INT,
+    JSON,
+    JSONB,
+    TEXT,
+    TS,
+    TSTZ,
+    UUID,
+    Expr,
+    NotCompilable,
+    canonical,
+    category,
+    ident,
+)
+
+BUCKET_BITS = 12
+SESSION_SQL = (
+    "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';"
+    " SET extra_float_digits = 1"
+)
+
+
+def qualified(table: str) -> str:
+    schema, _, name = table.partition(".")
+    return f"{ident(schema)}.{ident(name)}"
+
+
+def source_columns(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:
+    """Column -> category (transforms.sql_twins.category; ``enum`` for user enums)."""
+    schema, _, rel = table.partition(".")
+    rows = conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typtype = 'e'"
+        " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+        (schema, rel),
+    ).fetchall()
+    return {str(r[0]): ENUM if r[2] else category(str(r[1])) for r in rows}
+
+
+def enum_columns(conn: psycopg.Connection[Any], table: str) -> set[str]:
+    cols = source_columns(conn, table)
+    return {c for c, cat in cols.items() if cat == ENUM}
+
+
+def row_text(values: Sequence[str]) -> str:
+    # A row's text form quotes what needs it and prints NULL as nothing (an empty string as
+    # ""): unambiguous, and built in C in one go.
+    return f"ROW({', '.join(values)})::text" if len(values) > 1 else f"({values[0]})::text"
+
+
+@dataclass(frozen=True, slots=True)
+class Hashing:
+    """How rows and keys are hashed: ``hashtextextended`` (64 bits, PostgreSQL 11+, an order
+    of magnitude cheaper than md5) when both servers give the same value for a probe, else the
+    first 64 bits of md5 (same everywhere, slower)."""
+
+    fast: bool
+
+    def row(self, text: str) -> str:
+        if self.fast:
+            return f"hashtextextended({text}, 0)"
+        return f"('x' || left(md5({text}), 16))::bit(64)::bigint"
+
+    def bucket(self, text: str) -> str:
+        if self.fast:
+            return f"(hashtextextended({text}, 1) & {(1 << BUCKET_BITS) - 1})"
+        return f"('x' || left(md5({text}), {BUCKET_BITS // 4}))::bit({BUCKET_BITS})::int"
+
+
+PROBE = (
+    "SELECT hashtextextended('replicator ⇄ probe', 0), hashtextextended('', 1),"
+    ' jsonb_hash_extended(\'{"a": [1.50, "x", null]}\'::jsonb, 0),'
+    " timestamp_hash_extended('2020-02-29 12:34:56.789'::timestamp, 0)"
+)
+
+
+def choose_hashing(*conns: psycopg.Connection[Any]) -> Hashing:
+    seen = set()
+    for c in conns:
+        try:
+            seen.add(tuple(c.execute(PROBE).fetchone() or ()))
+        except psycopg.Error:
+            return Hashing(fast=False)
+    return Hashing(fast=len(seen) == 1)
+
+
+@dataclass(frozen=True, slots=True)
+class TablePlan:
+    """The two projections of one target table: key columns k0.., row text r, source keys."""
+
+    shape: TableShape
+    legacy_sql: str
+    target_sql: str
+    # (source table, its key columns, their output column names in legacy_sql)
+    sources: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]
+    # The compiled expressions hold subqueries run for every row (see bucket_sums).
+    subqueries: bool = False
+    # The source whose rows for Python (reject reason set, column rej) legacy_sql lists too.
+    owner_flags: str | None = None
+
+
+@dataclass
+class GroupPlan:
+    tables: dict[str, TablePlan]
+    compiled: dict[str, CompiledTable]  # by source table
+    columns: dict[str, dict[str, str]] = field(default_factory=dict)  # source -> categories
+
+
+def plan_group(
+    direction: Direction,
+    group: Sequence[str],
+    shapes: Mapping[str, TableShape],
+    legacy_columns: Callable[[str], dict[str, str]],
+    target_enums: Callable[[str], set[str]],
+    h: Hashing,
+) -> GroupPlan | str:
+    """The SQL plan of a group of target tables, or why it keeps the Python path."""
+    writers = {
+        t.source: t for name in group for t in direction.tables.values()
+        if any(w.name == name for w in t.writes)
+    }  # fmt: skip
+    compiled: dict[str, CompiledTable] = {}
+    for source, t in writers.items():
+        c = compile_table(t, legacy_columns(source), insert_only=False, derived_keys=True)
+        if isinstance(c, NotCompiled):
+            return f"{source}: {c.reason}"
+        cats = legacy_columns(source)
+        for d in c.derived:
+            bad = [s for s in d.sources if cats.get(s) not in ARRAY_TYPES]
+            if bad or d.type not in ARRAY_TYPES:
+                return f"{source}: a key computed by Python from a {cats.get(bad[0]) if bad else d.type} value"
+        compiled[source] = c
+    try:
+        tables = {
+            name: _table_plan(shapes[name], compiled, target_enums(name), h) for name in group
+        }
+    except NotCompilable as e:
+        return e.reason
+    return GroupPlan(tables, compiled, {s: legacy_columns(s) for s in compiled})
+
+
+def _table_plan(
+    shape: TableShape, compiled: Mapping[str, CompiledTable], enums: set[str], h: Hashing
+) -> TablePlan:
+    owners = [(c, t) for c in compiled.values() for t in c.writing(shape.name) if not t.patch]
+    patchers = [(c, t) for c in compiled.values() for t in c.writing(shape.name) if t.patch]
+    if len(owners) != 1:
+        raise NotCompilable(f"{shape.name}: {len(owners)} upserting writers (one is compiled)")
+    for k in shape.key:
+        if category(shape.types[k]) not in (TEXT, INT, UUID):
+            raise NotCompilable(f"{shape.name}: key column {k} is {shape.types[k]}")
+
+    def canon(e: Expr, c: str) -> str:
+        if c in shape.key:
+            return canonical(e, shape.types[c], target_enum=c in enums)
+        return fingerprint(e, shape.types[c], enum=c in enums, h=h)
+
+    parts: list[tuple[CompiledTable, CompiledTarget, str]] = [(*owners[0], "o")]
+    parts += [(c, t, f"p{i}") for i, (c, t) in enumerate(patchers)]
+    where: dict[str, str] = {}  # column -> alias.column that supplies it
+    owner_flags: str | None = None
+    subqueries: list[str] = []
+    sources: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+    for comp, tgt, alias in parts:
+        if list(dict(tgt.key)) != list(shape.key):
+            raise NotCompilable(f"{shape.name}: {comp.source} writes another key")
+        outs = [f"{canon(dict(tgt.key)[k], k)} AS k{i}" for i, k in enumerate(shape.key)]
+        for i, c in enumerate(shape.columns):
+            if c in shape.key or c not in dict(tgt.columns):
+                continue
+            if c in where:
+                raise NotCompilable(f"{shape.name}.{c} is written by two tables")
+            if alias != "o" and c in shape.defaults:
+                # Python leaves it uncompared where no patch row exists; SQL cannot tell here.
+                raise NotCompilable(f"{shape.name}.{c} comes from a patch and has a default")
+            outs.append(f"{canon(dict(tgt.columns)[c], c)} AS c{i}")
+            where[c] = f"{alias}.c{i}"
+        skey = tuple(f"{alias}_s{i}" for i in range(len(comp.source_key)))
+        outs += [f"{ident(k)} AS {n}" for k, n in zip(comp.source_key, skey, strict=True)]
+        if alias == "o" and tgt.when is None:
+            # The owner's rows the SQL form leaves to Python are found in this same scan.
+            outs.append(f"{comp.reject_sql} AS rej")
+            cond = "true"
+            owner_flags = comp.source
+        else:
+            cond = f"({comp.reject_sql}) IS NULL" + (f" AND ({tgt.when})" if tgt.when else "")
+            if alias == "o":
+                outs.append("NULL::text AS rej")
+        subqueries.append(
+            f"(SELECT {', '.join(outs)} FROM {source_from(comp)} src WHERE {cond}) {alias}"
+        )
+        sources.append((comp.source, comp.source_key, skey))
+    keys = [f"o.k{i}" for i in range(len(shape.key))]
+    values: list[str] = []
+    target_values: list[str] = []
+    for c in shape.columns:
+        if c in shape.key:
+            values.append(f"o.k{shape.key.index(c)}")
+        elif c in where:
+            values.append(where[c])
+        elif c in shape.defaults:
+            continue  # written by nobody, with a default: not compared (as in Python)
+        else:
+            values.append("NULL::text")
+        stored = Expr(ident(c), _cat(shape, c, enums))
+        if c in shape.key:
+            target_values.append(f"k{shape.key.index(c)}")
+        else:
+            target_values.append(fingerprint(stored, shape.types[c], enum=c in enums, h=h))
+    joins = subqueries[0] + "".join(
+        f" LEFT JOIN {sq} ON " + " AND ".join(f"p{j}.k{i} = o.k{i}" for i in range(len(keys)))
+        for j, sq in enumerate(subqueries[1:])
+    )
+    src_out = [n for _, _, names in sources for n in names]
+    legacy_sql = (
+        f"SELECT {', '.join(f'{k} AS k{i}' for i, k in enumerate(keys))},"
+        f" {row_text(values)} AS r, o.rej, {', '.join(src_out)} FROM {joins}"
+    )
+    target_keys = [
+        canonical(Expr(ident(k), _cat(shape, k, enums)), shape.types[k]) for k in shape.key
+    ]
+    # The key columns are computed once, in an inner select the row text reads.
+    inner = ", ".join(
+        [f"{k} AS k{i}" for i, k in enumerate(target_keys)]
+        + [f"{ident(c)}" for c in shape.columns if c not in shape.key]
+    )
+    target_sql = (
+        f"SELECT {', '.join(f'k{i}' for i in range(len(target_keys)))},"
+        f" {row_text(target_values)} AS r FROM (SELECT {inner} FROM {qualified(shape.name)}) t"
+    )
+    per_row = any(
+        "SELECT" in e.sql or "SELECT" in comp.reject_sql
+        for comp, tgt, _ in parts
+        for _, e in tgt.key + tgt.columns
+    )
+    return TablePlan(shape, legacy_sql, target_sql, tuple(sources), per_row, owner_flags)
+
+
+def _cat(shape: TableShape, c: str, enums: set[str]) -> str:
+    return category(shape.types[c], enum=c in enums)
+
+
+def bucket_expr(nkeys: int, h: Hashing) -> str:
+    return h.bucket(row_text([f"q.k{i}" for i in range(nkeys)]))
+
+
+def fingerprint(x: Expr, target_type: str, *, enum: bool, h: Hashing) -> str:
+    """What stands for a value in the row text: its canonical text, or (fast hashing) a
+    64-bit hash of the value as the target type holds it where printing it costs more
+    (JSON documents, timestamps)."""
+    text = canonical(x, target_type, target_enum=enum)
+    if not h.fast or x.sql == "NULL":
+        return text
+    tc = category(target_type, enum=enum)
+    if tc in (JSON, JSONB):
+        return f"jsonb_hash_extended(({x.sql})::jsonb, 0)"
+    if tc == TSTZ:  # both sessions are in UTC
+        return f"timestamp_hash_extended(({x.sql})::timestamptz::timestamp, 0)"
+    if tc == TS:
+        return f"timestamp_hash_extended(({x.sql})::timestamp, 0)"
+    return text
+
+
+def source_from(comp: CompiledTable) -> str:
+    """The source table in a FROM clause; with derived keys, a marker that run_group replaces
+    by the table joined with the values Python computed (read in the same snapshot)."""
+    if not comp.derived:
+        return qualified(comp.source)
+    return f"\x00derived:{comp.source}\x00"
+
+
+ARRAY_TYPES = {UUID: "uuid", INT: "bigint", TEXT: "text"}

@@ -1,0 +1,186 @@
+"""SQL twins of the MCP mapping's own converters and validators (see transforms.sql_twins).
+
+Importing this module registers them; ``transforms.mcp_manager`` does so with the mapping.
+Text tests that Python and PostgreSQL may answer differently (case, whitespace beyond ASCII)
+are flagged conservatively: such rows take the Python path, which decides them.
+"""
+
+from __future__ import annotations
+
+from transforms.converters import to_utc
+from transforms.mcp_manager import forward, models, reverse
+from transforms.sql_twins import (
+    BOOL,
+    INT,
+    JSON,
+    JSONB,
+    NOT_PLAIN_ASCII,
+    TEXT,
+    TS,
+    TSTZ,
+    UUID_RE,
+    Check,
+    Expr,
+    NotCompilable,
+    apply_twin,
+    json_unsafe,
+    merge_checks,
+    sql_check,
+    sql_twin,
+)
+
+
+def _need(what: str, x: Expr, *types: str) -> None:
+    if x.type not in types:
+        raise NotCompilable(f"{what} takes {' or '.join(types)}, the column is {x.type}")
+
+
+# ---- forward ------------------------------------------------------------------------------
+
+
+@sql_twin(forward.email_lower, exact=False)
+def _email_lower(x: Expr) -> Expr:
+    _need("email_lower", x, TEXT)
+    bad = (
+        f"({x.sql}) <> lower({x.sql}) OR ({x.sql}) ~ '{NOT_PLAIN_ASCII}'",
+        "email is not lower-case (or not plain ASCII: decided by the Python path)",
+    )
+    return Expr(x.sql, TEXT, (*x.checks, bad))
+
+
+@sql_twin(forward.name_from_full_name)
+def _name_from_full_name(x: Expr) -> Expr:
+    _need("name_from_full_name", x, TEXT)
+    bad = (f"({x.sql}) = ''", "full_name is '' which the target cannot tell from NULL")
+    return Expr(f"coalesce({x.sql}, '')", TEXT, (*x.checks, bad))
+
+
+def _scope_items(x: Expr) -> str:
+    j = "json" if x.type == JSON else "jsonb"
+    return f"{j}_array_elements_text({x.sql}) WITH ORDINALITY AS s(v, o)"
+
+
+@sql_twin(forward.permissions_from_scopes, exact=False)
+def _permissions(x: Expr) -> Expr:
+    # {"resource": ["action", ...]} with resources in order of first appearance, compact JSON.
+    _need("permissions_from_scopes", x, JSON, JSONB)
+    part = "strpos(s.v, ':')"
+    sql = (
+        "(SELECT '{' || coalesce(string_agg(to_json(g.r)::text || ':[' || g.a || ']', ','"
+        " ORDER BY g.fo), '') || '}' FROM (SELECT p.r, min(p.o) AS fo,"
+        " string_agg(to_json(p.act)::text, ',' ORDER BY p.o) AS a FROM (SELECT"
+        f" CASE WHEN {part} > 0 THEN left(s.v, {part} - 1) ELSE s.v END AS r,"
+        f" CASE WHEN {part} > 0 THEN substr(s.v, {part} + 1) ELSE '' END AS act, s.o"
+        f" FROM {_scope_items(x)}) p GROUP BY p.r) g)"
+    )
+    return _guard_list(x, sql)
+
+
+@sql_twin(forward.metadata_from_scopes, exact=False)
+def _metadata(x: Expr) -> Expr:
+    _need("metadata_from_scopes", x, JSON, JSONB)
+    sql = (
+        "(SELECT '{\"scopes\":[' || coalesce(string_agg(to_json(s.v)::text, ',' ORDER BY s.o),"
+        f" '') || ']}}' FROM {_scope_items(x)})"
+    )
+    return _guard_list(x, sql)
+
+
+def _guard_list(x: Expr, sql: str) -> Expr:
+    # The elements are read as text, which the server cannot do for a \u0000 escape: such
+    # JSON is flagged, and the value not computed, so the statement never fails on it.
+    j = "json" if x.type == JSON else "jsonb"
+    unsafe = json_unsafe(x.sql) if x.type == JSON else []
+    bad = [(f"{j}_typeof({x.sql}) <> 'array'", "scopes is not a list"), *unsafe]
+    ok = " AND ".join(f"NOT ({c})" for c, _ in bad)
+    return Expr(sql, TEXT, (*x.checks, *bad)).guarded(ok)
+
+
+@sql_check(models._email, exact=False)
+def _email_check(x: Expr) -> list[Check]:
+    # Within printable ASCII, Python's \s is the space alone.
+    return [
+        (
+            f"({x.sql}) ~ '{NOT_PLAIN_ASCII}' OR ({x.sql}) !~ '^[^@ ]+@[^@ ]+\\.[^@ ]+$'",
+            "not an email address",
+        )
+    ]
+
+
+@sql_check(models._scope, exact=False)
+def _scope_check(x: Expr) -> list[Check]:
+    return [
+        (
+            f"({x.sql}) ~ '{NOT_PLAIN_ASCII}' OR ({x.sql}) !~ '^[^: ]+:[^ ]+$'",
+            "scope is not of the form resource:action",
+        )
+    ]
+
+
+@sql_check(models._positive_bigint)
+def _positive_check(x: Expr) -> list[Check]:
+    _need("a bigint id", x, INT)
+    return [(f"({x.sql}) <= 0", "outside bigint's positive range")]
+
+
+@sql_check(models._uuid_text)
+def _uuid_text_check(x: Expr) -> list[Check]:
+    _need("a UUID text id", x, TEXT)
+    return [(f"({x.sql}) !~ '{UUID_RE}'", "not a canonical lower-case UUID")]
+
+
+# ---- reverse ------------------------------------------------------------------------------
+
+
+@sql_twin(reverse.full_name_from_name)
+def _full_name(x: Expr) -> Expr:
+    _need("full_name_from_name", x, TEXT)
+    return Expr(f"nullif({x.sql}, '')", TEXT, x.checks)
+
+
+@sql_twin(reverse.is_active_from_banned)
+def _is_active(x: Expr) -> Expr:
+    _need("is_active_from_banned", x, BOOL)
+    return Expr(f"(({x.sql}) IS NOT TRUE)", BOOL, x.checks)
+
+
+@sql_twin(reverse.superuser_from_role, exact=False)
+def _superuser(x: Expr) -> Expr:
+    _need("superuser_from_role", x, TEXT)
+    sql = (
+        f"EXISTS (SELECT 1 FROM unnest(string_to_array({x.sql}, ',')) AS r(v)"
+        " WHERE btrim(r.v, ' ') = 'admin')"
+    )
+    # Python's strip() removes every kind of white space; btrim here only the space.
+    bad = (f"({x.sql}) ~ '{NOT_PLAIN_ASCII}'", "role is not plain ASCII (Python path)")
+    return Expr(sql, BOOL, (*x.checks, bad))
+
+
+@sql_twin(reverse.require_password)
+def _require_password(x: Expr) -> Expr:
+    _need("require_password", x, TEXT)
+    bad = (f"({x.sql}) IS NULL", "a credential account without a password")
+    return Expr(x.sql, TEXT, (*x.checks, bad))
+
+
+@sql_twin(reverse.empty_if_null)
+def _empty_if_null(x: Expr) -> Expr:
+    _need("empty_if_null", x, TEXT)
+    return Expr(f"coalesce({x.sql}, '')", TEXT, x.checks)
+
+
+@sql_twin(reverse.expiry_from)
+def _expiry_from(expires_at: Expr, enabled: Expr, updated_at: Expr) -> Expr:
+    _need("expiry_from(enabled)", enabled, BOOL)
+    for t in (expires_at, updated_at):
+        _need("expiry_from", t, TSTZ, TS)
+    ea, ua = apply_twin(to_utc, [expires_at]), apply_twin(to_utc, [updated_at])
+    sql = (
+        f"(CASE WHEN ({enabled.sql}) IS FALSE THEN (CASE WHEN ({ea.sql}) IS NULL THEN {ua.sql}"
+        f" ELSE least({ea.sql}, {ua.sql}) END) ELSE {ea.sql} END)"
+    )
+    bad = (
+        f"({enabled.sql}) IS FALSE AND ({ua.sql}) IS NULL",
+        "a disabled key without updated_at",
+    )
+    return Expr(sql, TSTZ, (*merge_checks(expires_at, enabled, updated_at), bad))
