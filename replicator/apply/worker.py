@@ -84,6 +84,9 @@ class ApplyWorker:
         # After the target refused a batch: partition -> offset up to which every row is
         # written under its own savepoint, so the poison row is dead-lettered alone.
         self._isolate_until: dict[int, int] = {}
+        # A marker is a rendezvous someone waits for (a cutover's drain, validate, the lag
+        # probe): its batch commits at the next boundary instead of after batch_max_wait_ms.
+        self._marker_waiting = False
         self._current: tuple[int, int, int | None] = (0, 0, None)
         # Dead letters of the open batch: written to Kafka just before its commit, dropped
         # with it on a re-seek, so a replayed stretch never dead-letters a row twice.
@@ -279,8 +282,10 @@ class ApplyWorker:
                     if (
                         self._isolate_until
                         or self._switch
+                        or self._marker_waiting
                         or len(batch) >= self.s.apply.batch_max_changes
                     ):
+                        self._marker_waiting = False
                         self._commit(batch, consumer)
                         batch, started = Batch(), time.monotonic()
                         self._leave_isolation()
@@ -443,6 +448,7 @@ class ApplyWorker:
             )
             self._switch = True
         elif kind == "marker":
+            self._marker_waiting = True
             self.conn.execute(
                 "INSERT INTO replicator.markers (topic, marker_id, partition, kind, commit_lsn, emitted_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",

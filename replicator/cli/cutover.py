@@ -67,7 +67,8 @@ def _switch(
     yes: bool,
     json_out: bool,
 ) -> None:
-    from replicator.cutover.switch import Cutover, StepResult, outcome_json
+    from replicator.cutover.plan import StepResult, outcome_json
+    from replicator.cutover.switch import Cutover
 
     s = settings_from(config)
     if not dry_run and not yes:
@@ -92,7 +93,8 @@ def _switch(
         report=show,
     ).run(dry_run=dry_run)
     if json_out:
-        out.print(outcome_json(result), highlight=False)
+        # Plain stdout, never rich's console: it wraps long lines at 80 columns off a terminal.
+        sys.stdout.write(outcome_json(result) + "\n")
         return
     pause = f"{(result.pause_s or 0) * 1000:.0f} ms"
     if dry_run:

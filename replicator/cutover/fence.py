@@ -68,95 +68,131 @@ def fence(
     lock_timeout_ms: int,
     attempts: int,
     marker: dict[str, Any] | None = None,
+    conn: psycopg.Connection[Any] | None = None,
 ) -> Fence:
-    """Fence ``tables`` on ``db``; returns what was done. Raises if the locks cannot be had."""
+    """Fence ``tables`` on ``db``; returns what was done. Raises if the locks cannot be had.
+
+    Writes stop at the first revoke (or at the lock): every step from there is one round trip,
+    the lock, triggers and marker one multi-statement transaction. ``conn`` (autocommit), opened
+    by the caller ahead of the pause, spares a connection's set-up; it is left open."""
     f = Fence(marker_id=uuid.uuid4().hex, tables=tables)
-    conn = pg.connect(db.conninfo(), autocommit=True)
+    own = conn is None
+    c = pg.connect(db.conninfo(), autocommit=True) if conn is None else conn
     try:
         with pg.translated(db.masked()):
-            conn.execute("CREATE SCHEMA IF NOT EXISTS replicator")
-            conn.execute(FENCE_FUNCTION)
+            prepare(c)
             # Second guard first: revoked privileges are checked when a statement executes,
             # so one waiting for the lock below fails even before it meets the trigger.
-            for role in app_roles:
-                for table in tables:
-                    for priv in WRITE_PRIVILEGES:
-                        row = conn.execute(
-                            "SELECT has_table_privilege(%s, %s, %s)", (role, _quoted(table), priv)
-                        ).fetchone()
-                        if row and row[0]:
-                            conn.execute(
-                                sql.SQL("REVOKE {} ON {} FROM {}").format(
-                                    sql.SQL(priv), _ident(table), sql.Identifier(role)
-                                )
-                            )
-                            f.revoked.append((role, table, priv))
+            f.revoked = _revoke(c, app_roles, tables)
+        control = {"kind": "marker", "marker": "fence", "id": f.marker_id, **(marker or {})}
+        locked = sql.SQL("; ").join(
+            [
+                sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_timeout_ms}ms")),
+                sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
+                    sql.SQL(", ").join(_ident(t) for t in tables)
+                ),
+                *(
+                    sql.SQL(
+                        "CREATE OR REPLACE TRIGGER replicator_fence BEFORE INSERT OR UPDATE OR DELETE"
+                        " ON {t} FOR EACH ROW EXECUTE FUNCTION replicator.fenced(); "
+                        "CREATE OR REPLACE TRIGGER replicator_fence_truncate BEFORE TRUNCATE ON {t}"
+                        " FOR EACH STATEMENT EXECUTE FUNCTION replicator.fenced()"
+                    ).format(t=_ident(t))
+                    for t in tables
+                ),
+                sql.SQL("SELECT pg_logical_emit_message(true, {}, {})").format(
+                    sql.Literal(CONTROL_PREFIX), sql.Literal(json.dumps(control))
+                ),
+            ]
+        )
         last: Exception | None = None
         for attempt in range(1, attempts + 1):
             f.lock_attempts = attempt
             try:
-                with pg.translated(db.masked()), conn.transaction():
-                    conn.execute(
-                        sql.SQL("SET LOCAL lock_timeout = {}").format(
-                            sql.Literal(f"{lock_timeout_ms}ms")
-                        )
-                    )
-                    conn.execute(
-                        sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
-                            sql.SQL(", ").join(_ident(t) for t in tables)
-                        )
-                    )
-                    for table in tables:
-                        conn.execute(
-                            sql.SQL(
-                                "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {} "
-                                "FOR EACH ROW EXECUTE FUNCTION replicator.fenced()"
-                            ).format(sql.Identifier("replicator_fence"), _ident(table))
-                        )
-                        conn.execute(
-                            sql.SQL(
-                                "CREATE OR REPLACE TRIGGER {} BEFORE TRUNCATE ON {} "
-                                "FOR EACH STATEMENT EXECUTE FUNCTION replicator.fenced()"
-                            ).format(sql.Identifier("replicator_fence_truncate"), _ident(table))
-                        )
-                    emit(
-                        conn,
-                        {"kind": "marker", "marker": "fence", "id": f.marker_id, **(marker or {})},
-                    )
+                # One simple query: its statements are one implicit transaction, so the locks,
+                # triggers and marker commit together in a single round trip.
+                with pg.translated(db.masked()):
+                    c.execute(locked)
                 f.committed_at = time.monotonic()
                 return f
             except TransientDatabaseError as exc:  # lock_timeout: in-flight writes held on
                 last = exc
                 time.sleep(min(0.05 * attempt, 0.5))
-        _restore_privileges(conn, f, db)
+        _restore_privileges(c, f, db)
         raise PreconditionError(
             f"could not lock the tables within {lock_timeout_ms} ms after {attempts} attempts ({last})",
             hint="long transactions hold the tables: retry when they are done, or raise --lock-timeout",
         )
     finally:
-        conn.close()
+        if own:
+            c.close()
+
+
+def prepare(conn: psycopg.Connection[Any]) -> None:
+    """What a fence needs in place, created before any write is blocked."""
+    conn.execute("CREATE SCHEMA IF NOT EXISTS replicator")
+    conn.execute(FENCE_FUNCTION)
+
+
+def _revoke(
+    conn: psycopg.Connection[Any], roles: list[str], tables: list[str]
+) -> list[tuple[str, str, str]]:
+    """Revoke the roles' write privileges on the tables, in two round trips; returns what was
+    revoked, so that an unfence gives back exactly that."""
+    if not roles:
+        return []
+    rows = conn.execute(
+        "SELECT r, t, p FROM unnest(%s::text[]) r, unnest(%s::text[]) t, unnest(%s::text[]) p"
+        " WHERE has_table_privilege(r, t, p)",
+        (roles, [_quoted(t) for t in tables], list(WRITE_PRIVILEGES)),
+    ).fetchall()
+    by_quoted = {_quoted(t): t for t in tables}
+    revoked = [(str(r), by_quoted[str(t)], str(p)) for r, t, p in rows]
+    if revoked:
+        conn.execute(
+            sql.SQL("; ").join(
+                sql.SQL("REVOKE {} ON {} FROM {}").format(sql.SQL(p), _ident(t), sql.Identifier(r))
+                for r, t, p in revoked
+            )
+        )
+    return revoked
 
 
 def unfence(db: DatabaseSettings, f: Fence) -> None:
-    """Undo a fence: drop the triggers, give the privileges back."""
+    """Undo a fence: drop the triggers, give the privileges back (one round trip each)."""
     with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-        for table in f.tables:
+        if f.tables:
             conn.execute(
-                sql.SQL("DROP TRIGGER IF EXISTS replicator_fence ON {}").format(_ident(table))
-            )
-            conn.execute(
-                sql.SQL("DROP TRIGGER IF EXISTS replicator_fence_truncate ON {}").format(
-                    _ident(table)
+                sql.SQL("; ").join(
+                    sql.SQL(
+                        "DROP TRIGGER IF EXISTS replicator_fence ON {t}; "
+                        "DROP TRIGGER IF EXISTS replicator_fence_truncate ON {t}"
+                    ).format(t=_ident(t))
+                    for t in f.tables
                 )
             )
         _restore_privileges(conn, f, db)
+
+
+# Every fence trigger of the database, dropped in one round trip: the new writer's fence left by
+# an earlier switch the other way, removed in the write pause.
+DROP_ALL_FENCES = """
+DO $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT t.tgname, t.tgrelid::regclass AS rel FROM pg_trigger t
+             WHERE t.tgname IN ('replicator_fence', 'replicator_fence_truncate') LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
+    END LOOP;
+END $$
+"""
 
 
 def drop_fence(db: DatabaseSettings) -> list[str]:
     """Remove every fence trigger from ``db`` (it becomes the writer); returns the tables."""
     with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
         tables = fenced_tables(conn)
-    unfence(db, Fence(marker_id="", tables=tables))
+        conn.execute(DROP_ALL_FENCES)
     return tables
 
 
@@ -169,11 +205,14 @@ def fenced_tables(conn: psycopg.Connection[Any]) -> list[str]:
 
 
 def _restore_privileges(conn: psycopg.Connection[Any], f: Fence, db: DatabaseSettings) -> None:
-    with pg.translated(db.masked()):
-        for role, table, priv in f.revoked:
+    if f.revoked:
+        with pg.translated(db.masked()):
             conn.execute(
-                sql.SQL("GRANT {} ON {} TO {}").format(
-                    sql.SQL(priv), _ident(table), sql.Identifier(role)
+                sql.SQL("; ").join(
+                    sql.SQL("GRANT {} ON {} TO {}").format(
+                        sql.SQL(priv), _ident(table), sql.Identifier(role)
+                    )
+                    for role, table, priv in f.revoked
                 )
             )
     f.revoked = []
@@ -194,6 +233,28 @@ def wait_marker(
                 return time.monotonic() - start
             time.sleep(0.005)
     return None
+
+
+def wait_drained(
+    conn: psycopg.Connection[Any], topic: str, marker_id: str, partitions: int, timeout: float
+) -> dict[int, int] | None:
+    """Wait until apply recorded the marker on every partition (one query per poll, on a held
+    connection); returns apply's next offset per partition as of then (everything before the
+    marker is below them), or None on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute(
+            "SELECT (SELECT count(DISTINCT partition) FROM replicator.markers"
+            " WHERE topic = %s AND marker_id = %s),"
+            " (SELECT coalesce(json_object_agg(partition, next_offset), '{}')::text"
+            " FROM replicator.offsets WHERE topic = %s)",
+            (topic, marker_id, topic),
+        ).fetchone()
+        if row and row[0] >= partitions:
+            return {int(p): int(o) for p, o in json.loads(row[1]).items()}
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.002)
 
 
 def _quoted(table: str) -> str:

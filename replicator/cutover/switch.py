@@ -8,90 +8,44 @@ sync keeps running. The write pause the application sees is fence commit → swi
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import shlex
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
 
 from connectors import kafka_io, pg
-from connectors.pgsequences import set_target_past, source_high
-from connectors.pgsource import create_slot, ensure_publication, slot_info, source_problems
-from replicator.config import DatabaseSettings, Settings
+from connectors.pgsequences import set_past_sql, sources_high, target_name
+from connectors.pgsource import create_slot, ensure_publication, slot_info
+from replicator.config import Settings
+from replicator.cutover import decision
 from replicator.cutover import fence as fencing
+from replicator.cutover.plan import JOURNAL_SQL, Journal, Outcome, StepResult, plan_for
+from replicator.cutover.preflight import Preflight
+from replicator.cutover.verify import PauseVerification
 from replicator.errors import CutoverAborted, PreconditionError, ReplicatorError
 from replicator.state import ensure_schema
-from transforms.api import Direction, MappingSet
+from replicator.validate.fast import Touched
+from transforms.api import MappingSet
 
 if TYPE_CHECKING:
-    from replicator.validate.fast import Touched
     from replicator.validate.reverse import ReverseKeys
 
 log = logging.getLogger(__name__)
 
-JOURNAL_SQL = """
-CREATE TABLE IF NOT EXISTS replicator.cutover_journal (
-    run_id      text        NOT NULL,
-    action      text        NOT NULL,   -- cutover | rollback | dry-run
-    step        text        NOT NULL,
-    ok          boolean     NOT NULL,
-    started_at  timestamptz NOT NULL,
-    duration_ms double precision NOT NULL,
-    detail      text
-);
-"""
-
-
-@dataclass
-class Plan:
-    """One direction's switch: from ``old`` (fenced) to ``new`` (becomes the writer)."""
-
-    action: str  # "cutover" | "rollback"
-    old: DatabaseSettings
-    new: DatabaseSettings
-    old_dir: str  # the direction that drains: "fwd" for a cutover
-    new_dir: str  # the direction armed at the switch: "rev" for a cutover
-    drain: Direction  # the mapping of the draining direction
-    arm: Direction  # the mapping of the direction armed at the switch
-
-
-def plan_for(s: Settings, mapping: MappingSet, action: str) -> Plan:
-    if action == "cutover":
-        return Plan("cutover", s.source, s.target, "fwd", "rev", mapping.forward, mapping.reverse)
-    return Plan("rollback", s.target, s.source, "rev", "fwd", mapping.reverse, mapping.forward)
-
-
-@dataclass
-class StepResult:
-    name: str
-    ok: bool
-    seconds: float
-    detail: str = ""
-
-
-@dataclass
-class Outcome:
-    action: str
-    run_id: str
-    switched: bool
-    dry_run: bool
-    steps: list[StepResult] = field(default_factory=list)
-    pause_s: float | None = None  # fence commit → switch (or unfence, for a dry run)
-    preflight_problems: list[str] = field(default_factory=list)
-
-
 Report = Callable[[StepResult], None]
 
 
-class Cutover:
+class Cutover(Preflight):
     def __init__(
         self,
         settings: Settings,
@@ -108,6 +62,7 @@ class Cutover:
         self.s = settings
         self.mapping = mapping
         self.plan = plan_for(settings, mapping, action)
+        self.run_id = uuid.uuid4().hex[:12]
         self.max_lag_s = max_lag_s if max_lag_s is not None else settings.cutover.max_lag_s
         self.lock_timeout_ms = lock_timeout_ms or settings.cutover.lock_timeout_ms
         self.switch_hook = switch_hook if switch_hook is not None else settings.cutover.switch_hook
@@ -115,16 +70,36 @@ class Cutover:
         self._report = report or (lambda r: None)
         # Test hook: raise at the named step, to prove every abort path restores the old writer.
         self._fail_at = fail_at or os.environ.get("REPLICATOR_CUTOVER_FAIL_AT")
-        self.run_id = uuid.uuid4().hex[:12]
         self._reverse_keys: ReverseKeys | None = None
         self._partitions = 0  # of the draining direction's topic, once the preflight counted them
         self._touched: Touched | None = None  # the changes topic as the preflight read it
+        self._conns: dict[str, psycopg.Connection[Any]] = {}  # held across the pause
+        self._verification: PauseVerification | None = None
+        self._seq_names: list[str] = []  # the new writer's sequences, resolved before the fence
+        self.journal = Journal(settings, self.plan, self.run_id)
+        self._hook_started = False
+        self._hook_refused = False
+        self._resumed_fresh = False
 
     # -- the whole run ---------------------------------------------------------------------------
 
     def run(self, *, dry_run: bool = False) -> Outcome:
+        out = Outcome(self.plan.action, self.run_id, switched=False, dry_run=dry_run)
+        try:
+            pending = self._pending_decision()
+            if pending is not None:
+                if dry_run or pending.action != self.plan.action:
+                    raise PreconditionError(
+                        pending.explain(),
+                        hint=f"run {decision.rerun(pending.action)} to finish it first",
+                    )
+                return self._resume(out, pending)
+            return self._switch(out, dry_run)
+        finally:
+            self._close()
+
+    def _switch(self, out: Outcome, dry_run: bool) -> Outcome:
         p = self.plan
-        out = Outcome(p.action, self.run_id, switched=False, dry_run=dry_run)
         with self._step(out, "preflight"):
             problems = self.preflight()
             out.preflight_problems = problems
@@ -133,276 +108,303 @@ class Cutover:
                     f"{p.action} preflight failed:\n  " + "\n  ".join(problems),
                     hint="fix each reason (`replicator status` shows them), then run it again",
                 )
-        tables = p.drain.source_tables
-        with self._step(out, "fence"):
-            f = fencing.fence(
-                p.old,
-                tables,
-                app_roles=self.s.cutover.app_roles,
-                lock_timeout_ms=self.lock_timeout_ms,
-                attempts=self.s.cutover.lock_attempts,
-                marker={"action": p.action, "run_id": self.run_id},
-            )
+        try:
+            # Before the fence, writes flowing: connections, the next direction's slot, and a
+            # verification of everything up to the changes topic's current end.
+            with self._step(out, "arm"):
+                self._open()
+                with pg.translated(p.new.masked()):  # a sequence that is missing fails now
+                    self._seq_names = [target_name(self._conn("new"), q) for q in p.drain.sequences]
+                if not dry_run:
+                    self._arm_next_direction()
+            with self._step(out, "pre-verify"):
+                self._verification = PauseVerification(
+                    self.s, self.mapping, p.action, self._touched, self._reverse_keys
+                )
+                self._verification.before_fence()
+            with self._step(out, "catch-up"):
+                self._catch_up(dry_run)
+        except BaseException:
+            if not dry_run:
+                self._disarm_next_direction()
+            raise
+        self.journal.hold()  # journal rows wait until the pause is over
+        try:
+            with self._step(out, "fence"):
+                f = fencing.fence(
+                    p.old,
+                    p.drain.source_tables,
+                    app_roles=self.s.cutover.app_roles,
+                    lock_timeout_ms=self.lock_timeout_ms,
+                    attempts=self.s.cutover.lock_attempts,
+                    marker={"action": p.action, "run_id": self.run_id},
+                    conn=self._conn("old"),
+                )
+        except BaseException:
+            self.journal.release()
+            if not dry_run:
+                self._disarm_next_direction()
+            raise
+        decided = False
         try:
             with self._step(out, "drain"):
-                # Counted by the preflight's lag probe: no Kafka metadata round trip in the pause.
-                partitions = self._partitions or kafka_io.partition_count(
-                    self.s.kafka.bootstrap_servers,
-                    self._topic(p.old_dir),
-                    **self.s.kafka.client_options(),
-                )
-                waited = fencing.wait_marker(
-                    self._state_db(p.old_dir),
-                    self._topic(p.old_dir),
-                    f.marker_id,
-                    partitions,
-                    self.s.cutover.drain_timeout_s,
-                )
-                if waited is None:
-                    raise CutoverAborted(
-                        f"apply did not pass the fence marker within {self.s.cutover.drain_timeout_s:.0f}s",
-                        step="drain",
-                        hint="is `replicator run` (or `apply`) running? `replicator status` shows its lag",
-                    )
-            with self._step(out, "verify"):
-                self._verify()
+                applied = self._drain(f)
+            prepared = None if dry_run else _Background(self._prepare_new_writer)
+            try:
+                with self._step(out, "verify"):
+                    assert self._verification is not None
+                    self._verification.in_pause(applied)
+            finally:
+                if prepared is not None:
+                    prepared.join()  # no thread may outlive the step on a shared connection
             if dry_run:
                 with self._step(out, "unfence"):
                     fencing.unfence(p.old, f)
                 out.pause_s = time.monotonic() - f.committed_at
+                self.journal.release()
                 return out
-            with self._step(out, "sequences"):
-                self._sync_sequences()
-            with self._step(out, "reverse slot"):
-                self._arm_next_direction()
+            decided = True  # from its first write on: a partial decision is taken back below
+            with self._step(out, "decide"):
+                assert prepared is not None
+                prepared.result()
+                self._decide()
+            # The point of no return: the old writer is never unfenced after this, unless the
+            # hook says it did not switch the application.
+            self._hook_started = False
             with self._step(out, "switch"):
-                fencing.drop_fence(p.new)  # a fence left by an earlier switch the other way
+                self._hook_started = True
                 self._run_hook()
-                self._set_direction(p.new_dir)
+        except BaseException as exc:
             out.pause_s = time.monotonic() - f.committed_at
-            out.switched = True
-            return out
-        except BaseException:
-            # Not switched: the old writer stays authoritative, forward sync goes on.
-            fencing.unfence(p.old, f)
-            self._disarm_next_direction()
-            out.pause_s = time.monotonic() - f.committed_at
-            self._journal(StepResult("unfence", True, 0.0, "aborted: old writer restored"))
+            if decided and self._hook_started and not self._hook_refused:
+                self.journal.release()
+                raise CutoverAborted(
+                    f"{p.action} stopped in its switch hook ({_reason(exc)}); the application may"
+                    " have been switched, so the old writer stays fenced",
+                    step="switch",
+                    hint=f"check the application, then run {decision.rerun(p.action)} again"
+                    " to finish (it runs the hook again)",
+                ) from exc
+            if not self._abort(f, decided):
+                self.journal.release()
+                raise CutoverAborted(
+                    f"{p.action} stopped at {_step_of(exc)} and could not take back its"
+                    " decision; the old writer stays fenced",
+                    step=_step_of(exc),
+                    hint=f"run {decision.rerun(p.action)} again to finish the switch",
+                ) from exc
+            self.journal.release()
             raise
-
-    # -- preflight -------------------------------------------------------------------------------
-
-    def preflight(self) -> list[str]:
-        """Every reason not to start, at once; no write is blocked while it runs."""
-        p = self.plan
-        problems: list[str] = []
-        state = self._state_db(p.old_dir)
-        try:
-            with (
-                pg.connect(state.conninfo(), autocommit=True) as conn,
-                pg.translated(state.masked()),
-            ):
-                ensure_schema(conn)
-                row = conn.execute(
-                    "SELECT count(*) FILTER (WHERE reading OR status <> 'applied'), count(*) FROM replicator.backfill"
-                ).fetchone()
-                if p.action == "cutover" and row is not None:
-                    if row[1] == 0:
-                        problems.append(
-                            "no backfill has run: the target lacks the rows that existed before the slot"
-                        )
-                    elif row[0]:
-                        problems.append(
-                            "a backfill is not complete (`replicator status` shows its progress)"
-                        )
-                if p.action == "cutover":
-                    problems.extend(self._validation_problems(conn))
-        except ReplicatorError as exc:
-            problems.append(f"state database unreachable: {exc.message}")
-        lag = self._probe_lag()
-        if lag is None:
-            problems.append(
-                f"end-to-end lag is over {self.max_lag_s:.1f}s (a probe marker did not arrive in time)"
-            )
-        dlq = self._dlq_pending()
-        if dlq:
-            problems.append(
-                f"the dead-letter queue holds {dlq} event(s): `replicator dlq list`, then replay or purge"
-            )
-        problems.extend(self._privilege_problems())
-        if p.action == "cutover" and not problems:
-            self._read_touched()
-        if p.action == "rollback":
-            # Most of the reverse stream is read now, before any write is blocked; the verify
-            # step reads only what arrived since.
-            from replicator.validate.reverse import ReverseKeys
-
-            self._reverse_keys = ReverseKeys(self.mapping, self.s.source)
-            try:
-                self._reverse_keys.read(self.s.kafka, self._topic("rev"))
-            except ReplicatorError as exc:
-                problems.append(f"the reverse stream could not be read: {exc.message}")
-        return problems
-
-    def _read_touched(self) -> None:
-        """The changes topic since the last clean full validation, read before any write is
-        blocked; the verify step reads only what arrived since. A failure here is left to the
-        verify step, which reads the whole range again and reports it."""
-        from replicator.validate.fast import touched_since
-        from replicator.validate.report import fast_baseline
-
-        state = self._state_db("fwd")
-        try:
-            with (
-                pg.connect(state.conninfo(), autocommit=True) as conn,
-                pg.translated(state.masked()),
-            ):
-                base = fast_baseline(conn, None)
-            if base is not None:
-                self._touched = touched_since(
-                    self.s.kafka.bootstrap_servers,
-                    self._topic("fwd"),
-                    self.mapping.forward,
-                    base[1],
-                    **self.s.kafka.client_options(),
-                )
-        except ReplicatorError as exc:
-            log.warning("cutover: reading the changes topic ahead of the pause failed: %s", exc)
-            self._touched = None
-
-    def _validation_problems(self, conn: Any) -> list[str]:
-        try:
-            from replicator.validate.report import last_validation
-        except ImportError:
-            return []
-        last = last_validation(conn, scope="full")
-        if last is None:
-            return ["no validation has run: `replicator validate` first"]
-        out = []
-        if last.get("outcome") != "clean":
-            out.append(f"the last validation found differences (outcome {last.get('outcome')})")
-        if float(last.get("age_s") or 0) > self.validation_max_age_s:
-            out.append(
-                f"the last validation is {float(last['age_s']) / 3600:.1f} h old: run `replicator validate`"
-            )
+        out.pause_s = time.monotonic() - f.committed_at
+        self.journal.release()
+        self._finish_step(out)
         return out
 
-    def _probe_lag(self) -> float | None:
-        """Exact end-to-end lag: a marker emitted now on the old side, seen applied."""
+    def _resume(self, out: Outcome, pending: decision.Decision) -> Outcome:
+        """A rerun after a switch stopped past its decision: the hook again, then the direction.
+        Never unfences: the application may write to the new writer already."""
         p = self.plan
-        marker_id = uuid.uuid4().hex
-        try:
-            with (
-                pg.connect(p.old.conninfo(), autocommit=True) as conn,
-                pg.translated(p.old.masked()),
-            ):
-                fencing.emit(conn, {"kind": "marker", "marker": "probe", "id": marker_id})
-            partitions = kafka_io.partition_count(
-                self.s.kafka.bootstrap_servers,
-                self._topic(p.old_dir),
-                **self.s.kafka.client_options(),
-            )
-            self._partitions = partitions
-            return fencing.wait_marker(
-                self._state_db(p.old_dir),
-                self._topic(p.old_dir),
-                marker_id,
-                partitions,
-                self.max_lag_s,
-            )
-        except ReplicatorError:
-            return None
-
-    def _dlq_pending(self) -> int:
-        """Letters neither replayed nor purged (as ``status`` counts them): a letter dealt
-        with must not hold the cutover back."""
-        from replicator.dlq.letters import done_count
-
-        topic = self._topic(self.plan.old_dir, "dlq")
-        total = sum(
-            kafka_io.end_offsets(
-                self.s.kafka.bootstrap_servers, topic, **self.s.kafka.client_options()
-            ).values()
-        )
-        state = self._state_db(self.plan.old_dir)
-        with pg.connect(state.conninfo(), autocommit=True) as conn, pg.translated(state.masked()):
-            return max(0, total - done_count(conn, topic))
-
-    def _privilege_problems(self) -> list[str]:
-        p = self.plan
-        problems: list[str] = []
-        try:
-            with (
-                pg.connect(p.old.conninfo(), autocommit=True) as conn,
-                pg.translated(p.old.masked()),
-            ):
-                for table in p.drain.source_tables:
-                    row = conn.execute(
-                        "SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c "
-                        "WHERE c.oid = %s::regclass",
-                        (fencing._quoted(table),),
-                    ).fetchone()
-                    if row is None or not row[0]:
-                        problems.append(
-                            f"{p.old.masked()}: may not fence {table} (not its owner)",
-                        )
-        except ReplicatorError as exc:
-            problems.append(f"old writer unreachable: {exc.message}")
-        try:
-            with (
-                pg.connect(p.new.conninfo(), autocommit=True) as conn,
-                pg.translated(p.new.masked()),
-            ):
-                for prob in source_problems(conn, p.arm.source_tables):
-                    problems.append(f"{p.new_dir} stream not preparable: {prob.message}")
-        except ReplicatorError as exc:
-            problems.append(f"new writer unreachable: {exc.message}")
-        return problems
-
-    # -- steps inside the window -----------------------------------------------------------------
-
-    def _verify(self) -> None:
-        """The fenced side is static now: a validation of what changed is exact. A cutover
-        re-checks the legacy keys changed since the last full validation; a rollback, the legacy
-        rows the reverse stream wrote (the topic's tail since the preflight read it)."""
-        from replicator.validate.run import validate
-
-        if self.plan.action == "cutover":
-            report = validate(
-                self.s, self.mapping, fast=True, marker_timeout_s=5.0, read_ahead=self._touched
-            )
-        else:
-            rk = self._reverse_keys
-            if rk is None:
-                raise CutoverAborted("the preflight did not read the reverse stream", step="verify")
-            rk.read(self.s.kafka, self._topic("rev"))
-            report = validate(
-                self.s,
-                self.mapping,
-                keys=rk.keys,
-                full_sources=rk.full,
-                marker_timeout_s=5.0,
-                save=False,
-            )
-        if report.difference_count or report.unsettled_count:
-            raise CutoverAborted(
-                f"verification found {report.difference_count} difference(s)",
-                step="verify",
-                hint="`replicator validate` lists them",
-            )
-
-    def _sync_sequences(self) -> None:
-        """Sequences are not replicated: set the new writer's past the old writer's values."""
-        p = self.plan
-        with (
-            pg.connect(p.old.conninfo(), autocommit=True) as old,
-            pg.connect(p.new.conninfo(), autocommit=True) as new,
-        ):
-            for seq in p.drain.sequences:
-                with pg.translated(p.old.masked()):
-                    high = source_high(old, seq)
+        out.resumed_run_id = pending.run_id
+        with self._step(out, "resume"):
+            self._open()
+            old, new = self._conn("old"), self._conn("new")
+            with pg.translated(p.old.masked()):
+                fenced = fencing.fenced_tables(old)
+            if not fenced:
+                # Taken back by hand (the fence is gone): nothing was switched. Start afresh.
+                log.warning("%s: a stale decision without a fence was dropped", p.action)
+                self._forget_decision()
+                self._resumed_fresh = True
+            else:
                 with pg.translated(p.new.masked()):
-                    set_target_past(new, seq, high)
+                    armed = slot_info(new, self.s.slot(p.new_dir)).exists
+                if not armed:
+                    raise CutoverAborted(
+                        f"the {p.new_dir} slot {self.s.slot(p.new_dir)} is gone: writes made on"
+                        " the new writer since the decision cannot be streamed back",
+                        step="resume",
+                        hint="see docs/cutover.md (a lost slot after the switch)",
+                    )
+        if self._resumed_fresh:
+            out.resumed_run_id = None
+            return self._switch(out, dry_run=False)
+        with self._step(out, "switch"):
+            self._run_hook()
+        self._finish_step(out)
+        return out
+
+    def _finish_step(self, out: Outcome) -> None:
+        try:
+            with self._step(out, "finish"):
+                self._finish()
+        except CutoverAborted as exc:
+            raise CutoverAborted(
+                f"{self.plan.action}: the application was switched but the new direction is not"
+                f" recorded yet ({exc.message}); the old writer stays fenced",
+                step="finish",
+                hint=f"run {decision.rerun(self.plan.action)} again to finish",
+            ) from None
+        out.switched = True
+
+    # -- before the fence ------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Connections to both writers held across the pause (a connection costs milliseconds),
+        and the tables the pause writes to, created now."""
+        p = self.plan
+        for side, db in (("old", p.old), ("new", p.new)):
+            if side in self._conns:
+                continue
+            conn = self._conns[side] = pg.connect(db.conninfo(), autocommit=True)
+            with pg.translated(db.masked()):
+                ensure_schema(conn)
+                decision.ensure_table(conn)
+                if db is self.s.target:
+                    conn.execute(JOURNAL_SQL)
+        with pg.translated(p.old.masked()):
+            fencing.prepare(self._conn("old"))
+
+    def _conn(self, side: str) -> psycopg.Connection[Any]:
+        return self._conns[side]
+
+    def _close(self) -> None:
+        if self._verification is not None:
+            with contextlib.suppress(Exception):
+                self._verification.close()
+        self._verification = None
+        for conn in self._conns.values():
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._conns = {}
+
+    def _catch_up(self, dry_run: bool) -> None:
+        """The last checks before the fence; then the new direction's slot moved past the
+        draining apply's writes so far, leaving the pause's advance little WAL to decode."""
+        assert self._verification is not None
+        self._verification.catch_up()
+        if not dry_run:
+            with pg.translated(self.plan.new.masked()):
+                self._conn("new").execute(
+                    "SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())",
+                    (self.s.slot(self.plan.new_dir),),
+                )
+
+    # -- inside the pause ------------------------------------------------------------------------
+
+    def _drain(self, f: fencing.Fence) -> dict[int, int]:
+        """Until apply has passed the fence marker; returns its offsets as of then."""
+        p = self.plan
+        # Counted by the preflight's lag probe: no Kafka metadata round trip in the pause.
+        partitions = self._partitions or kafka_io.partition_count(
+            self.s.kafka.bootstrap_servers,
+            self._topic(p.old_dir),
+            **self.s.kafka.client_options(),
+        )
+        with pg.translated(p.new.masked()):
+            applied = fencing.wait_drained(
+                self._conn("new"),
+                self._topic(p.old_dir),
+                f.marker_id,
+                partitions,
+                self.s.cutover.drain_timeout_s,
+            )
+        if applied is None:
+            raise CutoverAborted(
+                f"apply did not pass the fence marker within {self.s.cutover.drain_timeout_s:.0f}s",
+                step="drain",
+                hint="is `replicator run` (or `apply`) running? `replicator status` shows its lag",
+            )
+        return applied
+
+    def _prepare_new_writer(self) -> None:
+        """The new writer made ready, beside the verification (its own connections): sequences
+        read on the old writer (static since the fence) and set on the new one; in the same
+        statement the new direction's slot moved past everything written so far (the draining
+        apply's rows must not echo back) and the fence of an earlier switch the other way
+        dropped. Undone by an abort (the slot is dropped); nothing here is the decision, so its
+        commit need not wait for the disk: the decision's commit after it flushes it."""
+        p = self.plan
+        seqs = list(p.drain.sequences)
+        with pg.translated(p.old.masked()):
+            highs = sources_high(self._conn("old"), seqs)
+        statements = [
+            sql.SQL("SET LOCAL synchronous_commit = off"),
+            sql.SQL("SELECT pg_replication_slot_advance({}, pg_current_wal_lsn())").format(
+                sql.Literal(self.s.slot(p.new_dir))
+            ),
+            *(
+                sql.SQL("SELECT {}").format(set_past_sql(q, name, high))
+                for q, name, high in zip(seqs, self._seq_names, highs, strict=True)
+            ),
+            sql.SQL(fencing.DROP_ALL_FENCES),
+        ]
+        with pg.translated(p.new.masked()):
+            self._conn("new").execute(sql.SQL("; ").join(statements))
+
+    def _decide(self) -> None:
+        """The decision recorded on both writers at once (two connections, two threads)."""
+        p = self.plan
+        record = decision.record(self.s.name, p.action, self.run_id, p.old_dir, p.new_dir)
+
+        def on_old() -> None:
+            with pg.translated(p.old.masked()):
+                self._conn("old").execute(record)
+
+        old = _Background(on_old)
+        try:
+            self._inject("decide:new")
+            with pg.translated(p.new.masked()):
+                self._conn("new").execute(record)
+        finally:
+            old.result()
+
+    def _abort(self, f: fencing.Fence, decided: bool) -> bool:
+        """Not switched: take back a decision, then unfence the old writer and drop the new
+        direction's slot. False when the decision could not be taken back: the fence stays."""
+        p = self.plan
+        if decided:
+            try:
+                self._forget_decision()
+            except ReplicatorError as exc:
+                log.error("%s: the decision could not be taken back: %s", p.action, exc.message)
+                return False
+        fencing.unfence(p.old, f)
+        self._disarm_next_direction()
+        self.journal.add(StepResult("unfence", True, 0.0, "aborted: old writer restored"))
+        return True
+
+    def _forget_decision(self) -> None:
+        for side, db in (("new", self.plan.new), ("old", self.plan.old)):
+            with pg.translated(db.masked()):
+                self._conn(side).execute(decision.forget(self.s.name))
+
+    def _pending_decision(self) -> decision.Decision | None:
+        for db in (self.s.target, self.s.source):
+            try:
+                with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+                    found = decision.read(conn, self.s.name)
+            except ReplicatorError:
+                continue
+            if found is not None:
+                return found
+        return None
+
+    def _finish(self) -> None:
+        """The new direction recorded and the decision deleted, target first (the side the
+        pipeline and `status` read first), one statement each."""
+        p = self.plan
+        self._inject("finish:target")
+        for db in (self.s.target, self.s.source):
+            side = "new" if db is p.new else "old"
+            with pg.translated(db.masked()):
+                self._conn(side).execute(decision.finish(self.s.name, p.new_dir))
+            self._inject("finish:source")
+
+    def _inject(self, point: str) -> None:
+        """Test hook: fail at a point inside a step (REPLICATOR_CUTOVER_FAIL_AT)."""
+        if self._fail_at == point:
+            self._fail_at = None
+            raise CutoverAborted(f"induced failure at {point}", step=point.split(":")[0])
 
     def _arm_next_direction(self) -> None:
         """Publication and slot on the new writer, created now: the draining apply has stopped
@@ -453,35 +455,20 @@ class Cutover:
             done = subprocess.run(
                 shlex.split(self.switch_hook), env=env, capture_output=True, text=True, timeout=120
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except OSError as exc:  # it never started: nothing was switched
+            self._hook_refused = True
             raise CutoverAborted(f"switch hook could not run: {exc}", step="switch") from None
+        except subprocess.TimeoutExpired as exc:  # it may have switched before it hung
+            raise CutoverAborted(f"switch hook timed out: {exc}", step="switch") from None
         if done.returncode != 0:
+            self._hook_refused = True  # it says it did not switch: the switch can be undone
             raise CutoverAborted(
                 f"switch hook exited with {done.returncode}: {(done.stderr or done.stdout).strip()[-400:]}",
                 step="switch",
                 hint="the application was not switched; fix the hook and run again",
             )
 
-    def _set_direction(self, direction: str) -> None:
-        for db in (self.s.source, self.s.target):
-            with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-                ensure_schema(conn)
-                conn.execute(
-                    "INSERT INTO replicator.pipeline (name, desired_direction, observed_direction, state) "
-                    "VALUES (%s, %s, %s, 'sync') ON CONFLICT (name) DO UPDATE SET "
-                    "desired_direction = EXCLUDED.desired_direction, observed_direction = EXCLUDED.observed_direction, "
-                    "updated_at = now()",
-                    (self.s.name, direction, direction),
-                )
-
     # -- helpers ---------------------------------------------------------------------------------
-
-    def _topic(self, direction: str, kind: str = "changes") -> str:
-        return self.s.topic(direction, kind)
-
-    def _state_db(self, direction: str) -> DatabaseSettings:
-        """Where the apply of ``direction`` keeps its offsets and markers: the side it writes."""
-        return self.s.target if direction == "fwd" else self.s.source
 
     @contextmanager
     def _step(self, out: Outcome, name: str) -> Iterator[None]:
@@ -490,7 +477,7 @@ class Cutover:
             result = StepResult(name, False, 0.0, "induced failure")
             out.steps.append(result)
             self._report(result)
-            self._journal(result)
+            self.journal.add(result)
             raise CutoverAborted(f"induced failure at step {name}", step=name)
         start = time.monotonic()
         try:
@@ -499,7 +486,7 @@ class Cutover:
             result = StepResult(name, False, time.monotonic() - start, exc.message)
             out.steps.append(result)
             self._report(result)
-            self._journal(result)
+            self.journal.add(result)
             if isinstance(exc, CutoverAborted):
                 raise
             raise CutoverAborted(
@@ -508,44 +495,38 @@ class Cutover:
         result = StepResult(name, True, time.monotonic() - start)
         out.steps.append(result)
         self._report(result)
-        self._journal(result)
+        self.journal.add(result)
 
-    def _journal(self, r: StepResult) -> None:
-        db = self.s.target
+
+class _Background:
+    """A call on a thread of its own; :meth:`result` waits and raises what it raised."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], None]) -> None:
         try:
-            with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-                ensure_schema(conn)
-                conn.execute(JOURNAL_SQL)
-                conn.execute(
-                    "INSERT INTO replicator.cutover_journal VALUES (%s, %s, %s, %s, now() - make_interval(secs => %s), %s, %s)",
-                    (
-                        self.run_id,
-                        self.plan.action,
-                        r.name,
-                        r.ok,
-                        r.seconds,
-                        r.seconds * 1000,
-                        r.detail,
-                    ),
-                )
-        except ReplicatorError:
-            pass  # the journal must never turn a good cutover into a failed one
+            fn()
+        except BaseException as exc:
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
-def outcome_json(out: Outcome) -> str:
-    return json.dumps(
-        {
-            "action": out.action,
-            "run_id": out.run_id,
-            "switched": out.switched,
-            "dry_run": out.dry_run,
-            "pause_s": out.pause_s,
-            "steps": [
-                {"name": r.name, "ok": r.ok, "seconds": round(r.seconds, 4), "detail": r.detail}
-                for r in out.steps
-            ],
-        }
-    )
+def _reason(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, ReplicatorError) else type(exc).__name__
+
+
+def _step_of(exc: BaseException) -> str:
+    return getattr(exc, "step", None) or "an unknown step"
 
 
 def cutover_for_demo(settings: Settings, pipeline: Any, console: Any) -> None:

@@ -8,6 +8,7 @@ reads, replays and purges them; a purge stores the position below which records 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +128,18 @@ def done_count(conn: Any, topic: str) -> int:
         return 0
     row = conn.execute("SELECT count(*) FROM replicator.dlq_done WHERE topic = %s", (topic,))
     return int(row.fetchone()[0])
+
+
+def pending_count(conn: Any, topic: str, end_offsets: Mapping[int, int]) -> int:
+    """Letters of ``topic`` neither replayed nor purged: what `status` reports and what the
+    cutover's preflight refuses. The one count of pending letters: ``conn`` is the database
+    that keeps ``replicator.dlq_done`` for the direction (the side its apply writes),
+    ``end_offsets`` the topic's. The DLQ's producer is idempotent, not transactional, so its
+    offsets are dense: every offset below the end is a letter."""
+    total = sum(end_offsets.values())
+    if total == 0:
+        return 0
+    return max(0, total - done_count(conn, topic))
 
 
 def mark_done(conn: Any, topic: str, letters: list[Letter], action: str) -> None:

@@ -77,6 +77,8 @@ class Status:
     unreachable: list[dict[str, str]] = field(default_factory=list)  # part, message, hint
     ready: bool = False
     reasons: list[str] = field(default_factory=list)
+    # A cutover or rollback stopped past its point of no return (replicator.cutover.decision).
+    switching: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"version": SCHEMA_VERSION, **asdict(self)}
@@ -125,6 +127,8 @@ def collect(
         target=target,
         unreachable=unreachable,
     )
+    pending = attempt("direction", _switching, s)
+    st.switching = pending.to_json() if pending is not None else None
     st.ready, st.reasons = verdict(st, s.cutover.max_lag_s if max_lag_s is None else max_lag_s)
     return st
 
@@ -132,6 +136,15 @@ def collect(
 def verdict(st: Status, max_lag_s: float) -> tuple[bool, list[str]]:
     """Ready for cutover (or rollback), or every reason why not."""
     reasons = [f"{u['part']} unreachable: {u['message']}" for u in st.unreachable]
+    if st.switching:
+        from replicator.cutover.decision import rerun
+
+        sw = st.switching
+        reasons.append(
+            f"a {sw['action']} (run {sw['run_id']}) stopped after its point of no return: the old"
+            f" writer stays fenced and the application may already write to the new one; run"
+            f" {rerun(sw['action'])} again to finish it"
+        )
     src, kafka, tgt = st.source, st.kafka, st.target
     if src is not None:
         if not src.slot_exists:
@@ -179,6 +192,21 @@ def _direction(s: Settings) -> str:
             else None
         )
     return str(row[0]) if row else "fwd"
+
+
+def _switching(s: Settings) -> Any:
+    """A switch's decision left on either database (the target's first)."""
+    from replicator.cutover.decision import read
+
+    for db in (s.target, s.source):
+        try:
+            with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+                found = read(conn, s.name)
+        except ReplicatorError:
+            continue  # an unreachable side is reported by its own part
+        if found is not None:
+            return found
+    return None
 
 
 def _has_state(conn: psycopg.Connection[Any]) -> bool:
@@ -229,12 +257,12 @@ def _kafka(
 
 
 def _dlq_pending(s: Settings, db: DatabaseSettings, direction: str, end_offsets: EndOffsets) -> int:
-    from replicator.dlq.letters import done_count
+    from replicator.dlq.letters import pending_count
 
     topic = s.topic(direction, "dlq")
-    total = sum(end_offsets(s.kafka.bootstrap_servers, topic).values())
+    ends = end_offsets(s.kafka.bootstrap_servers, topic)
     with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-        return max(0, total - done_count(conn, topic))
+        return pending_count(conn, topic, ends)
 
 
 def _target(

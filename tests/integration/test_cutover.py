@@ -12,11 +12,26 @@ import psycopg
 import pytest
 
 from replicator.cutover.switch import Cutover
-from replicator.errors import CutoverAborted
+from replicator.errors import CutoverAborted, PreconditionError, ReplicatorError
 from replicator.runtime.pipeline import Pipeline
 from replicator.validate.run import validate
 from tests.support import Env, wait_for
 from transforms.loader import load_mapping
+
+STEPS = [
+    "preflight",
+    "arm",
+    "pre-verify",
+    "catch-up",
+    "fence",
+    "drain",
+    "verify",
+    "decide",
+    "switch",
+    "finish",
+]
+# Every point before the switch hook ran, where a failure must leave the old writer writing.
+BEFORE_THE_HOOK = [*STEPS[:8], "decide:new", "switch"]
 
 
 def _url(env: Env, side: str) -> str:
@@ -120,15 +135,7 @@ def test_cutover_with_a_writer_running_loses_and_splits_nothing(env: Env, synced
         w.on_target.set()
         time.sleep(0.5)
     assert out.switched and out.pause_s is not None
-    assert [st.name for st in out.steps] == [
-        "preflight",
-        "fence",
-        "drain",
-        "verify",
-        "sequences",
-        "reverse slot",
-        "switch",
-    ]
+    assert [st.name for st in out.steps] == STEPS
     legacy_rows = _tags(env.legacy_conn())
     target_rows = _tags(env.target_conn())
     # A write refused by the fence never committed on legacy (the target's writes come back
@@ -153,19 +160,18 @@ def test_cutover_with_a_writer_running_loses_and_splits_nothing(env: Env, synced
         steps = c.execute(
             "SELECT step FROM replicator.cutover_journal WHERE run_id = %s", (out.run_id,)
         ).fetchall()
-        assert len(steps) == 7
+        assert sorted(r[0] for r in steps) == sorted(STEPS)
 
 
 def test_failure_at_each_step_leaves_legacy_writable_and_sync_running(
     env: Env, synced: Any
 ) -> None:
     s, pipeline = synced
-    for i, step in enumerate(
-        ["preflight", "fence", "drain", "verify", "sequences", "reverse slot", "switch"]
-    ):
+    for i, step in enumerate(BEFORE_THE_HOOK):
         with pytest.raises(CutoverAborted) as err:
             Cutover(s, pipeline.mapping, fail_at=step).run()
-        assert err.value.step == step
+        assert err.value.step == step.split(":")[0]
+        assert _decisions(env) == []
         with env.legacy_conn() as c:
             c.execute(
                 "INSERT INTO audit_log (action, created_at) VALUES (%s, now())", (f"after-{i}",)
@@ -192,7 +198,7 @@ def test_dry_run_changes_nothing_and_reports_the_pause(env: Env, synced: Any) ->
     s, pipeline = synced
     out = Cutover(s, pipeline.mapping).run(dry_run=True)
     assert not out.switched and out.pause_s is not None and out.pause_s < 30
-    assert [st.name for st in out.steps] == ["preflight", "fence", "drain", "verify", "unfence"]
+    assert [st.name for st in out.steps] == [*STEPS[:7], "unfence"]
     with env.legacy_conn() as c:
         c.execute("INSERT INTO audit_log (action, created_at) VALUES ('after-dry-run', now())")
     wait_for(lambda: "after-dry-run" in _actions(env), 30, what="sync after the dry run")
@@ -207,6 +213,17 @@ def test_preflight_lists_every_reason(env: Env) -> None:
     text = str(err.value)
     assert "no backfill has run" in text
     assert "lag" in text
+
+
+def _decisions(env: Env) -> list[Any]:
+    out = []
+    for conn in (env.legacy_conn(), env.target_conn()):
+        with conn:
+            if conn.execute("SELECT to_regclass('replicator.switch_decision')").fetchone()[0]:  # type: ignore[index]
+                out += conn.execute(
+                    "SELECT action, run_id FROM replicator.switch_decision"
+                ).fetchall()
+    return out
 
 
 def _actions(env: Env) -> set[str]:
@@ -302,11 +319,10 @@ def test_failure_at_each_rollback_step_leaves_the_target_writable(env: Env, sync
     wait_for(
         lambda: pipeline.direction == "rev" and pipeline.workers, 30, what="the reverse direction"
     )
-    for i, step in enumerate(
-        ["preflight", "fence", "drain", "verify", "sequences", "reverse slot", "switch"]
-    ):
+    for i, step in enumerate(BEFORE_THE_HOOK):
         with pytest.raises(CutoverAborted):
             Cutover(s, pipeline.mapping, action="rollback", fail_at=step).run()
+        assert _decisions(env) == []
         tag = f"target-{i}"
         with env.target_conn() as c:
             c.execute("INSERT INTO audit_log (action, created_at) VALUES (%s, now())", (tag,))
@@ -349,15 +365,15 @@ def test_rollback_verify_refuses_a_legacy_row_that_differs(env: Env, synced: Any
 
 
 def test_cutover_verify_checks_changes_made_after_the_preflight(env: Env, synced: Any) -> None:
-    """The preflight reads the changes topic ahead of the pause and verify reads only its tail:
-    a row changed on legacy after the preflight, then wrong on the target, still stops the
-    cutover at verify, and legacy stays the writer."""
+    """The pre-fence verification proves the changes topic up to its end, and verify in the pause
+    reads only the tail: a row changed on legacy after that verification, then wrong on the
+    target, still stops the cutover at verify, and legacy stays the writer (unfenced)."""
     s, _pipeline = synced
     with env.legacy_conn() as c:
         sid = c.execute("SELECT min(id) FROM mcp_server").fetchone()[0]  # type: ignore[index]
 
     def between_steps(step: Any) -> None:
-        if step.name == "preflight":  # after the preflight's read, before the fence
+        if step.name == "catch-up":  # after the last check before the fence
             with env.legacy_conn() as c:
                 c.execute("UPDATE mcp_server SET name = 'after preflight' WHERE id = %s", (sid,))
         elif step.name == "drain":  # applied by now; then damaged on the target
@@ -369,3 +385,126 @@ def test_cutover_verify_checks_changes_made_after_the_preflight(env: Env, synced
     assert failed.value.step == "verify", failed.value
     with env.legacy_conn() as c:  # unfenced: still the writer
         c.execute("UPDATE mcp_server SET name = 'writable' WHERE id = %s", (sid,))
+
+
+def _fenced(conn: psycopg.Connection[Any]) -> bool:
+    with conn:
+        row = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'replicator_fence'")
+        return bool(row.fetchone()[0])  # type: ignore[index]
+
+
+class _HookThatDies(Cutover):
+    """A switch hook that may have switched the application, then died (a timeout, a kill)."""
+
+    def _run_hook(self) -> None:
+        raise ReplicatorError("the hook's process was killed")
+
+
+def test_a_switch_stopped_after_its_hook_stays_fenced_and_a_rerun_finishes_it(
+    env: Env, synced: Any
+) -> None:
+    """Past the point of no return the old writer is never unfenced: a failure after the hook
+    (recording the direction) or inside it (a hook that died) leaves the decision on both
+    sides, `status` names it, and the same command run again finishes the switch."""
+    from replicator.status import collect
+
+    s, pipeline = synced
+    with pytest.raises(CutoverAborted, match="again to finish") as stopped:
+        Cutover(s, pipeline.mapping, fail_at="finish:source").run()
+    assert stopped.value.step == "finish"
+    assert _fenced(env.legacy_conn()) and not _fenced(env.target_conn())
+    assert {r[0] for r in _decisions(env)} == {"cutover"}  # the source side still holds it
+    st = collect(s)
+    assert st.switching is not None and st.switching["action"] == "cutover"
+    assert any("`replicator cutover --yes` again" in r for r in st.reasons), st.reasons
+    with pytest.raises(PreconditionError, match="cutover"):
+        Cutover(s, pipeline.mapping, action="rollback").run()  # not while a cutover is open
+    done = Cutover(s, pipeline.mapping).run()
+    assert done.switched and done.resumed_run_id
+    assert [x.name for x in done.steps] == ["resume", "switch", "finish"]
+    assert _decisions(env) == [] and _fenced(env.legacy_conn())
+    wait_for(lambda: pipeline.direction == "rev" and pipeline.workers, 30, what="reverse")
+    with env.target_conn() as c:
+        c.execute("INSERT INTO audit_log (action, created_at) VALUES ('after-resume', now())")
+    with env.legacy_conn() as c:
+        wait_for(
+            lambda: c.execute("SELECT 1 FROM audit_log WHERE action = 'after-resume'").fetchone(),
+            60,
+            what="the target's write through the reverse stream",
+        )
+
+    with pytest.raises(CutoverAborted, match="stays fenced"):
+        _HookThatDies(s, pipeline.mapping, action="rollback").run()
+    assert _fenced(env.target_conn())  # the hook may have switched: the target stays fenced
+    assert {r[0] for r in _decisions(env)} == {"rollback"}
+    back = Cutover(s, pipeline.mapping, action="rollback").run()
+    assert back.switched and back.resumed_run_id
+    assert _decisions(env) == [] and not _fenced(env.legacy_conn())
+    wait_for(lambda: pipeline.direction == "fwd" and pipeline.workers, 30, what="forward")
+
+
+def test_a_hook_that_refuses_leaves_legacy_the_writer(env: Env, synced: Any) -> None:
+    """A hook exiting non-zero says it did not switch: the decision is taken back first, then
+    legacy is unfenced and the reverse slot dropped."""
+    s, pipeline = synced
+    with pytest.raises(CutoverAborted, match="switch hook exited with 1"):
+        Cutover(s, pipeline.mapping, switch_hook="false").run()
+    assert _decisions(env) == [] and not _fenced(env.legacy_conn())
+    with env.legacy_conn() as c:
+        c.execute("INSERT INTO audit_log (action, created_at) VALUES ('after-refusal', now())")
+    wait_for(lambda: "after-refusal" in _actions(env), 30, what="sync after a refused hook")
+
+
+def test_a_write_queued_behind_the_fence_never_commits_on_legacy(env: Env, synced: Any) -> None:
+    """A transaction in flight holds the fence's lock back; a write that arrives meanwhile
+    queues behind the fence, then meets its trigger once the fence commits. The in-flight
+    write, committed before the fence, reaches the target."""
+    s, pipeline = synced
+    inflight = psycopg.connect(env.legacy.conninfo())  # a transaction left open
+    inflight.execute("INSERT INTO audit_log (action, created_at) VALUES ('in-flight', now())")
+    queued: list[BaseException | None] = []
+
+    def queue_a_write() -> None:
+        with env.legacy_conn() as c:
+            try:
+                c.execute("INSERT INTO audit_log (action, created_at) VALUES ('queued', now())")
+                queued.append(None)
+            except psycopg.Error as exc:
+                queued.append(exc)
+
+    def fence_waiting() -> bool:
+        with env.legacy_conn() as c:
+            row = c.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'ExclusiveLock'"
+                " AND relation = 'audit_log'::regclass"
+            ).fetchone()
+            return bool(row and row[0])
+
+    result: list[Any] = []
+
+    def cutover() -> None:
+        try:
+            result.append(Cutover(s, pipeline.mapping, lock_timeout_ms=20_000).run())
+        except BaseException as exc:
+            result.append(exc)
+
+    cut = threading.Thread(target=cutover, daemon=True)
+    cut.start()
+    wait_for(
+        lambda: fence_waiting() or result, 90, what="the fence to wait for the in-flight write"
+    )
+    assert not result, result
+    writer = threading.Thread(target=queue_a_write, daemon=True)
+    writer.start()
+    time.sleep(0.3)  # the write is queued behind the fence's lock request
+    assert not queued
+    inflight.commit()
+    writer.join(30)
+    cut.join(60)
+    inflight.close()
+    assert result and not isinstance(result[0], BaseException) and result[0].switched, result
+    assert isinstance(queued[0], psycopg.Error) and "fenced" in str(queued[0])
+    with env.legacy_conn() as c:
+        rows = {r[0] for r in c.execute("SELECT action FROM audit_log").fetchall()}
+    assert "in-flight" in rows and "queued" not in rows
+    assert "in-flight" in _actions(env)

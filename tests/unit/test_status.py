@@ -52,6 +52,17 @@ def test_an_unreachable_part_is_a_reason_and_the_rest_still_counts() -> None:
     assert verdict(st, 2.0) == (False, ["target unreachable: cannot connect"])
 
 
+def test_a_switch_stopped_past_its_decision_is_named_with_the_command_that_finishes_it() -> None:
+    from replicator.cutover.decision import Decision
+
+    st = _healthy()
+    st.switching = Decision("rollback", "abc123", "rev", "fwd", "2026-11-25 00:00:00").to_json()
+    ready, reasons = verdict(st, 2.0)
+    assert not ready and len(reasons) == 1
+    assert "rollback (run abc123)" in reasons[0]
+    assert "`replicator rollback --yes` again" in reasons[0]
+
+
 def test_status_says_how_many_tables_the_last_validation_checked_in_sql() -> None:
     from rich.console import Console
 

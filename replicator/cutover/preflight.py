@@ -1,0 +1,233 @@
+"""A switch's preflight: every reason not to start, gathered before any write is blocked.
+
+Lag (an exact probe through the pipeline), the dead-letter queue (the count `status` shows),
+backfill and validation, privileges to fence and to arm the next direction, and the direction
+itself (no second cutover). A rollback also reads most of the reverse stream here.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from connectors import kafka_io, pg
+from connectors.pgsource import source_problems
+from replicator.config import DatabaseSettings, Settings
+from replicator.cutover import fence as fencing
+from replicator.cutover.plan import Plan
+from replicator.errors import ReplicatorError
+from replicator.state import ensure_schema
+from transforms.api import MappingSet
+
+if TYPE_CHECKING:
+    from replicator.validate.fast import Touched
+    from replicator.validate.reverse import ReverseKeys
+
+log = logging.getLogger(__name__)
+
+
+class Preflight:
+    """The preflight of :class:`replicator.cutover.switch.Cutover` (a mixin: its state is the
+    switch's)."""
+
+    s: Settings
+    mapping: MappingSet
+    plan: Plan
+    max_lag_s: float
+    validation_max_age_s: float
+    _partitions: int
+    _touched: Touched | None
+    _reverse_keys: ReverseKeys | None
+
+    def preflight(self) -> list[str]:
+        """Every reason not to start, at once; no write is blocked while it runs."""
+        p = self.plan
+        problems: list[str] = []
+        state = self._state_db(p.old_dir)
+        try:
+            with (
+                pg.connect(state.conninfo(), autocommit=True) as conn,
+                pg.translated(state.masked()),
+            ):
+                ensure_schema(conn)
+                row = conn.execute(
+                    "SELECT count(*) FILTER (WHERE reading OR status <> 'applied'), count(*) FROM replicator.backfill"
+                ).fetchone()
+                if p.action == "cutover" and row is not None:
+                    if row[1] == 0:
+                        problems.append(
+                            "no backfill has run: the target lacks the rows that existed before the slot"
+                        )
+                    elif row[0]:
+                        problems.append(
+                            "a backfill is not complete (`replicator status` shows its progress)"
+                        )
+                if p.action == "cutover":
+                    problems.extend(self._validation_problems(conn))
+                problems.extend(self._direction_problems())
+        except ReplicatorError as exc:
+            problems.append(f"state database unreachable: {exc.message}")
+        lag = self._probe_lag()
+        if lag is None:
+            problems.append(
+                f"end-to-end lag is over {self.max_lag_s:.1f}s (a probe marker did not arrive in time)"
+            )
+        try:
+            dlq = self._dlq_pending()
+        except ReplicatorError as exc:
+            problems.append(f"the dead-letter queue could not be counted: {exc.message}")
+        else:
+            if dlq:
+                problems.append(
+                    f"the dead-letter queue holds {dlq} letter(s) neither replayed nor purged:"
+                    " `replicator dlq list`, then `dlq replay` or `dlq purge`"
+                )
+        problems.extend(self._privilege_problems())
+        if p.action == "cutover" and not problems:
+            self._read_touched()
+        if p.action == "rollback":
+            # Most of the reverse stream is read now, before any write is blocked; the verify
+            # step reads only what arrived since.
+            from replicator.validate.reverse import ReverseKeys
+
+            self._reverse_keys = ReverseKeys(self.mapping, self.s.source)
+            try:
+                self._reverse_keys.read(self.s.kafka, self._topic("rev"))
+            except ReplicatorError as exc:
+                problems.append(f"the reverse stream could not be read: {exc.message}")
+        return problems
+
+    def _read_touched(self) -> None:
+        """The changes topic since the last clean full validation, read before any write is
+        blocked; the verify step reads only what arrived since. A failure here is left to the
+        verify step, which reads the whole range again and reports it."""
+        from replicator.validate.fast import touched_since
+        from replicator.validate.report import fast_baseline
+
+        state = self._state_db("fwd")
+        try:
+            with (
+                pg.connect(state.conninfo(), autocommit=True) as conn,
+                pg.translated(state.masked()),
+            ):
+                base = fast_baseline(conn, None)
+            if base is not None:
+                self._touched = touched_since(
+                    self.s.kafka.bootstrap_servers,
+                    self._topic("fwd"),
+                    self.mapping.forward,
+                    base[1],
+                    **self.s.kafka.client_options(),
+                )
+        except ReplicatorError as exc:
+            log.warning("cutover: reading the changes topic ahead of the pause failed: %s", exc)
+            self._touched = None
+
+    def _validation_problems(self, conn: Any) -> list[str]:
+        try:
+            from replicator.validate.report import last_validation
+        except ImportError:
+            return []
+        last = last_validation(conn, scope="full")
+        if last is None:
+            return ["no validation has run: `replicator validate` first"]
+        out = []
+        if last.get("outcome") != "clean":
+            out.append(f"the last validation found differences (outcome {last.get('outcome')})")
+        if float(last.get("age_s") or 0) > self.validation_max_age_s:
+            out.append(
+                f"the last validation is {float(last['age_s']) / 3600:.1f} h old: run `replicator validate`"
+            )
+        return out
+
+    def _probe_lag(self) -> float | None:
+        """Exact end-to-end lag: a marker emitted now on the old side, seen applied."""
+        p = self.plan
+        marker_id = uuid.uuid4().hex
+        try:
+            with (
+                pg.connect(p.old.conninfo(), autocommit=True) as conn,
+                pg.translated(p.old.masked()),
+            ):
+                fencing.emit(conn, {"kind": "marker", "marker": "probe", "id": marker_id})
+            partitions = kafka_io.partition_count(
+                self.s.kafka.bootstrap_servers,
+                self._topic(p.old_dir),
+                **self.s.kafka.client_options(),
+            )
+            self._partitions = partitions
+            return fencing.wait_marker(
+                self._state_db(p.old_dir),
+                self._topic(p.old_dir),
+                marker_id,
+                partitions,
+                self.max_lag_s,
+            )
+        except ReplicatorError:
+            return None
+
+    def _dlq_pending(self) -> int:
+        """Letters of the draining direction not replayed or purged: the count `status` shows."""
+        from replicator.dlq.letters import pending_count
+
+        topic = self._topic(self.plan.old_dir, "dlq")
+        ends = kafka_io.end_offsets(
+            self.s.kafka.bootstrap_servers, topic, **self.s.kafka.client_options()
+        )
+        db = self._state_db(self.plan.old_dir)
+        with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+            return pending_count(conn, topic, ends)
+
+    def _privilege_problems(self) -> list[str]:
+        p = self.plan
+        problems: list[str] = []
+        try:
+            with (
+                pg.connect(p.old.conninfo(), autocommit=True) as conn,
+                pg.translated(p.old.masked()),
+            ):
+                for table in p.drain.source_tables:
+                    row = conn.execute(
+                        "SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c "
+                        "WHERE c.oid = %s::regclass",
+                        (fencing._quoted(table),),
+                    ).fetchone()
+                    if row is None or not row[0]:
+                        problems.append(
+                            f"{p.old.masked()}: may not fence {table} (not its owner)",
+                        )
+        except ReplicatorError as exc:
+            problems.append(f"old writer unreachable: {exc.message}")
+        try:
+            with (
+                pg.connect(p.new.conninfo(), autocommit=True) as conn,
+                pg.translated(p.new.masked()),
+            ):
+                for prob in source_problems(conn, p.arm.source_tables):
+                    problems.append(f"{p.new_dir} stream not preparable: {prob.message}")
+        except ReplicatorError as exc:
+            problems.append(f"new writer unreachable: {exc.message}")
+        return problems
+
+    def _direction_problems(self) -> list[str]:
+        """A cutover when the target already writes (or a rollback when legacy does)."""
+        db = self.s.target
+        with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+            row = conn.execute(
+                "SELECT observed_direction FROM replicator.pipeline WHERE name = %s",
+                (self.s.name,),
+            ).fetchone()
+        current = str(row[0]) if row else "fwd"
+        if current == self.plan.old_dir:
+            return []
+        if self.plan.action == "cutover":
+            return ["already cut over: the target is the writer (`replicator rollback` goes back)"]
+        return ["nothing to roll back: legacy is the writer (no cutover since the last rollback)"]
+
+    def _topic(self, direction: str, kind: str = "changes") -> str:
+        return self.s.topic(direction, kind)
+
+    def _state_db(self, direction: str) -> DatabaseSettings:
+        """Where the apply of ``direction`` keeps its offsets and markers: the side it writes."""
+        return self.s.target if direction == "fwd" else self.s.source
