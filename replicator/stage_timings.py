@@ -63,8 +63,11 @@ class ApplyTimings:
         self._file = _open(directory, "apply")
         self._pending: list[tuple[int, int, str | None, float]] = []
 
-    def read(self, partition: int, offset: int, commit_ts: str | None, read_at: float) -> None:
-        self._pending.append((partition, offset, commit_ts, read_at))
+    def read(self, partition: int, offset: int, env: Any, read_at: float) -> None:
+        """One envelope of the message at (partition, offset): a source transaction's last
+        (or only) part is timed; slices before it and control messages are not."""
+        if env.last and env.control is None:
+            self._pending.append((partition, offset, env.commit_ts, read_at))
 
     def committed(self) -> None:
         if not self._pending:
@@ -81,6 +84,30 @@ class ApplyTimings:
 
     def close(self) -> None:
         self._file.close()
+
+
+class NoApplyTimings(ApplyTimings):
+    """Timings off: every call does nothing (the worker calls without checking)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def read(self, partition: int, offset: int, env: Any, read_at: float) -> None:
+        pass
+
+    def committed(self) -> None:
+        pass
+
+    def forget(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def apply_timings(directory: str) -> ApplyTimings:
+    """An apply worker's timings: written under ``directory``, or none when it is empty."""
+    return ApplyTimings(directory) if directory else NoApplyTimings()
 
 
 # -- analysis (bench.live) ----------------------------------------------------------------------

@@ -39,7 +39,7 @@ from replicator.errors import (
 )
 from replicator.health import StageHealth, waiting_sleep
 from replicator.retry import RetryPolicy
-from replicator.stage_timings import ApplyTimings
+from replicator.stage_timings import apply_timings
 from replicator.state import (
     add_snapshot_progress,
     add_table_stats,
@@ -92,8 +92,7 @@ class ApplyWorker:
         # with it on a re-seek, so a replayed stretch never dead-letters a row twice.
         self._dead_pending: list[DeadLetter] = []
         self._truncate_owned = self._exclusive_targets()
-        timings_dir = settings.metrics.stage_timings_dir
-        self._timings = ApplyTimings(timings_dir) if timings_dir else None
+        self._timings = apply_timings(settings.metrics.stage_timings_dir)
         self._read_at = 0.0  # when the records being handled came from the consumer (timings)
         self._pacer = CommitPacer()  # how long a poll may hold the open batch
 
@@ -147,8 +146,7 @@ class ApplyWorker:
         not committed with its rows is read again from the stored offsets; committing it
         later, from a new session, would skip the rows the failed transaction lost."""
         self._dead_pending = []
-        if self._timings is not None:
-            self._timings.forget()
+        self._timings.forget()
         self._barrier_reached = False
         self._batch_rows = {}
         self._snapshot_rows = {}
@@ -244,7 +242,11 @@ class ApplyWorker:
                 self.health.waiting("Kafka's group coordinator is unreachable (retrying)")
             else:
                 self.health.ready()
-            records = consumer.poll(timeout_ms=self._poll_timeout_ms(batch, started, max_wait))
+            pending = bool(len(batch)) or any(p.dirty for p in self._parts.values())
+            wait_ms = self._pacer.poll_timeout_ms(
+                pending=pending, at_boundary=self._at_boundary(), started=started, max_wait=max_wait
+            )
+            records = consumer.poll(timeout_ms=wait_ms)
             self._read_at = time.time()  # the stage timings' "read by apply"
             if not records and self._backfill_id and time.monotonic() - last_phase_check > 2:
                 # A worker without the snapshot partition learns from the target when the
@@ -304,13 +306,6 @@ class ApplyWorker:
                 self._isolate_until = {p: part.next_offset for p, part in self._parts.items()}
                 consumer.reseek()
 
-    def _poll_timeout_ms(self, batch: Batch, started: float, max_wait: float) -> int:
-        """How long the next poll may wait; when it returns nothing, the batch commits."""
-        pending = bool(len(batch)) or any(p.dirty for p in self._parts.values())
-        return self._pacer.poll_timeout_ms(
-            pending=pending, at_boundary=self._at_boundary(), started=started, max_wait=max_wait
-        )
-
     def _held_released(self) -> bool:
         """Time to leave the held changes phase: the snapshot phase began (load it), or the
         backfill is applied (resume after the markers)."""
@@ -344,8 +339,7 @@ class ApplyWorker:
             return
         for env in envs:  # several whole transactions when the capture had a backlog
             self._envelope(partition, offset, env, batch)
-            if self._timings is not None and env.last and env.control is None:
-                self._timings.read(partition, offset, env.commit_ts, self._read_at)
+            self._timings.read(partition, offset, env, self._read_at)
             if self._isolate_until and len(envs) > 1:
                 # Row by row after a refusal: written per transaction, so that a refused
                 # row's letter names its own transaction's commit LSN.
@@ -558,8 +552,7 @@ class ApplyWorker:
                 self.conn.commit()
             self.stats.dead_letters += len(self._dead_pending)
             self._dead_pending = []
-            if self._timings is not None:
-                self._timings.committed()
+            self._timings.committed()
             self._pacer.committed(begun)
         except ReplicatorError:
             # The connection may be the thing that failed; the error raised says so already.

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from replicator.stage_timings import ApplyTimings, CaptureTimings, stage_breakdown, stage_samples
+from replicator.stage_timings import (
+    ApplyTimings,
+    CaptureTimings,
+    apply_timings,
+    stage_breakdown,
+    stage_samples,
+)
+
+
+def _env(commit_ts: str | None, *, last: bool = True, control: Any = None) -> SimpleNamespace:
+    return SimpleNamespace(commit_ts=commit_ts, last=last, control=control)
 
 
 class _Future:
@@ -40,11 +51,13 @@ def test_apply_writes_its_transactions_at_commit_and_forgets_a_rolled_back_batch
     tmp_path: Path,
 ) -> None:
     t = ApplyTimings(str(tmp_path))
-    t.read(0, 1, "2026-01-01T00:00:00+00:00", 5.0)
+    t.read(0, 1, _env("2026-01-01T00:00:00+00:00"), 5.0)
     t.forget()  # rolled back: read again later
     t.committed()
-    t.read(0, 1, "2026-01-01T00:00:00+00:00", 6.0)
-    t.read(0, 1, "2026-01-01T00:00:00.001000+00:00", 6.0)  # two transactions in one message
+    t.read(0, 1, _env("2026-01-01T00:00:00+00:00"), 6.0)
+    t.read(0, 1, _env("2026-01-01T00:00:00.001000+00:00"), 6.0)  # two in one message
+    t.read(0, 2, _env("2026-01-01T00:00:01+00:00", last=False), 6.0)  # a slice: not timed
+    t.read(0, 3, _env(None, control={"kind": "heartbeat"}), 6.0)  # not a transaction
     t.committed()
     t.close()
     lines = next(tmp_path.glob("apply-*.csv")).read_text().splitlines()
@@ -52,6 +65,13 @@ def test_apply_writes_its_transactions_at_commit_and_forgets_a_rolled_back_batch
         ["0", "1", "2026-01-01T00:00:00+00:00", "6.000000"],
         ["0", "1", "2026-01-01T00:00:00.001000+00:00", "6.000000"],
     ]
+
+
+def test_timings_off_write_nothing(tmp_path: Path) -> None:
+    t = apply_timings("")
+    t.read(0, 1, _env("2026-01-01T00:00:00+00:00"), 5.0)
+    t.committed()
+    assert not list(tmp_path.iterdir())
 
 
 def test_stages_are_joined_by_partition_and_offset(tmp_path: Path) -> None:
