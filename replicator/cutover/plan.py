@@ -8,6 +8,7 @@ and an insert per step were milliseconds of pause each.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,9 @@ class StepResult:
     ok: bool
     seconds: float
     detail: str = ""
+    # Wall-clock time the step ended (made as it ends): the journal's start time comes from it,
+    # not from when the row is written, since rows held in the pause are written after it.
+    ended_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -98,12 +102,20 @@ class Journal:
     def _write(self, rows: list[StepResult]) -> None:
         db = self.s.target
         values = [
-            (self.run_id, self.plan.action, r.name, r.ok, r.seconds, r.seconds * 1000, r.detail)
+            (
+                self.run_id,
+                self.plan.action,
+                r.name,
+                r.ok,
+                r.ended_at - r.seconds,
+                r.seconds * 1000,
+                r.detail,
+            )
             for r in rows
         ]
         insert = (
             "INSERT INTO replicator.cutover_journal VALUES"
-            " (%s, %s, %s, %s, now() - make_interval(secs => %s), %s, %s)"
+            " (%s, %s, %s, %s, to_timestamp(%s), %s, %s)"
         )
         try:
             if self.conn is not None and not self.conn.closed:

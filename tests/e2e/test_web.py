@@ -123,13 +123,14 @@ def test_the_page_shows_lag_history_dead_letters_as_text_and_the_cutover(
 
         # Its steps appear with their times, as the command measured them, and the pause.
         steps = page.locator("#journal tbody tr")
-        wait_for(lambda: steps.count() == 7, 30, what="the cutover's steps on the page")
+        n = len(outcome["steps"])
+        wait_for(lambda: steps.count() == n, 30, what="the cutover's steps on the page")
         rows = [
-            [c.strip() for c in steps.nth(i).locator("td").all_text_contents()] for i in range(7)
+            [c.strip() for c in steps.nth(i).locator("td").all_text_contents()] for i in range(n)
         ]
-        assert [r[0] for r in rows] == [s["name"] for s in outcome["steps"]] == [
-            "preflight", "fence", "drain", "verify", "sequences", "reverse slot", "switch"
-        ]  # fmt: skip
+        names = [r[0] for r in rows]
+        assert names == [s["name"] for s in outcome["steps"]], names
+        assert {"preflight", "fence", "drain", "verify", "switch"} <= set(names), names
         for (name, started, duration, result, _), step in zip(rows, outcome["steps"], strict=True):
             assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", started), (name, started)
             assert abs(_ms(duration) - step["seconds"] * 1000) < 0.1, (name, duration, step)
