@@ -25,12 +25,12 @@ from kafka import TopicPartition
 from connectors import kafka_io, pg
 from connectors.pgtypes import TextLoader
 from replicator.config import Settings
-from replicator.errors import CutoverAborted, KafkaUnavailable, PreconditionError
+from replicator.errors import CutoverAborted, KafkaUnavailable
 from replicator.validate.expect import SourceKey
 from replicator.validate.fast import Touched
 from replicator.validate.report import Difference, Report
 from replicator.validate.run import _Ctx, _difference, _first_pass
-from replicator.validate.scope import components, select_tables, shapes_of
+from replicator.validate.scope import components, require_keys, select_tables, shapes_of
 from transforms.api import MappingSet
 
 if TYPE_CHECKING:
@@ -59,13 +59,7 @@ class KeyedCheck:
         self.s = s
         self.fwd = mapping.forward
         self.selected = select_tables(self.fwd, None)
-        unkeyed = sorted(t for t, tt in self.fwd.target_tables.items() if not tt.key)
-        if unkeyed:
-            raise PreconditionError(
-                f"verification compares rows by key, and the mapping declares none for "
-                f"{', '.join(unkeyed)}",
-                hint="write a mapping module with keys (docs/transforms.md)",
-            )
+        require_keys(self.fwd, "verification")
         self.legacy = pg.connect(s.source.conninfo(), autocommit=True)
         self.target = pg.connect(s.target.conninfo(), autocommit=True)
         with pg.translated(s.target.masked()):

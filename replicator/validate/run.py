@@ -62,7 +62,13 @@ from replicator.validate.report import (
     last_validation,
     store,
 )
-from replicator.validate.scope import components, read_target, select_tables, shapes_of
+from replicator.validate.scope import (
+    components,
+    read_target,
+    require_keys,
+    select_tables,
+    shapes_of,
+)
 from replicator.validate.sql import (
     SESSION_SQL,
     GroupPlan,
@@ -332,13 +338,7 @@ def validate(
     ``read_ahead`` (``fast`` only): the changes topic as the caller already read it from the
     baseline; only its tail is read now (a cutover's verify, in the write pause)."""
     selected = select_tables(mapping.forward, table)
-    unkeyed = sorted(t for t, tt in mapping.forward.target_tables.items() if not tt.key)
-    if unkeyed:
-        raise PreconditionError(
-            f"validation compares rows by key, and the mapping declares none for "
-            f"{', '.join(unkeyed)} (identity mappings do not)",
-            hint="write a mapping module with keys (docs/transforms.md) to validate these tables",
-        )
+    require_keys(mapping.forward, "validation")
     scope = "keys" if keys is not None else "fast" if fast else "full"
     report = Report(scope, sorted(selected) if table else None, datetime.now(UTC))
     legacy = pg.connect(settings.source.conninfo(), autocommit=True)

@@ -31,6 +31,17 @@ def select_tables(direction: Direction, table: str | None) -> dict[str, TargetTa
     )
 
 
+def require_keys(direction: Direction, what: str) -> None:
+    """Validation and the cutover's verify compare rows by key: refuse a mapping without one."""
+    unkeyed = sorted(t for t, tt in direction.target_tables.items() if not tt.key)
+    if unkeyed:
+        raise PreconditionError(
+            f"{what} compares rows by key, and the mapping declares none for "
+            f"{', '.join(unkeyed)} (identity mappings do not)",
+            hint=f"write a mapping module with keys (docs/transforms.md) for {what}",
+        )
+
+
 def shapes_of(
     conn: psycopg.Connection[Any], tables: Mapping[str, TargetTable]
 ) -> dict[str, TableShape]:
