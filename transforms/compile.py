@@ -398,3 +398,31 @@ def _list_checks(name: str, ann: Any, x: Expr) -> tuple[list[Check], bool]:
         )
     )
     return checks, exact
+
+
+# ---- what a backfill loads with -------------------------------------------------------------
+
+
+def compile_for_load(
+    t: TableTransform, columns: Mapping[str, str], key: tuple[str, ...]
+) -> CompiledTable | NotCompiled:
+    """The SQL form a backfill loads ``t``'s rows with (source columns by category; ``key``:
+    the relation's key): a declared transform whole, with key converters that have no SQL twin
+    computed from the key (:class:`DerivedKey`), or a row-copying one (the identity: every
+    column into the same-named column of the same-named table, keyed by the relation's key).
+    A table whose form would not equal its Python path's is :class:`NotCompiled`."""
+    if t.copies_rows:
+        if not key or not set(key) <= set(columns):
+            return NotCompiled(t.source, "the relation has no key among its columns")
+        # The identity hands the log's text to the target as it is: so does its SQL form.
+        cols = {n: Expr(ident(n), TEXT) for n in columns}
+        target = CompiledTarget(
+            t.writes[0].name,
+            False,
+            tuple((k, cols[k]) for k in key),
+            tuple((n, e) for n, e in cols.items() if n not in key),
+            (),
+            None,
+        )
+        return CompiledTable(t.source, key, (target,), (), True)
+    return compile_table(t, columns, derived_keys=True)
