@@ -254,6 +254,11 @@ class BackfillSettings(_Strict):
         True,
         description="load tables whose transform compiles to SQL as COPY output (bulk path)",
     )
+    apply_connections: int = Field(
+        2,
+        ge=1,
+        description="target sessions loading bulk chunks of a table at once (1: in apply's own)",
+    )
     python_tables: list[str] = Field(
         default_factory=list,
         description="source tables kept on the Python path even if their transform compiles",

@@ -149,6 +149,7 @@ class ApplyWorker:
         not committed with its rows is read again from the stored offsets; committing it
         later, from a new session, would skip the rows the failed transaction lost."""
         self._dead_pending = []
+        self._bulk.discard()
         self._timings.forget()
         self._barrier_reached = False
         self._batch_rows = {}
@@ -186,6 +187,8 @@ class ApplyWorker:
             change=self._change,
             dead=self._dead,
             count=self._count_bulk,
+            connect=lambda: connect_session(self.db, self.s.name, self.dir_name),
+            connections=self.s.backfill.apply_connections,
         )
         producer = Producer(
             self.s.kafka.bootstrap_servers,
@@ -216,6 +219,7 @@ class ApplyWorker:
                 self._switch = False
         finally:
             producer.close()
+            self._bulk.close()
             with contextlib.suppress(ReplicatorError):
                 self.sink.settle()  # a merge still running: its outcome no longer matters
             try:
@@ -536,6 +540,7 @@ class ApplyWorker:
     def _commit(self, batch: Batch, consumer: Consumer) -> None:
         begun = time.monotonic()
         try:
+            self._bulk.join(batch)  # no offset is stored past a chunk before it is committed
             self._flush(batch)
             self._store_positions()
             for letter in self._dead_pending:
@@ -544,6 +549,7 @@ class ApplyWorker:
                 self.conn.commit()
             self.stats.dead_letters += len(self._dead_pending)
             self._dead_pending = []
+            self._bulk.committed()
             self._timings.committed()
             self._pacer.committed(begun)
         except ReplicatorError:
