@@ -20,11 +20,12 @@ the types' binary layouts, and costs apply the same parse as the Python path's t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
 
-from connectors.envelope import RelationInfo
+from connectors.envelope import Change, Envelope, RelationInfo, decode_envelopes
 from replicator.errors import MalformedMessage
 
 MAGIC = b"\x00RCOPY1\n"
@@ -62,9 +63,32 @@ class CopyChunk:
         is not used for this chunk."""
         return [copy_fields(line) for line in self.lines()]
 
+    def envelope(self, rows: Sequence[Sequence[str | None]] | None = None) -> Envelope:
+        """The chunk (or ``rows`` of it) as snapshot changes of an envelope: the Python path's
+        form of the same rows."""
+        relation = self.relation
+        return Envelope(
+            origin=self.origin,
+            xid=0,
+            commit_lsn=0,
+            commit_ts=None,
+            relations={self.relid: relation},
+            changes=[
+                Change("snapshot", self.relid, values=list(r), relation=relation)
+                for r in (self.text_rows() if rows is None else rows)
+            ],
+        )
+
 
 def is_copy_chunk(value: bytes) -> bool:
     return value[: len(MAGIC)] == MAGIC
+
+
+def decode_message(value: bytes) -> list[Envelope]:
+    """Any message of the change or snapshot topics as envelopes (a COPY chunk as its rows)."""
+    if is_copy_chunk(value):
+        return [decode_copy_chunk(value).envelope()]
+    return decode_envelopes(value)
 
 
 def decode_copy_chunk(value: bytes) -> CopyChunk:

@@ -181,6 +181,11 @@ class BulkLoader:
             conn = self._local.conn = self._connect()
             with self._lock:
                 self._sessions.append(conn)
+            # Safe without waiting for the flush: apply's own commit of the offset past this
+            # chunk comes later in the WAL and is synchronous, so it flushes this one too.
+            with pg.translated(self.where):
+                conn.execute("SET synchronous_commit = off")
+                conn.commit()
         try:
             with pg.translated(self.where), conn.transaction():
                 return self._run(conn, plan, chunk)
@@ -233,18 +238,7 @@ class BulkLoader:
         rows: Sequence[Sequence[str | None]] | None = None,
     ) -> None:
         self._main_dirty = True  # the rows land in apply's transaction
-        relation = chunk.relation
-        values = chunk.text_rows() if rows is None else rows
-        env = Envelope(
-            origin=chunk.origin,
-            xid=0,
-            commit_lsn=0,
-            commit_ts=None,
-            relations={chunk.relid: relation},
-            changes=[
-                Change("snapshot", chunk.relid, values=list(r), relation=relation) for r in values
-            ],
-        )
+        env = chunk.envelope(rows)
         for change in env.changes:
             self._change(env, change, partition, offset, batch)
 
@@ -338,16 +332,23 @@ class BulkLoader:
         assert plan.derived is not None
         c = plan.compiled
         needed = tuple(dict.fromkeys(s for d in c.derived for s in d.sources))
-        keys = conn.execute(
-            f"SELECT {', '.join(ident(k) for k in needed)} FROM {ident(plan.stage)}"
-        ).fetchall()
+        # Each key as the converter's Python value and as its text, which goes back as it is.
+        typed = ", ".join(ident(k) for k in needed)
+        texts = ", ".join(f"{ident(k)}::text" for k in needed)
+        keys = conn.execute(f"SELECT {typed}, {texts} FROM {ident(plan.stage)}").fetchall()
+        n = len(needed)
         cols = [f"__src_{i} {t}" for i, t in enumerate(plan.key_types)]
         cols += [f"{ident(d.alias)} {_DERIVED_TYPES.get(d.type, 'text')}" for d in c.derived]
         conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {ident(plan.derived)} ({', '.join(cols)})")
         conn.execute(f"TRUNCATE {ident(plan.derived)}")
+        lines = [
+            "\t".join(
+                [*map(_copy_text, k[n:]), *(_copy_text(_derived(d, needed, k)) for d in c.derived)]
+            )
+            for k in keys
+        ]
         with conn.cursor() as cur, cur.copy(f"COPY {ident(plan.derived)} FROM STDIN") as cp:
-            for k in keys:
-                cp.write_row((*k, *(_derived(d, needed, k) for d in c.derived)))
+            cp.write("\n".join(lines).encode() + b"\n" if lines else b"")
         on = " AND ".join(f"s.{ident(k)} = d.__src_{i}" for i, k in enumerate(needed))
         return f"{ident(plan.stage)} s LEFT JOIN {ident(plan.derived)} d ON {on}"
 
@@ -402,6 +403,14 @@ def _derived(d: DerivedKey, needed: tuple[str, ...], key: Sequence[Any]) -> Any:
         return d.convert(*(key[needed.index(s)] for s in d.sources))
     except (ValueError, TypeError, KeyError, DataError):
         return None  # the key's NULL check sends the row the Python way, which says why
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: Any) -> str:
+    """A value in COPY's text format."""
+    return "\\N" if value is None else str(value).translate(_ESCAPES)
 
 
 def _qualified(name: str) -> str:

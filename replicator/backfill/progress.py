@@ -52,6 +52,9 @@ class BackfillProgress:
     def update(self, p: TableProgress) -> None:
         name = f"read {p.table}"
         if name not in self._tasks:
+            # Which path the table takes, once: bulk SQL, or the Python transform and why.
+            how = "COPY chunks + compiled SQL" if p.path == "sql" else p.path
+            self.progress.console.print(f"{p.table}: {how}")
             self._tasks[name] = self.progress.add_task(name, total=p.rows_total)
         self.progress.update(
             self._tasks[name], completed=p.rows_read, total=max(p.rows_total, p.rows_read)

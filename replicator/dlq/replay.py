@@ -22,7 +22,8 @@ import psycopg
 from psycopg import sql
 
 from connectors import kafka_io, pg
-from connectors.envelope import Change, Envelope, RelationInfo, decode_envelopes
+from connectors.copy_chunk import decode_message
+from connectors.envelope import Change, Envelope, RelationInfo
 from connectors.pgsink import Batch, Sink
 from connectors.pgtypes import TextLoader
 from replicator.config import DatabaseSettings, Settings
@@ -122,7 +123,7 @@ def _replay_one(
     # the letter's is the one at its commit LSN.
     rows = [
         row
-        for env in decode_envelopes(raw)
+        for env in decode_message(raw)
         if letter.commit_lsn is None or env.commit_lsn == letter.commit_lsn
         for row in _source_rows(env, direction, item)
     ]

@@ -318,6 +318,15 @@ def _target(
                 "status": bf[1],
                 "rows_total": int(bf[2]),
                 "rows_applied": int(bf[3]),
+                # How each table loads: "sql" (COPY chunks, compiled SQL) or "python: <why>".
+                "paths": {
+                    str(t): str(p or "python")
+                    for t, p in conn.execute(
+                        "SELECT table_name, path FROM replicator.backfill_progress"
+                        " WHERE backfill_id = %s ORDER BY table_name",
+                        (bf[0],),
+                    ).fetchall()
+                },
             }
         val = last_validation(conn)
         if val:

@@ -69,7 +69,7 @@ def _backfill_tables(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         return []
     rows = conn.execute(
         "SELECT p.table_name, p.rows_total, p.rows_read, p.rows_applied, p.chunks, p.done,"
-        " b.status, b.id FROM replicator.backfill_progress p"
+        " b.status, b.id, coalesce(p.path, 'python') FROM replicator.backfill_progress p"
         " JOIN replicator.backfill b ON b.id = p.backfill_id"
         " WHERE b.id = (SELECT id FROM replicator.backfill ORDER BY started_at DESC LIMIT 1)"
         " ORDER BY p.table_name"
@@ -84,6 +84,7 @@ def _backfill_tables(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
             "read_done": bool(r[5]),
             "status": str(r[6]),
             "backfill_id": str(r[7]),
+            "path": str(r[8]),  # sql, or python: <why>
         }
         for r in rows
     ]

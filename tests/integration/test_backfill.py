@@ -144,6 +144,7 @@ def test_kill_9_mid_backfill_resumes_without_rereading(env: Env, tmp_path: Path)
     needed = 30_000 // 500 + 60_000 // 500
     # At most the chunk in flight at the kill (and one per table level) is read twice.
     assert needed <= len(chunks) <= needed + 2, (len(chunks), needed)
+    assert all(is_copy_chunk(m) for m in chunks)  # the compiled path, resumed
     assert "Traceback" not in proc.output()
 
 
@@ -223,10 +224,15 @@ def _backfill_progress(env: Env, pipeline: Pipeline) -> tuple[Any, ...] | None:
 
 # A backstop only: the wait below fails within STALL_S of the backfill ceasing to progress.
 @pytest.mark.timeout(1800)
-def test_a_large_mcp_backfill_with_two_workers_under_a_writer_converges(env: Env) -> None:
+@pytest.mark.parametrize("python_tables", [[], ["public.user"]], ids=["sql", "user-in-python"])
+def test_a_large_mcp_backfill_with_two_workers_under_a_writer_converges(
+    env: Env, python_tables: list[str]
+) -> None:
     """A quarter of a million rows of the shipped mapping (1→N, N→1 merges, JSON, TOAST)
     backfilled with the default chunk size over a 2-partition topic by two workers while the
     application keeps writing: validation finds the target equal to the transformed legacy data.
+    Every table loads by COPY chunks and compiled SQL, or one (a 1→N split with a uuid5 id) is
+    forced onto the Python path beside them.
 
     The million-row run is ``python -m bench.backfill``, which validates the same way: at a
     million rows this test alone took 8 minutes here and over 15 on the CI machine, more than
@@ -241,7 +247,7 @@ def test_a_large_mcp_backfill_with_two_workers_under_a_writer_converges(env: Env
                       "mcp_server", "api_key", "audit_log")
         )  # fmt: skip
     assert total >= 230_000, total
-    s = env.settings(kafka={"partitions": 2})
+    s = env.settings(kafka={"partitions": 2}, backfill={"python_tables": python_tables})
     pipeline = Pipeline(s, load_mapping("transforms.mcp_manager:MAPPING"))
     stop = threading.Event()
     counts: dict[str, int] = {}
@@ -261,6 +267,10 @@ def test_a_large_mcp_backfill_with_two_workers_under_a_writer_converges(env: Env
         writer.join()
         report = validate(s, pipeline.mapping)
         assert report.outcome == "clean", report.to_json(limit=10)
+        with env.target_conn() as c:
+            paths = dict(c.execute("SELECT table_name, path FROM replicator.backfill_progress"))
+        for table, path in paths.items():
+            assert path.startswith("python:" if table in python_tables else "sql"), paths
     finally:
         stop.set()
         pipeline.shutdown()

@@ -136,7 +136,9 @@ function showBackfill(tables, latest) {
     bar.append(fill);
     const barCell = el("td");
     barCell.append(bar);
-    tr.append(el("td", b.table), el("td", num(b.rows_applied)), el("td", num(b.rows_total)), barCell);
+    const path = el("td", b.path === "sql" ? "sql" : "python");
+    path.title = b.path;  // python: why the table is not loaded by compiled SQL
+    tr.append(el("td", b.table), path, el("td", num(b.rows_applied)), el("td", num(b.rows_total)), barCell);
     return tr;
   });
   if (!rows.length) {

@@ -1,0 +1,147 @@
+"""The backfill's bulk path (COPY chunks, compiled INSERT … SELECT) against real PostgreSQL and
+Kafka: which path each table takes, rows the SQL form refuses, chunks the target refuses, a
+replay of a dead letter from a COPY chunk."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from connectors.copy_chunk import decode_copy_chunk, is_copy_chunk
+from replicator.dlq.letters import DeadLetter
+from replicator.runtime.pipeline import Pipeline
+from tests.e2e.cli import run_cli
+from tests.support import Env, read_topic, wait_for
+from transforms.loader import load_mapping
+
+MCP = "transforms.mcp_manager:MAPPING"
+USER = (
+    'INSERT INTO "user" (id, email, full_name, hashed_password, is_active, is_superuser,'
+    " created_at) VALUES (%s, %s, 'U', '$2b$10$x', true, false, now())"
+)
+
+
+def _status(env: Env) -> str | None:
+    with env.target_conn() as c:
+        try:
+            row = c.execute("SELECT status FROM replicator.backfill").fetchone()
+        except psycopg.errors.UndefinedTable:  # the state schema is not there yet
+            return None
+    return str(row[0]) if row else None
+
+
+def _paths(env: Env) -> dict[str, str]:
+    with env.target_conn() as c:
+        rows = c.execute("SELECT table_name, path FROM replicator.backfill_progress").fetchall()
+    return {str(t): str(p) for t, p in rows}
+
+
+def _count(conn: Any, table: str) -> int:
+    row = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_refused_rows_are_dead_lettered_with_their_reason_and_the_rest_loads(
+    env: Env, tmp_path: Path
+) -> None:
+    env.mcp_schemas(scale=1, seed=2)
+    upper, nul_json = str(uuid.uuid4()), None
+    with env.legacy_conn() as c:
+        # Python refuses it (the target looks emails up lower-cased): the SQL form flags it.
+        c.execute(USER, (upper, "Mixed.Case@example.com"))
+        # JSON jsonb cannot hold: flagged by the SQL form, refused by the Python path.
+        row = c.execute(
+            "INSERT INTO audit_log (action, metadata, created_at)"
+            " VALUES ('nul', '{\"a\": \"x\\u0000y\"}', now()) RETURNING id"
+        ).fetchone()
+        assert row is not None
+        nul_json = int(row[0])
+        evil = c.execute("SELECT id FROM organization ORDER BY id LIMIT 1 OFFSET 3").fetchone()
+        assert evil is not None
+        c.execute("UPDATE organization SET name = 'evil' WHERE id = %s", (evil[0],))
+        legacy = {t: _count(c, t) for t in ("user", "audit_log", "organization")}
+    with env.target_conn() as c:
+        # A rule of the target the transform does not know: the target refuses the chunk.
+        c.execute("ALTER TABLE organization ADD CONSTRAINT not_evil CHECK (name <> 'evil')")
+    s = env.settings()
+    pipeline = Pipeline(s, load_mapping(MCP))
+    pipeline.start()
+    try:
+        wait_for(lambda: _status(env) == "applied", 120, what="the backfill to be applied")
+        assert set(_paths(env).values()) == {"sql"}, _paths(env)
+        letters = wait_for(
+            lambda: (
+                got
+                if len(
+                    got := [
+                        DeadLetter.decode(v)
+                        for v in read_topic(s.kafka.bootstrap_servers, s.topic("fwd", "dlq"), 5)
+                    ]
+                )
+                >= 3
+                else None
+            ),
+            60,
+            what="three dead letters",
+        )
+        by_table = {letter.table: letter for letter in letters}
+        assert len(letters) == 3 and set(by_table) == {
+            "public.user",
+            "public.audit_log",
+            "public.organization",
+        }, [(x.table, x.reason) for x in letters]
+        assert by_table["public.user"].key == {"id": upper}
+        assert "not lower-case" in by_table["public.user"].reason
+        assert by_table["public.audit_log"].key == {"id": str(nul_json)}
+        assert "NUL" in by_table["public.audit_log"].reason
+        org = by_table["public.organization"]
+        assert org.error == "TargetRejected" and org.key == {"id": str(evil[0])}
+        assert "not_evil" in org.reason
+        # Each letter points at the COPY chunk that carried its row.
+        for letter in letters:
+            assert letter.source_topic == s.topic("fwd", "snapshot")
+        with env.target_conn() as c:
+            for table, n in legacy.items():
+                assert _count(c, table) == n - 1, table
+        # A replay reads the row from its COPY chunk, then writes the source's current state.
+        with env.legacy_conn() as c:
+            c.execute('UPDATE "user" SET email = lower(email) WHERE id = %s', (upper,))
+        vars_ = {**env.env_vars(), "REPLICATOR_MAPPING": MCP}
+        listed = json.loads(run_cli(["dlq", "list", "--json", "--table", "user"], vars_).stdout)
+        r = run_cli(["dlq", "replay", listed[0]["position"]], vars_)
+        assert r.returncode == 0, r.stdout + r.stderr
+        with env.target_conn() as c:
+            got = c.execute('SELECT email FROM "user" WHERE id = %s', (upper,)).fetchone()
+        assert got == ("mixed.case@example.com",)
+    finally:
+        pipeline.shutdown()
+
+
+def test_chunks_carry_copy_output_with_the_relation(env: Env) -> None:
+    env.mcp_schemas(scale=1, seed=3)
+    s = env.settings(backfill={"python_tables": ["public.organization"]})
+    pipeline = Pipeline(s, load_mapping(MCP))
+    pipeline.start()
+    try:
+        wait_for(lambda: _status(env) == "applied", 120, what="the backfill to be applied")
+        paths = _paths(env)
+        assert paths.pop("public.organization") == "python: listed in backfill.python_tables"
+        assert set(paths.values()) == {"sql"}, paths
+        messages = read_topic(s.kafka.bootstrap_servers, s.topic("fwd", "snapshot"), 10)
+        chunks = [decode_copy_chunk(m) for m in messages if is_copy_chunk(m)]
+        tables = {c.relation.qualname for c in chunks}
+        assert "public.organization" not in tables and "public.audit_log" in tables
+        with env.legacy_conn() as c:
+            assert sum(c.rows for c in chunks if c.relation.table == "audit_log") == _count(
+                c, "audit_log"
+            )
+        audit = next(c for c in chunks if c.relation.table == "audit_log")
+        assert audit.types[audit.relation.columns.index("metadata")] == "json"
+        first = audit.text_rows()[0]
+        assert len(first) == len(audit.relation.columns)
+    finally:
+        pipeline.shutdown()
