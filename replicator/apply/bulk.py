@@ -130,7 +130,8 @@ class BulkLoader:
         if self._inflight and self._inflight[0].chunk.relation.qualname != table:
             self.join(batch)
         if self._pool is not None and not len(batch) and not self._main_dirty:
-            while len(self._inflight) >= self._limit:
+            # One chunk queued behind each session's: no session waits for apply's next poll.
+            while len(self._inflight) >= 2 * self._limit:
                 self._finish(self._inflight.popleft(), batch)
             future = self._pool.submit(self._on_own_session, plan, chunk)
             self._inflight.append(_InFlight(future, chunk, partition, offset))
@@ -152,6 +153,19 @@ class BulkLoader:
         """Wait for the chunks in flight; what they leave to Python goes into ``batch``."""
         while self._inflight:
             self._finish(self._inflight.popleft(), batch)
+
+    def settle(self, batch: Batch, *, everything: bool) -> dict[int, int]:
+        """Before apply commits: finish the chunks done so far (all of them, ``everything``);
+        returns partition -> offset of the first chunk still in flight, past which no offset
+        may be stored yet."""
+        if everything:
+            self.join(batch)
+        while self._inflight and self._inflight[0].future.done():
+            self._finish(self._inflight.popleft(), batch)
+        held: dict[int, int] = {}
+        for job in self._inflight:
+            held.setdefault(job.partition, job.offset)
+        return held
 
     def committed(self) -> None:
         """Apply's transaction committed: chunks may go to other sessions again."""

@@ -16,10 +16,6 @@ class Partition:
     # Stopped at a backfill's start marker until every partition has reached it.
     held: bool = False
 
-    def position(self) -> tuple[int, int, int]:
-        """(next offset, last commit LSN, the stored offset it replaces): what is stored."""
-        return self.next_offset, self.last_lsn, self.committed
-
 
 @dataclass
 class ApplyStats:

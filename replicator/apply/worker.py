@@ -341,6 +341,7 @@ class ApplyWorker:
         if is_copy_chunk(value):  # a backfill chunk as COPY output: the bulk path
             self._bulk.load(partition, offset, value, batch)
             return
+        self._bulk.join(batch)  # what follows may depend on the rows of chunks in flight
         try:
             envs = decode_envelopes(value)
         except DataError as exc:
@@ -494,16 +495,10 @@ class ApplyWorker:
         self, exc: ReplicatorError, partition: int, offset: int, lsn: int | None, change: Any
     ) -> None:
         log.error("dead-lettered (partition %s offset %s): %s", partition, offset, exc.message)
-        self._dead_pending.append(
-            dead_letter(
-                exc,
-                topic=self.topic,
-                partition=partition,
-                offset=offset,
-                commit_lsn=lsn,
-                change=change,
-            )
+        letter = dead_letter(
+            exc, topic=self.topic, partition=partition, offset=offset, commit_lsn=lsn, change=change
         )
+        self._dead_pending.append(letter)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -540,9 +535,10 @@ class ApplyWorker:
     def _commit(self, batch: Batch, consumer: Consumer) -> None:
         begun = time.monotonic()
         try:
-            self._bulk.join(batch)  # no offset is stored past a chunk before it is committed
+            # No offset is stored past a chunk in flight: a phase switch waits for them all.
+            held = self._bulk.settle(batch, everything=self._switch)
             self._flush(batch)
-            self._store_positions()
+            self._store_positions(held)
             for letter in self._dead_pending:
                 self.dlq.write(letter)
             with pg.translated(self.db.masked()):
@@ -561,25 +557,31 @@ class ApplyWorker:
             self._barrier_reached = False
             if self._try_snapshot_phase():
                 self._switch = True
-        done = {p: part.next_offset for p, part in self._parts.items() if part.dirty}
-        for part in self._parts.values():
-            part.dirty = False
+        done = {p: part.committed for p, part in self._parts.items() if part.dirty}
+        for p, part in self._parts.items():
+            part.dirty = p in held  # stored up to a chunk in flight: the rest at the next commit
             self.stats.last_commit_lsn = max(self.stats.last_commit_lsn, part.last_lsn)
         self.stats.commits += 1
         consumer.commit_advisory(done)
         if self._on_commit is not None:
             self._on_commit(self.stats)
 
-    def _store_positions(self) -> None:
+    def _store_positions(self, held: dict[int, int]) -> None:
         """The batch's positions, fenced (a worker that lost a partition cannot commit), snapshot
         progress and rows per table, sent behind the merges: one round trip for them all."""
         conn = self._conn  # not self.conn: that would wait for the merges first
         with pg.translated(self.db.masked()):
             self.sink.hold()
             fences = [
-                (p, part, send_offset(conn, self.topic, p, *part.position()))
+                (
+                    p,
+                    part,
+                    upto,
+                    send_offset(conn, self.topic, p, upto, part.last_lsn, part.committed),
+                )
                 for p, part in self._parts.items()
                 if part.dirty
+                for upto in (min(part.next_offset, held.get(p, part.next_offset)),)
             ]
             progress = self._snapshot_rows and self._backfill_id is not None
             if progress:
@@ -589,9 +591,9 @@ class ApplyWorker:
         if progress:
             self._snapshot_rows = {}
         self._batch_rows = {}
-        for p, part, cur in fences:
+        for p, part, upto, cur in fences:
             if cur.rowcount != 1:
                 raise TransientDatabaseError(
                     f"partition {p} was committed by another worker; re-reading its position"
                 )
-            part.committed = part.next_offset
+            part.committed = upto

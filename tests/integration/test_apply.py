@@ -171,11 +171,11 @@ def test_a_session_lost_before_its_commit_is_applied_again_from_the_stored_offse
     real = worker._store_positions
     failures: list[int] = []
 
-    def fail_once() -> None:
+    def fail_once(held: dict[int, int]) -> None:
         if not failures:
             failures.append(1)
             raise TransientDatabaseError("target: server closed the connection unexpectedly")
-        real()
+        real(held)
 
     monkeypatch.setattr(worker, "_store_positions", fail_once)
     thread.start()
