@@ -37,6 +37,7 @@ import psycopg
 from psycopg import sql
 
 from bench._writer import MAPPING_REF
+from bench.cpu import CpuSampler
 from bench.harness import Timer, bench_env, emit, log, parse_args
 from replicator.validate.run import validate
 from tests.e2e.cli import Background
@@ -109,6 +110,27 @@ def target_copy(env: Env, tables: list[str]) -> tuple[int, float]:
     return copy_pipe(env, env.target.conninfo(), tables, apply_target_schema)
 
 
+def _cpu_group(env: Env) -> Callable[[str, bool], str | None]:
+    """The benchmark's process groups: its own PostgreSQL backends and Kafka broker (not a
+    neighbour's on the same machine), and the `replicator run` process tree."""
+    root = str(Path(__file__).resolve().parents[1])
+
+    def group(cmd: str, mine: bool) -> str | None:
+        if mine:
+            return "replicator"
+        if cmd.startswith("postgres:"):
+            if f" {env.target_db} " in cmd:
+                return "target_postgres"
+            if f" {env.legacy_db} " in cmd:
+                return "legacy_postgres"
+            return None
+        if "kafka.Kafka" in cmd and root in cmd:
+            return "kafka"
+        return None
+
+    return group
+
+
 def _peak_rss_mb(pid: int) -> float:
     """The process's resident-set high-water mark (Linux ``VmHWM``) plus its descendants' (the
     apply worker processes), 0 if unreadable."""
@@ -134,6 +156,8 @@ class BackfillRun:
     peak_rss_mb: float = 0.0
     validation: str = "skipped"  # replicator validate's outcome on the backfilled target
     validate_s: float = 0.0
+    paths: dict[str, str] | None = None  # how each table loaded: sql, or python: <why>
+    cpu: dict[str, Any] | None = None  # CPU seconds per process group, launch → applied
 
 
 def _status(env: Env) -> BackfillRun | None:
@@ -164,7 +188,9 @@ def backfill(env: Env, logdir: Path, chunk_rows: int, check: bool = True) -> Bac
     }
     started = time.monotonic()
     read_at: list[float] = []
-    with Background(["run"], vars_, logdir / "run.log") as proc:
+    sampler = CpuSampler(_cpu_group(env))
+    with sampler, Background(["run"], vars_, logdir / "run.log") as proc:
+        sampler.follow(proc.proc.pid)
 
         def applied() -> bool:
             if proc.proc.poll() is not None:
@@ -176,6 +202,7 @@ def backfill(env: Env, logdir: Path, chunk_rows: int, check: bool = True) -> Bac
 
         wait_for(applied, 3600, what="the backfill to be applied")
         wall = time.monotonic() - started
+        sampler.stop()
         rss = _peak_rss_mb(proc.proc.pid)
         outcome, validate_s = "skipped", 0.0
         if check:
@@ -188,6 +215,14 @@ def backfill(env: Env, logdir: Path, chunk_rows: int, check: bool = True) -> Bac
     run = _status(env)
     assert run is not None
     run.wall_s, run.peak_rss_mb = wall, rss
+    run.cpu = sampler.report()
+    with env.target_conn() as c:
+        run.paths = {
+            str(t): str(p)
+            for t, p in c.execute(
+                "SELECT table_name, path FROM replicator.backfill_progress ORDER BY 1"
+            ).fetchall()
+        }
     run.validation, run.validate_s = outcome, validate_s
     run.read_wall_s = (read_at[0] if read_at else time.monotonic()) - started
     return run
@@ -251,6 +286,10 @@ def main() -> dict[str, Any]:
             validation=run.validation,
             validate_s=round(run.validate_s, 1),
             rss_of="the `replicator run` process and its apply worker processes (VmHWM, summed)",
+            paths=run.paths,
+            # Where the time goes: CPU seconds per process group from launch to applied, and
+            # how busy they kept the machine's cores (1.0: every core all the time).
+            **(run.cpu or {}),
         )
 
 
