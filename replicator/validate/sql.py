@@ -154,7 +154,7 @@ def _fill(text: str, froms: Mapping[str, str]) -> str:
     return text
 
 
-def _array_literal(values: Sequence[Any]) -> str:
+def array_literal(values: Sequence[Any]) -> str:
     """A text array literal of uuids, integers or strings (NULL for None)."""
     items = []
     for v in values:
@@ -194,7 +194,7 @@ def derived_from(
         columns.append(out)
     types = [ARRAY_TYPES[cats[c]] for c in needed] + [ARRAY_TYPES[d.type] for d in comp.derived]
     arrays = ", ".join(
-        f"{_array_literal(vals)}::{t}[]" for vals, t in zip(columns, types, strict=True)
+        f"{array_literal(vals)}::{t}[]" for vals, t in zip(columns, types, strict=True)
     )
     names = [ident(c) for c in needed] + [ident(d.alias) for d in comp.derived]
     return (
