@@ -250,6 +250,19 @@ class ApplySettings(_Strict):
 class BackfillSettings(_Strict):
     chunk_rows: int = Field(5_000, ge=1, description="rows per snapshot chunk")
     parallel: int = Field(2, ge=1, description="tables read at once (within a foreign-key level)")
+    compiled: bool = Field(
+        True,
+        description="load tables whose transform compiles to SQL as COPY output (bulk path)",
+    )
+    apply_connections: int = Field(
+        2,
+        ge=1,
+        description="target sessions loading bulk chunks of a table at once (1: in apply's own)",
+    )
+    python_tables: list[str] = Field(
+        default_factory=list,
+        description="source tables kept on the Python path even if their transform compiles",
+    )
 
 
 class CutoverSettings(_Strict):

@@ -77,6 +77,15 @@ CREATE TABLE IF NOT EXISTS replicator.backfill_progress (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (backfill_id, table_name)
 );
+-- How the table is loaded: 'sql' (COPY chunks, compiled INSERT … SELECT) or 'python: <why>'.
+-- Added to existing state schemas only when missing: ADD COLUMN IF NOT EXISTS would take an
+-- exclusive lock on every call, queueing behind apply's open transactions.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'replicator.backfill_progress'::regclass
+                   AND attname = 'path' AND NOT attisdropped) THEN
+        ALTER TABLE replicator.backfill_progress ADD COLUMN path text;
+    END IF;
+END $$;
 -- Dead letters dealt with (replayed or purged); the rest are what `dlq list` shows.
 CREATE TABLE IF NOT EXISTS replicator.dlq_done (
     topic      text NOT NULL,

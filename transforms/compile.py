@@ -66,7 +66,7 @@ class CompiledTarget:
 
 @dataclass(frozen=True, slots=True)
 class DerivedKey:
-    """A target key column whose converter has no SQL form but reads only source key columns:
+    """A target column whose converter has no SQL form but reads only source key columns:
     the caller computes ``convert(*sources)`` in Python per source key and joins the values in
     as the column ``alias`` (NULL where Python refuses: the row then goes the Python way)."""
 
@@ -85,7 +85,7 @@ class CompiledTable:
     # True when every check is exact (flags exactly the rows Python refuses); False: some rows
     # are flagged only because the SQL form cannot vouch for them.
     exact: bool
-    # Target key columns computed by Python from the source key (no SQL twin, e.g. a uuid5):
+    # Target columns computed by Python from the source key (no SQL twin, e.g. a uuid5):
     # the caller supplies them as extra source columns (see DerivedKey).
     derived: tuple[DerivedKey, ...] = ()
 
@@ -120,7 +120,7 @@ def compile_table(
     """``t`` over a source table whose columns have the given categories (see
     :func:`transforms.sql_twins.category`; ``"enum"`` for user enums). ``insert_only=False``
     leaves out insert-only columns (validation does not compare them). ``derived_keys``: a
-    key converter without a SQL twin that reads only source key columns becomes a
+    converter without a SQL twin that reads only source key columns becomes a
     :class:`DerivedKey` the caller computes, instead of keeping the table on the Python path."""
     d = t.declared
     if not isinstance(d, Declared):
@@ -181,11 +181,11 @@ _RESULT_TYPES = {"str": TEXT, "uuid.UUID": UUID, "UUID": UUID, "int": INT}
 
 def _derive(name: str, c: Col, source_key: tuple[str, ...], out: list[DerivedKey]) -> Expr:
     if c.convert is None or not c.sources or not set(c.sources) <= set(source_key):
-        raise NotCompilable(f"key column {name}: no SQL twin, and not a function of the key")
+        raise NotCompilable(f"column {name}: no SQL twin, and not a function of the key")
     ret = getattr(c.convert, "__annotations__", {}).get("return")
     ret_name = ret if isinstance(ret, str) else getattr(ret, "__qualname__", repr(ret))
     if ret_name not in _RESULT_TYPES:
-        raise NotCompilable(f"key column {name}: its converter's result type is not declared")
+        raise NotCompilable(f"column {name}: its converter's result type is not declared")
     alias = f"__key_{len(out)}"
     out.append(DerivedKey(alias, c.convert, c.sources, _RESULT_TYPES[ret_name]))
     return Expr(ident(alias), _RESULT_TYPES[ret_name])
@@ -207,20 +207,19 @@ def _target(
 
     def spec(name: str, s: str | Col) -> Expr:
         nonlocal exact
-        e, ok = col_expr(s, cols)
-        exact = exact and ok
-        return e
-
-    def key_spec(name: str, s: str | Col) -> Expr:
         try:
-            return spec(name, s)
+            e, ok = col_expr(s, cols)
         except NotCompilable:
+            # A converter without a SQL twin that reads only source key columns (a uuid5 id):
+            # the caller computes it from the key (DerivedKey).
             if derive is None or isinstance(s, str):
                 raise
             return derive(name, s)
+        exact = exact and ok
+        return e
 
     when = when_sql(t.when, cols) if t.when is not None else None
-    key = tuple((n, key_spec(n, s)) for n, s in t.key.items())
+    key = tuple((n, spec(n, s)) for n, s in t.key.items())
     values = tuple((n, spec(n, s)) for n, s in t.columns.items())
     only = tuple((n, spec(n, s)) for n, s in t.insert_only.items()) if insert_only else ()
     return CompiledTarget(t.table, t.patch, key, values, only, when), exact
@@ -398,3 +397,31 @@ def _list_checks(name: str, ann: Any, x: Expr) -> tuple[list[Check], bool]:
         )
     )
     return checks, exact
+
+
+# ---- what a backfill loads with -------------------------------------------------------------
+
+
+def compile_for_load(
+    t: TableTransform, columns: Mapping[str, str], key: tuple[str, ...]
+) -> CompiledTable | NotCompiled:
+    """The SQL form a backfill loads ``t``'s rows with (source columns by category; ``key``:
+    the relation's key): a declared transform whole, with key converters that have no SQL twin
+    computed from the key (:class:`DerivedKey`), or a row-copying one (the identity: every
+    column into the same-named column of the same-named table, keyed by the relation's key).
+    A table whose form would not equal its Python path's is :class:`NotCompiled`."""
+    if t.copies_rows:
+        if not key or not set(key) <= set(columns):
+            return NotCompiled(t.source, "the relation has no key among its columns")
+        # The identity hands the log's text to the target as it is: so does its SQL form.
+        cols = {n: Expr(ident(n), TEXT) for n in columns}
+        target = CompiledTarget(
+            t.writes[0].name,
+            False,
+            tuple((k, cols[k]) for k in key),
+            tuple((n, e) for n, e in cols.items() if n not in key),
+            (),
+            None,
+        )
+        return CompiledTable(t.source, key, (target,), (), True)
+    return compile_table(t, columns, derived_keys=True)

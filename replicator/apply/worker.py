@@ -20,9 +20,12 @@ from typing import Any
 import psycopg
 
 from connectors import pg
+from connectors.copy_chunk import is_copy_chunk
 from connectors.envelope import Envelope, decode_envelopes
 from connectors.kafka_io import Consumer, Producer, ensure_topics
 from connectors.pgsink import Batch, Sink
+from replicator.apply.barrier import held_partitions, reach_marker, start_snapshot_phase
+from replicator.apply.bulk import BulkLoader
 from replicator.apply.pacing import CommitPacer
 from replicator.apply.positions import ApplyStats, Partition
 from replicator.apply.rows import RowMapper
@@ -130,7 +133,7 @@ class ApplyWorker:
         with pg.translated(self.db.masked()):
             self.conn.rollback()
             stored = load_offsets(self.conn, self.topic)
-            held = self._held_partitions() if self.topic == self.changes_topic else set()
+            held = held_partitions(self.conn) if self.topic == self.changes_topic else set()
             self.conn.commit()
         self._reseeked = True
         self._forget_uncommitted()
@@ -146,21 +149,12 @@ class ApplyWorker:
         not committed with its rows is read again from the stored offsets; committing it
         later, from a new session, would skip the rows the failed transaction lost."""
         self._dead_pending = []
+        self._bulk.discard()
         self._timings.forget()
         self._barrier_reached = False
         self._batch_rows = {}
         self._snapshot_rows = {}
         self._parts = {}
-
-    def _held_partitions(self) -> set[int]:
-        """Partitions stopped at the start marker of a backfill that is not applied yet: no
-        change after the marker may land before the snapshot, whichever worker reads it."""
-        rows = self.conn.execute(
-            "SELECT b.partition FROM replicator.backfill_barrier b "
-            "JOIN replicator.backfill f ON f.id = b.backfill_id "
-            "WHERE f.status IN ('pending', 'snapshot')"
-        ).fetchall()
-        return {int(r[0]) for r in rows}
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -185,6 +179,17 @@ class ApplyWorker:
         )
         self._conn = connect_session(self.db, self.s.name, self.dir_name)
         self.sink = Sink(self._conn, self.db.masked())
+        self._bulk = BulkLoader(
+            self.direction,
+            self.sink,
+            self.db.masked(),
+            flush=self._flush,
+            change=self._change,
+            dead=self._dead,
+            count=self._count_bulk,
+            connect=lambda: connect_session(self.db, self.s.name, self.dir_name),
+            connections=self.s.backfill.apply_connections,
+        )
         producer = Producer(
             self.s.kafka.bootstrap_servers,
             compression=self.s.kafka.compression,
@@ -214,6 +219,7 @@ class ApplyWorker:
                 self._switch = False
         finally:
             producer.close()
+            self._bulk.close()
             with contextlib.suppress(ReplicatorError):
                 self.sink.settle()  # a merge still running: its outcome no longer matters
             try:
@@ -312,7 +318,7 @@ class ApplyWorker:
         if self._try_snapshot_phase() or self._pending_backfill() is not None:
             return True
         with pg.translated(self.db.masked()):
-            held = self._held_partitions()
+            held = held_partitions(self.conn)
             self.conn.commit()
         return not held & {p for p, part in self._parts.items() if part.held}
 
@@ -332,6 +338,9 @@ class ApplyWorker:
     def _handle(self, partition: int, offset: int, value: bytes, batch: Batch) -> None:
         self.stats.messages += 1
         self._current = (partition, offset, None)
+        if is_copy_chunk(value):  # a backfill chunk as COPY output: the bulk path
+            self._bulk.load(partition, offset, value, batch)
+            return
         try:
             envs = decode_envelopes(value)
         except DataError as exc:
@@ -421,6 +430,12 @@ class ApplyWorker:
             else:
                 batch.add(op)
 
+    def _count_bulk(self, table: str, rows: int, touched: dict[str, int]) -> None:
+        self._snapshot_rows[table] = self._snapshot_rows.get(table, 0) + rows
+        for t, n in touched.items():
+            self.stats.rows[t] = self.stats.rows.get(t, 0) + n
+            self._batch_rows[t] = self._batch_rows.get(t, 0) + n
+
     def _control(self, env: Envelope, partition: int, batch: Batch) -> None:
         ctl = env.control or {}
         kind = ctl.get("kind")
@@ -457,42 +472,23 @@ class ApplyWorker:
             )
 
     def _reach_backfill_marker(self, ctl: dict[str, Any], partition: int) -> None:
-        """Hold this partition at the marker (committed with its offset). Once every partition
-        has reached it, the snapshot phase begins: every change before the marker is applied
-        on every partition before the snapshot, and none after it — why the backfill converges."""
-        backfill_id = ctl.get("backfill_id")
-        row = self.conn.execute(
-            "SELECT status FROM replicator.backfill WHERE id = %s", (backfill_id,)
-        ).fetchone()
-        if row is None or row[0] != "pending":
-            return  # the marker of a backfill already under way or done (a replay)
-        self.conn.execute(
-            "INSERT INTO replicator.backfill_barrier (backfill_id, partition, partitions) "
-            "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-            (backfill_id, partition, int(ctl.get("partitions", 1))),
-        )
-        self._parts[partition].held = True
-        self._barrier_reached = True
+        """Hold this partition at the marker (replicator.apply.barrier)."""
+        if reach_marker(self.conn, ctl, partition):
+            self._parts[partition].held = True
+            self._barrier_reached = True
 
     def _try_snapshot_phase(self) -> bool:
-        """Start the snapshot phase of a backfill whose marker every partition has reached.
-
-        Its own short transaction, after the barrier rows are committed: a row lock held across
-        Kafka polls could deadlock with a rebalance. Whoever runs last sees the barrier complete;
-        the status condition lets exactly one worker switch."""
+        """Start the snapshot phase if every partition reached the marker. Its own short
+        transaction, after the barrier rows are committed: a row lock held across Kafka polls
+        could deadlock with a rebalance."""
         with pg.translated(self.db.masked()):
-            row = self.conn.execute(
-                "UPDATE replicator.backfill f SET status = 'snapshot' WHERE f.status = 'pending' "
-                "AND (SELECT count(*) FROM replicator.backfill_barrier b WHERE b.backfill_id = f.id)"
-                " >= (SELECT max(partitions) FROM replicator.backfill_barrier b "
-                "WHERE b.backfill_id = f.id) RETURNING f.truncate, f.tables"
-            ).fetchone()
-            if row is not None and row[0]:
-                owned = [t for src in row[1] for t in self._truncate_owned.get(src, [])]
+            started = start_snapshot_phase(self.conn)
+            if started is not None and started[0]:
+                owned = [t for src in started[1] for t in self._truncate_owned.get(src, [])]
                 if owned:
                     self.sink.truncate(owned)
             self.conn.commit()
-        return row is not None
+        return started is not None
 
     def _dead(
         self, exc: ReplicatorError, partition: int, offset: int, lsn: int | None, change: Any
@@ -544,6 +540,7 @@ class ApplyWorker:
     def _commit(self, batch: Batch, consumer: Consumer) -> None:
         begun = time.monotonic()
         try:
+            self._bulk.join(batch)  # no offset is stored past a chunk before it is committed
             self._flush(batch)
             self._store_positions()
             for letter in self._dead_pending:
@@ -552,6 +549,7 @@ class ApplyWorker:
                 self.conn.commit()
             self.stats.dead_letters += len(self._dead_pending)
             self._dead_pending = []
+            self._bulk.committed()
             self._timings.committed()
             self._pacer.committed(begun)
         except ReplicatorError:

@@ -30,8 +30,15 @@ import psycopg
 from psycopg import sql
 
 from connectors import pg
-from connectors.envelope import Change, Envelope, RelationInfo
+from connectors.envelope import Change, Envelope
 from connectors.kafka_io import Producer, ensure_topics
+from replicator.backfill.copy_read import (
+    SQL_PATH,
+    SourceTable,
+    load_path,
+    prepare_reader,
+    read_copy_chunk,
+)
 from replicator.capture import prepare_source
 from replicator.config import Settings
 from replicator.errors import SchemaError, StateError
@@ -50,27 +57,13 @@ class TableProgress:
     rows_read: int
     done: bool
     rows_per_s: float = 0.0
+    path: str = SQL_PATH  # how the table is loaded: sql, or python: <why>
 
 
 ProgressFn = Callable[[TableProgress], None]
 
 
-@dataclass(frozen=True)
-class _Source:
-    table: str
-    relid: int
-    columns: tuple[str, ...]
-    type_oids: tuple[int, ...]
-    types: tuple[str, ...]
-    key: tuple[str, ...]
-
-    @property
-    def relation(self) -> RelationInfo:
-        schema, _, name = self.table.partition(".")
-        return RelationInfo(schema, name, self.columns, self.type_oids, self.key)
-
-
-def _describe(conn: psycopg.Connection[Any], table: str) -> _Source:
+def _describe(conn: psycopg.Connection[Any], table: str) -> SourceTable:
     schema, _, name = table.partition(".")
     rel = conn.execute(
         "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -80,7 +73,8 @@ def _describe(conn: psycopg.Connection[Any], table: str) -> _Source:
     if rel is None:
         raise SchemaError(f"mapped table {table} does not exist on the source")
     cols = conn.execute(
-        "SELECT attname, atttypid, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "SELECT attname, atttypid, format_type(atttypid, atttypmod), "
+        "(SELECT typtype = 'e' FROM pg_type WHERE oid = atttypid) FROM pg_attribute "
         "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         (rel[0],),
     ).fetchall()
@@ -96,13 +90,14 @@ def _describe(conn: psycopg.Connection[Any], table: str) -> _Source:
             hint=f"add a primary key to {table} (ALTER TABLE {table} ADD PRIMARY KEY (...)), "
             "or leave it out of the mapping",
         )
-    return _Source(
+    return SourceTable(
         table,
         int(rel[0]),
         tuple(str(c[0]) for c in cols),
         tuple(int(c[1]) for c in cols),
         tuple(str(c[2]) for c in cols),
         tuple(str(k[0]) for k in key),
+        tuple(str(c[0]) for c in cols if c[3]),
     )
 
 
@@ -147,7 +142,10 @@ SNAPSHOT_MESSAGE_BYTES = 4 << 20
 
 
 def snapshot_messages(
-    origin: str, source: _Source, rows: list[tuple[Any, ...]], limit: int = SNAPSHOT_MESSAGE_BYTES
+    origin: str,
+    source: SourceTable,
+    rows: list[tuple[Any, ...]],
+    limit: int = SNAPSHOT_MESSAGE_BYTES,
 ) -> Iterator[bytes]:
     """The encoded snapshot envelopes of one chunk, each at most ``limit`` bytes unless it holds
     a single row (a row is never split; the producer refuses one above its own limit)."""
@@ -222,6 +220,18 @@ class Backfill:
                 sources = {t: _describe(src, t) for t in self.tables}
                 levels = _levels(src, self.tables)
             backfill_id = self._start(src, tgt, sources)
+            paths = {
+                t: load_path(s.backfill, self.direction.transform_for(t), sources[t])
+                for t in self.tables
+            }
+            with pg.translated(s.target.masked()):
+                for t, path in paths.items():
+                    tgt.execute(
+                        "UPDATE replicator.backfill_progress SET path = %s"
+                        " WHERE backfill_id = %s AND table_name = %s",
+                        (path, backfill_id, t),
+                    )
+                    log.info("backfill of %s: %s path", t, path)
         producer = Producer(
             s.kafka.bootstrap_servers, compression=s.kafka.compression, **s.kafka.client_options()
         )
@@ -230,7 +240,13 @@ class Backfill:
                 with ThreadPoolExecutor(max_workers=self.parallel) as pool:
                     futures = [
                         pool.submit(
-                            self._read_table, backfill_id, sources[t], producer, stop, progress
+                            self._read_table,
+                            backfill_id,
+                            sources[t],
+                            paths[t],
+                            producer,
+                            stop,
+                            progress,
                         )
                         for t in level
                     ]
@@ -265,7 +281,7 @@ class Backfill:
         self,
         src: psycopg.Connection[Any],
         tgt: psycopg.Connection[Any],
-        sources: dict[str, _Source],
+        sources: dict[str, SourceTable],
     ) -> str:
         """Resume the unfinished backfill of the same tables, or start one and mark the log."""
         with pg.translated(self.s.target.masked()):
@@ -308,7 +324,8 @@ class Backfill:
     def _read_table(
         self,
         backfill_id: str,
-        source: _Source,
+        source: SourceTable,
+        path: str,
         producer: Producer,
         stop: threading.Event,
         progress: ProgressFn | None,
@@ -335,27 +352,37 @@ class Backfill:
             )
             if done:
                 if progress:
-                    progress(TableProgress(source.table, total, read, True))
+                    progress(TableProgress(source.table, total, read, True, path=path))
                 return
             started, started_rows = time.monotonic(), read
             first, after = self._chunk_query(source, False), self._chunk_query(source, True)
+            bulk = path == SQL_PATH
+            if bulk:
+                with pg.translated(s.source.masked()):
+                    prepare_reader(src)
             while not stop.is_set():
                 with pg.translated(s.source.masked()):
-                    query = first if last_key is None else after
-                    rows = src.execute(query, (*(last_key or []), self.chunk_rows)).fetchall()
-                if rows:
-                    sent = [
-                        producer.send(self.topic, message, partition=0)
-                        for message in snapshot_messages(s.name, source, rows)
-                    ]
+                    if bulk:
+                        got = read_copy_chunk(
+                            src, s.name, source, last_key, self.chunk_rows, SNAPSHOT_MESSAGE_BYTES
+                        )
+                        messages, n, key = got.messages, got.rows, got.last_key
+                    else:
+                        query = first if last_key is None else after
+                        rows = src.execute(query, (*(last_key or []), self.chunk_rows)).fetchall()
+                        messages = list(snapshot_messages(s.name, source, rows)) if rows else []
+                        n = len(rows)
+                        key_idx = [source.columns.index(k) for k in source.key]
+                        key = [rows[-1][i] for i in key_idx] if rows else None
+                if n:
+                    sent = [producer.send(self.topic, m, partition=0) for m in messages]
                     producer.flush()
                     for one in sent:
                         one.check()
-                    key_idx = [source.columns.index(k) for k in source.key]
-                    last_key = [rows[-1][i] for i in key_idx]
-                    read += len(rows)
+                    last_key = key
+                    read += n
                     chunks += 1
-                finished = len(rows) < self.chunk_rows
+                finished = n < self.chunk_rows
                 with pg.translated(s.target.masked()):
                     tgt.execute(
                         "UPDATE replicator.backfill_progress SET rows_read = %s, last_key = %s::jsonb, chunks = %s, "
@@ -373,12 +400,14 @@ class Backfill:
                     )
                 if progress:
                     rate = (read - started_rows) / max(time.monotonic() - started, 1e-6)
-                    progress(TableProgress(source.table, max(total, read), read, finished, rate))
+                    progress(
+                        TableProgress(source.table, max(total, read), read, finished, rate, path)
+                    )
                 if finished:
                     return
 
     @staticmethod
-    def _chunk_query(source: _Source, after: bool) -> sql.Composed:
+    def _chunk_query(source: SourceTable, after: bool) -> sql.Composed:
         # Columns are read as text (the log's one raw form). ORDER BY and WHERE name the
         # table's columns through the alias ``t``: a bare name would sort by the text output.
         cols = sql.SQL(", ").join(

@@ -1,0 +1,409 @@
+"""Apply's bulk path: a COPY chunk of the snapshot topic → staging table → ``INSERT … SELECT``.
+
+A chunk (connectors.copy_chunk) is PostgreSQL's COPY text output of a key range of one source
+table. It is copied as it is into a temporary staging table shaped like the source, and every
+target of the table's mapping is written with one statement over it, whose expressions are the
+compiled transform (transforms.compile): an ``INSERT … SELECT … ON CONFLICT`` per target (a
+plain ``INSERT`` while the target was empty when this worker first wrote it, falling back to
+the upsert on a duplicate key), an ``UPDATE … FROM`` per N→1 patch. No row passes through
+Python, except:
+
+- rows the SQL form cannot vouch for (the compiled reject expression names why): read back as
+  text and handed to the Python transform, which maps or dead-letters them as for any change;
+- key columns whose converter has no SQL twin (a uuid5 id): computed in Python from the key
+  alone and joined in;
+- a chunk the target refuses (a constraint): rolled back to its savepoint and sent down the
+  Python path whole, where the worker's isolation dead-letters the refused row alone;
+- a chunk of a table whose transform does not compile (or a mapping that changed since the
+  chunk was read): the Python path, row by row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from connectors import pg
+from connectors.copy_chunk import CopyChunk, decode_copy_chunk
+from connectors.envelope import Change, Envelope
+from connectors.pgsink import Batch, Sink
+from replicator.errors import DataError, MalformedMessage, ReplicatorError, SchemaError
+from transforms.api import Direction
+from transforms.compile import ENUM, CompiledTable, CompiledTarget, DerivedKey, compile_for_load
+from transforms.sql_twins import INT, TEXT, UNKNOWN, UUID, category, ident
+
+log = logging.getLogger(__name__)
+
+# Handles one change the Python way (the worker's _change); writes a dead letter (its _dead).
+ChangeFn = Callable[[Envelope, Change, int, int, Batch], None]
+DeadFn = Callable[[ReplicatorError, int, int, "int | None", Any], None]
+# source table, rows loaded by SQL, rows written per target table
+CountFn = Callable[[str, int, dict[str, int]], None]
+
+_DERIVED_TYPES = {TEXT: "text", UUID: "uuid", INT: "bigint"}
+
+
+_Result = tuple[dict[str, int], list[tuple[str | None, ...]]]
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    future: Future[_Result]
+    chunk: CopyChunk
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    compiled: CompiledTable
+    stage: str
+    stage_columns: tuple[tuple[str, str], ...]  # (column, staged type)
+    derived: str | None  # the derived keys' staging table
+    key_types: tuple[str, ...]  # staged types of the source key columns derived keys read
+    # Target table -> column -> type, read on apply's session when planning (the sessions
+    # loading chunks at once must not share it).
+    target_types: dict[str, dict[str, str]]
+
+
+class BulkLoader:
+    """Loads COPY chunks. With ``connections`` > 1, chunks of one table are loaded at once on
+    that many sessions of their own, each committing its chunk: snapshot chunks are idempotent
+    (a chunk loaded twice upserts the same rows), so what matters is only that apply stores a
+    Kafka offset past a chunk after the chunk is committed (:meth:`join`, called before every
+    commit) and that a chunk sees the rows it depends on: chunks of another table wait for
+    those in flight, and a chunk that follows uncommitted writes of apply's own transaction is
+    loaded in that transaction."""
+
+    def __init__(
+        self,
+        direction: Direction,
+        sink: Sink,
+        where: str,
+        *,
+        flush: Callable[[Batch], None],
+        change: ChangeFn,
+        dead: DeadFn,
+        count: CountFn,
+        connect: Callable[[], psycopg.Connection[Any]],
+        connections: int = 1,
+    ) -> None:
+        self.direction = direction
+        self.sink = sink
+        self.where = where
+        self._flush, self._change, self._dead, self._count = flush, change, dead, count
+        self._connect = connect
+        # Apply's own transaction holds writes of this loader's (a chunk loaded in it, rows
+        # handed to the Python path) that a chunk on another session would not see.
+        self._main_dirty = False
+        self._plans: dict[tuple[Any, ...], _Plan | str] = {}
+        # Target table -> it was empty when this loader first wrote it (try plain inserts).
+        self._fresh: dict[str, bool] = {}
+        self._pool = ThreadPoolExecutor(connections, "bulk") if connections > 1 else None
+        self._limit = connections
+        self._local = threading.local()
+        self._sessions: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._inflight: deque[_InFlight] = deque()
+
+    def load(self, partition: int, offset: int, value: bytes, batch: Batch) -> None:
+        try:
+            chunk = decode_copy_chunk(value)
+        except MalformedMessage as exc:
+            self._dead(exc, partition, offset, None, value[:10_000].decode("utf-8", "replace"))
+            return
+        plan = self._plan(chunk)
+        if isinstance(plan, str):
+            self.join(batch)
+            self._python(chunk, partition, offset, batch)
+            return
+        table = chunk.relation.qualname
+        if self._inflight and self._inflight[0].chunk.relation.qualname != table:
+            self.join(batch)
+        if self._pool is not None and not len(batch) and not self._main_dirty:
+            while len(self._inflight) >= self._limit:
+                self._finish(self._inflight.popleft(), batch)
+            future = self._pool.submit(self._on_own_session, plan, chunk)
+            self._inflight.append(_InFlight(future, chunk, partition, offset))
+            return
+        self.join(batch)
+        self._flush(batch)  # rows before this chunk are written before it
+        self._main_dirty = True
+        self.sink.settle()
+        conn = self.sink.conn
+        try:
+            with pg.translated(self.where), conn.transaction():
+                result = self._run(conn, plan, chunk)
+        except ReplicatorError as exc:
+            self._refused(exc, chunk, partition, offset, batch)
+            return
+        self._loaded(result, chunk, partition, offset, batch)
+
+    def join(self, batch: Batch) -> None:
+        """Wait for the chunks in flight; what they leave to Python goes into ``batch``."""
+        while self._inflight:
+            self._finish(self._inflight.popleft(), batch)
+
+    def committed(self) -> None:
+        """Apply's transaction committed: chunks may go to other sessions again."""
+        self._main_dirty = False
+
+    def discard(self) -> None:
+        """Wait for the chunks in flight and drop their outcome (a new assignment reads them
+        again from the stored offsets: loading a chunk twice is harmless)."""
+        self._main_dirty = False
+        while self._inflight:
+            with contextlib.suppress(Exception):
+                self._inflight.popleft().future.result()
+
+    def close(self) -> None:
+        self.discard()
+        if self._pool is not None:
+            self._pool.shutdown()
+        with self._lock:
+            for conn in self._sessions:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+            self._sessions = []
+
+    def _on_own_session(self, plan: _Plan, chunk: CopyChunk) -> _Result:
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._local.conn = self._connect()
+            with self._lock:
+                self._sessions.append(conn)
+        try:
+            with pg.translated(self.where), conn.transaction():
+                return self._run(conn, plan, chunk)
+        except ReplicatorError as exc:
+            if exc.retriable:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+            raise
+
+    def _finish(self, job: _InFlight, batch: Batch) -> None:
+        try:
+            result = job.future.result()
+        except ReplicatorError as exc:
+            self._refused(exc, job.chunk, job.partition, job.offset, batch)
+            return
+        self._loaded(result, job.chunk, job.partition, job.offset, batch)
+
+    def _loaded(
+        self, result: _Result, chunk: CopyChunk, partition: int, offset: int, batch: Batch
+    ) -> None:
+        touched, flagged = result
+        self._count(chunk.relation.qualname, chunk.rows - len(flagged), touched)
+        if flagged:
+            self._python(chunk, partition, offset, batch, rows=flagged)
+
+    def _refused(
+        self, exc: ReplicatorError, chunk: CopyChunk, partition: int, offset: int, batch: Batch
+    ) -> None:
+        # Two rows of the chunk mapped to one target key: the Python path coalesces them.
+        repeated = isinstance(exc.__cause__, psycopg.errors.CardinalityViolation)
+        if not isinstance(exc, DataError) and not repeated:
+            raise exc
+        # The target refused a row of the chunk (a constraint the transform does not know):
+        # the Python path, where the worker isolates the refused row.
+        log.warning(
+            "target refused a bulk chunk of %s (%s); loading it row by row",
+            chunk.relation.qualname,
+            exc.message,
+        )
+        self._python(chunk, partition, offset, batch)
+
+    # -- the Python path -------------------------------------------------------------------
+
+    def _python(
+        self,
+        chunk: CopyChunk,
+        partition: int,
+        offset: int,
+        batch: Batch,
+        rows: Sequence[Sequence[str | None]] | None = None,
+    ) -> None:
+        self._main_dirty = True  # the rows land in apply's transaction
+        relation = chunk.relation
+        values = chunk.text_rows() if rows is None else rows
+        env = Envelope(
+            origin=chunk.origin,
+            xid=0,
+            commit_lsn=0,
+            commit_ts=None,
+            relations={chunk.relid: relation},
+            changes=[
+                Change("snapshot", chunk.relid, values=list(r), relation=relation) for r in values
+            ],
+        )
+        for change in env.changes:
+            self._change(env, change, partition, offset, batch)
+
+    # -- planning --------------------------------------------------------------------------
+
+    def _plan(self, chunk: CopyChunk) -> _Plan | str:
+        r = chunk.relation
+        cache_key = (r.qualname, r.columns, chunk.types, chunk.enums, r.key_columns)
+        found = self._plans.get(cache_key)
+        if found is None:
+            found = self._plans[cache_key] = self._make_plan(chunk, len(self._plans))
+            if isinstance(found, str):
+                log.info("bulk chunks of %s go the Python way: %s", r.qualname, found)
+        return found
+
+    def _make_plan(self, chunk: CopyChunk, n: int) -> _Plan | str:
+        r = chunk.relation
+        transform = self.direction.transform_for(r.qualname)
+        if transform is None:
+            return "no transform"
+        cats = {
+            c: ENUM if c in chunk.enums else category(t)
+            for c, t in zip(r.columns, chunk.types, strict=True)
+        }
+        compiled = compile_for_load(transform, cats, r.key_columns)
+        if not isinstance(compiled, CompiledTable):
+            return compiled.reason
+        staged = tuple(
+            (c, "text" if transform.copies_rows or cats[c] in (ENUM, UNKNOWN) else t)
+            for c, t in zip(r.columns, chunk.types, strict=True)
+        )
+        types = dict(staged)
+        key_types = tuple(
+            types[s] for s in dict.fromkeys(s for d in compiled.derived for s in d.sources)
+        )
+        target_types = {t.table: dict(self.sink.table(t.table).columns) for t in compiled.targets}
+        for t in compiled.targets:
+            written = t.key + t.columns + t.insert_only
+            missing = [n for n, _ in written if n not in target_types[t.table]]
+            if missing:
+                raise SchemaError(
+                    f"target table {t.table} has no column(s) {', '.join(missing)}",
+                    hint="run `replicator check` to compare the mapping with the target",
+                )
+        return _Plan(
+            compiled,
+            f"_bulk_{n}",
+            staged,
+            f"_bulk_{n}_keys" if compiled.derived else None,
+            key_types,
+            target_types,
+        )
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _run(self, conn: psycopg.Connection[Any], plan: _Plan, chunk: CopyChunk) -> _Result:
+        stage = sql.Identifier(plan.stage)
+        cols = ", ".join(f"{ident(c)} {t}" for c, t in plan.stage_columns)
+        # Created on every use if missing: a rolled-back transaction takes it along.
+        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {ident(plan.stage)} ({cols})")
+        conn.execute(sql.SQL("TRUNCATE {}").format(stage))
+        names = sql.SQL(", ").join(sql.Identifier(c) for c, _ in plan.stage_columns)
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                sql.SQL("COPY {} ({}) FROM STDIN (ENCODING 'UTF8')").format(stage, names)
+            ) as cp,
+        ):
+            cp.write(chunk.data)
+        source = f"{ident(plan.stage)} s"
+        if plan.derived is not None:
+            source = self._derive(conn, plan)
+        c = plan.compiled
+        touched: dict[str, int] = {}
+        vouched: int | None = None  # rows the SQL form took, when a statement counted them
+        for target in c.targets:
+            n, counted = self._write(conn, target, plan.target_types[target.table], c, source)
+            touched[target.table] = touched.get(target.table, 0) + n
+            if counted:
+                vouched = n  # one row written per row the reject expression let through
+        flagged: list[tuple[str | None, ...]] = []
+        if c.checks and vouched != chunk.rows:
+            as_text = ", ".join(f"s.{ident(col)}::text" for col, _ in plan.stage_columns)
+            flagged = conn.execute(
+                f"SELECT {as_text} FROM {source} WHERE ({c.reject_sql}) IS NOT NULL"
+            ).fetchall()
+        return touched, flagged
+
+    def _derive(self, conn: psycopg.Connection[Any], plan: _Plan) -> str:
+        """Key columns computed in Python from the source key (no SQL twin), joined in."""
+        assert plan.derived is not None
+        c = plan.compiled
+        needed = tuple(dict.fromkeys(s for d in c.derived for s in d.sources))
+        keys = conn.execute(
+            f"SELECT {', '.join(ident(k) for k in needed)} FROM {ident(plan.stage)}"
+        ).fetchall()
+        cols = [f"__src_{i} {t}" for i, t in enumerate(plan.key_types)]
+        cols += [f"{ident(d.alias)} {_DERIVED_TYPES.get(d.type, 'text')}" for d in c.derived]
+        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {ident(plan.derived)} ({', '.join(cols)})")
+        conn.execute(f"TRUNCATE {ident(plan.derived)}")
+        with conn.cursor() as cur, cur.copy(f"COPY {ident(plan.derived)} FROM STDIN") as cp:
+            for k in keys:
+                cp.write_row((*k, *(_derived(d, needed, k) for d in c.derived)))
+        on = " AND ".join(f"s.{ident(k)} = d.__src_{i}" for i, k in enumerate(needed))
+        return f"{ident(plan.stage)} s LEFT JOIN {ident(plan.derived)} d ON {on}"
+
+    def _write(
+        self,
+        conn: psycopg.Connection[Any],
+        t: CompiledTarget,
+        types: dict[str, str],
+        c: CompiledTable,
+        source: str,
+    ) -> tuple[int, bool]:
+        """Rows written, and whether that is one per row the reject expression let through."""
+        where = f"({c.reject_sql}) IS NULL" + (f" AND ({t.when})" if t.when else "")
+        table = _qualified(t.table)
+        if t.patch:
+            sets = [n for n, _ in t.columns if n not in dict(t.key)]
+            if not sets:
+                return 0, False
+            inner = ", ".join(f"({e.sql})::{types[n]} AS {ident(n)}" for n, e in t.key + t.columns)
+            assign = ", ".join(f"{ident(n)} = p.{ident(n)}" for n in sets)
+            match = " AND ".join(f"x.{ident(n)} = p.{ident(n)}" for n, _ in t.key)
+            n = conn.execute(
+                f"UPDATE {table} x SET {assign} FROM (SELECT {inner} FROM {source}"
+                f" WHERE {where}) p WHERE {match}"
+            ).rowcount
+            return n, False
+        written = t.key + t.columns + t.insert_only
+        names = ", ".join(ident(n) for n, _ in written)
+        values = ", ".join(f"({e.sql})::{types[n]}" for n, e in written)
+        insert = f"INSERT INTO {table} ({names}) SELECT {values} FROM {source} WHERE {where}"
+        fresh = self._fresh.get(t.table)
+        if fresh is None:
+            empty = conn.execute(f"SELECT NOT EXISTS (SELECT FROM {table})").fetchone()
+            fresh = self._fresh[t.table] = empty == (True,)
+        if fresh:
+            # Nothing was in the table when this worker began writing it: a plain insert
+            # (a third cheaper than the upsert) unless a key repeats (a chunk sent twice).
+            try:
+                with conn.transaction():
+                    return conn.execute(insert).rowcount, t.when is None
+            except psycopg.errors.UniqueViolation:
+                self._fresh[t.table] = False
+        keys = ", ".join(ident(n) for n, _ in t.key)
+        update = ", ".join(f"{ident(n)} = EXCLUDED.{ident(n)}" for n, _ in t.columns)
+        action = f"DO UPDATE SET {update}" if update else "DO NOTHING"
+        n = conn.execute(f"{insert} ON CONFLICT ({keys}) {action}").rowcount
+        return n, t.when is None and bool(update)
+
+
+def _derived(d: DerivedKey, needed: tuple[str, ...], key: Sequence[Any]) -> Any:
+    try:
+        return d.convert(*(key[needed.index(s)] for s in d.sources))
+    except (ValueError, TypeError, KeyError, DataError):
+        return None  # the key's NULL check sends the row the Python way, which says why
+
+
+def _qualified(name: str) -> str:
+    schema, _, table = name.partition(".")
+    return f"{ident(schema)}.{ident(table)}" if table else ident(schema)

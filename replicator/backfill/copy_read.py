@@ -1,0 +1,140 @@
+"""The backfill's bulk path: which tables travel as COPY output, and reading one chunk of them.
+
+A table whose transform compiles to SQL (transforms.compile.compile_for_load) is read with
+``COPY (SELECT … ORDER BY key LIMIT n) TO STDOUT`` and sent as that output
+(connectors.copy_chunk): apply stages it and writes the target with ``INSERT … SELECT``. Any
+other table, or one an operator forces (``backfill.python_tables``), keeps the Python path (rows
+as text in change envelopes, each through the transform). The decision is stored with the
+table's progress, so ``status`` and the progress bars say which path each table took.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from connectors.copy_chunk import CopyChunk, copy_fields
+from connectors.envelope import RelationInfo
+from replicator.config import BackfillSettings
+from transforms.api import TableTransform
+from transforms.compile import ENUM, CompiledTable, compile_for_load
+from transforms.sql_twins import category
+
+SQL_PATH = "sql"
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """A mapped source table as the backfill reads it."""
+
+    table: str
+    relid: int
+    columns: tuple[str, ...]
+    type_oids: tuple[int, ...]
+    types: tuple[str, ...]  # format_type() of each column
+    key: tuple[str, ...]
+    enums: tuple[str, ...] = ()  # columns of a user-defined enum type
+
+    @property
+    def relation(self) -> RelationInfo:
+        schema, _, name = self.table.partition(".")
+        return RelationInfo(schema, name, self.columns, self.type_oids, self.key)
+
+
+def categories(
+    columns: Sequence[str], types: Sequence[str], enums: Sequence[str]
+) -> dict[str, str]:
+    """Column -> category of transforms.sql_twins (``enum`` for a user enum)."""
+    return {c: ENUM if c in enums else category(t) for c, t in zip(columns, types, strict=True)}
+
+
+def load_path(
+    settings: BackfillSettings, transform: TableTransform | None, source: SourceTable
+) -> str:
+    """``sql``, or ``python: <why>``."""
+    if transform is None:
+        return "python: no transform"
+    if not settings.compiled:
+        return "python: backfill.compiled is off"
+    if source.table in settings.python_tables:
+        return "python: listed in backfill.python_tables"
+    compiled = compile_for_load(
+        transform, categories(source.columns, source.types, source.enums), source.key
+    )
+    if not isinstance(compiled, CompiledTable):
+        return f"python: {compiled.reason}"
+    return SQL_PATH
+
+
+@dataclass(frozen=True)
+class CopyRead:
+    messages: list[bytes]
+    rows: int
+    last_key: list[str | None] | None
+
+
+def chunk_query(source: SourceTable, after: bool) -> sql.Composed:
+    """One keyset page of ``source``; ``after``: past a key given as text parameters."""
+    cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in source.columns)
+    table = sql.Identifier(*source.table.split(".", 1))
+    order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in source.key)
+    if not after:
+        return sql.SQL("SELECT {} FROM {} t ORDER BY {} LIMIT %s").format(cols, table, order)
+    types = dict(zip(source.columns, source.types, strict=True))
+    bound = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(types[k])) for k in source.key)
+    return sql.SQL("SELECT {} FROM {} t WHERE ({}) > ({}) ORDER BY {} LIMIT %s").format(
+        cols, table, order, bound, order
+    )
+
+
+def prepare_reader(conn: psycopg.Connection[Any]) -> None:
+    """The session settings the COPY text is produced under: UTF-8, ISO dates, exact floats
+    (apply parses it back with the same types)."""
+    conn.execute(
+        "SET client_encoding = 'UTF8'; SET DateStyle = 'ISO, MDY'; "
+        "SET IntervalStyle = 'postgres'; SET extra_float_digits = 3"
+    )
+
+
+def read_copy_chunk(
+    conn: psycopg.Connection[Any],
+    origin: str,
+    source: SourceTable,
+    last_key: Sequence[Any] | None,
+    chunk_rows: int,
+    message_bytes: int,
+) -> CopyRead:
+    """The next ``chunk_rows`` rows after ``last_key`` as COPY chunk messages of at most about
+    ``message_bytes`` each (a message always ends with a whole row; one row larger than the
+    limit is a message of its own)."""
+    query = chunk_query(source, last_key is not None)
+    stmt = sql.SQL("COPY ({}) TO STDOUT").format(query)
+    parts: list[bytes] = []
+    buf = bytearray()
+    with conn.cursor() as cur, cur.copy(stmt, (*(last_key or ()), chunk_rows)) as cp:
+        # One block per row, as the server sends them: cut after a whole row only.
+        for block in cp:
+            buf += block
+            if len(buf) >= message_bytes and buf.endswith(b"\n"):
+                parts.append(bytes(buf))
+                buf = bytearray()
+    if buf:
+        parts.append(bytes(buf))
+    if not parts:
+        return CopyRead([], 0, None)
+    rows = sum(p.count(b"\n") for p in parts)
+    last_line = parts[-1][:-1].rpartition(b"\n")[2]
+    fields = copy_fields(last_line)
+    key = [fields[source.columns.index(k)] for k in source.key]
+    relation = source.relation
+    messages = [
+        CopyChunk(
+            origin, source.relid, relation, source.types, source.enums, p.count(b"\n"), p
+        ).encode()
+        for p in parts
+    ]
+    return CopyRead(messages, rows, key)
