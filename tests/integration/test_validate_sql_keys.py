@@ -80,6 +80,13 @@ def test_touched_keys_compared_in_sql_give_the_python_report(
             (upper,),
         )
         c.execute("DELETE FROM audit_log WHERE id = %s", (audits[-1],))
+        # Accepted by Python, but not plain ASCII: flagged by SQL, judged by Python (missing).
+        accented = uuid.uuid4()
+        c.execute(
+            'INSERT INTO "user" (id, email, hashed_password, is_active, is_superuser)'
+            " VALUES (%s, 'zoë@example.com', 'x', true, false)",
+            (accented,),
+        )
     with env.target_conn() as c:  # planted differences, one per kind of writer
         c.execute("SET session_replication_role = replica")  # as apply writes: no FK triggers
         c.execute("UPDATE audit_log SET target = 'planted' WHERE id = %s", (audits[100],))
@@ -92,7 +99,7 @@ def test_touched_keys_compared_in_sql_give_the_python_report(
         )
         c.execute("DELETE FROM mcp_server WHERE id = %s", (servers[2],))
     touched: dict[str, set[SourceKey]] = {
-        "public.user": {(u,) for u in [*users, upper]},
+        "public.user": {(u,) for u in [*users, upper, accented]},
         "public.user_profile": {(p,) for p in profiles},
         "public.organization_member": set(members),
         "public.audit_log": {(a,) for a in audits},
@@ -125,13 +132,18 @@ def test_touched_keys_compared_in_sql_give_the_python_report(
     kinds = sorted((d.table, d.kind, tuple(d.columns)) for d in sql.differences)
     assert kinds == [
         ("public.account", "differs", ("password",)),
+        ("public.account", "missing", ()),
         ("public.audit_log", "differs", ("target",)),
         ("public.audit_log", "extra", ()),
         ("public.mcp_server", "missing", ()),
         ("public.member", "differs", ("role",)),
         ("public.user", "differs", ("bio",)),
         ("public.user", "differs", ("name",)),
+        ("public.user", "missing", ()),
     ], kinds
+    missing = {d.table: d.key for d in sql.differences if d.kind == "missing"}
+    assert missing["public.user"] == {"id": str(accented)}
+    assert missing["public.account"]["user_id"] == str(accented)
     keyed = {(d.table, d.kind): d.key for d in sql.differences if d.table != "public.user"}
     assert keyed[("public.audit_log", "extra")] == {"id": str(audits[-1])}
     assert keyed[("public.mcp_server", "missing")] == {"id": str(servers[2])}
