@@ -35,9 +35,11 @@ from transforms.sql_twins import (
 )
 
 BUCKET_BITS = 12
+# standard_conforming_strings: values listed in a statement (keys as array literals, see
+# sql.array_literal) are quoted for it; a backslash must never be an escape there.
 SESSION_SQL = (
     "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';"
-    " SET extra_float_digits = 1"
+    " SET extra_float_digits = 1; SET standard_conforming_strings = on"
 )
 
 

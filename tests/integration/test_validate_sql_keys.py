@@ -244,3 +244,14 @@ def test_fast_validation_under_live_sync_finds_a_planted_difference_in_sql(env: 
     finally:
         stop.set()
         pipeline.shutdown()
+
+
+def test_listed_keys_reach_the_server_as_they_are(env: Env) -> None:
+    """Keys are listed in the statement as array literals: any text must come back unchanged."""
+    from replicator.validate.sql import SESSION_SQL, array_literal
+
+    tricky = ['a"b', "back\\slash", "it's", "{}", "NULL", "a,b", " padded ", "zoë ⇄", "", None]
+    with env.legacy_conn() as c:
+        c.execute(SESSION_SQL)
+        got = c.execute(f"SELECT {array_literal(tricky)}::text[]").fetchone()
+    assert got == (tricky,)
