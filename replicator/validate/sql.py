@@ -132,8 +132,10 @@ def bucket_rows(
 ) -> list[tuple[Any, ...]]:
     """(key texts..., row md5, extra columns...) of the rows in ``buckets``."""
     cols = ", ".join([f"q.k{i}" for i in range(nkeys)] + ["md5(q.r)"] + [f"q.{e}" for e in extra])
+    # The compiled SQL may hold a '%' (a constant, a mapped value): not a placeholder here.
+    inner = sql.replace("%", "%%")
     return conn.execute(
-        f"SELECT {cols} FROM ({sql}) q WHERE {bucket_expr(nkeys, h)} = ANY(%s)", (buckets,)
+        f"SELECT {cols} FROM ({inner}) q WHERE {bucket_expr(nkeys, h)} = ANY(%s)", (buckets,)
     ).fetchall()
 
 

@@ -255,3 +255,31 @@ def test_listed_keys_reach_the_server_as_they_are(env: Env) -> None:
         c.execute(SESSION_SQL)
         got = c.execute(f"SELECT {array_literal(tricky)}::text[]").fetchone()
     assert got == (tricky,)
+
+
+def test_a_mapping_whose_sql_holds_a_percent_sign(env: Env) -> None:
+    """Compiled SQL may hold '%' (a constant, a mapped value): statements that also take
+    parameters must not read it as a placeholder, in the full and in the keyed comparison."""
+    from transforms.api import MappingSet
+    from transforms.declarative import Target, const, direction, table_mapping
+
+    item = table_mapping(
+        "public.item",
+        [Target("public.item", key={"id": "id"}, columns={"name": "name", "note": const("100%")})],
+        source_key=("id",),
+    )
+    mapping = MappingSet("pct", forward=direction(item), reverse=direction())
+    with env.legacy_conn() as c:
+        c.execute("CREATE TABLE item (id int PRIMARY KEY, name text)")
+        c.execute("INSERT INTO item SELECT g, 'n' || g FROM generate_series(1, 50) g")
+    with env.target_conn() as c:
+        c.execute("CREATE TABLE item (id int PRIMARY KEY, name text, note text)")
+        c.execute("INSERT INTO item SELECT g, 'n' || g, '100%' FROM generate_series(1, 50) g")
+        c.execute("UPDATE item SET note = '99%' WHERE id = 7")
+    full = validate(env.settings(), mapping, save=False)
+    keyed = validate(env.settings(), mapping, keys={"public.item": {(7,), (8,)}}, save=False)
+    for report in (full, keyed):
+        assert [t.path for t in report.tables] == ["sql"]
+        assert [(d.kind, d.key, d.columns, d.actual) for d in report.differences] == [
+            ("differs", {"id": "7"}, ["note"], {"note": "99%"})
+        ]
