@@ -29,8 +29,9 @@ from replicator.errors import CutoverAborted, KafkaUnavailable
 from replicator.validate.expect import SourceKey
 from replicator.validate.fast import Touched
 from replicator.validate.report import Difference, Report
-from replicator.validate.run import _Ctx, _difference, _first_pass
+from replicator.validate.run import _Ctx, _difference, _first_pass, group_plan
 from replicator.validate.scope import components, require_keys, select_tables, shapes_of
+from replicator.validate.sql import SESSION_SQL, GroupPlan, choose_hashing
 from transforms.api import MappingSet
 
 if TYPE_CHECKING:
@@ -55,8 +56,9 @@ class KeyedCheck:
     """The forward comparison of chosen legacy keys, on connections held open across the pause,
     with no marker round trip (the caller knows whether both sides are static)."""
 
-    def __init__(self, s: Settings, mapping: MappingSet) -> None:
+    def __init__(self, s: Settings, mapping: MappingSet, *, python_path: bool = False) -> None:
         self.s = s
+        self.python_path = python_path  # every table the Python way (tests, comparisons)
         self.fwd = mapping.forward
         self.selected = select_tables(self.fwd, None)
         require_keys(self.fwd, "verification")
@@ -64,10 +66,29 @@ class KeyedCheck:
         self.target = pg.connect(s.target.conninfo(), autocommit=True)
         with pg.translated(s.target.masked()):
             self.shapes = shapes_of(self.target, self.selected)
+        for conn, db in ((self.legacy, s.source), (self.target, s.target)):
+            with pg.translated(db.masked()):
+                conn.execute(SESSION_SQL)  # canonical text alike on both servers (as validate)
+        self.hashing = choose_hashing(self.legacy, self.target)
+        # Each group's SQL plan (or why it keeps the Python path), made now, before any fence:
+        # the checks in the write pause only run them.
+        self.plans: dict[tuple[str, ...], GroupPlan | str] = {}
+        self._legacy_columns: dict[str, dict[str, str]] | None = None
+        ctx = self._ctx()
+        for group in components(self.fwd, self.selected):
+            group_plan(ctx, group)
+        self._legacy_columns = ctx.legacy_columns
+
+    def _ctx(self) -> _Ctx:
+        ctx = _Ctx(self.s, self.fwd, self.legacy, self.target, self.shapes, False, 0.0)
+        ctx.hashing, ctx.plans = self.hashing, self.plans
+        ctx.legacy_columns = self._legacy_columns
+        ctx.force_python = self.python_path
+        return ctx
 
     def compare(self, keys: Mapping[str, set[SourceKey]], full_sources: set[str]) -> Mismatch:
         report = Report("keys", None, datetime.now(UTC))
-        ctx = _Ctx(self.s, self.fwd, self.legacy, self.target, self.shapes, False, 0.0)
+        ctx = self._ctx()
         full_tables = sorted(
             {
                 w.name

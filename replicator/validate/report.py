@@ -98,7 +98,7 @@ class Report:
     orphans: list[Orphan] = field(default_factory=list)
     orphan_count: int = 0
     rejected_count: int = 0
-    # The mapping reads columns legacy does not have (replicator.validate.mapping): never clean.
+    # The mapping reads columns legacy does not have (replicator.validate.scope): never clean.
     mapping_errors: list[str] = field(default_factory=list)
     log_offsets: dict[int, int] | None = None
     since_run_id: int | None = None

@@ -51,7 +51,6 @@ from replicator.validate.canon import (
 )
 from replicator.validate.expect import SourceKey, fold_all, fold_keys
 from replicator.validate.fast import Touched, end_offsets, touched_since
-from replicator.validate.mapping import mapping_errors
 from replicator.validate.orphans import find_orphans
 from replicator.validate.report import (
     Difference,
@@ -64,6 +63,7 @@ from replicator.validate.report import (
 )
 from replicator.validate.scope import (
     components,
+    mapping_errors,
     read_target,
     require_keys,
     select_tables,
@@ -79,6 +79,7 @@ from replicator.validate.sql import (
     run_group,
     source_columns,
 )
+from replicator.validate.sql_keys import check_keys, load_key_types
 from transforms.api import Direction, MappingSet, TableTransform
 
 __all__ = ["Report", "last_validation", "select_tables", "validate"]
@@ -102,6 +103,9 @@ class _Ctx:
     force_python: bool = False  # every table the Python way (tests, comparisons)
     hashing: Hashing = field(default_factory=lambda: Hashing(fast=False))
     legacy_columns: dict[str, dict[str, str]] | None = None  # source table -> column category
+    # The SQL plan of each group, or why it keeps the Python path (a cutover's verify keeps
+    # them across its checks: none is made in the write pause).
+    plans: dict[tuple[str, ...], GroupPlan | str] = field(default_factory=dict)
 
     def writers(self, table: str) -> list[TableTransform]:
         return [t for t in self.direction.tables.values() if any(w.name == table for w in t.writes)]
@@ -166,10 +170,13 @@ def _compare(
     return cand
 
 
-def _sql_pass(ctx: _Ctx, group: list[str], report: Report) -> dict[str, Pending] | str:
-    """The group compared by checksums in both databases, or why it keeps the Python path."""
+def group_plan(ctx: _Ctx, group: list[str]) -> GroupPlan | str:
+    """The SQL plan of a group of target tables, or why it keeps the Python path."""
     if ctx.force_python:
         return "the Python path was asked for"
+    known = ctx.plans.get(tuple(group))
+    if known is not None:
+        return known
     if ctx.legacy_columns is None:
         with pg.translated(ctx.s.source.masked()):
             ctx.legacy_columns = {s: source_columns(ctx.legacy, s) for s in ctx.direction.tables}
@@ -179,6 +186,16 @@ def _sql_pass(ctx: _Ctx, group: list[str], report: Report) -> dict[str, Pending]
     plan = plan_group(
         ctx.direction, group, ctx.shapes, lambda s: legacy_cols[s], lambda t: enums[t], ctx.hashing
     )
+    if isinstance(plan, GroupPlan):
+        with pg.translated(ctx.s.source.masked()):
+            load_key_types(ctx.legacy, plan)
+    ctx.plans[tuple(group)] = plan
+    return plan
+
+
+def _sql_pass(ctx: _Ctx, group: list[str], report: Report) -> dict[str, Pending] | str:
+    """The group compared by checksums in both databases, or why it keeps the Python path."""
+    plan = group_plan(ctx, group)
     if not isinstance(plan, GroupPlan):
         return plan
     with _snapshot(ctx.target, ctx.s.target.masked()):
@@ -206,15 +223,63 @@ def _sql_pass(ctx: _Ctx, group: list[str], report: Report) -> dict[str, Pending]
     return out
 
 
+def _keyed_sql_pass(
+    ctx: _Ctx, group: list[str], report: Report, touched: Mapping[str, set[SourceKey]]
+) -> tuple[dict[str, Pending], dict[str, str]]:
+    """The touched keys of each component that compiles compared in both databases; returns
+    their candidates, and the tables left to the Python path with the reason."""
+    out: dict[str, Pending] = {}
+    left: dict[str, str] = {}
+    for comp in components(ctx.direction, group):
+        plan = group_plan(ctx, comp)
+        if not isinstance(plan, GroupPlan):
+            left.update(dict.fromkeys(comp, plan))
+            continue
+        with pg.translated(f"{ctx.s.source.masked()} / {ctx.s.target.masked()}"):
+            got = check_keys(
+                plan,
+                ctx.direction,
+                ctx.legacy,
+                ctx.target,
+                touched,
+                lambda shape, keys: read_target(ctx.target, shape, keys),
+                lambda: _snapshot(ctx.legacy, ctx.s.source.masked()),
+            )
+        report.rejected.extend(got.rejected)
+        for t in comp:
+            o = got.tables[t]
+            ctx.provenance[t] = o.provenance
+            res = TableResult(t, "keys", path="sql")
+            res.expected_rows, res.target_rows = o.expected_rows, o.target_rows
+            res.rows_checked = o.rows_checked
+            res.chunks, res.chunks_mismatched = o.compared, o.mismatched
+            report.tables.append(res)
+            out[t] = o.pending
+    return out, left
+
+
 def _first_pass(
     ctx: _Ctx, group: list[str], report: Report, touched: Mapping[str, set[SourceKey]] | None
 ) -> dict[str, Pending]:
-    reason = None
     if touched is None:
         got = _sql_pass(ctx, group, report)
         if not isinstance(got, str):
             return got
-        reason = got
+        return _first_pass_python(ctx, group, report, None, dict.fromkeys(group, got))
+    done, left = _keyed_sql_pass(ctx, group, report, touched)
+    if not left:
+        return done
+    # The rest as one group, as before: one legacy snapshot for all of it.
+    return {**done, **_first_pass_python(ctx, list(left), report, touched, left)}
+
+
+def _first_pass_python(
+    ctx: _Ctx,
+    group: list[str],
+    report: Report,
+    touched: Mapping[str, set[SourceKey]] | None,
+    reasons: Mapping[str, str],
+) -> dict[str, Pending]:
     shapes = {t: ctx.shapes[t] for t in group}
     out: dict[str, Pending] = {}
     # Target first, then legacy: a row changed in between then shows as missing or different
@@ -232,7 +297,7 @@ def _first_pass(
     for t in group:
         ctx.provenance[t] = exp.sources[t]
         rows = exp.rows[t]
-        res = TableResult(t, "full" if touched is None else "keys", path_reason=reason)
+        res = TableResult(t, "full" if touched is None else "keys", path_reason=reasons.get(t))
         if touched is not None:
             actual[t] = read_target(ctx.target, shapes[t], list(rows))
         res.expected_rows = sum(1 for e in rows.values() if e.state == "present")

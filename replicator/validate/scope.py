@@ -1,5 +1,10 @@
 """Validation's view of the tables: which target tables to check, their shape in the target
-catalog, the groups that must be read together, and target rows in canonical form."""
+catalog, the groups that must be read together, target rows in canonical form, and the check
+of the mapping itself (every column it reads exists on legacy).
+
+A mapping that reads a column legacy does not have cannot produce the values the target
+should hold; comparing rows would only show the consequence (or nothing, for a column left
+NULL on both sides of the comparison). The run names the mistake and is never clean."""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from psycopg import sql
 
 from replicator.errors import PreconditionError, SchemaError
 from replicator.validate.canon import CanonRow, Key, TableShape, canon_row, chunks
-from transforms.api import Direction, TargetTable
+from transforms.api import Direction, TableTransform, TargetTable
+from transforms.reads import absent_columns
 
 
 def select_tables(direction: Direction, table: str | None) -> dict[str, TargetTable]:
@@ -130,4 +136,29 @@ def read_target(
             cols, _ident(shape.name), key_cols, sql.SQL(", ").join([one] * len(part))
         )
         take(conn.execute(stmt, [v for k in part for v in k]))
+    return out
+
+
+def _legacy_columns(conn: psycopg.Connection[Any], table: str) -> list[str] | None:
+    schema, _, name = table.partition(".")
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+        (schema, name),
+    ).fetchall()
+    return [str(r[0]) for r in rows] if rows else None
+
+
+def mapping_errors(
+    conn: psycopg.Connection[Any], transforms: Iterable[TableTransform]
+) -> list[str]:
+    """What each transform reads that its legacy table lacks (and tables that do not exist)."""
+    out: list[str] = []
+    for t in transforms:
+        cols = _legacy_columns(conn, t.source)
+        if cols is None:
+            out.append(f"the mapping reads {t.source}, which does not exist on legacy")
+            continue
+        out.extend(a.message for a in absent_columns(t, cols))
     return out

@@ -132,8 +132,10 @@ def bucket_rows(
 ) -> list[tuple[Any, ...]]:
     """(key texts..., row md5, extra columns...) of the rows in ``buckets``."""
     cols = ", ".join([f"q.k{i}" for i in range(nkeys)] + ["md5(q.r)"] + [f"q.{e}" for e in extra])
+    # The compiled SQL may hold a '%' (a constant, a mapped value): not a placeholder here.
+    inner = sql.replace("%", "%%")
     return conn.execute(
-        f"SELECT {cols} FROM ({sql}) q WHERE {bucket_expr(nkeys, h)} = ANY(%s)", (buckets,)
+        f"SELECT {cols} FROM ({inner}) q WHERE {bucket_expr(nkeys, h)} = ANY(%s)", (buckets,)
     ).fetchall()
 
 
@@ -154,7 +156,7 @@ def _fill(text: str, froms: Mapping[str, str]) -> str:
     return text
 
 
-def _array_literal(values: Sequence[Any]) -> str:
+def array_literal(values: Sequence[Any]) -> str:
     """A text array literal of uuids, integers or strings (NULL for None)."""
     items = []
     for v in values:
@@ -194,7 +196,7 @@ def derived_from(
         columns.append(out)
     types = [ARRAY_TYPES[cats[c]] for c in needed] + [ARRAY_TYPES[d.type] for d in comp.derived]
     arrays = ", ".join(
-        f"{_array_literal(vals)}::{t}[]" for vals, t in zip(columns, types, strict=True)
+        f"{array_literal(vals)}::{t}[]" for vals, t in zip(columns, types, strict=True)
     )
     names = [ident(c) for c in needed] + [ident(d.alias) for d in comp.derived]
     return (

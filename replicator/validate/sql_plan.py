@@ -35,9 +35,11 @@ from transforms.sql_twins import (
 )
 
 BUCKET_BITS = 12
+# standard_conforming_strings: values listed in a statement (keys as array literals, see
+# sql.array_literal) are quoted for it; a backslash must never be an escape there.
 SESSION_SQL = (
     "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';"
-    " SET extra_float_digits = 1"
+    " SET extra_float_digits = 1; SET standard_conforming_strings = on"
 )
 
 
@@ -107,6 +109,23 @@ def choose_hashing(*conns: psycopg.Connection[Any]) -> Hashing:
 
 
 @dataclass(frozen=True, slots=True)
+class PartPlan:
+    """One writer of a target table on its own: for a check by source key (``--fast``, the
+    cutover's verify), the target key and the columns this writer writes, over its source row
+    (``src``) and over the target row (``t``, selected by :attr:`TablePlan.target_inner`).
+    Python's fold of some source rows constrains exactly these columns of the rows they write."""
+
+    source: str
+    source_key: tuple[str, ...]
+    keys: tuple[str, ...]  # canonical text of each target key column, over src
+    row: str  # row text of the columns it writes, over src
+    rej: str  # why the row goes the Python way; NULL: the SQL form vouches for it
+    from_: str  # the source in a FROM clause (may be a derived-key marker, see source_from)
+    cond: str  # the source rows it writes (rows that fail it go the Python way)
+    target_row: str  # the same columns' row text over the target row
+
+
+@dataclass(frozen=True, slots=True)
 class TablePlan:
     """The two projections of one target table: key columns k0.., row text r, source keys."""
 
@@ -119,6 +138,10 @@ class TablePlan:
     subqueries: bool = False
     # The source whose rows for Python (reject reason set, column rej) legacy_sql lists too.
     owner_flags: str | None = None
+    # Each writer on its own, for a check by source key (replicator.validate.sql_keys), and
+    # the select list of the target row that their ``target_row`` reads as ``t``.
+    parts: tuple[PartPlan, ...] = ()
+    target_inner: str = ""
 
 
 @dataclass
@@ -126,6 +149,8 @@ class GroupPlan:
     tables: dict[str, TablePlan]
     compiled: dict[str, CompiledTable]  # by source table
     columns: dict[str, dict[str, str]] = field(default_factory=dict)  # source -> categories
+    # source -> format_type() of its key columns (a check by key lists keys of these types)
+    key_types: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def plan_group(
@@ -183,10 +208,13 @@ def _table_plan(
     owner_flags: str | None = None
     subqueries: list[str] = []
     sources: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+    alone: list[PartPlan] = []
     for comp, tgt, alias in parts:
         if list(dict(tgt.key)) != list(shape.key):
             raise NotCompilable(f"{shape.name}: {comp.source} writes another key")
-        outs = [f"{canon(dict(tgt.key)[k], k)} AS k{i}" for i, k in enumerate(shape.key)]
+        key_sql = [canon(dict(tgt.key)[k], k) for k in shape.key]
+        outs = [f"{e} AS k{i}" for i, e in enumerate(key_sql)]
+        mine: list[tuple[str, str]] = []  # (legacy text, target text) of the columns it writes
         for i, c in enumerate(shape.columns):
             if c in shape.key or c not in dict(tgt.columns):
                 continue
@@ -195,8 +223,11 @@ def _table_plan(
             if alias != "o" and c in shape.defaults:
                 # Python leaves it uncompared where no patch row exists; SQL cannot tell here.
                 raise NotCompilable(f"{shape.name}.{c} comes from a patch and has a default")
-            outs.append(f"{canon(dict(tgt.columns)[c], c)} AS c{i}")
+            text = canon(dict(tgt.columns)[c], c)
+            outs.append(f"{text} AS c{i}")
             where[c] = f"{alias}.c{i}"
+            stored = Expr(ident(c), _cat(shape, c, enums))
+            mine.append((text, fingerprint(stored, shape.types[c], enum=c in enums, h=h)))
         skey = tuple(f"{alias}_s{i}" for i in range(len(comp.source_key)))
         outs += [f"{ident(k)} AS {n}" for k, n in zip(comp.source_key, skey, strict=True)]
         if alias == "o" and tgt.when is None:
@@ -208,6 +239,19 @@ def _table_plan(
             cond = f"({comp.reject_sql}) IS NULL" + (f" AND ({tgt.when})" if tgt.when else "")
             if alias == "o":
                 outs.append("NULL::text AS rej")
+        if mine or not tgt.patch:  # a patch of no columns writes nothing
+            alone.append(
+                PartPlan(
+                    comp.source,
+                    comp.source_key,
+                    tuple(key_sql),
+                    row_text([m[0] for m in mine]) if mine else "''::text",
+                    comp.reject_sql if alias == "o" and tgt.when is None else "NULL::text",
+                    source_from(comp),
+                    cond,
+                    row_text([m[1] for m in mine]) if mine else "''::text",
+                )
+            )
         subqueries.append(
             f"(SELECT {', '.join(outs)} FROM {source_from(comp)} src WHERE {cond}) {alias}"
         )
@@ -255,7 +299,9 @@ def _table_plan(
         for comp, tgt, _ in parts
         for _, e in tgt.key + tgt.columns
     )
-    return TablePlan(shape, legacy_sql, target_sql, tuple(sources), per_row, owner_flags)
+    return TablePlan(
+        shape, legacy_sql, target_sql, tuple(sources), per_row, owner_flags, tuple(alone), inner
+    )
 
 
 def _cat(shape: TableShape, c: str, enums: set[str]) -> str:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
 
 from replicator.validate.run import validate
 from tests.integration.test_validate import _load, _schemas
@@ -63,3 +68,58 @@ def test_compiled_tables_are_checked_in_sql_and_rows_it_cannot_vouch_for_in_pyth
         assert audit.path == ("python" if python_path else "sql")
         if not python_path:
             assert audit.chunks_mismatched == 1 and audit.chunks > 1000
+
+
+def test_one_planted_difference_in_a_million_rows_is_found_and_named(env: Env) -> None:
+    """The issue's acceptance case: a million audit rows, built in SQL on both sides at once
+    (the target shaped as the transform writes it), one value changed in one target row."""
+    _schemas(env)
+    n = 1_000_000
+    rows = (
+        " SELECT g, md5(g::text)::uuid{t},"
+        " CASE WHEN g %% 3 = 0 THEN NULL ELSE md5((g * 7)::text)::uuid{t} END,"
+        " (ARRAY['login', 'logout', 'create', 'delete'])[1 + g %% 4], 'server/' || g,"
+        " CASE WHEN g %% 5 = 0 THEN NULL ELSE {j}_build_object('n', g, 'tag', 'x' || g %% 13) END,"
+        " timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second'"
+        " FROM generate_series(1, %s) g"
+    )
+
+    def fill(connect: Callable[[], psycopg.Connection[Any]], shaped: str) -> None:
+        with connect() as c:
+            c.execute(
+                "INSERT INTO audit_log (id, organization_id, user_id, action, target, metadata,"
+                " created_at)" + shaped,
+                (n,),
+            )
+            c.execute("ANALYZE audit_log")
+
+    with ThreadPoolExecutor(2) as pool:  # one server each
+        done = [
+            pool.submit(fill, env.legacy_conn, rows.format(t="", j="json")),
+            pool.submit(fill, env.target_conn, rows.format(t="::text", j="jsonb")),
+        ]
+        for f in done:
+            f.result()
+    with env.target_conn() as c:
+        c.execute("UPDATE audit_log SET action = 'logon' WHERE id = 777777")
+
+    report = validate(env.settings(), MAPPING, table="audit_log", save=False)
+    assert [(t.table, t.path, t.rows_checked) for t in report.tables] == [
+        ("public.audit_log", "sql", n)
+    ]
+    assert [(d.table, d.kind, d.key, d.columns, d.expected, d.actual) for d in report.differences] == [
+        ("public.audit_log", "differs", {"id": "777777"}, ["action"], {"action": "logout"},
+         {"action": "logon"})
+    ]  # fmt: skip
+    assert report.rejected == [] and report.orphan_count == 0 and report.outcome == "different"
+
+    # By key (what --fast and the cutover's verify compare): found through the key's index.
+    touched = {"public.audit_log": {(i,) for i in range(777_000, 787_000)}}
+    keyed = validate(env.settings(), MAPPING, keys=touched, save=False)
+    assert {t.path for t in keyed.tables} == {"sql"}
+    assert [(t.rows_checked, t.chunks_mismatched) for t in keyed.tables if t.rows_checked] == [
+        (10_000, 1)
+    ]
+    assert [(d.kind, d.key, d.columns) for d in keyed.differences] == [
+        ("differs", {"id": "777777"}, ["action"])
+    ]
