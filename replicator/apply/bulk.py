@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -355,12 +356,12 @@ class BulkLoader:
         cols += [f"{ident(d.alias)} {_DERIVED_TYPES.get(d.type, 'text')}" for d in c.derived]
         conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {ident(plan.derived)} ({', '.join(cols)})")
         conn.execute(f"TRUNCATE {ident(plan.derived)}")
-        lines = [
-            "\t".join(
-                [*map(_copy_text, k[n:]), *(_copy_text(_derived(d, needed, k)) for d in c.derived)]
-            )
-            for k in keys
-        ]
+        # Column by column (the key texts, then each derived value), joined into COPY lines.
+        columns = [[_copy_text(k[i]) for k in keys] for i in range(n, 2 * n)]
+        for d in c.derived:
+            at = [needed.index(x) for x in d.sources]
+            columns.append([_copy_text(v) for v in _derive_all(d, at, keys)])
+        lines = ["\t".join(row) for row in zip(*columns, strict=True)]
         with conn.cursor() as cur, cur.copy(f"COPY {ident(plan.derived)} FROM STDIN") as cp:
             cp.write("\n".join(lines).encode() + b"\n" if lines else b"")
         on = " AND ".join(f"s.{ident(k)} = d.__src_{i}" for i, k in enumerate(needed))
@@ -412,19 +413,40 @@ class BulkLoader:
         return n, t.when is None and bool(update)
 
 
-def _derived(d: DerivedKey, needed: tuple[str, ...], key: Sequence[Any]) -> Any:
+_REFUSED = (ValueError, TypeError, KeyError, DataError)
+
+
+def _derive_all(d: DerivedKey, at: list[int], keys: Sequence[Sequence[Any]]) -> list[Any]:
+    """``d`` of every key row (the hot loop of a table with a uuid5 id: one call per row)."""
+    f = d.convert
     try:
-        return d.convert(*(key[needed.index(s)] for s in d.sources))
-    except (ValueError, TypeError, KeyError, DataError):
+        if len(at) == 1:
+            (i,) = at
+            return [f(k[i]) for k in keys]
+        return [f(*[k[i] for i in at]) for k in keys]
+    except _REFUSED:
+        return [_derived(f, at, k) for k in keys]  # row by row: only the refused are NULL
+
+
+def _derived(f: Callable[..., Any], at: list[int], key: Sequence[Any]) -> Any:
+    try:
+        return f(*[key[i] for i in at])
+    except _REFUSED:
         return None  # the key's NULL check sends the row the Python way, which says why
 
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
+_SPECIAL = re.compile(r"[\\\t\n\r]")
+
+
 def _copy_text(value: Any) -> str:
     """A value in COPY's text format."""
-    return "\\N" if value is None else str(value).translate(_ESCAPES)
+    if value is None:
+        return "\\N"
+    text = value if type(value) is str else str(value)
+    return text if _SPECIAL.search(text) is None else text.translate(_ESCAPES)
 
 
 def _qualified(name: str) -> str:
