@@ -7,13 +7,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from replicator.errors import TransformError
 from tests.unit.test_mcp_mapping import LEGACY_KEYS, TARGET_COLUMNS, TARGET_KEYS
 from transforms.api import Delete, Patch, RowChange, TableTransform, TargetOp, Upsert
 from transforms.mcp_manager import MAPPING
-from transforms.mcp_manager.ids import credential_account_id, member_id
+from transforms.mcp_manager.ids import credential_account_id, member_id, uuid5_text
 
 
 def _unsent(t: TableTransform, new: dict[str, Any] | None) -> frozenset[str]:
@@ -251,3 +253,8 @@ def test_reverse_validation() -> None:
             },
         )
     assert e.value.column == "password"
+
+
+@hypothesis.given(st.uuids(), st.text())
+def test_uuid5_text_is_uuid5(namespace: uuid.UUID, name: str) -> None:
+    assert uuid5_text(namespace, name) == str(uuid.uuid5(namespace, name))
