@@ -62,6 +62,16 @@ class _InFlight:
     chunk: CopyChunk
     partition: int
     offset: int
+    writes: frozenset[str]  # target tables
+    patches: bool  # some target is an N→1 patch (it needs the rows it patches committed)
+
+    def conflicts(self, table: str, writes: frozenset[str], patches: bool) -> bool:
+        """Whether a chunk of ``table`` must wait for this one: another source table's chunk
+        writing a table this one writes, or a patch on either side. Tables of one foreign-key
+        level (read interleaved) load side by side; foreign keys are not checked by apply."""
+        if self.chunk.relation.qualname == table:
+            return False  # one table's chunks hold disjoint key ranges
+        return patches or self.patches or bool(self.writes & writes)
 
 
 @dataclass(frozen=True)
@@ -128,14 +138,16 @@ class BulkLoader:
             self._python(chunk, partition, offset, batch)
             return
         table = chunk.relation.qualname
-        if self._inflight and self._inflight[0].chunk.relation.qualname != table:
+        writes = frozenset(t.table for t in plan.compiled.targets)
+        patches = any(t.patch for t in plan.compiled.targets)
+        if any(job.conflicts(table, writes, patches) for job in self._inflight):
             self.join(batch)
         if self._pool is not None and not len(batch) and not self._main_dirty:
             # One chunk queued behind each session's: no session waits for apply's next poll.
             while len(self._inflight) >= 2 * self._limit:
                 self._finish(self._inflight.popleft(), batch)
             future = self._pool.submit(self._on_own_session, plan, chunk)
-            self._inflight.append(_InFlight(future, chunk, partition, offset))
+            self._inflight.append(_InFlight(future, chunk, partition, offset, writes, patches))
             return
         self.join(batch)
         self._flush(batch)  # rows before this chunk are written before it

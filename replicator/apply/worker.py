@@ -453,7 +453,8 @@ class ApplyWorker:
             self._reach_backfill_marker(ctl, partition)
         elif kind == "snapshot_done" and ctl.get("backfill_id") == self._backfill_id:
             self.conn.execute(
-                "UPDATE replicator.backfill SET status = 'applied', finished_at = now() WHERE id = %s",
+                "UPDATE replicator.backfill SET status = 'applied', finished_at = clock_timestamp()"
+                " WHERE id = %s",
                 (self._backfill_id,),
             )
             self._switch = True
