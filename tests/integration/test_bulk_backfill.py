@@ -145,3 +145,90 @@ def test_chunks_carry_copy_output_with_the_relation(env: Env) -> None:
         assert len(first) == len(audit.relation.columns)
     finally:
         pipeline.shutdown()
+
+
+TARGET_TABLES = ("user", "account", "organization", "member", "mcp_server", "apikey", "audit_log")
+
+
+def _dump(conn: Any) -> dict[str, list[Any]]:
+    return {
+        t: conn.execute(f'SELECT t::text FROM "{t}" t ORDER BY t::text').fetchall()
+        for t in TARGET_TABLES
+    }
+
+
+def test_the_bulk_path_writes_what_the_python_path_writes(env: Env) -> None:
+    """The same legacy data backfilled twice, by COPY chunks and compiled SQL into one target and
+    row by row through the Python transforms into another: every target table is equal, value
+    for value, and both dead-letter the same rows."""
+    from transforms.mcp_manager.target_schema import apply_target_schema
+
+    env.mcp_schemas(scale=2, seed=11)
+    with env.legacy_conn() as c:
+        c.execute(USER, (str(uuid.uuid4()), "Refused@Example.com"))
+        c.execute(
+            "INSERT INTO audit_log (action, metadata, created_at) VALUES"
+            " ('esc', '{\"s\": \"\\\\ud83d\\\\ude00 \\\\\\\\u0000 tab\\\\t\"}', now()),"
+            " ('null', 'null', now()), ('naive', '[1, \"a\"]', '2024-02-29 23:59:59.999999+05:30')"
+        )
+    python_db = f"{env.target_db}_py"
+    server = env.services.target
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{python_db}"')
+    python_target = server.settings(python_db)
+    apply_target_schema(python_target.url())
+    runs = [
+        (env.settings(), env.target_conn),
+        (
+            env.settings(name=f"{env.name}py", target=python_target, backfill={"compiled": False}),
+            lambda: psycopg.connect(python_target.conninfo(), autocommit=True),
+        ),
+    ]
+    pipelines = [Pipeline(s, load_mapping(MCP)) for s, _ in runs]
+    try:
+        for p in pipelines:
+            p.start()
+        for s, connect in runs:
+
+            def applied(connect: Any = connect) -> bool:
+                with connect() as c:
+                    try:
+                        row = c.execute("SELECT status FROM replicator.backfill").fetchone()
+                    except psycopg.errors.UndefinedTable:
+                        return False
+                return row == ("applied",)
+
+            wait_for(applied, 120, what=f"the backfill of {s.name}")
+        with env.target_conn() as c:
+            paths = dict(c.execute("SELECT table_name, path FROM replicator.backfill_progress"))
+        assert set(paths.values()) == {"sql"}, paths
+        with runs[1][1]() as c:
+            paths = dict(c.execute("SELECT table_name, path FROM replicator.backfill_progress"))
+        assert set(paths.values()) == {"python: backfill.compiled is off"}, paths
+        with env.target_conn() as bulk, runs[1][1]() as python:
+            got, want = _dump(bulk), _dump(python)
+        for table in TARGET_TABLES:
+            assert got[table] == want[table], table
+            assert got[table], table
+        letters = [
+            sorted(
+                (x.table, json.dumps(x.key), x.reason)
+                for x in map(
+                    DeadLetter.decode,
+                    read_topic(s.kafka.bootstrap_servers, s.topic("fwd", "dlq"), 5),
+                )
+            )
+            for s, _ in runs
+        ]
+        assert letters[0] == letters[1] and len(letters[0]) == 1, letters
+    finally:
+        for p in pipelines:
+            p.shutdown()
+        with env.legacy_conn() as c:
+            c.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = %s",
+                (runs[1][0].slot("fwd"),),
+            )
+        with psycopg.connect(server.dsn(), autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{python_db}" WITH (FORCE)')
