@@ -39,6 +39,7 @@ from psycopg import sql
 from bench._writer import MAPPING_REF
 from bench.cpu import CpuSampler
 from bench.harness import Timer, bench_env, emit, log, parse_args
+from replicator.config import BackfillSettings
 from replicator.validate.run import validate
 from tests.e2e.cli import Background
 from tests.support import Env, wait_for
@@ -177,7 +178,9 @@ def _status(env: Env) -> BackfillRun | None:
     return BackfillRun(str(row[0]), int(row[1]), float(row[2]), bool(row[3]))
 
 
-def backfill(env: Env, logdir: Path, chunk_rows: int, check: bool = True) -> BackfillRun:
+def backfill(
+    env: Env, logdir: Path, chunk_rows: int, check: bool = True, connections: int | None = None
+) -> BackfillRun:
     """``replicator run`` on a fresh pipeline until its backfill is applied; then (``check``)
     a full validation while it still runs, so the benchmark also proves the result equal."""
     vars_ = {
@@ -186,6 +189,8 @@ def backfill(env: Env, logdir: Path, chunk_rows: int, check: bool = True) -> Bac
         "REPLICATOR_CAPTURE__STATUS_INTERVAL_S": "0.5",
         "REPLICATOR_BACKFILL__CHUNK_ROWS": str(chunk_rows),
     }
+    if connections is not None:
+        vars_["REPLICATOR_BACKFILL__APPLY_CONNECTIONS"] = str(connections)
     started = time.monotonic()
     read_at: list[float] = []
     sampler = CpuSampler(_cpu_group(env))
@@ -236,6 +241,10 @@ def main() -> dict[str, Any]:
             ("--scale", {"type": int, "default": None, "help": "MCP data scale (default 40, 400)"}),
             ("--chunk-rows", {"type": int, "default": CHUNK_ROWS, "help": "backfill.chunk_rows"}),
             ("--no-validate", {"action": "store_true", "help": "skip the validation at the end"}),
+            (
+                "--apply-connections",
+                {"type": int, "default": None, "help": "backfill.apply_connections"},
+            ),
         ],
     )
     chunk_rows = int(args.raw.chunk_rows)
@@ -248,7 +257,8 @@ def main() -> dict[str, Any]:
         log(f"generated in {gen.seconds:.1f}s; raw COPY pipe of {len(tables)} tables…")
         raw_rows, raw_s = raw_copy(env, tables)
         log(f"raw pipe: {raw_rows} rows in {raw_s:.2f}s; backfilling through Kafka…")
-        run = backfill(env, Path(tmp), chunk_rows, check=not args.raw.no_validate)
+        connections = args.raw.apply_connections
+        run = backfill(env, Path(tmp), chunk_rows, not args.raw.no_validate, connections)
         target_tables = list(MAPPING.forward.target_tables)
         log("copying the backfilled target tables into an empty Drizzle schema…")
         target_rows, target_s = target_copy(env, target_tables)
@@ -269,6 +279,7 @@ def main() -> dict[str, Any]:
             goal="ratio >= 0.5 of a raw binary COPY pipe",
             scale=scale,
             chunk_rows=chunk_rows,
+            apply_connections=connections or BackfillSettings().apply_connections,
             rows=rows,
             backfill_s=round(run.seconds, 3),
             read_wall_s=round(run.read_wall_s, 3),

@@ -188,7 +188,9 @@ def _derive(name: str, c: Col, source_key: tuple[str, ...], out: list[DerivedKey
         raise NotCompilable(f"column {name}: its converter's result type is not declared")
     alias = f"__key_{len(out)}"
     out.append(DerivedKey(alias, c.convert, c.sources, _RESULT_TYPES[ret_name]))
-    return Expr(ident(alias), _RESULT_TYPES[ret_name])
+    # NULL where Python refused the key (or returned None): the Python path decides the row.
+    unsure = (f"{ident(alias)} IS NULL", f"{name}: computed in Python, which refused it")
+    return Expr(ident(alias), _RESULT_TYPES[ret_name], (unsure,))
 
 
 def _within(when: str | None, checks: tuple[Check, ...]) -> list[Check]:
