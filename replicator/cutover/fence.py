@@ -34,6 +34,18 @@ BEGIN
 END $$;
 """
 WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
+# What a fence revoked, kept on the fenced side: the switch that later makes this side the writer
+# again (a rollback after a cutover, or the reverse) gives exactly that back, whichever process
+# runs it.
+REVOKED_TABLE = """
+CREATE TABLE IF NOT EXISTS replicator.fence_revoked (
+    role_name  text NOT NULL,
+    table_name text NOT NULL,  -- quoted and qualified, as GRANT takes it
+    privilege  text NOT NULL,
+    revoked_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (role_name, table_name, privilege)
+)
+"""
 
 
 @dataclass
@@ -132,6 +144,7 @@ def prepare(conn: psycopg.Connection[Any]) -> None:
     """What a fence needs in place, created before any write is blocked."""
     conn.execute("CREATE SCHEMA IF NOT EXISTS replicator")
     conn.execute(FENCE_FUNCTION)
+    conn.execute(REVOKED_TABLE)
 
 
 def _revoke(
@@ -151,8 +164,23 @@ def _revoke(
     if revoked:
         conn.execute(
             sql.SQL("; ").join(
-                sql.SQL("REVOKE {} ON {} FROM {}").format(sql.SQL(p), _ident(t), sql.Identifier(r))
-                for r, t, p in revoked
+                [
+                    *(
+                        sql.SQL("REVOKE {} ON {} FROM {}").format(
+                            sql.SQL(p), _ident(t), sql.Identifier(r)
+                        )
+                        for r, t, p in revoked
+                    ),
+                    sql.SQL(
+                        "INSERT INTO replicator.fence_revoked (role_name, table_name, privilege)"
+                        " SELECT * FROM unnest({}::text[], {}::text[], {}::text[])"
+                        " ON CONFLICT DO NOTHING"
+                    ).format(
+                        sql.Literal([r for r, _, _ in revoked]),
+                        sql.Literal([_quoted(t) for _, t, _ in revoked]),
+                        sql.Literal([p for _, _, p in revoked]),
+                    ),
+                ]
             )
         )
     return revoked
@@ -174,8 +202,9 @@ def unfence(db: DatabaseSettings, f: Fence) -> None:
         _restore_privileges(conn, f, db)
 
 
-# Every fence trigger of the database, dropped in one round trip: the new writer's fence left by
-# an earlier switch the other way, removed in the write pause.
+# Every fence trigger of the database dropped, and the write privileges its fence took from
+# application roles given back, in one round trip: the new writer's fence left by an earlier
+# switch the other way, removed in the write pause.
 DROP_ALL_FENCES = """
 DO $$
 DECLARE r record;
@@ -184,6 +213,11 @@ BEGIN
              WHERE t.tgname IN ('replicator_fence', 'replicator_fence_truncate') LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
     END LOOP;
+    IF to_regclass('replicator.fence_revoked') IS NOT NULL THEN
+        FOR r IN DELETE FROM replicator.fence_revoked RETURNING role_name, table_name, privilege LOOP
+            EXECUTE format('GRANT %s ON %s TO %I', r.privilege, r.table_name, r.role_name);
+        END LOOP;
+    END IF;
 END $$
 """
 
@@ -209,10 +243,22 @@ def _restore_privileges(conn: psycopg.Connection[Any], f: Fence, db: DatabaseSet
         with pg.translated(db.masked()):
             conn.execute(
                 sql.SQL("; ").join(
-                    sql.SQL("GRANT {} ON {} TO {}").format(
-                        sql.SQL(priv), _ident(table), sql.Identifier(role)
-                    )
-                    for role, table, priv in f.revoked
+                    [
+                        *(
+                            sql.SQL("GRANT {} ON {} TO {}").format(
+                                sql.SQL(priv), _ident(table), sql.Identifier(role)
+                            )
+                            for role, table, priv in f.revoked
+                        ),
+                        sql.SQL(
+                            "DELETE FROM replicator.fence_revoked WHERE (role_name, table_name,"
+                            " privilege) IN (SELECT * FROM unnest({}::text[], {}::text[], {}::text[]))"
+                        ).format(
+                            sql.Literal([r for r, _, _ in f.revoked]),
+                            sql.Literal([_quoted(t) for _, t, _ in f.revoked]),
+                            sql.Literal([p for _, _, p in f.revoked]),
+                        ),
+                    ]
                 )
             )
     f.revoked = []

@@ -508,3 +508,44 @@ def test_a_write_queued_behind_the_fence_never_commits_on_legacy(env: Env, synce
         rows = {r[0] for r in c.execute("SELECT action FROM audit_log").fetchall()}
     assert "in-flight" in rows and "queued" not in rows
     assert "in-flight" in _actions(env)
+
+
+def test_application_roles_get_their_write_privileges_back_when_their_side_writes_again(
+    env: Env, synced: Any
+) -> None:
+    """The fence revokes the application roles' writes on the old writer; the switch that makes
+    that side the writer again (here a rollback, run by another process than the cutover) gives
+    back exactly what was revoked — the record lives on the fenced side, not in memory."""
+    _, pipeline = synced
+    role = f"app_{env.name}"
+    tables = ["public.audit_log", "public.mcp_server"]
+    for conn in (env.legacy_conn(), env.target_conn()):
+        with conn as c:
+            c.execute(f'CREATE ROLE "{role}"')
+            for t in tables:
+                c.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO "{role}"')
+
+    def can_insert(conn: Any) -> bool:
+        with conn as c:
+            row = c.execute(
+                "SELECT has_table_privilege(%s, 'public.audit_log', 'INSERT')", (role,)
+            ).fetchone()
+        return bool(row and row[0])
+
+    s = env.settings(cutover={"max_lag_s": 5.0, "drain_timeout_s": 20.0, "app_roles": [role]})
+    try:
+        assert Cutover(s, pipeline.mapping).run().switched
+        assert not can_insert(env.legacy_conn()) and can_insert(env.target_conn())
+        wait_for(lambda: pipeline.direction == "rev" and pipeline.workers, 30, what="reverse")
+        assert Cutover(s, pipeline.mapping, action="rollback").run().switched
+        assert can_insert(env.legacy_conn()) and not can_insert(env.target_conn())
+        with env.legacy_conn() as c:
+            left = c.execute("SELECT count(*) FROM replicator.fence_revoked").fetchone()
+        assert left == (0,)
+        wait_for(lambda: pipeline.direction == "fwd" and pipeline.workers, 30, what="forward")
+        assert Cutover(s, pipeline.mapping).run().switched
+        assert not can_insert(env.legacy_conn()) and can_insert(env.target_conn())
+    finally:
+        for conn in (env.legacy_conn(), env.target_conn()):
+            with conn as c:
+                c.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
