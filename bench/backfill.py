@@ -39,7 +39,7 @@ from psycopg import sql
 from bench._writer import MAPPING_REF
 from bench.cpu import CpuSampler
 from bench.harness import Timer, bench_env, emit, log, parse_args
-from replicator.config import BackfillSettings
+from replicator.config import BackfillSettings, KafkaSettings
 from replicator.validate.run import validate
 from tests.e2e.cli import Background
 from tests.support import Env, wait_for
@@ -179,7 +179,12 @@ def _status(env: Env) -> BackfillRun | None:
 
 
 def backfill(
-    env: Env, logdir: Path, chunk_rows: int, check: bool = True, connections: int | None = None
+    env: Env,
+    logdir: Path,
+    chunk_rows: int,
+    check: bool = True,
+    connections: int | None = None,
+    compression: str | None = None,
 ) -> BackfillRun:
     """``replicator run`` on a fresh pipeline until its backfill is applied; then (``check``)
     a full validation while it still runs, so the benchmark also proves the result equal."""
@@ -191,6 +196,8 @@ def backfill(
     }
     if connections is not None:
         vars_["REPLICATOR_BACKFILL__APPLY_CONNECTIONS"] = str(connections)
+    if compression is not None:
+        vars_["REPLICATOR_KAFKA__COMPRESSION"] = compression
     started = time.monotonic()
     read_at: list[float] = []
     sampler = CpuSampler(_cpu_group(env))
@@ -241,6 +248,7 @@ def main() -> dict[str, Any]:
             ("--scale", {"type": int, "default": None, "help": "MCP data scale (default 40, 400)"}),
             ("--chunk-rows", {"type": int, "default": CHUNK_ROWS, "help": "backfill.chunk_rows"}),
             ("--no-validate", {"action": "store_true", "help": "skip the validation at the end"}),
+            ("--compression", {"default": None, "help": "kafka.compression (default: lz4)"}),
             (
                 "--apply-connections",
                 {"type": int, "default": None, "help": "backfill.apply_connections"},
@@ -258,7 +266,10 @@ def main() -> dict[str, Any]:
         raw_rows, raw_s = raw_copy(env, tables)
         log(f"raw pipe: {raw_rows} rows in {raw_s:.2f}s; backfilling through Kafka…")
         connections = args.raw.apply_connections
-        run = backfill(env, Path(tmp), chunk_rows, not args.raw.no_validate, connections)
+        compression = args.raw.compression
+        run = backfill(
+            env, Path(tmp), chunk_rows, not args.raw.no_validate, connections, compression
+        )
         target_tables = list(MAPPING.forward.target_tables)
         log("copying the backfilled target tables into an empty Drizzle schema…")
         target_rows, target_s = target_copy(env, target_tables)
@@ -280,6 +291,7 @@ def main() -> dict[str, Any]:
             scale=scale,
             chunk_rows=chunk_rows,
             apply_connections=connections or BackfillSettings().apply_connections,
+            compression=compression or KafkaSettings().compression,
             rows=rows,
             backfill_s=round(run.seconds, 3),
             read_wall_s=round(run.read_wall_s, 3),

@@ -354,7 +354,7 @@ class Producer:
                 bootstrap_servers=bootstrap,
                 acks="all",
                 enable_idempotence=True,
-                compression_type=compression or None,
+                compression_type=None if compression in ("", "none") else compression,
                 # No linger: the capture already sends a backlog of small transactions as one
                 # message and a large one in slices of their own, so waiting for more only
                 # delayed the last message of every pause (5 ms of each change's lag).

@@ -131,7 +131,11 @@ class KafkaSettings(_Strict):
         description="replication factor of new topics; 0: 3 (with min.insync.replicas=2) on a "
         "cluster of three brokers or more, else 1",
     )
-    compression: str = Field("lz4", description="producer compression: lz4, gzip, zstd or none")
+    # The codecs whose libraries are installed with the replicator (kafka-python needs one for
+    # zstd or snappy too, and every consumer of the topics would).
+    compression: Literal["lz4", "gzip", "none"] = Field(
+        "lz4", description="producer compression: lz4, gzip or none"
+    )
     request_timeout_ms: int = Field(30_000, description="Kafka request timeout")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL"

@@ -115,3 +115,13 @@ def test_secrets_never_printed(tmp_path: Path) -> None:
 def test_missing_file_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="replicator init"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_compression_is_one_the_producer_can_use() -> None:
+    from pydantic import ValidationError
+
+    from replicator.config import KafkaSettings
+
+    assert KafkaSettings(compression="none").compression == "none"
+    with pytest.raises(ValidationError, match="'lz4', 'gzip' or 'none'"):
+        KafkaSettings(compression="zstd")  # type: ignore[arg-type]
