@@ -261,8 +261,9 @@ class ApplyWorker:
                 if not len(batch) and self._pending_backfill() != self._backfill_id:
                     return
             holding = any(p.held for p in self._parts.values())
-            if holding and not records and time.monotonic() - last_phase_check > 0.5:
-                # Held at a backfill marker: learn from the target when the others are there.
+            if holding and time.monotonic() - last_phase_check > 0.5:
+                # Held at a backfill marker: ask the target, even while a writer's changes keep
+                # coming (records polled now are read again from the stored offsets).
                 last_phase_check = time.monotonic()
                 idle = not len(batch) and not any(p.dirty for p in self._parts.values())
                 if idle and self._held_released():
@@ -313,8 +314,7 @@ class ApplyWorker:
                 consumer.reseek()
 
     def _held_released(self) -> bool:
-        """Time to leave the held changes phase: the snapshot phase began (load it), or the
-        backfill is applied (resume after the markers)."""
+        """Leave the held changes phase: the snapshot phase began, or the backfill is applied."""
         if self._try_snapshot_phase() or self._pending_backfill() is not None:
             return True
         with pg.translated(self.db.masked()):
@@ -480,9 +480,8 @@ class ApplyWorker:
             self._barrier_reached = True
 
     def _try_snapshot_phase(self) -> bool:
-        """Start the snapshot phase if every partition reached the marker. Its own short
-        transaction, after the barrier rows are committed: a row lock held across Kafka polls
-        could deadlock with a rebalance."""
+        """Start the snapshot phase if every partition reached the marker. Its own transaction,
+        after the barrier rows' commit: a lock held across polls could deadlock a rebalance."""
         with pg.translated(self.db.masked()):
             started = start_snapshot_phase(self.conn)
             if started is not None and started[0]:
