@@ -190,12 +190,13 @@ class Sink:
         info = self._tables.get(name)
         if info is None:
             self.settle()
-            rows = self.conn.execute(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-                "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
-                "ORDER BY a.attnum",
-                (_quoted(name),),
-            ).fetchall()
+            with pg.translated(self.where):  # callers outside a flush too (the bulk path)
+                rows = self.conn.execute(
+                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                    "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+                    "ORDER BY a.attnum",
+                    (_quoted(name),),
+                ).fetchall()
             info = TableInfo(name, {str(n): str(t) for n, t in rows})
             self._tables[name] = info
         return info

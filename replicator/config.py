@@ -244,7 +244,9 @@ class ApplySettings(_Strict):
         50, ge=0, description="how long a batch waits for more changes before it is written"
     )
     workers: int = Field(
-        1, ge=1, description="apply workers (today the commands take theirs from --workers)"
+        1,
+        ge=1,
+        description="apply workers `replicator run` and `replicator apply` start (--workers overrides)",
     )
     partition_key: str = Field(
         "", description="column that partitions changes in scale-out mode; empty: the row's key"

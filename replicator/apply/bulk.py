@@ -132,7 +132,8 @@ class BulkLoader:
         except MalformedMessage as exc:
             self._dead(exc, partition, offset, None, value[:10_000].decode("utf-8", "replace"))
             return
-        plan = self._plan(chunk)
+        with pg.translated(self.where):  # planning reads the target's catalog
+            plan = self._plan(chunk)
         if isinstance(plan, str):
             self.join(batch)
             self._python(chunk, partition, offset, batch)

@@ -83,4 +83,7 @@ def mapping_of(s: cfg.Settings) -> Any:
     return load_mapping(s.mapping)
 
 
-WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Apply workers.")]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", "-w", min=1, help="Apply workers (default: apply.workers)."),
+]

@@ -76,11 +76,12 @@ def check(config: ConfigOpt = None) -> None:
         raise typer.Exit(exit_code(findings))
 
 
-def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int) -> None:
+def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int | None) -> None:
     from replicator.runtime.gc_tuning import tune_gc
     from replicator.runtime.pipeline import Pipeline
 
     s = settings_from(config)
+    workers = workers or s.apply.workers
     pipeline = Pipeline(s, mapping_of(s))
     tune_gc()
 
@@ -119,7 +120,7 @@ def _serve(run_capture: bool, run_apply: bool, config: Path | None, workers: int
 
 
 @app.command()
-def run(config: ConfigOpt = None, workers: WorkersOpt = 1) -> None:
+def run(config: ConfigOpt = None, workers: WorkersOpt = None) -> None:
     """Run capture and apply together (live sync) until interrupted."""
     _serve(True, True, config, workers)
 
@@ -131,7 +132,7 @@ def capture(config: ConfigOpt = None) -> None:
 
 
 @app.command("apply")
-def apply_cmd(config: ConfigOpt = None, workers: WorkersOpt = 1) -> None:
+def apply_cmd(config: ConfigOpt = None, workers: WorkersOpt = None) -> None:
     """Run apply workers alone: Kafka → transforms → target."""
     _serve(False, True, config, workers)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from connectors.copy_chunk import decode_copy_chunk, is_copy_chunk
 from replicator.dlq.letters import DeadLetter
@@ -232,3 +233,37 @@ def test_the_bulk_path_writes_what_the_python_path_writes(env: Env) -> None:
             )
         with psycopg.connect(server.dsn(), autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{python_db}" WITH (FORCE)')
+
+
+def test_a_target_gone_while_a_chunk_is_planned_is_a_retriable_error(env: Env) -> None:
+    """The first chunk of a table reads the target's catalog: a target restarting right then
+    (as in tests/e2e/test_faults.py) is a temporary error the worker retries, never a crash."""
+    from connectors.copy_chunk import CopyChunk
+    from connectors.envelope import RelationInfo
+    from connectors.pgsink import Batch, Sink
+    from replicator.apply.bulk import BulkLoader
+    from replicator.errors import TransientDatabaseError
+
+    with env.target_conn() as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    conn = psycopg.connect(env.target.conninfo())
+    loader = BulkLoader(
+        load_mapping("identity:public.t").forward,
+        Sink(conn, "target"),
+        "target",
+        flush=lambda batch: None,
+        change=lambda *a: None,
+        dead=lambda *a: None,
+        count=lambda *a: None,
+        connect=lambda: psycopg.connect(env.target.conninfo()),
+    )
+    with env.target_conn() as c:
+        c.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+    relation = RelationInfo("public", "t", ("id", "v"), (23, 25), ("id",))
+    chunk = CopyChunk("p", 1, relation, ("integer", "text"), (), 1, b"1\ta\n")
+    try:
+        with pytest.raises(TransientDatabaseError):
+            loader.load(0, 0, chunk.encode(), Batch())
+    finally:
+        loader.close()
+        conn.close()
