@@ -7,8 +7,9 @@ chunk (read *after* the marker, so never older than what it overwrites), and on
 ``snapshot_done`` resumes the changes topic where it stopped. Replaying changes newer than the
 marker over the snapshot with idempotent upserts and deletes yields the source state.
 
-Chunks are keyset pages (``WHERE key > last ORDER BY key LIMIT n``) read as text, so the log
-keeps its one raw form. Progress is stored per chunk in the target's ``replicator`` schema after
+Chunks are keyset pages (``WHERE key > last ORDER BY key LIMIT n``) in the log's raw form: for a
+table whose transform compiles, PostgreSQL's own COPY output (replicator.backfill.copy_read, loaded
+by apply in SQL); for the others, rows read as text in change envelopes. Progress is stored per chunk in the target's ``replicator`` schema after
 Kafka acknowledged the chunk: an interrupted backfill resumes from the completed chunks.
 Tables are read in foreign-key levels (parents first, a level's tables in parallel), because an
 N→1 merge patches a row that its parent table creates.
