@@ -77,9 +77,14 @@ class CopyRead:
     last_key: list[str | None] | None
 
 
-def chunk_query(source: SourceTable, after: bool) -> sql.Composed:
-    """One keyset page of ``source``; ``after``: past a key given as text parameters."""
-    cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in source.columns)
+def chunk_query(source: SourceTable, after: bool, *, as_text: bool = False) -> sql.Composed:
+    """One keyset page of ``source``; ``after``: past a key given as text parameters;
+    ``as_text``: every column cast to text (the Python path's rows). ORDER BY and WHERE name the
+    table's columns through the alias ``t``: a bare name would sort by the text output."""
+    cast = "::text" if as_text else ""
+    cols = sql.SQL(", ").join(
+        sql.SQL("t.{}" + cast).format(sql.Identifier(c)) for c in source.columns
+    )
     table = sql.Identifier(*source.table.split(".", 1))
     order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in source.key)
     if not after:

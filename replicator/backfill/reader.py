@@ -36,6 +36,7 @@ from connectors.kafka_io import Producer, ensure_topics
 from replicator.backfill.copy_read import (
     SQL_PATH,
     SourceTable,
+    chunk_query,
     load_path,
     prepare_reader,
     read_copy_chunk,
@@ -356,7 +357,10 @@ class Backfill:
                     progress(TableProgress(source.table, total, read, True, path=path))
                 return
             started, started_rows = time.monotonic(), read
-            first, after = self._chunk_query(source, False), self._chunk_query(source, True)
+            first, after = (
+                chunk_query(source, False, as_text=True),
+                chunk_query(source, True, as_text=True),
+            )
             bulk = path == SQL_PATH
             if bulk:
                 with pg.translated(s.source.masked()):
@@ -406,20 +410,3 @@ class Backfill:
                     )
                 if finished:
                     return
-
-    @staticmethod
-    def _chunk_query(source: SourceTable, after: bool) -> sql.Composed:
-        # Columns are read as text (the log's one raw form). ORDER BY and WHERE name the
-        # table's columns through the alias ``t``: a bare name would sort by the text output.
-        cols = sql.SQL(", ").join(
-            sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in source.columns
-        )
-        table = sql.Identifier(*source.table.split(".", 1))
-        order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in source.key)
-        if not after:
-            return sql.SQL("SELECT {} FROM {} t ORDER BY {} LIMIT %s").format(cols, table, order)
-        types = dict(zip(source.columns, source.types, strict=True))
-        bound = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(types[k])) for k in source.key)
-        return sql.SQL("SELECT {} FROM {} t WHERE ({}) > ({}) ORDER BY {} LIMIT %s").format(
-            cols, table, order, bound, order
-        )
