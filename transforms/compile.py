@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import types
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -38,6 +38,7 @@ from transforms.sql_twins import (
     Expr,
     NotCompilable,
     apply_twin,
+    category,
     check_of,
     column,
     ident,
@@ -402,6 +403,15 @@ def _list_checks(name: str, ann: Any, x: Expr) -> tuple[list[Check], bool]:
 
 
 # ---- what a backfill loads with -------------------------------------------------------------
+
+
+def source_categories(
+    columns: Sequence[str], types: Sequence[str], enums: Iterable[str]
+) -> dict[str, str]:
+    """Column -> category (:func:`transforms.sql_twins.category` of its ``format_type``;
+    ``enum`` for a column of a user enum type), as :func:`compile_for_load` takes them."""
+    enum = set(enums)
+    return {c: ENUM if c in enum else category(t) for c, t in zip(columns, types, strict=True)}
 
 
 def compile_for_load(

@@ -39,8 +39,16 @@ from connectors.envelope import Change, Envelope
 from connectors.pgsink import Batch, Sink
 from replicator.errors import DataError, MalformedMessage, ReplicatorError, SchemaError
 from transforms.api import Direction
-from transforms.compile import ENUM, CompiledTable, CompiledTarget, DerivedKey, compile_for_load
-from transforms.sql_twins import INT, TEXT, UNKNOWN, UUID, category, ident
+from transforms.compile import (
+    ENUM,
+    CompiledTable,
+    CompiledTarget,
+    DerivedKey,
+    compile_for_load,
+    source_categories,
+)
+from transforms.sql_twins import INT, TEXT, UNKNOWN, UUID, ident
+from transforms.sqltext import qualified
 
 log = logging.getLogger(__name__)
 
@@ -287,10 +295,7 @@ class BulkLoader:
         transform = self.direction.transform_for(r.qualname)
         if transform is None:
             return "no transform"
-        cats = {
-            c: ENUM if c in chunk.enums else category(t)
-            for c, t in zip(r.columns, chunk.types, strict=True)
-        }
+        cats = source_categories(r.columns, chunk.types, chunk.enums)
         compiled = compile_for_load(transform, cats, r.key_columns)
         if not isinstance(compiled, CompiledTable):
             return compiled.reason
@@ -390,7 +395,7 @@ class BulkLoader:
     ) -> tuple[int, bool]:
         """Rows written, and whether that is one per row the reject expression let through."""
         where = f"({c.reject_sql}) IS NULL" + (f" AND ({t.when})" if t.when else "")
-        table = _qualified(t.table)
+        table = qualified(t.table)
         if t.patch:
             sets = [n for n, _ in t.columns if n not in dict(t.key)]
             if not sets:
@@ -460,8 +465,3 @@ def _copy_text(value: Any) -> str:
         return "\\N"
     text = value if type(value) is str else str(value)
     return text if _SPECIAL.search(text) is None else text.translate(_ESCAPES)
-
-
-def _qualified(name: str) -> str:
-    schema, _, table = name.partition(".")
-    return f"{ident(schema)}.{ident(table)}" if table else ident(schema)

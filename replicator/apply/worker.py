@@ -433,6 +433,9 @@ class ApplyWorker:
 
     def _count_bulk(self, table: str, rows: int, touched: dict[str, int]) -> None:
         self._snapshot_rows[table] = self._snapshot_rows.get(table, 0) + rows
+        self._count_written(touched)
+
+    def _count_written(self, touched: dict[str, int]) -> None:
         for t, n in touched.items():
             self.stats.rows[t] = self.stats.rows.get(t, 0) + n
             self._batch_rows[t] = self._batch_rows.get(t, 0) + n
@@ -510,9 +513,7 @@ class ApplyWorker:
         else:
             with pg.translated(self.db.masked()):
                 touched = self.sink.flush(batch, defer=True)
-        for t, n in touched.items():
-            self.stats.rows[t] = self.stats.rows.get(t, 0) + n
-            self._batch_rows[t] = self._batch_rows.get(t, 0) + n
+        self._count_written(touched)
         batch.tables.clear()
         batch.size = 0
 

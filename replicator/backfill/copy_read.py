@@ -21,8 +21,7 @@ from connectors.copy_chunk import CopyChunk, copy_fields
 from connectors.envelope import RelationInfo
 from replicator.config import BackfillSettings
 from transforms.api import TableTransform
-from transforms.compile import ENUM, CompiledTable, compile_for_load
-from transforms.sql_twins import category
+from transforms.compile import CompiledTable, compile_for_load, source_categories
 
 SQL_PATH = "sql"
 
@@ -45,13 +44,6 @@ class SourceTable:
         return RelationInfo(schema, name, self.columns, self.type_oids, self.key)
 
 
-def categories(
-    columns: Sequence[str], types: Sequence[str], enums: Sequence[str]
-) -> dict[str, str]:
-    """Column -> category of transforms.sql_twins (``enum`` for a user enum)."""
-    return {c: ENUM if c in enums else category(t) for c, t in zip(columns, types, strict=True)}
-
-
 def load_path(
     settings: BackfillSettings, transform: TableTransform | None, source: SourceTable
 ) -> str:
@@ -63,7 +55,7 @@ def load_path(
     if source.table in settings.python_tables:
         return "python: listed in backfill.python_tables"
     compiled = compile_for_load(
-        transform, categories(source.columns, source.types, source.enums), source.key
+        transform, source_categories(source.columns, source.types, source.enums), source.key
     )
     if not isinstance(compiled, CompiledTable):
         return f"python: {compiled.reason}"
