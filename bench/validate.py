@@ -93,10 +93,19 @@ def main() -> dict[str, Any]:
                 best = timer
         counted = best
         assert counted is not None
-        with Timer() as validated:
-            report = validate(s, MAPPING, save=False)
-        if report.outcome != "clean":
-            raise SystemExit(f"validation of clean data failed: {report.to_json(limit=5)}")
+        # The best of three as well, for the same reason; every run is listed (the first also
+        # pays for this process's one-time set-up: imports, compiled patterns).
+        validated = None
+        runs: list[float] = []
+        for _ in range(3):
+            with Timer() as timer:
+                report = validate(s, MAPPING, save=False)
+            if report.outcome != "clean":
+                raise SystemExit(f"validation of clean data failed: {report.to_json(limit=5)}")
+            runs.append(round(timer.seconds, 3))
+            if validated is None or timer.seconds < validated.seconds:
+                validated = timer
+        assert validated is not None
         # The same run with every table read and transformed in Python, for comparison.
         with Timer() as in_python:
             by_python = validate(s, MAPPING, save=False, python_path=True)
@@ -118,6 +127,7 @@ def main() -> dict[str, Any]:
             scale=scale,
             rows_checked=rows,
             validate_s=round(validated.seconds, 3),
+            validate_runs_s=runs,
             python_path_s=round(in_python.seconds, 3),
             tables_in_sql=sum(1 for t in report.tables if t.path == "sql"),
             tables=len(report.tables),

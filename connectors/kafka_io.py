@@ -28,7 +28,7 @@ from kafka import (
     TopicPartition,
 )
 from kafka import errors as kerr
-from kafka.admin import NewTopic
+from kafka.admin import NewTopic, OffsetSpec
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from connectors.kafka_probe import security_error
@@ -207,14 +207,28 @@ def delete_topics(bootstrap: str, names: list[str], **security: Any) -> None:
 
 
 def end_offsets(bootstrap: str, topic: str, **security: Any) -> dict[int, int]:
-    reader = consumer(bootstrap, **security)
+    """partition -> the offset the next message will take; {} when the topic does not exist.
+
+    Asked through the admin client: a new consumer waits out its metadata backoff (100 ms)
+    before the first metadata request, which was most of a small validation's overhead."""
+    client = admin(bootstrap, **security)
     try:
         with translated("offset query failed"):
-            parts = reader.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in parts]
-            return {tp.partition: off for tp, off in reader.end_offsets(tps).items()}
+            described = client.describe_topics([topic])
+            parts = [
+                p["partition_index"]
+                for t in described
+                if t.get("error_code", 0) == 0
+                for p in t.get("partitions", [])
+            ]
+            if not parts:
+                return {}
+            got = client.list_partition_offsets(
+                {TopicPartition(topic, p): OffsetSpec.LATEST for p in parts}
+            )
+            return {tp.partition: int(o.offset) for tp, o in got.items()}
     finally:
-        reader.close()
+        client.close()
 
 
 class OffsetReader:

@@ -21,11 +21,14 @@ full validation (:mod:`replicator.validate.fast`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,7 +52,7 @@ from replicator.validate.canon import (
     shown,
     verdict,
 )
-from replicator.validate.expect import SourceKey, fold_all, fold_keys
+from replicator.validate.expect import Rejected, SourceKey, fold_all, fold_keys
 from replicator.validate.fast import Touched, end_offsets, touched_since
 from replicator.validate.orphans import find_orphans
 from replicator.validate.report import (
@@ -86,6 +89,15 @@ __all__ = ["Report", "last_validation", "select_tables", "validate"]
 
 CHUNK_KEYS = 1_000
 Pending = dict[Key, tuple[CanonRow | None, Exp | None]]
+
+
+@dataclass
+class _Passed:
+    """One group compared in SQL: its candidates, table results and rejected rows."""
+
+    pending: dict[str, Pending]
+    tables: list[TableResult]
+    rejected: list[Rejected]
 
 
 @dataclass
@@ -193,7 +205,7 @@ def group_plan(ctx: _Ctx, group: list[str]) -> GroupPlan | str:
     return plan
 
 
-def _sql_pass(ctx: _Ctx, group: list[str], report: Report) -> dict[str, Pending] | str:
+def _sql_pass(ctx: _Ctx, group: list[str]) -> _Passed | str:
     """The group compared by checksums in both databases, or why it keeps the Python path."""
     plan = group_plan(ctx, group)
     if not isinstance(plan, GroupPlan):
@@ -209,8 +221,8 @@ def _sql_pass(ctx: _Ctx, group: list[str], report: Report) -> dict[str, Pending]
                 lambda shape, keys: read_target(ctx.target, shape, keys),
                 ctx.hashing,
             )
-    report.rejected.extend(got.rejected)
     out: dict[str, Pending] = {}
+    tables: list[TableResult] = []
     for t in group:
         o = got.tables[t]
         ctx.provenance[t] = {k: v for k, v in o.provenance.items() if v}
@@ -218,9 +230,73 @@ def _sql_pass(ctx: _Ctx, group: list[str], report: Report) -> dict[str, Pending]
         res.expected_rows, res.target_rows = o.expected_rows, o.target_rows
         res.rows_checked = max(o.expected_rows, o.target_rows)
         res.chunks, res.chunks_mismatched = o.buckets, o.buckets_mismatched
-        report.tables.append(res)
+        tables.append(res)
         out[t] = o.pending
-    return out
+    return _Passed(out, tables, got.rejected)
+
+
+def _full_passes(ctx: _Ctx, groups: list[list[str]], report: Report) -> dict[str, Pending]:
+    """Every group in full. The groups that compile are compared two at a time, the largest
+    first, on a second pair of sessions as well (each group in snapshots of its own, as
+    always: groups share no table), so both servers and both cores stay busy where one group
+    at a time left the target idle while legacy computed; then the rest the Python way."""
+    plans = {tuple(g): group_plan(ctx, g) for g in groups}
+    in_sql = [g for g in groups if isinstance(plans[tuple(g)], GroupPlan)]
+    done: dict[tuple[str, ...], _Passed | str] = {}
+    if len(in_sql) > 1:
+        queue = collections.deque(sorted(in_sql, key=lambda g: -_legacy_bytes(ctx, g)))
+
+        def work(c: _Ctx) -> None:
+            while queue:
+                try:
+                    g = queue.popleft()
+                except IndexError:
+                    return
+                done[tuple(g)] = _sql_pass(c, g)
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            second = pool.submit(_with_sessions, ctx, work)
+            work(ctx)
+            second.result()
+    pending: dict[str, Pending] = {}
+    for g in groups:
+        got = done.get(tuple(g)) or _sql_pass(ctx, g)
+        if isinstance(got, str):
+            pending.update(_first_pass_python(ctx, g, report, None, dict.fromkeys(g, got)))
+            continue
+        report.tables.extend(got.tables)
+        report.rejected.extend(got.rejected)
+        pending.update(got.pending)
+    return pending
+
+
+def _with_sessions(ctx: _Ctx, work: Callable[[_Ctx], None]) -> None:
+    """``work`` on a context of its own two sessions (set up as the first ones)."""
+    with pg.translated(ctx.s.source.masked()):
+        legacy = pg.connect(ctx.s.source.conninfo(), autocommit=True)
+    try:
+        with pg.translated(ctx.s.target.masked()):
+            target = pg.connect(ctx.s.target.conninfo(), autocommit=True)
+        try:
+            for conn in (legacy, target):
+                conn.execute(SESSION_SQL)
+            work(dataclasses.replace(ctx, legacy=legacy, target=target))
+        finally:
+            target.close()
+    finally:
+        legacy.close()
+
+
+def _legacy_bytes(ctx: _Ctx, group: list[str]) -> int:
+    """The size of the legacy tables a group reads: what its comparison costs, roughly."""
+    sources = sorted({w.source for t in group for w in ctx.writers(t)})
+    with pg.translated(ctx.s.source.masked()):
+        row = ctx.legacy.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0)"
+            " FROM unnest(%s::text[]) AS t",
+            (sources,),
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _keyed_sql_pass(
@@ -262,10 +338,7 @@ def _first_pass(
     ctx: _Ctx, group: list[str], report: Report, touched: Mapping[str, set[SourceKey]] | None
 ) -> dict[str, Pending]:
     if touched is None:
-        got = _sql_pass(ctx, group, report)
-        if not isinstance(got, str):
-            return got
-        return _first_pass_python(ctx, group, report, None, dict.fromkeys(group, got))
+        return _full_passes(ctx, [group], report)
     done, left = _keyed_sql_pass(ctx, group, report, touched)
     if not left:
         return done
@@ -480,8 +553,7 @@ def validate(
                 report.log_offsets = None  # no Kafka: the run stands, --fast cannot build on it
         ctx.sync()
         pending: dict[str, Pending] = {}
-        for group in components(mapping.forward, full_tables):
-            pending.update(_first_pass(ctx, group, report, None))
+        pending.update(_full_passes(ctx, components(mapping.forward, full_tables), report))
         if touched is not None:
             keyed = [t for t in selected if t not in full_tables]
             ctx.partial.update(keyed)

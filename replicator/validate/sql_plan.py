@@ -72,6 +72,22 @@ def row_text(values: Sequence[str]) -> str:
     return f"ROW({', '.join(values)})::text" if len(values) > 1 else f"({values[0]})::text"
 
 
+def row_hash(values: Sequence[tuple[str, bool]], h: Hashing) -> str:
+    """A row's 64-bit hash from its values (text, or ``True``: already a 64-bit hash).
+
+    Fast hashing hashes each value on its own, seeded with its position (two columns that
+    swap values change the hash), and XORs them; NULL stands as its position. Printing and
+    quoting the whole row as one text and hashing that cost three times as much on a wide
+    row. Otherwise the md5 of the row text, where the row text holds the hashes as numbers."""
+    if not h.fast:
+        return h.row(row_text([v for v, _ in values]))
+    terms = [
+        f"coalesce({'hashint8extended' if hashed else 'hashtextextended'}({v}, {i}), {i})"
+        for i, (v, hashed) in enumerate(values)
+    ]
+    return "(" + " # ".join(terms) + ")"
+
+
 @dataclass(frozen=True, slots=True)
 class Hashing:
     """How rows and keys are hashed: ``hashtextextended`` (64 bits, PostgreSQL 11+, an order
@@ -257,22 +273,24 @@ def _table_plan(
         )
         sources.append((comp.source, comp.source_key, skey))
     keys = [f"o.k{i}" for i in range(len(shape.key))]
-    values: list[str] = []
-    target_values: list[str] = []
+    values: list[tuple[str, bool]] = []  # (SQL, a 64-bit hash rather than text)
+    target_values: list[tuple[str, bool]] = []
     for c in shape.columns:
+        hashed = c not in shape.key and is_hash(shape.types[c], enum=c in enums, h=h)
         if c in shape.key:
-            values.append(f"o.k{shape.key.index(c)}")
+            values.append((f"o.k{shape.key.index(c)}", False))
         elif c in where:
-            values.append(where[c])
+            values.append((where[c], hashed))
         elif c in shape.defaults:
             continue  # written by nobody, with a default: not compared (as in Python)
         else:
-            values.append("NULL::text")
+            values.append(("NULL::bigint" if hashed else "NULL::text", hashed))
         stored = Expr(ident(c), _cat(shape, c, enums))
         if c in shape.key:
-            target_values.append(f"k{shape.key.index(c)}")
+            target_values.append((f"k{shape.key.index(c)}", False))
         else:
-            target_values.append(fingerprint(stored, shape.types[c], enum=c in enums, h=h))
+            fp = fingerprint(stored, shape.types[c], enum=c in enums, h=h)
+            target_values.append((fp, hashed))
     joins = subqueries[0] + "".join(
         f" LEFT JOIN {sq} ON " + " AND ".join(f"p{j}.k{i} = o.k{i}" for i in range(len(keys)))
         for j, sq in enumerate(subqueries[1:])
@@ -280,7 +298,8 @@ def _table_plan(
     src_out = [n for _, _, names in sources for n in names]
     legacy_sql = (
         f"SELECT {', '.join(f'{k} AS k{i}' for i, k in enumerate(keys))},"
-        f" {row_text(values)} AS r, o.rej, {', '.join(src_out)} FROM {joins}"
+        f" {row_text([v for v, _ in values])} AS r, {row_hash(values, h)} AS rh, o.rej,"
+        f" {', '.join(src_out)} FROM {joins}"
     )
     target_keys = [
         canonical(Expr(ident(k), _cat(shape, k, enums)), shape.types[k]) for k in shape.key
@@ -292,7 +311,8 @@ def _table_plan(
     )
     target_sql = (
         f"SELECT {', '.join(f'k{i}' for i in range(len(target_keys)))},"
-        f" {row_text(target_values)} AS r FROM (SELECT {inner} FROM {qualified(shape.name)}) t"
+        f" {row_text([v for v, _ in target_values])} AS r, {row_hash(target_values, h)} AS rh"
+        f" FROM (SELECT {inner} FROM {qualified(shape.name)}) t"
     )
     per_row = any(
         "SELECT" in e.sql or "SELECT" in comp.reject_sql
@@ -315,10 +335,12 @@ def bucket_expr(nkeys: int, h: Hashing) -> str:
 def fingerprint(x: Expr, target_type: str, *, enum: bool, h: Hashing) -> str:
     """What stands for a value in the row text: its canonical text, or (fast hashing) a
     64-bit hash of the value as the target type holds it where printing it costs more
-    (JSON documents, timestamps)."""
+    (JSON documents, timestamps): see :func:`is_hash`."""
     text = canonical(x, target_type, target_enum=enum)
-    if not h.fast or x.sql == "NULL":
+    if not h.fast:
         return text
+    if x.sql == "NULL":
+        return "NULL::bigint" if is_hash(target_type, enum=enum, h=h) else text
     tc = category(target_type, enum=enum)
     if tc in (JSON, JSONB):
         return f"jsonb_hash_extended(({x.sql})::jsonb, 0)"
@@ -327,6 +349,11 @@ def fingerprint(x: Expr, target_type: str, *, enum: bool, h: Hashing) -> str:
     if tc == TS:
         return f"timestamp_hash_extended(({x.sql})::timestamp, 0)"
     return text
+
+
+def is_hash(target_type: str, *, enum: bool, h: Hashing) -> bool:
+    """Whether :func:`fingerprint` gives a 64-bit hash (not text) for a column of this type."""
+    return h.fast and category(target_type, enum=enum) in (JSON, JSONB, TSTZ, TS)
 
 
 def source_from(comp: CompiledTable) -> str:

@@ -123,3 +123,37 @@ def test_one_planted_difference_in_a_million_rows_is_found_and_named(env: Env) -
     assert [(d.kind, d.key, d.columns) for d in keyed.differences] == [
         ("differs", {"id": "777777"}, ["action"])
     ]
+
+
+def test_values_swapped_between_two_columns_or_nulled_are_found_in_sql(env: Env) -> None:
+    # Rows are hashed column by column (replicator.validate.sql_plan.row_hash): each column's
+    # hash is seeded with its position, so two columns trading values changes the row's hash,
+    # and a NULL does not hash like any value.
+    _schemas(env)
+    generate(env.url("legacy"), scale=1, seed=5, create_schema=False)
+    _load(env)
+    with env.target_conn() as c:
+        swapped = c.execute(
+            "SELECT id FROM audit_log WHERE organization_id IS NOT NULL AND user_id IS NOT NULL"
+            " AND organization_id <> user_id ORDER BY id LIMIT 1"
+        ).fetchone()
+        nulled = c.execute(
+            "SELECT id FROM audit_log WHERE target IS NOT NULL ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        assert swapped is not None and nulled is not None
+        c.execute(
+            "UPDATE audit_log SET organization_id = user_id, user_id = organization_id"
+            " WHERE id = %s",
+            swapped,
+        )
+        c.execute("UPDATE audit_log SET target = NULL WHERE id = %s", nulled)
+    got = validate(env.settings(), MAPPING, save=False)
+    audit = next(t for t in got.tables if t.table == "public.audit_log")
+    assert audit.path == "sql"
+    found = sorted((d.kind, int(d.key["id"]), tuple(d.columns)) for d in got.differences)
+    assert found == sorted(
+        [
+            ("differs", swapped[0], ("organization_id", "user_id")),
+            ("differs", nulled[0], ("target",)),
+        ]
+    ), got.to_json(limit=5)
