@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,17 @@ def copy_pipe(
             c.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))
             )
+
+
+def settle(env: Env, tables: Iterable[str], side: str) -> None:
+    """Nothing left for the server to do in the background before a timed phase: the tables
+    vacuumed and analysed (autovacuum would otherwise start on them after a bulk load, in the
+    middle of the next measurement) and a checkpoint written (a checkpoint forced by the load's
+    WAL would land there too)."""
+    with env.legacy_conn() if side == "legacy" else env.target_conn() as c:
+        for table in tables:
+            c.execute(sql.SQL("VACUUM (ANALYZE) {}").format(_ident(table)))
+        c.execute("CHECKPOINT")
 
 
 def raw_copy(env: Env, tables: list[str]) -> tuple[int, float]:
@@ -263,7 +274,10 @@ def main() -> dict[str, Any]:
         with Timer() as gen:
             env.mcp_schemas(scale=scale, seed=1)
         log(f"generated in {gen.seconds:.1f}s; raw COPY pipe of {len(tables)} tables…")
+        settle(env, tables, "legacy")
+        settle(env, (), "target")
         raw_rows, raw_s = raw_copy(env, tables)
+        settle(env, (), "target")
         log(f"raw pipe: {raw_rows} rows in {raw_s:.2f}s; backfilling through Kafka…")
         connections = args.raw.apply_connections
         compression = args.raw.compression
@@ -272,7 +286,11 @@ def main() -> dict[str, Any]:
         )
         target_tables = list(MAPPING.forward.target_tables)
         log("copying the backfilled target tables into an empty Drizzle schema…")
-        target_rows, target_s = target_copy(env, target_tables)
+        # The best of two, after the target settled: the ceiling is never inflated by
+        # background work the backfill left behind (the ratio can only come out lower).
+        settle(env, target_tables, "target")
+        ceilings = [target_copy(env, target_tables) for _ in range(2)]
+        target_rows, target_s = min(ceilings, key=lambda c: c[1])
         rows = run.rows
         if rows != raw_rows:
             log(f"note: the backfill read {rows} rows, the raw pipe copied {raw_rows}")
@@ -302,6 +320,7 @@ def main() -> dict[str, Any]:
             # can write the target faster, so raw_s / target_copy_s bounds the ratio above.
             target_rows=target_rows,
             target_copy_s=round(target_s, 3),
+            target_copy_runs_s=[round(t, 3) for _, t in ceilings],
             ratio_ceiling_target_copy=round(raw_s / target_s, 3),
             ratio_vs_target_copy=round(target_s / run.seconds, 3),
             generate_s=round(gen.seconds, 1),

@@ -43,6 +43,7 @@ from transforms.sql_twins import (
     column,
     ident,
     json_unsafe,
+    list_check_of,
     literal,
     twin_of,
 )
@@ -98,7 +99,7 @@ class CompiledTable:
         make later ones safe to evaluate (JSON the server could not de-escape) come first."""
         if not self.checks:
             return "NULL::text"
-        arms = " ".join(f"WHEN {c} THEN {literal(r).sql}" for c, r in self.checks)
+        arms = " ".join(f"WHEN {c} THEN {literal(r).sql}" for c, r in _needed(self.checks))
         return f"(CASE {arms} END)"
 
     def writing(self, table: str) -> list[CompiledTarget]:
@@ -109,6 +110,45 @@ class CompiledTable:
 class NotCompiled:
     source: str
     reason: str
+
+
+def _needed(checks: Sequence[Check]) -> list[Check]:
+    """The checks that can be the first to hold: one repeated, or ``(x) IS NOT NULL AND
+    (c)`` after ``c`` (a converter's check after the same check of its source column), can
+    only hold where an earlier one did, so it would never name the reason, yet every row
+    that passes would still pay for evaluating it."""
+    seen: set[str] = set()
+    out: list[Check] = []
+    for cond, reason in checks:
+        if cond in seen or any(_implies(cond, s) for s in seen):
+            continue
+        seen.add(cond)
+        out.append((cond, reason))
+    return out
+
+
+def _implies(cond: str, earlier: str) -> bool:
+    """Whether ``cond`` reads ``(x) IS NOT NULL AND (earlier)`` (so it implies ``earlier``)."""
+    tail = f" IS NOT NULL AND ({earlier})"
+    return cond.endswith(tail) and _one_group(cond[: -len(tail)])
+
+
+def _one_group(text: str) -> bool:
+    """``text`` is one parenthesised group: ``(`` … its matching ``)`` at the very end."""
+    if not text.startswith("("):
+        return False
+    depth, quote = 0, ""
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote:
+                quote = ""  # a doubled '' (or "") closes and reopens: still right
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "()":
+            depth += 1 if ch == "(" else -1
+            if depth == 0:
+                return i == len(text) - 1
+    return False
 
 
 def compile_table(
@@ -379,6 +419,20 @@ def _list_checks(name: str, ann: Any, x: Expr) -> tuple[list[Check], bool]:
         return checks, True
     if item is not str:
         raise NotCompilable(f"model field {name}: a list of {item!r}")
+    funcs = [getattr(m, "func", None) for m in meta]
+    whole = [list_check_of(f) if callable(f) else None for f in funcs]
+    if meta and all(whole) and all(type(m).__name__ == "AfterValidator" for m in meta):
+        # Every validator has a whole-list form: the JSON text is checked at once (no
+        # subquery reading the items, which cost most of the row). Those forms flag escaped
+        # text, so the json NUL escape needs no guard here.
+        cond = " OR ".join(f"({b(x)})" for b in whole if b is not None)
+        checks.append(
+            (
+                f"(CASE WHEN {j}_typeof({x.sql}) = 'array' THEN ({cond}) ELSE false END)",
+                f"{name} has an item that is not a valid string",
+            )
+        )
+        return checks, False
     conds = [f"{j}_typeof(e.j) <> 'string'"]
     exact = True
     for m in meta:

@@ -34,7 +34,7 @@ import psycopg
 from psycopg import sql
 
 from connectors import pg
-from connectors.copy_chunk import CopyChunk, decode_copy_chunk
+from connectors.copy_chunk import BINARY_TEXT_OIDS, CopyChunk, decode_copy_chunk
 from connectors.envelope import Change, Envelope
 from connectors.pgsink import Batch, Sink
 from replicator.errors import DataError, MalformedMessage, ReplicatorError, SchemaError
@@ -70,16 +70,16 @@ class _InFlight:
     chunk: CopyChunk
     partition: int
     offset: int
-    writes: frozenset[str]  # target tables
-    patches: bool  # some target is an N→1 patch (it needs the rows it patches committed)
+    writes: frozenset[str]  # target tables, patched ones included
 
-    def conflicts(self, table: str, writes: frozenset[str], patches: bool) -> bool:
+    def conflicts(self, table: str, writes: frozenset[str]) -> bool:
         """Whether a chunk of ``table`` must wait for this one: another source table's chunk
-        writing a table this one writes, or a patch on either side. Tables of one foreign-key
-        level (read interleaved) load side by side; foreign keys are not checked by apply."""
+        writing (or patching) a table this one writes or patches — an N→1 patch then finds
+        the rows it patches committed. Other chunks load side by side, a patch among them;
+        foreign keys are not checked by apply."""
         if self.chunk.relation.qualname == table:
             return False  # one table's chunks hold disjoint key ranges
-        return patches or self.patches or bool(self.writes & writes)
+        return bool(self.writes & writes)
 
 
 @dataclass(frozen=True)
@@ -148,15 +148,14 @@ class BulkLoader:
             return
         table = chunk.relation.qualname
         writes = frozenset(t.table for t in plan.compiled.targets)
-        patches = any(t.patch for t in plan.compiled.targets)
-        if any(job.conflicts(table, writes, patches) for job in self._inflight):
+        if any(job.conflicts(table, writes) for job in self._inflight):
             self.join(batch)
         if self._pool is not None and not len(batch) and not self._main_dirty:
             # One chunk queued behind each session's: no session waits for apply's next poll.
             while len(self._inflight) >= 2 * self._limit:
                 self._finish(self._inflight.popleft(), batch)
             future = self._pool.submit(self._on_own_session, plan, chunk)
-            self._inflight.append(_InFlight(future, chunk, partition, offset, writes, patches))
+            self._inflight.append(_InFlight(future, chunk, partition, offset, writes))
             return
         self.join(batch)
         self._flush(batch)  # rows before this chunk are written before it
@@ -273,8 +272,12 @@ class BulkLoader:
         batch: Batch,
         rows: Sequence[Sequence[str | None]] | None = None,
     ) -> None:
+        try:
+            env = chunk.envelope(rows)
+        except MalformedMessage as exc:  # a binary chunk the staging COPY refused too
+            self._dead(exc, partition, offset, None, chunk.data[:10_000].hex())
+            return
         self._main_dirty = True  # the rows land in apply's transaction
-        env = chunk.envelope(rows)
         for change in env.changes:
             self._change(env, change, partition, offset, batch)
 
@@ -282,7 +285,7 @@ class BulkLoader:
 
     def _plan(self, chunk: CopyChunk) -> _Plan | str:
         r = chunk.relation
-        cache_key = (r.qualname, r.columns, chunk.types, chunk.enums, r.key_columns)
+        cache_key = (r.qualname, r.columns, chunk.types, chunk.enums, r.key_columns, chunk.binary)
         found = self._plans.get(cache_key)
         if found is None:
             found = self._plans[cache_key] = self._make_plan(chunk, len(self._plans))
@@ -299,6 +302,15 @@ class BulkLoader:
         compiled = compile_for_load(transform, cats, r.key_columns)
         if not isinstance(compiled, CompiledTable):
             return compiled.reason
+        if chunk.binary and (
+            transform.copies_rows
+            or any(
+                oid not in BINARY_TEXT_OIDS and cats[c] != ENUM
+                for c, oid in zip(r.columns, r.type_oids, strict=True)
+            )
+        ):
+            # Staged as text, such columns would need their text: binary has none.
+            return "a binary chunk of a table whose columns are staged as text"
         staged = tuple(
             (c, "text" if transform.copies_rows or cats[c] in (ENUM, UNKNOWN) else t)
             for c, t in zip(r.columns, chunk.types, strict=True)
@@ -334,13 +346,12 @@ class BulkLoader:
         conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {ident(plan.stage)} ({cols})")
         conn.execute(sql.SQL("TRUNCATE {}").format(stage))
         names = sql.SQL(", ").join(sql.Identifier(c) for c, _ in plan.stage_columns)
+        how = "FORMAT binary" if chunk.binary else "ENCODING 'UTF8'"
         with (
             conn.cursor() as cur,
-            cur.copy(
-                sql.SQL("COPY {} ({}) FROM STDIN (ENCODING 'UTF8')").format(stage, names)
-            ) as cp,
+            cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (" + how + ")").format(stage, names)) as cp,
         ):
-            cp.write(chunk.data)
+            cp.write(chunk.copy_data())
         source = f"{ident(plan.stage)} s"
         if plan.derived is not None:
             source = self._derive(conn, plan)

@@ -17,7 +17,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from connectors.copy_chunk import CopyChunk, copy_fields
+from connectors.copy_chunk import (
+    BINARY_TEXT_OIDS,
+    TRAILER,
+    CopyChunk,
+    binary_tuples,
+    copy_fields,
+    field_text,
+    strip_binary_header,
+)
 from connectors.envelope import RelationInfo
 from replicator.config import BackfillSettings
 from transforms.api import TableTransform
@@ -62,6 +70,19 @@ def load_path(
     return SQL_PATH
 
 
+def binary_format(source: SourceTable, transform: TableTransform | None) -> bool:
+    """Whether ``source`` travels in COPY's binary format: every column of a type whose
+    binary form apply stages as that type and connectors.copy_chunk reads back as text (or an
+    enum, staged as its label); not for a row-copying transform, which stages text."""
+    if transform is None or transform.copies_rows:
+        return False
+    enums = set(source.enums)
+    return all(
+        oid in BINARY_TEXT_OIDS or c in enums
+        for c, oid in zip(source.columns, source.type_oids, strict=True)
+    )
+
+
 @dataclass(frozen=True)
 class CopyRead:
     messages: list[bytes]
@@ -104,34 +125,58 @@ def read_copy_chunk(
     last_key: Sequence[Any] | None,
     chunk_rows: int,
     message_bytes: int,
+    *,
+    binary: bool = False,
 ) -> CopyRead:
     """The next ``chunk_rows`` rows after ``last_key`` as COPY chunk messages of at most about
     ``message_bytes`` each (a message always ends with a whole row; one row larger than the
-    limit is a message of its own)."""
+    limit is a message of its own); ``binary``: in COPY's binary format (see
+    :func:`binary_format`)."""
     query = chunk_query(source, last_key is not None)
-    stmt = sql.SQL("COPY ({}) TO STDOUT").format(query)
-    parts: list[bytes] = []
-    buf = bytearray()
+    stmt = sql.SQL("COPY ({}) TO STDOUT" + (" (FORMAT binary)" if binary else "")).format(query)
+    parts: list[tuple[bytes, int]] = []  # (data, rows)
+    buf, held, first = bytearray(), 0, True
+    last: bytes | bytearray | memoryview = b""
     with conn.cursor() as cur, cur.copy(stmt, (*(last_key or ()), chunk_rows)) as cp:
-        # One block per row, as the server sends them: cut after a whole row only.
+        # One block per row, as the server sends them: cut after a whole row only. In binary,
+        # the first block also holds the file header and the last is the trailer alone.
         for block in cp:
+            if binary:
+                if first:
+                    block, first = strip_binary_header(bytes(block)), False
+                    if not block:
+                        continue
+                if block == TRAILER:
+                    continue  # the iteration ends after it (leaving early would not)
+                last = block
             buf += block
-            if len(buf) >= message_bytes and buf.endswith(b"\n"):
-                parts.append(bytes(buf))
-                buf = bytearray()
+            held += 1
+            if len(buf) >= message_bytes and (binary or buf.endswith(b"\n")):
+                parts.append((bytes(buf), held if binary else buf.count(b"\n")))
+                buf, held = bytearray(), 0
     if buf:
-        parts.append(bytes(buf))
+        parts.append((bytes(buf), held if binary else buf.count(b"\n")))
     if not parts:
         return CopyRead([], 0, None)
-    rows = sum(p.count(b"\n") for p in parts)
-    last_line = parts[-1][:-1].rpartition(b"\n")[2]
-    fields = copy_fields(last_line)
-    key = [fields[source.columns.index(k)] for k in source.key]
+    if binary:
+        (fields,) = binary_tuples(bytes(last))
+        at = {c: i for i, c in enumerate(source.columns)}
+        enums = set(source.enums)
+        key: list[str | None] = [
+            None
+            if (f := fields[at[k]]) is None
+            else field_text(source.type_oids[at[k]], f, enum=k in enums)
+            for k in source.key
+        ]
+    else:
+        last_line = parts[-1][0][:-1].rpartition(b"\n")[2]
+        text = copy_fields(last_line)
+        key = [text[source.columns.index(k)] for k in source.key]
     relation = source.relation
     messages = [
         CopyChunk(
-            origin, source.relid, relation, source.types, source.enums, p.count(b"\n"), p
+            origin, source.relid, relation, source.types, source.enums, n, data, binary
         ).encode()
-        for p in parts
+        for data, n in parts
     ]
-    return CopyRead(messages, rows, key)
+    return CopyRead(messages, sum(n for _, n in parts), key)

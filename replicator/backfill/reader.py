@@ -36,6 +36,7 @@ from connectors.kafka_io import Producer, ensure_topics
 from replicator.backfill.copy_read import (
     SQL_PATH,
     SourceTable,
+    binary_format,
     chunk_query,
     load_path,
     prepare_reader,
@@ -362,6 +363,7 @@ class Backfill:
                 chunk_query(source, True, as_text=True),
             )
             bulk = path == SQL_PATH
+            binary = bulk and binary_format(source, self.direction.transform_for(source.table))
             if bulk:
                 with pg.translated(s.source.masked()):
                     prepare_reader(src)
@@ -369,7 +371,13 @@ class Backfill:
                 with pg.translated(s.source.masked()):
                     if bulk:
                         got = read_copy_chunk(
-                            src, s.name, source, last_key, self.chunk_rows, SNAPSHOT_MESSAGE_BYTES
+                            src,
+                            s.name,
+                            source,
+                            last_key,
+                            self.chunk_rows,
+                            SNAPSHOT_MESSAGE_BYTES,
+                            binary=binary,
                         )
                         messages, n, key = got.messages, got.rows, got.last_key
                     else:

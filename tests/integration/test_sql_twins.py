@@ -276,7 +276,9 @@ def test_jsonb_safe(conn: psycopg.Connection[Any], value: str | None) -> None:
 scope_items = st.one_of(
     st.from_regex(r"[a-z]{1,6}:[a-z*]{1,6}", fullmatch=True),
     st.text(alphabet=st.characters(codec="utf-8"), max_size=8),
-    st.sampled_from(["a:b:c", ":x", "x:", "x", 'q"uote:\\back', "tab\t:x", "é:ü"]),
+    st.sampled_from(
+        ["a:b:c", ":x", "x:", "x", 'q"uote:\\back', "tab\t:x", "é:ü", "a, b:c", "x:y, z", "s/l:x"]
+    ),
 )
 
 

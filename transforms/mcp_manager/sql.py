@@ -13,6 +13,7 @@ from transforms.sql_twins import (
     BOOL,
     INT,
     JSON,
+    JSON_PLAIN_CHAR,
     JSONB,
     NOT_PLAIN_ASCII,
     TEXT,
@@ -23,9 +24,11 @@ from transforms.sql_twins import (
     Expr,
     NotCompilable,
     apply_twin,
+    json_string_array_re,
     json_unsafe,
     merge_checks,
     sql_check,
+    sql_list_check,
     sql_twin,
 )
 
@@ -78,12 +81,15 @@ def _permissions(x: Expr) -> Expr:
 
 @sql_twin(forward.metadata_from_scopes, exact=False)
 def _metadata(x: Expr) -> Expr:
+    # {"scopes": [...]} in compact JSON. For a list of plain strings (printable ASCII, no
+    # space) jsonb prints the list as json.dumps does but for ", " between items (a space it
+    # never prints inside such an item): no subquery reading the items. Any other list goes
+    # the Python way.
     _need("metadata_from_scopes", x, JSON, JSONB)
-    sql = (
-        "(SELECT '{\"scopes\":[' || coalesce(string_agg(to_json(s.v)::text, ',' ORDER BY s.o),"
-        f" '') || ']}}' FROM {_scope_items(x)})"
-    )
-    return _guard_list(x, sql)
+    plain = json_string_array_re(f'"{JSON_PLAIN_CHAR}*"')
+    e = _guard_list(x, f"('{{\"scopes\":' || replace(({x.sql})::jsonb::text, ', ', ',') || '}}')")
+    odd = (f"({x.sql})::text !~ '{plain}'", "scopes is not a list of plain strings (Python path)")
+    return Expr(e.sql, e.type, (*e.checks, odd))
 
 
 def _guard_list(x: Expr, sql: str) -> Expr:
@@ -115,6 +121,14 @@ def _scope_check(x: Expr) -> list[Check]:
             "scope is not of the form resource:action",
         )
     ]
+
+
+@sql_list_check(models._scope)
+def _scopes_check(x: Expr) -> str:
+    # Items of plain printable ASCII (\" and \\ the only escapes): resource, colon, action.
+    head = '(?:[!#-9;-\\[\\]-~]|\\\\["\\\\])'  # no colon either
+    item = f'"{head}+:{JSON_PLAIN_CHAR}+"'
+    return f"({x.sql})::text !~ '{json_string_array_re(item)}'"
 
 
 @sql_check(models._positive_bigint)
