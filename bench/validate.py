@@ -6,7 +6,7 @@ servers transform (compiled transforms), canonicalise and hash every row and sum
 key bucket, so it is expected to be below the limit; the ratio says by how much. The same
 validation with every table on the Python path (``python_path_s``) is timed for comparison.
 
-    python -m bench.validate [--quick]
+    python -m bench.validate [--quick] [--scale N]
 """
 
 from __future__ import annotations
@@ -69,8 +69,12 @@ def _count_all(db: DatabaseSettings, tables: list[str]) -> int:
 
 
 def main() -> dict[str, Any]:
-    args = parse_args("validate", __doc__ or "")
-    scale = 2 if args.quick else 20
+    args = parse_args(
+        "validate",
+        __doc__ or "",
+        [("--scale", {"type": int, "default": None, "help": "MCP data scale (default 2, 20)"})],
+    )
+    scale = int(args.raw.scale or (2 if args.quick else 20))
     with bench_env() as env:
         log(f"generating scale {scale} and loading the target…")
         create_legacy_schema(_url(env.legacy))

@@ -42,10 +42,10 @@ from transforms.sql_twins import (
     check_of,
     column,
     ident,
-    json_unsafe,
     list_check_of,
     literal,
     twin_of,
+    unsafe_json,
 )
 from transforms.when import when_sql
 
@@ -178,7 +178,7 @@ def compile_table(
         used_json = {n for n, e in cols.items() if e.type == JSON}
         # JSON the server cannot de-escape goes the Python way before anything reads into it.
         for n in sorted(used_json):
-            checks.extend((c, f"{n}: {r}") for c, r in json_unsafe(cols[n].sql))
+            checks.extend((c, f"{n}: {r}") for c, r in unsafe_json(cols[n]))
         if d.model is not None:
             mc, mexact = model_checks(d.model, cols)
             checks.extend(mc)

@@ -55,6 +55,9 @@ class Expr:
     sql: str
     type: str
     checks: tuple[Check, ...] = ()
+    # A JSON source column as stored (``sql`` reads a JSON null as SQL NULL): what substring
+    # tests of its text read, where the two do not differ (see :func:`unsafe_json`).
+    raw: str | None = None
 
     def guarded(self, cond: str) -> Expr:
         """Only computed where ``cond`` holds (NULL elsewhere); the checks are kept."""
@@ -116,7 +119,9 @@ def column(name: str, type_category: str, *, enum: bool = False) -> Expr:
         # psycopg loads a JSON null as None, which the Python path then writes as SQL NULL.
         q = ident(name)
         return Expr(
-            f"(CASE WHEN {type_category}_typeof({q}) <> 'null' THEN {q} END)", type_category
+            f"(CASE WHEN {type_category}_typeof({q}) <> 'null' THEN {q} END)",
+            type_category,
+            raw=q,
         )
     return Expr(ident(name), type_category)
 
@@ -269,6 +274,13 @@ HEX64_RE = "^[0-9a-f]{64}$"
 B64URL43_RE = "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$"
 
 
+def unsafe_json(x: Expr) -> list[Check]:
+    """:func:`json_unsafe` of a json expression, over the stored column where ``x`` is one (a
+    JSON null holds no escape: the same answer, without the null test repeated in every
+    check)."""
+    return json_unsafe(x.raw or x.sql)
+
+
 def json_unsafe(x: str) -> list[Check]:
     """JSON text (``x`` is a json expression) that the SQL form leaves to Python: a \\u0000
     escape (jsonb refuses it, the server cannot de-escape it to text) or a \\u escape of a
@@ -337,7 +349,7 @@ def _jsonb_safe(x: Expr) -> Expr:
     if x.type == JSONB:
         return x  # jsonb holds no NUL
     _need("jsonb_safe", x, JSON)
-    nul, sur = json_unsafe(x.sql)
+    nul, sur = unsafe_json(x)
     ok = f"NOT ({nul[0]} OR {sur[0]})"
     return Expr(f"({x.sql})::jsonb", JSONB, (*x.checks, nul, sur)).guarded(ok)
 

@@ -25,11 +25,11 @@ from transforms.sql_twins import (
     NotCompilable,
     apply_twin,
     json_string_array_re,
-    json_unsafe,
     merge_checks,
     sql_check,
     sql_list_check,
     sql_twin,
+    unsafe_json,
 )
 
 
@@ -96,7 +96,7 @@ def _guard_list(x: Expr, sql: str) -> Expr:
     # The elements are read as text, which the server cannot do for a \u0000 escape: such
     # JSON is flagged, and the value not computed, so the statement never fails on it.
     j = "json" if x.type == JSON else "jsonb"
-    unsafe = json_unsafe(x.sql) if x.type == JSON else []
+    unsafe = unsafe_json(x) if x.type == JSON else []
     bad = [(f"{j}_typeof({x.sql}) <> 'array'", "scopes is not a list"), *unsafe]
     ok = " AND ".join(f"NOT ({c})" for c, _ in bad)
     return Expr(sql, TEXT, (*x.checks, *bad)).guarded(ok)
