@@ -236,15 +236,14 @@ def _sql_pass(ctx: _Ctx, group: list[str]) -> _Passed | str:
 
 
 def _full_passes(ctx: _Ctx, groups: list[list[str]], report: Report) -> dict[str, Pending]:
-    """Every group in full. The groups that compile are compared two at a time, the largest
-    first, on a second pair of sessions as well (each group in snapshots of its own, as
-    always: groups share no table), so both servers and both cores stay busy where one group
-    at a time left the target idle while legacy computed; then the rest the Python way."""
-    plans = {tuple(g): group_plan(ctx, g) for g in groups}
-    in_sql = [g for g in groups if isinstance(plans[tuple(g)], GroupPlan)]
+    """Every group in full. Groups are compared two at a time, the largest first, on a second
+    pair of sessions as well (each group in snapshots of its own, as always: groups share no
+    table), so both servers and both cores stay busy where one group at a time left the target
+    idle while legacy computed; a group that does not compile is then read the Python way."""
     done: dict[tuple[str, ...], _Passed | str] = {}
-    if len(in_sql) > 1:
-        queue = collections.deque(sorted(in_sql, key=lambda g: -_legacy_bytes(ctx, g)))
+    if len(groups) > 1 and not ctx.force_python:
+        size = _legacy_bytes(ctx, groups)
+        queue = collections.deque(sorted(groups, key=lambda g: -size[tuple(g)]))
 
         def work(c: _Ctx) -> None:
             while queue:
@@ -287,16 +286,18 @@ def _with_sessions(ctx: _Ctx, work: Callable[[_Ctx], None]) -> None:
         legacy.close()
 
 
-def _legacy_bytes(ctx: _Ctx, group: list[str]) -> int:
-    """The size of the legacy tables a group reads: what its comparison costs, roughly."""
-    sources = sorted({w.source for t in group for w in ctx.writers(t)})
+def _legacy_bytes(ctx: _Ctx, groups: list[list[str]]) -> dict[tuple[str, ...], int]:
+    """The size of the legacy tables each group reads: what its comparison costs, roughly."""
+    sources = {tuple(g): sorted({w.source for t in g for w in ctx.writers(t)}) for g in groups}
+    names = sorted({s for ss in sources.values() for s in ss})
     with pg.translated(ctx.s.source.masked()):
-        row = ctx.legacy.execute(
-            "SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0)"
+        rows = ctx.legacy.execute(
+            "SELECT t, coalesce(pg_total_relation_size(to_regclass(t)), 0)"
             " FROM unnest(%s::text[]) AS t",
-            (sources,),
-        ).fetchone()
-    return int(row[0]) if row else 0
+            (names,),
+        ).fetchall()
+    size = {str(t): int(n) for t, n in rows}
+    return {g: sum(size.get(s, 0) for s in ss) for g, ss in sources.items()}
 
 
 def _keyed_sql_pass(
