@@ -140,10 +140,17 @@ def test_chunks_carry_copy_output_with_the_relation(env: Env) -> None:
             assert sum(c.rows for c in chunks if c.relation.table == "audit_log") == _count(
                 c, "audit_log"
             )
+        # Every MCP column type has a binary form read back as text: binary chunks only.
+        assert all(c.binary for c in chunks)
         audit = next(c for c in chunks if c.relation.table == "audit_log")
         assert audit.types[audit.relation.columns.index("metadata")] == "json"
         first = audit.text_rows()[0]
-        assert len(first) == len(audit.relation.columns)
+        # The row as legacy prints it in text (UTC, ISO).
+        cols = ", ".join(f"{c}::text" for c in audit.relation.columns)
+        with env.legacy_conn() as c:
+            c.execute("SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, MDY'")
+            printed = c.execute(f"SELECT {cols} FROM audit_log WHERE id = %s", (first[0],))
+            assert first == list(printed.fetchone() or ())
     finally:
         pipeline.shutdown()
 
