@@ -1,10 +1,10 @@
 """Apply's bulk path: a COPY chunk of the snapshot topic → staging table → ``INSERT … SELECT``.
 
-A chunk (connectors.copy_chunk) is PostgreSQL's COPY text output of a key range of one source
-table. It is copied as it is into a temporary staging table shaped like the source, and every
-target of the table's mapping is written with one statement over it, whose expressions are the
-compiled transform (transforms.compile): an ``INSERT … SELECT … ON CONFLICT`` per target (a
-plain ``INSERT`` while the target was empty when this worker first wrote it, falling back to
+A chunk (connectors.copy_chunk) is PostgreSQL's COPY output (binary, or text) of a key range of
+one source table. It is copied as it is into a temporary staging table shaped like the source,
+and every target of the table's mapping is written with one statement over it, whose expressions
+are the compiled transform (transforms.compile): an ``INSERT … SELECT … ON CONFLICT`` per target
+(a plain ``INSERT`` while the target was empty when this worker first wrote it, falling back to
 the upsert on a duplicate key), an ``UPDATE … FROM`` per N→1 patch. No row passes through
 Python, except:
 

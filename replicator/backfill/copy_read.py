@@ -1,8 +1,8 @@
 """The backfill's bulk path: which tables travel as COPY output, and reading one chunk of them.
 
 A table whose transform compiles to SQL (transforms.compile.compile_for_load) is read with
-``COPY (SELECT … ORDER BY key LIMIT n) TO STDOUT`` and sent as that output
-(connectors.copy_chunk): apply stages it and writes the target with ``INSERT … SELECT``. Any
+``COPY (SELECT … ORDER BY key LIMIT n) TO STDOUT`` (binary where :func:`binary_format` allows)
+and sent as that output (connectors.copy_chunk): apply stages it and writes the target with ``INSERT … SELECT``. Any
 other table, or one an operator forces (``backfill.python_tables``), keeps the Python path (rows
 as text in change envelopes, each through the transform). The decision is stored with the
 table's progress, so ``status`` and the progress bars say which path each table took.

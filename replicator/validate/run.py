@@ -25,6 +25,7 @@ import collections
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -86,6 +87,8 @@ from replicator.validate.sql_keys import check_keys, load_key_types
 from transforms.api import Direction, MappingSet, TableTransform
 
 __all__ = ["Report", "last_validation", "select_tables", "validate"]
+
+log = logging.getLogger(__name__)
 
 CHUNK_KEYS = 1_000
 Pending = dict[Key, tuple[CanonRow | None, Exp | None]]
@@ -270,12 +273,21 @@ def _full_passes(ctx: _Ctx, groups: list[list[str]], report: Report) -> dict[str
 
 
 def _with_sessions(ctx: _Ctx, work: Callable[[_Ctx], None]) -> None:
-    """``work`` on a context of its own two sessions (set up as the first ones)."""
-    with pg.translated(ctx.s.source.masked()):
-        legacy = pg.connect(ctx.s.source.conninfo(), autocommit=True)
+    """``work`` on a context of its own two sessions (set up as the first ones). Where a server
+    refuses more sessions, the first pair does all the work, as before."""
     try:
-        with pg.translated(ctx.s.target.masked()):
-            target = pg.connect(ctx.s.target.conninfo(), autocommit=True)
+        with pg.translated(ctx.s.source.masked()):
+            legacy = pg.connect(ctx.s.source.conninfo(), autocommit=True)
+    except ReplicatorError as exc:
+        log.warning("validating one group at a time: %s", exc)
+        return
+    try:
+        try:
+            with pg.translated(ctx.s.target.masked()):
+                target = pg.connect(ctx.s.target.conninfo(), autocommit=True)
+        except ReplicatorError as exc:
+            log.warning("validating one group at a time: %s", exc)
+            return
         try:
             for conn in (legacy, target):
                 conn.execute(SESSION_SQL)

@@ -157,3 +157,30 @@ def test_values_swapped_between_two_columns_or_nulled_are_found_in_sql(env: Env)
             ("differs", nulled[0], ("target",)),
         ]
     ), got.to_json(limit=5)
+
+
+def test_a_server_refusing_a_second_session_leaves_one_pair_doing_all_groups(
+    env: Env, monkeypatch: Any, caplog: Any
+) -> None:
+    # Groups are compared two at a time on a second pair of sessions; a server at its
+    # connection limit must not fail the validation.
+    from connectors import pg
+    from replicator.errors import ReplicatorError
+
+    _schemas(env)
+    generate(env.url("legacy"), scale=1, seed=7, create_schema=False)
+    _load(env)
+    real = pg.connect
+    opened: list[str] = []
+
+    def connect(conninfo: str, **kw: Any) -> Any:
+        opened.append(conninfo)
+        if len(opened) == 3:  # the second pair's legacy session
+            raise ReplicatorError("too many clients already")
+        return real(conninfo, **kw)
+
+    monkeypatch.setattr(pg, "connect", connect)
+    report = validate(env.settings(), MAPPING, save=False)
+    assert report.outcome == "clean", report.to_json(limit=5)
+    assert {t.table for t in report.tables} == set(MAPPING.forward.target_tables)
+    assert "one group at a time" in caplog.text
