@@ -16,7 +16,7 @@ Wire form (bytes, no I/O here)::
             the binary format's file header and trailer)
 
 The binary format is used where every column's type is one of :data:`BINARY_TEXT_OIDS` (or an
-enum): it spares both servers printing and parsing timestamps, uuids and integers (a third of
+enum): it spares both servers printing and parsing timestamps, uuids and integers (half the cost of
 staging a row), and this module reads it back as the same text the text format holds, for the
 rows that take the Python path (a refused chunk, ``dlq replay``). Other tables travel as text.
 """
