@@ -275,27 +275,18 @@ def _full_passes(ctx: _Ctx, groups: list[list[str]], report: Report) -> dict[str
 def _with_sessions(ctx: _Ctx, work: Callable[[_Ctx], None]) -> None:
     """``work`` on a context of its own two sessions (set up as the first ones). Where a server
     refuses more sessions, the first pair does all the work, as before."""
-    try:
-        with pg.translated(ctx.s.source.masked()):
-            legacy = pg.connect(ctx.s.source.conninfo(), autocommit=True)
-    except ReplicatorError as exc:
-        log.warning("validating one group at a time: %s", exc)
-        return
-    try:
-        try:
-            with pg.translated(ctx.s.target.masked()):
-                target = pg.connect(ctx.s.target.conninfo(), autocommit=True)
-        except ReplicatorError as exc:
-            log.warning("validating one group at a time: %s", exc)
-            return
-        try:
-            for conn in (legacy, target):
-                conn.execute(SESSION_SQL)
-            work(dataclasses.replace(ctx, legacy=legacy, target=target))
-        finally:
-            target.close()
-    finally:
-        legacy.close()
+    with contextlib.ExitStack() as stack:
+        conns: list[psycopg.Connection[Any]] = []
+        for db in (ctx.s.source, ctx.s.target):
+            try:
+                with pg.translated(db.masked()):
+                    conns.append(stack.enter_context(pg.connect(db.conninfo(), autocommit=True)))
+            except ReplicatorError as exc:
+                log.warning("validating one group at a time: %s", exc)
+                return
+        for conn in conns:
+            conn.execute(SESSION_SQL)
+        work(dataclasses.replace(ctx, legacy=conns[0], target=conns[1]))
 
 
 def _legacy_bytes(ctx: _Ctx, groups: list[list[str]]) -> dict[tuple[str, ...], int]:
