@@ -275,21 +275,17 @@ B64URL43_RE = "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$"
 
 
 def unsafe_json(x: Expr) -> list[Check]:
-    """:func:`json_unsafe` of a json expression, over the stored column where ``x`` is one (a
-    JSON null holds no escape: the same answer, without the null test repeated in every
-    check)."""
-    return json_unsafe(x.raw or x.sql)
-
-
-def json_unsafe(x: str) -> list[Check]:
     """JSON text (``x`` is a json expression) that the SQL form leaves to Python: a \\u0000
     escape (jsonb refuses it, the server cannot de-escape it to text) or a \\u escape of a
     surrogate (jsonb refuses a lone one). Conservative: an escaped backslash before "u0000"
-    is flagged too; plain substring tests keep this cheap on every row."""
+    is flagged too; plain substring tests keep this cheap on every row. Tested on the stored
+    column where ``x`` is one: a JSON null holds no escape, so the answer is the same without
+    the null test repeated in every check."""
+    t = f"({x.raw or x.sql})::text"
     # The regular expression runs only on text with a \u escape at all (most JSON has none).
-    surrogate = f"strpos(({x})::text, '\\u') > 0 AND ({x})::text ~ '\\\\u[dD][89abAB]'"
+    surrogate = f"strpos({t}, '\\u') > 0 AND {t} ~ '\\\\u[dD][89abAB]'"
     return [
-        (f"strpos(({x})::text, '\\u0000') > 0", "JSON contains a NUL character (\\u0000)"),
+        (f"strpos({t}, '\\u0000') > 0", "JSON contains a NUL character (\\u0000)"),
         (f"({surrogate})", "JSON escapes a surrogate (Python path)"),
     ]
 
