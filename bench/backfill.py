@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from psycopg import sql
 
 from bench._writer import MAPPING_REF
 from bench.cpu import CpuSampler
-from bench.harness import Timer, bench_env, emit, log, parse_args
+from bench.harness import Timer, bench_env, emit, log, parse_args, settle
 from replicator.config import BackfillSettings, KafkaSettings
 from replicator.validate.run import validate
 from tests.e2e.cli import Background
@@ -98,17 +98,6 @@ def copy_pipe(
             c.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))
             )
-
-
-def settle(env: Env, tables: Iterable[str], side: str) -> None:
-    """Nothing left for the server to do in the background before a timed phase: the tables
-    vacuumed and analysed (autovacuum would otherwise start on them after a bulk load, in the
-    middle of the next measurement) and a checkpoint written (a checkpoint forced by the load's
-    WAL would land there too)."""
-    with env.legacy_conn() if side == "legacy" else env.target_conn() as c:
-        for table in tables:
-            c.execute(sql.SQL("VACUUM (ANALYZE) {}").format(_ident(table)))
-        c.execute("CHECKPOINT")
 
 
 def raw_copy(env: Env, tables: list[str]) -> tuple[int, float]:

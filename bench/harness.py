@@ -15,9 +15,11 @@ import logging
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from psycopg import sql
 
 from tests.support import Env, Services, isolated_env, start_services
 
@@ -100,3 +102,14 @@ def emit(
     }
     print(json.dumps(result), flush=True)
     return result
+
+
+def settle(env: Env, tables: Iterable[str], side: str) -> None:
+    """Nothing left for the server to do in the background before a timed phase: the tables
+    vacuumed and analysed (autovacuum would otherwise start on them after a bulk load, in the
+    middle of the next measurement) and a checkpoint written (a checkpoint forced by the load's
+    WAL would land there too)."""
+    with env.legacy_conn() if side == "legacy" else env.target_conn() as c:
+        for table in tables:
+            c.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(*table.split(".", 1))))
+        c.execute("CHECKPOINT")

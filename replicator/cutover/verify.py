@@ -26,12 +26,14 @@ from connectors import kafka_io, pg
 from connectors.pgtypes import TextLoader
 from replicator.config import Settings
 from replicator.errors import CutoverAborted, KafkaUnavailable
+from replicator.validate.context import Ctx
 from replicator.validate.expect import SourceKey
 from replicator.validate.fast import Touched
+from replicator.validate.insql.passes import group_plan
+from replicator.validate.insql.plan import SESSION_SQL, GroupPlan, choose_hashing
 from replicator.validate.report import Difference, Report
-from replicator.validate.run import _Ctx, _difference, _first_pass, group_plan
+from replicator.validate.run import _difference, _first_pass
 from replicator.validate.scope import components, require_keys, select_tables, shapes_of
-from replicator.validate.sql import SESSION_SQL, GroupPlan, choose_hashing
 from transforms.api import MappingSet
 
 if TYPE_CHECKING:
@@ -73,16 +75,16 @@ class KeyedCheck:
         # Each group's SQL plan (or why it keeps the Python path), made now, before any fence:
         # the checks in the write pause only run them.
         self.plans: dict[tuple[str, ...], GroupPlan | str] = {}
-        self._legacy_columns: dict[str, dict[str, str]] | None = None
+        self._catalogs: tuple[Any, Any] = (None, None)  # read with the plans, kept for the pause
         ctx = self._ctx()
         for group in components(self.fwd, self.selected):
             group_plan(ctx, group)
-        self._legacy_columns = ctx.legacy_columns
+        self._catalogs = ctx.legacy_catalog, ctx.target_catalog
 
-    def _ctx(self) -> _Ctx:
-        ctx = _Ctx(self.s, self.fwd, self.legacy, self.target, self.shapes, False, 0.0)
+    def _ctx(self) -> Ctx:
+        ctx = Ctx(self.s, self.fwd, self.legacy, self.target, self.shapes, False, 0.0)
         ctx.hashing, ctx.plans = self.hashing, self.plans
-        ctx.legacy_columns = self._legacy_columns
+        ctx.legacy_catalog, ctx.target_catalog = self._catalogs
         ctx.force_python = self.python_path
         return ctx
 

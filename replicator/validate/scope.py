@@ -16,6 +16,7 @@ from psycopg import sql
 
 from replicator.errors import PreconditionError, SchemaError
 from replicator.validate.canon import CanonRow, Key, TableShape, canon_row, chunks
+from replicator.validate.insql.catalog import TableInfo
 from transforms.api import Direction, TableTransform, TargetTable
 from transforms.reads import absent_columns
 
@@ -48,24 +49,38 @@ def require_keys(direction: Direction, what: str) -> None:
         )
 
 
+def _columns(
+    conn: psycopg.Connection[Any], tables: Iterable[str]
+) -> dict[str, list[tuple[str, str, bool]]]:
+    """(column, format_type, has a default) of each table in column order, in one query; a
+    table the server lacks is absent."""
+    names = sorted(set(tables))
+    rows = conn.execute(
+        "SELECT w.t, a.attname, format_type(a.atttypid, a.atttypmod),"
+        " a.atthasdef OR a.attidentity <> ''"
+        " FROM unnest(%s::text[], %s::text[], %s::text[]) AS w(t, nsp, rel)"
+        " JOIN pg_namespace n ON n.nspname = w.nsp"
+        " JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.rel"
+        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+        " ORDER BY w.t, a.attnum",
+        (names, [t.partition(".")[0] for t in names], [t.partition(".")[2] for t in names]),
+    ).fetchall()
+    out: dict[str, list[tuple[str, str, bool]]] = {}
+    for t, col, typ, default in rows:
+        out.setdefault(str(t), []).append((str(col), str(typ), bool(default)))
+    return out
+
+
 def shapes_of(
     conn: psycopg.Connection[Any], tables: Mapping[str, TargetTable]
 ) -> dict[str, TableShape]:
     out: dict[str, TableShape] = {}
+    found = _columns(conn, tables)
     for name, tt in tables.items():
-        schema, _, rel = name.partition(".")
-        rows = conn.execute(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod),"
-            " a.atthasdef OR a.attidentity <> ''"
-            " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped"
-            " ORDER BY a.attnum",
-            (schema, rel),
-        ).fetchall()
+        rows = found.get(name)
         if not rows:
             raise SchemaError(f"target table {name} does not exist", hint="apply the target schema")
-        types = {str(r[0]): str(r[1]) for r in rows}
+        types = {c: t for c, t, _ in rows}
         cols = tuple(dict.fromkeys(tt.key + (tt.columns or tuple(types))))
         unknown = [c for c in cols if c not in types]
         if unknown:
@@ -73,7 +88,7 @@ def shapes_of(
                 f"target table {name} has no column(s) {', '.join(unknown)}",
                 hint="run `replicator check` to compare the mapping with the target",
             )
-        defaults = frozenset(str(r[0]) for r in rows if r[2])
+        defaults = frozenset(c for c, _, d in rows if d)
         out[name] = TableShape(name, tt.key, cols, types, defaults)
     return out
 
@@ -139,26 +154,16 @@ def read_target(
     return out
 
 
-def _legacy_columns(conn: psycopg.Connection[Any], table: str) -> list[str] | None:
-    schema, _, name = table.partition(".")
-    rows = conn.execute(
-        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
-        (schema, name),
-    ).fetchall()
-    return [str(r[0]) for r in rows] if rows else None
-
-
 def mapping_errors(
-    conn: psycopg.Connection[Any], transforms: Iterable[TableTransform]
+    legacy: Mapping[str, TableInfo], transforms: Iterable[TableTransform]
 ) -> list[str]:
-    """What each transform reads that its legacy table lacks (and tables that do not exist)."""
+    """What each transform reads that its legacy table lacks (and tables that do not exist),
+    from legacy's catalog."""
     out: list[str] = []
     for t in transforms:
-        cols = _legacy_columns(conn, t.source)
-        if cols is None:
+        info = legacy.get(t.source)
+        if info is None or not info.columns:
             out.append(f"the mapping reads {t.source}, which does not exist on legacy")
             continue
-        out.extend(a.message for a in absent_columns(t, cols))
+        out.extend(a.message for a in absent_columns(t, list(info.columns)))
     return out

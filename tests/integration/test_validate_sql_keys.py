@@ -1,4 +1,4 @@
-"""Validation by source key in both databases (replicator.validate.sql_keys): what ``validate
+"""Validation by source key in both databases (replicator.validate.insql.keys): what ``validate
 --fast`` and the cutover's verify compare, with the MCP mapping. The SQL path must give the
 Python path's report (same differences, rejected rows, counts), with Python judging only the
 keys whose md5 differ or that the SQL form does not vouch for."""
@@ -14,8 +14,9 @@ import pytest
 
 from replicator.cutover.verify import KeyedCheck
 from replicator.runtime.pipeline import Pipeline
-from replicator.validate import run, sql_keys
 from replicator.validate.expect import SourceKey
+from replicator.validate.insql import keys as sql_keys
+from replicator.validate.insql import passes
 from replicator.validate.report import Report
 from replicator.validate.run import validate
 from tests.integration.test_validate import _load, _schemas
@@ -110,14 +111,14 @@ def test_touched_keys_compared_in_sql_give_the_python_report(
     sql = validate(s, MAPPING, keys=touched, save=False)
     python = validate(s, MAPPING, keys=touched, save=False, python_path=True)
     # One group kept on the Python path (as a custom transform would), the rest in SQL.
-    real_plan = run.group_plan
+    real_plan = passes.group_plan
 
     def audit_in_python(ctx: Any, group: list[str]) -> Any:
         return "forced" if "public.audit_log" in group else real_plan(ctx, group)
 
-    monkeypatch.setattr(run, "group_plan", audit_in_python)
+    monkeypatch.setattr(passes, "group_plan", audit_in_python)
     mixed = validate(s, MAPPING, keys=touched, save=False)
-    monkeypatch.setattr(run, "group_plan", real_plan)
+    monkeypatch.setattr(passes, "group_plan", real_plan)
     assert {t.table: (t.path, t.path_reason) for t in mixed.tables}["public.audit_log"] == (
         "python",
         "forced",
@@ -248,7 +249,7 @@ def test_fast_validation_under_live_sync_finds_a_planted_difference_in_sql(env: 
 
 def test_listed_keys_reach_the_server_as_they_are(env: Env) -> None:
     """Keys are listed in the statement as array literals: any text must come back unchanged."""
-    from replicator.validate.sql import SESSION_SQL, array_literal
+    from replicator.validate.insql.groups import SESSION_SQL, array_literal
 
     tricky = ['a"b', "back\\slash", "it's", "{}", "NULL", "a,b", " padded ", "zoë ⇄", "", None]
     with env.legacy_conn() as c:

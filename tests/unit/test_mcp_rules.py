@@ -15,7 +15,14 @@ from replicator.errors import TransformError
 from tests.unit.test_mcp_mapping import LEGACY_KEYS, TARGET_COLUMNS, TARGET_KEYS
 from transforms.api import Delete, Patch, RowChange, TableTransform, TargetOp, Upsert
 from transforms.mcp_manager import MAPPING
-from transforms.mcp_manager.ids import credential_account_id, member_id, uuid5_text
+from transforms.mcp_manager.ids import (
+    ACCOUNT_NAMESPACE,
+    MEMBER_NAMESPACE,
+    credential_account_id,
+    member_id,
+    uuid5_text,
+    uuid_text,
+)
 
 
 def _unsent(t: TableTransform, new: dict[str, Any] | None) -> frozenset[str]:
@@ -258,3 +265,11 @@ def test_reverse_validation() -> None:
 @hypothesis.given(st.uuids(), st.text())
 def test_uuid5_text_is_uuid5(namespace: uuid.UUID, name: str) -> None:
     assert uuid5_text(namespace, name) == str(uuid.uuid5(namespace, name))
+
+
+@hypothesis.given(st.uuids(), st.uuids())
+def test_ids_print_uuids_as_str_does(org: uuid.UUID, user: uuid.UUID) -> None:
+    assert uuid_text(org) == str(org)
+    assert uuid_text(str(org)) == str(org)
+    assert member_id(org, user) == str(uuid.uuid5(MEMBER_NAMESPACE, f"{org}/{user}"))
+    assert credential_account_id(user) == str(uuid.uuid5(ACCOUNT_NAMESPACE, str(user)))

@@ -19,11 +19,11 @@ from transforms.sql_twins import (
     TEXT,
     TS,
     TSTZ,
-    UUID_RE,
     Check,
     Expr,
     NotCompilable,
     apply_twin,
+    is_canonical_uuid,
     json_string_array_re,
     merge_checks,
     sql_check,
@@ -58,25 +58,31 @@ def _name_from_full_name(x: Expr) -> Expr:
     return Expr(f"coalesce({x.sql}, '')", TEXT, (*x.checks, bad))
 
 
-def _scope_items(x: Expr) -> str:
-    j = "json" if x.type == JSON else "jsonb"
-    return f"{j}_array_elements_text({x.sql}) WITH ORDINALITY AS s(v, o)"
-
-
 @sql_twin(forward.permissions_from_scopes, exact=False)
 def _permissions(x: Expr) -> Expr:
     # {"resource": ["action", ...]} with resources in order of first appearance, compact JSON.
+    # Only a list of plain strings is computed here (any other goes the Python way): each
+    # item's JSON text is then cut at its first colon as it stands, with no de-escaping and
+    # quoting again, and one level of subquery orders the items by their resource's first
+    # position, then their own (a third less per row than grouping them in a second level).
     _need("permissions_from_scopes", x, JSON, JSONB)
-    part = "strpos(s.v, ':')"
+    j = "json" if x.type == JSON else "jsonb"
+    item, part = "s.v::text", "strpos(s.v::text, ':')"
     sql = (
-        "(SELECT '{' || coalesce(string_agg(to_json(g.r)::text || ':[' || g.a || ']', ','"
-        " ORDER BY g.fo), '') || '}' FROM (SELECT p.r, min(p.o) AS fo,"
-        " string_agg(to_json(p.act)::text, ',' ORDER BY p.o) AS a FROM (SELECT"
-        f" CASE WHEN {part} > 0 THEN left(s.v, {part} - 1) ELSE s.v END AS r,"
-        f" CASE WHEN {part} > 0 THEN substr(s.v, {part} + 1) ELSE '' END AS act, s.o"
-        f" FROM {_scope_items(x)}) p GROUP BY p.r) g)"
+        "(SELECT coalesce(string_agg(CASE WHEN w.o = w.fo THEN CASE WHEN w.fo = 1 THEN '{'"
+        " ELSE '],' END || w.r || ':[' ELSE ',' END || w.a, '' ORDER BY w.fo, w.o) || ']}',"
+        " '{}') FROM (SELECT p.*, min(p.o) OVER (PARTITION BY p.r) AS fo FROM (SELECT"
+        f" CASE WHEN {part} > 0 THEN left({item}, {part} - 1) || '\"' ELSE {item} END AS r,"
+        f" CASE WHEN {part} > 0 THEN '\"' || substr({item}, {part} + 1) ELSE '\"\"' END AS a,"
+        f" s.o FROM {j}_array_elements({x.sql}) WITH ORDINALITY AS s(v, o)) p) w)"
     )
-    return _guard_list(x, sql)
+    e = _guard_list(x, sql)
+    return Expr(e.sql, e.type, (*e.checks, _not_plain(x)))
+
+
+def _not_plain(x: Expr) -> Check:
+    plain = json_string_array_re(f'"{JSON_PLAIN_CHAR}*"')
+    return (f"({x.sql})::text !~ '{plain}'", "scopes is not a list of plain strings (Python path)")
 
 
 @sql_twin(forward.metadata_from_scopes, exact=False)
@@ -86,10 +92,8 @@ def _metadata(x: Expr) -> Expr:
     # never prints inside such an item): no subquery reading the items. Any other list goes
     # the Python way.
     _need("metadata_from_scopes", x, JSON, JSONB)
-    plain = json_string_array_re(f'"{JSON_PLAIN_CHAR}*"')
     e = _guard_list(x, f"('{{\"scopes\":' || replace(({x.sql})::jsonb::text, ', ', ',') || '}}')")
-    odd = (f"({x.sql})::text !~ '{plain}'", "scopes is not a list of plain strings (Python path)")
-    return Expr(e.sql, e.type, (*e.checks, odd))
+    return Expr(e.sql, e.type, (*e.checks, _not_plain(x)))
 
 
 def _guard_list(x: Expr, sql: str) -> Expr:
@@ -140,7 +144,7 @@ def _positive_check(x: Expr) -> list[Check]:
 @sql_check(models._uuid_text)
 def _uuid_text_check(x: Expr) -> list[Check]:
     _need("a UUID text id", x, TEXT)
-    return [(f"({x.sql}) !~ '{UUID_RE}'", "not a canonical lower-case UUID")]
+    return [(f"NOT {is_canonical_uuid(f'({x.sql})')}", "not a canonical lower-case UUID")]
 
 
 # ---- reverse ------------------------------------------------------------------------------

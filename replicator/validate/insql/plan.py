@@ -5,7 +5,7 @@ Legacy: the owner's upsert LEFT JOINed with the N→1 patches, each value cast t
 column's type and printed (or, for JSON documents and timestamps, hashed) by the same builtin
 functions on both servers, both sessions in UTC. Target: the stored columns, alike. A row's
 text is ``ROW(...)::text``; rows and keys are hashed with ``hashtextextended`` (md5 where the
-two servers disagree on a probe). Run by :mod:`replicator.validate.sql`.
+two servers disagree on a probe). Run by :mod:`replicator.validate.insql.groups`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import psycopg
 
 from replicator.validate.canon import TableShape
 from transforms.api import Direction
-from transforms.compile import ENUM, CompiledTable, CompiledTarget, NotCompiled, compile_table
+from transforms.compile import CompiledTable, CompiledTarget, NotCompiled, compile_table
 from transforms.sql_twins import (
     INT,
     JSON,
@@ -46,24 +46,6 @@ SESSION_SQL = (
 def qualified(table: str) -> str:
     schema, _, name = table.partition(".")
     return f"{ident(schema)}.{ident(name)}"
-
-
-def source_columns(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:
-    """Column -> category (transforms.sql_twins.category; ``enum`` for user enums)."""
-    schema, _, rel = table.partition(".")
-    rows = conn.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typtype = 'e'"
-        " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid"
-        " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
-        (schema, rel),
-    ).fetchall()
-    return {str(r[0]): ENUM if r[2] else category(str(r[1])) for r in rows}
-
-
-def enum_columns(conn: psycopg.Connection[Any], table: str) -> set[str]:
-    cols = source_columns(conn, table)
-    return {c for c, cat in cols.items() if cat == ENUM}
 
 
 def row_text(values: Sequence[str]) -> str:
@@ -154,7 +136,7 @@ class TablePlan:
     subqueries: bool = False
     # The source whose rows for Python (reject reason set, column rej) legacy_sql lists too.
     owner_flags: str | None = None
-    # Each writer on its own, for a check by source key (replicator.validate.sql_keys), and
+    # Each writer on its own, for a check by source key (replicator.validate.insql.keys), and
     # the select list of the target row that their ``target_row`` reads as ``t``.
     parts: tuple[PartPlan, ...] = ()
     target_inner: str = ""

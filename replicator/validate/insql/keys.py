@@ -2,7 +2,7 @@
 
 For the legacy keys touched since a point (the changes topic says which), each server computes
 per key the md5 of the row text that each writer of a target table writes
-(:class:`~replicator.validate.sql_plan.PartPlan`, the same expressions as the bucket sums): legacy
+(:class:`~replicator.validate.insql.plan.PartPlan`, the same expressions as the bucket sums): legacy
 through the compiled projection of exactly those source rows (joined to the list of keys, so
 the key's index finds them), the target as stored, for the target keys those rows produce. One
 statement per server, whatever the number of tables.
@@ -28,8 +28,8 @@ import psycopg
 from replicator.errors import DataError
 from replicator.validate.canon import CanonRow, Exp, Key, TableShape, verdict
 from replicator.validate.expect import Rejected, SourceKey, fold_keys
-from replicator.validate.sql import Pending, array_literal
-from replicator.validate.sql_plan import ARRAY_TYPES, GroupPlan, PartPlan, TablePlan, qualified
+from replicator.validate.insql.groups import Pending, array_literal
+from replicator.validate.insql.plan import ARRAY_TYPES, GroupPlan, PartPlan, TablePlan, qualified
 from transforms.api import Direction
 from transforms.sql_twins import ident
 
@@ -51,32 +51,6 @@ class KeyedTable:
 class KeyedOutcome:
     tables: dict[str, KeyedTable]
     rejected: list[Rejected]
-
-
-def load_key_types(conn: psycopg.Connection[Any], plan: GroupPlan) -> None:
-    """The types of the plan's source key columns (the keys are listed as arrays of them)."""
-    want = [
-        (s, k) for s, c in plan.compiled.items() if s not in plan.key_types for k in c.source_key
-    ]
-    if not want:
-        return
-    rows = conn.execute(
-        "SELECT w.s, w.k, format_type(a.atttypid, a.atttypmod)"
-        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS w(s, nsp, rel, k)"
-        " JOIN pg_namespace n ON n.nspname = w.nsp"
-        " JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.rel"
-        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = w.k",
-        (
-            [s for s, _ in want],
-            [s.partition(".")[0] for s, _ in want],
-            [s.partition(".")[2] for s, _ in want],
-            [k for _, k in want],
-        ),
-    ).fetchall()
-    found = {(str(s), str(k)): str(t) for s, k, t in rows}
-    for s, c in plan.compiled.items():
-        if s not in plan.key_types:
-            plan.key_types[s] = tuple(found.get((s, k), "text") for k in c.source_key)
 
 
 def _legacy_part(
