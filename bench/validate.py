@@ -22,6 +22,7 @@ from connectors import pg
 from connectors.pgsink import Batch, Sink
 from replicator.config import DatabaseSettings
 from replicator.errors import DataError
+from replicator.runtime.gc_tuning import tune_gc
 from replicator.validate.run import validate
 from transforms.api import RowChange
 from transforms.mcp_manager import MAPPING
@@ -88,6 +89,7 @@ def main() -> dict[str, Any]:
         # would otherwise start on the freshly loaded tables during a measurement).
         settle(env, sources, "legacy")
         settle(env, targets, "target")
+        tune_gc()  # as `replicator validate` does
         # Warm both caches the same way for both measurements.
         _count_all(env.legacy, sources)
         _count_all(env.target, targets)

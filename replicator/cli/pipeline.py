@@ -181,11 +181,14 @@ def validate(
 ) -> None:
     """Compare the target with the transformed legacy data; exit 1 on a difference, 3 if rows
     were still changing."""
+    from replicator.runtime.gc_tuning import tune_gc
     from replicator.validate.print import print_report
     from replicator.validate.run import validate as run_validation
 
     s = settings_from(config)
-    report = run_validation(s, mapping_of(s), table=table, fast=fast)
+    mapping = mapping_of(s)
+    tune_gc()  # a table read the Python way holds many rows at once, as a backfill does
+    report = run_validation(s, mapping, table=table, fast=fast)
     if as_json:
         import json
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from replicator.errors import PreconditionError
+from replicator.local.lock import exclusive
 from replicator.local.services import (
     _free_port,
     _load_registry,
@@ -222,6 +223,7 @@ def _wait_started(node: KafkaNode, deadline: float) -> None:
     raise PreconditionError(f"Kafka node {node.node_id} did not start in time", hint=f"see {log}")
 
 
+@exclusive(state_dir)
 def start_cluster(
     name: str, *, brokers: int = 1, sasl_ssl: bool = False, timeout: float = 180.0
 ) -> KafkaCluster:
@@ -326,6 +328,7 @@ def kill_node(name: str, node_id: int) -> None:
             time.sleep(0.05)
 
 
+@exclusive(state_dir)
 def stop_cluster(name: str, timeout: float = 30.0) -> None:
     cluster = _load(name)
     if cluster is None:
@@ -341,6 +344,7 @@ def stop_cluster(name: str, timeout: float = 30.0) -> None:
             os.killpg(node.pid, signal.SIGKILL)
 
 
+@exclusive(state_dir)
 def destroy_cluster(name: str) -> None:
     stop_cluster(name)
     reg = _load_registry()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from replicator.errors import PreconditionError
+from replicator.local.lock import exclusive
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PG_BIN = Path(os.environ.get("REPLICATOR_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -144,6 +145,7 @@ def pg_running(cluster: PgCluster) -> bool:
     return data.exists() and _pg_ctl(data, "status", check=False).returncode == 0
 
 
+@exclusive(state_dir)
 def start_postgres(name: str = "legacy", *, wal_level: str = "logical") -> PgCluster:
     """Create (first time) and start the named cluster; return its address."""
     _require_postgres()
@@ -225,6 +227,7 @@ def start_postgres(name: str = "legacy", *, wal_level: str = "logical") -> PgClu
     return cluster
 
 
+@exclusive(state_dir)
 def stop_postgres(name: str, *, mode: str = "fast") -> None:
     entry = _load_registry().get("postgres", {}).get(name)
     if entry is None:
@@ -234,12 +237,14 @@ def stop_postgres(name: str, *, mode: str = "fast") -> None:
         _pg_ctl(data, "stop", "-m", mode, "-w", check=False)
 
 
+@exclusive(state_dir)
 def restart_postgres(name: str, *, mode: str = "fast") -> PgCluster:
     entry = _load_registry()["postgres"][name]
     stop_postgres(name, mode=mode)
     return start_postgres(name, wal_level=entry["wal_level"])
 
 
+@exclusive(state_dir)
 def destroy_postgres(name: str) -> None:
     stop_postgres(name, mode="immediate")
     reg = _load_registry()
@@ -338,6 +343,7 @@ def kafka_running(broker: KafkaBroker) -> bool:
     return _pid_alive(broker.pid) and _port_open(broker.port)
 
 
+@exclusive(state_dir)
 def start_kafka(*, timeout: float = 90.0) -> KafkaBroker:
     reg = _load_registry()
     entry = reg.get("kafka")
@@ -439,6 +445,13 @@ def start_kafka(*, timeout: float = 90.0) -> KafkaBroker:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            others = _other_brokers(props, proc.pid)
+            if others:
+                raise PreconditionError(
+                    f"Kafka did not start: another broker (pid {', '.join(map(str, others))})"
+                    f" holds its data directory {data}, and the registry does not name it",
+                    hint=f"stop it (kill {' '.join(map(str, others))}), then start again",
+                )
             raise PreconditionError(
                 f"Kafka exited with code {proc.returncode} while starting",
                 hint=f"see {root / 'server.log'} and {root / 'stdout.log'}",
@@ -449,6 +462,21 @@ def start_kafka(*, timeout: float = 90.0) -> KafkaBroker:
     raise PreconditionError(f"Kafka did not start within {timeout:.0f}s", hint=f"see {root}")
 
 
+def _other_brokers(props: Path, pid: int) -> list[int]:
+    """Other running brokers started with this ``server.properties`` (one left behind)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == pid:
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kafka.Kafka" in args and str(props).encode() in args:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
 def _broker_ready(broker: KafkaBroker) -> bool:
     log = Path(broker.log_dir) / "server.log"
     try:
@@ -457,6 +485,7 @@ def _broker_ready(broker: KafkaBroker) -> bool:
         return False
 
 
+@exclusive(state_dir)
 def stop_kafka(*, kill: bool = False, timeout: float = 30.0) -> None:
     entry = _load_registry().get("kafka")
     if entry is None:
