@@ -46,6 +46,7 @@ from transforms.sql_twins import (
     json_string_array_re,
     list_check_of,
     literal,
+    reads_key_text,
     twin_of,
     unsafe_json,
 )
@@ -78,6 +79,9 @@ class DerivedKey:
     convert: Callable[..., Any]
     sources: tuple[str, ...]
     type: str  # category of the result
+    # convert reads the keys' text alike (sql_twins.takes_key_text): callers may pass the
+    # server's text of uuid, integer and text keys instead of Python values.
+    key_text: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +234,8 @@ def _derive(name: str, c: Col, source_key: tuple[str, ...], out: list[DerivedKey
     if ret_name not in _RESULT_TYPES:
         raise NotCompilable(f"column {name}: its converter's result type is not declared")
     alias = f"__key_{len(out)}"
-    out.append(DerivedKey(alias, c.convert, c.sources, _RESULT_TYPES[ret_name]))
+    key_text = reads_key_text(c.convert)
+    out.append(DerivedKey(alias, c.convert, c.sources, _RESULT_TYPES[ret_name], key_text))
     # NULL where Python refused the key (or returned None): the Python path decides the row.
     unsure = (f"{ident(alias)} IS NULL", f"{name}: computed in Python, which refused it")
     return Expr(ident(alias), _RESULT_TYPES[ret_name], (unsure,))

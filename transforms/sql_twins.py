@@ -20,7 +20,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from transforms.converters import (
     ValueMap,
@@ -219,6 +219,27 @@ def sql_list_check(fn: Callable[..., Any]) -> Callable[[ListCheckBuilder], ListC
         return builder
 
     return register
+
+
+_TEXT_KEYS: set[Callable[..., Any]] = set()
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def takes_key_text(fn: _F) -> _F:
+    """Declare that ``fn`` (a converter of source key columns with no SQL twin, computed in
+    Python per key) gives the same result for each argument's text, ``str(value)``, as for the
+    value itself: the compiled forms then pass it the server's text of uuid, integer and text
+    keys, and neither side builds a Python object per value (a uuid object and its printing
+    were most of a uuid5 id's cost). Prove it with a property test."""
+    _TEXT_KEYS.add(fn)
+    return fn
+
+
+def reads_key_text(fn: Callable[..., Any]) -> bool:
+    try:
+        return fn in _TEXT_KEYS
+    except TypeError:  # an unhashable callable
+        return False
 
 
 def list_check_of(fn: Callable[..., Any]) -> ListCheckBuilder | None:

@@ -47,7 +47,7 @@ from transforms.compile import (
     compile_for_load,
     source_categories,
 )
-from transforms.sql_twins import INT, TEXT, UNKNOWN, UUID, ident
+from transforms.sql_twins import INT, TEXT, UNKNOWN, UUID, category, ident
 from transforms.sqltext import qualified
 
 log = logging.getLogger(__name__)
@@ -376,11 +376,18 @@ class BulkLoader:
         assert plan.derived is not None
         c = plan.compiled
         needed = tuple(dict.fromkeys(s for d in c.derived for s in d.sources))
-        # Each key as the converter's Python value and as its text, which goes back as it is.
-        typed = ", ".join(ident(k) for k in needed)
+        # Each key as the converter's Python value and as its text, which goes back as it is;
+        # converters that read the keys' text alike get that text alone (no Python object per
+        # value: a uuid object and its printing were most of a uuid5 id's cost).
         texts = ", ".join(f"{ident(k)}::text" for k in needed)
-        keys = conn.execute(f"SELECT {typed}, {texts} FROM {ident(plan.stage)}").fetchall()
         n = len(needed)
+        if all(d.key_text for d in c.derived) and all(
+            category(t) in (UUID, INT, TEXT) for t in plan.key_types
+        ):
+            keys = [(*k, *k) for k in conn.execute(f"SELECT {texts} FROM {ident(plan.stage)}")]
+        else:
+            typed = ", ".join(ident(k) for k in needed)
+            keys = conn.execute(f"SELECT {typed}, {texts} FROM {ident(plan.stage)}").fetchall()
         cols = [f"__src_{i} {t}" for i, t in enumerate(plan.key_types)]
         cols += [f"{ident(d.alias)} {_DERIVED_TYPES.get(d.type, 'text')}" for d in c.derived]
         conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {ident(plan.derived)} ({', '.join(cols)})")

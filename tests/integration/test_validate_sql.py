@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
+import pytest
 
 from replicator.validate.run import validate
 from tests.integration.test_validate import _load, _schemas
@@ -187,3 +188,28 @@ def test_a_server_refusing_a_second_session_leaves_one_pair_doing_all_groups(
     assert report.outcome == "clean", report.to_json(limit=5)
     assert {t.table for t in report.tables} == set(MAPPING.forward.target_tables)
     assert refused and "one group at a time" in caplog.text
+
+
+@pytest.mark.parametrize("key_text", [True, False], ids=["key-text", "python-values"])
+def test_keys_computed_by_python_from_the_key_text_or_its_values(
+    env: Env, monkeypatch: Any, key_text: bool
+) -> None:
+    # The uuid5 ids declare that they read the keys' text alike (takes_key_text): the server's
+    # text of the keys is fetched and sent back. A converter without the declaration gets
+    # Python values. Either way the SQL path vouches for every membership and names a wrong id.
+    import transforms.compile
+
+    if not key_text:
+        monkeypatch.setattr(transforms.compile, "reads_key_text", lambda fn: False)
+    _schemas(env)
+    generate(env.url("legacy"), scale=1, seed=5, create_schema=False)
+    _load(env)
+    with env.target_conn() as c:
+        row = c.execute("SELECT id FROM member ORDER BY id LIMIT 1").fetchone()
+        assert row is not None
+        wrong = str(uuid.uuid4())
+        c.execute("UPDATE member SET id = %s WHERE id = %s", (wrong, row[0]))
+    report = validate(env.settings(), MAPPING, save=False)
+    assert _paths(report)["public.member"] == ("sql", None)
+    found = sorted((d.table, d.kind, d.key["id"]) for d in report.differences)
+    assert found == [("public.member", "extra", wrong), ("public.member", "missing", row[0])]

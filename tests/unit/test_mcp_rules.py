@@ -23,6 +23,7 @@ from transforms.mcp_manager.ids import (
     uuid5_text,
     uuid_text,
 )
+from transforms.sql_twins import reads_key_text
 
 
 def _unsent(t: TableTransform, new: dict[str, Any] | None) -> frozenset[str]:
@@ -273,3 +274,11 @@ def test_ids_print_uuids_as_str_does(org: uuid.UUID, user: uuid.UUID) -> None:
     assert uuid_text(str(org)) == str(org)
     assert member_id(org, user) == str(uuid.uuid5(MEMBER_NAMESPACE, f"{org}/{user}"))
     assert credential_account_id(user) == str(uuid.uuid5(ACCOUNT_NAMESPACE, str(user)))
+
+
+@hypothesis.given(st.uuids(), st.uuids())
+def test_the_uuid5_ids_read_the_keys_text_alike(org: uuid.UUID, user: uuid.UUID) -> None:
+    # Declared with takes_key_text: the compiled paths pass the server's text of the keys.
+    assert reads_key_text(member_id) and reads_key_text(credential_account_id)
+    assert member_id(str(org), str(user)) == member_id(org, user)
+    assert credential_account_id(str(user)) == credential_account_id(user)

@@ -11,6 +11,8 @@ import hashlib
 import uuid
 from typing import Any
 
+from transforms.sql_twins import takes_key_text
+
 ACCOUNT_NAMESPACE = uuid.UUID("19c336c5-5283-4155-8068-8bdab5d52b14")
 MEMBER_NAMESPACE = uuid.UUID("34700378-310b-4f0f-a0e7-d31d20144bbe")
 
@@ -44,11 +46,13 @@ def uuid_text(value: uuid.UUID | str) -> str:
     return str(value)
 
 
+@takes_key_text
 def credential_account_id(user_id: uuid.UUID) -> str:
     """The id of the Better-Auth ``account`` row holding a legacy user's password hash."""
     return uuid5_text(ACCOUNT_NAMESPACE, uuid_text(user_id))
 
 
+@takes_key_text
 def member_id(organization_id: uuid.UUID, user_id: uuid.UUID) -> str:
     """The ``member`` id of a legacy membership (composite key organization_id + user_id).
 

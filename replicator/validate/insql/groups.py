@@ -217,23 +217,27 @@ class LegacyFrom:
         every source key (Python per row, but only the key: a uuid5 id, say). A value Python
         refuses is NULL, which the key's NULL check sends the Python way."""
         needed = tuple(dict.fromkeys(s for d in comp.derived for s in d.sources))
-        with conn.cursor(binary=True) as cur:  # uuids and integers without printing them
-            rows = cur.execute(
-                f"SELECT {', '.join(ident(c) for c in needed)} FROM {qualified(comp.source)}"
-            ).fetchall()
+        # Converters that read the keys' text get it as the server prints it (no Python object
+        # per value); others get Python values, read in binary (uuids without printing them).
+        as_text = all(d.key_text for d in comp.derived)
+        cols = ", ".join(f"{ident(c)}::text" if as_text else ident(c) for c in needed)
+        with conn.cursor(binary=not as_text) as cur:
+            rows = cur.execute(f"SELECT {cols} FROM {qualified(comp.source)}").fetchall()
         columns: list[list[Any]] = [[r[i] for r in rows] for i in range(len(needed))]
         for d in comp.derived:
             idx = [needed.index(s) for s in d.sources]
-            out: list[Any] = []
-            for r in rows:
+            args = rows if idx == list(range(len(rows[0]) if rows else 0)) else None
+            convert, out = d.convert, []
+            for a in args if args is not None else ([r[i] for i in idx] for r in rows):
                 try:
-                    out.append(d.convert(*(r[i] for i in idx)))
+                    out.append(convert(*a))
                 except (ValueError, TypeError, KeyError, DataError):
                     out.append(None)
             columns.append(out)
         arrays = []
         for i, c in enumerate(needed):  # as fetched: one type each, sent in binary as is
-            arrays.append(self._param(columns[i], f"{ARRAY_TYPES[cats[c]]}[]"))
+            typed = f"{ARRAY_TYPES[cats[c]]}[]"
+            arrays.append(self._param(columns[i], f"text[]::{typed}" if as_text else typed))
         for d, vals in zip(comp.derived, columns[len(needed) :], strict=True):
             # What a converter returns is normalised to one type; a uuid travels as text
             # (converters return str) and the server reads it.
