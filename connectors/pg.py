@@ -145,3 +145,32 @@ def translated(where: str) -> Iterator[None]:
         yield
     except psycopg.Error as exc:
         raise translate(exc, where=where) from exc
+
+
+class Sessions:
+    """Autocommit sessions kept open and reused, one per connection string. A caller reading
+    the databases every second (the web page's sampler) opened a session for every part of a
+    status, seven a sample, each a SCRAM handshake and a backend start on the production
+    servers; now it opens one per server and keeps it. A session that broke (a restarted
+    server) is dropped, and the next use opens a new one. Not thread-safe: one caller."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, psycopg.Connection[Any]] = {}
+
+    @contextlib.contextmanager
+    def session(self, conninfo: str, where: str) -> Iterator[psycopg.Connection[Any]]:
+        conn = self._open.get(conninfo)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._open[conninfo] = connect(conninfo, autocommit=True)
+        try:
+            with translated(where):
+                yield conn
+        finally:
+            if conn.closed or conn.broken:
+                self._open.pop(conninfo, None)
+                conn.close()
+
+    def close(self) -> None:
+        for conn in self._open.values():
+            conn.close()
+        self._open.clear()

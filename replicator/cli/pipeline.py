@@ -264,6 +264,7 @@ def services_stop() -> None:
 @services_app.command("status")
 def services_status() -> None:
     """Show local services, their ports and logs."""
+    from replicator.local import cluster as local_cluster
     from replicator.local import services as ls
 
     st = ls.status()
@@ -275,4 +276,11 @@ def services_status() -> None:
     if st["kafka"]:
         k = st["kafka"]
         table.add_row("kafka", str(k["running"]), k["bootstrap"], k["log"])
+    for c in local_cluster.clusters():
+        # A cluster is up when every node is; "2/3" says how many are.
+        up = sum(n.running for n in c.nodes)
+        running = str(up == len(c.nodes)) if up in (0, len(c.nodes)) else f"{up}/{len(c.nodes)}"
+        kind = "SASL_SSL" if c.sasl_ssl else f"{len(c.nodes)} brokers"
+        logs = str(Path(c.nodes[0].root).parent / "node*" / "server.log") if c.nodes else ""
+        table.add_row(f"kafka:{c.name} ({kind})", running, c.bootstrap, logs)
     out.print(table)

@@ -96,6 +96,12 @@ def _load(name: str) -> KafkaCluster | None:
     return KafkaCluster(**entry, nodes=nodes)
 
 
+def clusters() -> list[KafkaCluster]:
+    """Every cluster the registry names (``services start --tls``, ``--brokers N``)."""
+    names = _load_registry().get("kafka_clusters", {})
+    return [c for c in (_load(n) for n in sorted(names)) if c is not None]
+
+
 def _save(cluster: KafkaCluster) -> None:
     reg = _load_registry()
     reg.setdefault("kafka_clusters", {})[cluster.name] = asdict(cluster)

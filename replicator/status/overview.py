@@ -9,6 +9,7 @@ breaking changes).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -93,10 +94,23 @@ EndOffsets = Callable[[str, str], dict[int, int]]
 
 
 def collect(
-    s: Settings, *, max_lag_s: float | None = None, end_offsets: EndOffsets | None = None
+    s: Settings,
+    *,
+    max_lag_s: float | None = None,
+    end_offsets: EndOffsets | None = None,
+    sessions: pg.Sessions | None = None,
 ) -> Status:
     """``end_offsets`` reads a topic's end offsets (default: a new consumer each call; a
-    caller collecting every second passes a :class:`connectors.kafka_io.OffsetReader`)."""
+    caller collecting every second passes a :class:`connectors.kafka_io.OffsetReader`), and
+    ``sessions`` holds the database sessions (default: opened for this call, one per server;
+    such a caller keeps its own open between calls)."""
+    if sessions is None:
+        own = pg.Sessions()
+        try:
+            return collect(s, max_lag_s=max_lag_s, end_offsets=end_offsets, sessions=own)
+        finally:
+            own.close()
+    ss = sessions
     unreachable: list[dict[str, str]] = []
     security = s.kafka.client_options()
     ends = end_offsets or (lambda b, t: kafka_io.end_offsets(b, t, **security))
@@ -108,16 +122,16 @@ def collect(
             unreachable.append({"part": part, "message": exc.message, "hint": exc.hint or ""})
             return None
 
-    direction = attempt("direction", _direction, s) or "fwd"
+    direction = attempt("direction", _direction, ss, s) or "fwd"
     src_db, tgt_db = sides(s, direction)
-    source = attempt("source", _source, s, src_db, direction)
-    offsets = attempt("target", _applied_offsets, tgt_db, s.topic(direction, "changes"))
+    source = attempt("source", _source, ss, s, src_db, direction)
+    offsets = attempt("target", _applied_offsets, ss, tgt_db, s.topic(direction, "changes"))
     kafka = attempt("kafka", _kafka, s, direction, offsets or {}, ends)
     target = (
-        attempt("target", _target, s, tgt_db, direction, kafka) if offsets is not None else None
+        attempt("target", _target, ss, s, tgt_db, direction, kafka) if offsets is not None else None
     )
     if kafka is not None and target is not None:
-        kafka.dlq_messages = attempt("kafka", _dlq_pending, s, tgt_db, direction, ends)
+        kafka.dlq_messages = attempt("kafka", _dlq_pending, ss, s, tgt_db, direction, ends)
     st = Status(
         pipeline=s.name,
         direction=direction,
@@ -127,7 +141,7 @@ def collect(
         target=target,
         unreachable=unreachable,
     )
-    pending = attempt("direction", _switching, s)
+    pending = attempt("direction", _switching, ss, s)
     st.switching = pending.to_json() if pending is not None else None
     st.ready, st.reasons = verdict(st, s.cutover.max_lag_s if max_lag_s is None else max_lag_s)
     return st
@@ -181,9 +195,15 @@ def verdict(st: Status, max_lag_s: float) -> tuple[bool, list[str]]:
 # -- the parts -------------------------------------------------------------------------------
 
 
-def _direction(s: Settings) -> str:
+def _session(
+    ss: pg.Sessions, db: DatabaseSettings
+) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+    return ss.session(db.conninfo(), db.masked())
+
+
+def _direction(ss: pg.Sessions, s: Settings) -> str:
     """The observed direction, as stored beside the forward apply's rows (on the target)."""
-    with pg.connect(s.target.conninfo(), autocommit=True) as conn, pg.translated(s.target.masked()):
+    with _session(ss, s.target) as conn:
         row = (
             conn.execute(
                 "SELECT observed_direction FROM replicator.pipeline WHERE name = %s", (s.name,)
@@ -194,13 +214,13 @@ def _direction(s: Settings) -> str:
     return str(row[0]) if row else "fwd"
 
 
-def _switching(s: Settings) -> Any:
+def _switching(ss: pg.Sessions, s: Settings) -> Any:
     """A switch's decision left on either database (the target's first)."""
     from replicator.cutover.decision import read
 
     for db in (s.target, s.source):
         try:
-            with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+            with _session(ss, db) as conn:
                 found = read(conn, s.name)
         except ReplicatorError:
             continue  # an unreachable side is reported by its own part
@@ -214,9 +234,9 @@ def _has_state(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0])
 
 
-def _source(s: Settings, db: DatabaseSettings, direction: str) -> SourceStatus:
+def _source(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) -> SourceStatus:
     out = SourceStatus(slot=s.slot(direction))
-    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+    with _session(ss, db) as conn:
         row = conn.execute(
             "SELECT active, wal_status, pg_current_wal_lsn()::text, confirmed_flush_lsn::text,"
             " restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
@@ -233,8 +253,8 @@ def _source(s: Settings, db: DatabaseSettings, direction: str) -> SourceStatus:
     return out
 
 
-def _applied_offsets(db: DatabaseSettings, topic: str) -> dict[int, int]:
-    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+def _applied_offsets(ss: pg.Sessions, db: DatabaseSettings, topic: str) -> dict[int, int]:
+    with _session(ss, db) as conn:
         if not _has_state(conn):
             return {}
         rows = conn.execute(
@@ -256,23 +276,25 @@ def _kafka(
     return out
 
 
-def _dlq_pending(s: Settings, db: DatabaseSettings, direction: str, end_offsets: EndOffsets) -> int:
+def _dlq_pending(
+    ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str, end_offsets: EndOffsets
+) -> int:
     from replicator.dlq.letters import pending_count
 
     topic = s.topic(direction, "dlq")
     ends = end_offsets(s.kafka.bootstrap_servers, topic)
-    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+    with _session(ss, db) as conn:
         return pending_count(conn, topic, ends)
 
 
 def _target(
-    s: Settings, db: DatabaseSettings, direction: str, kafka: KafkaStatus | None
+    ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str, kafka: KafkaStatus | None
 ) -> TargetStatus:
     from replicator.validate.report import last_validation
 
     out = TargetStatus()
     topic = s.topic(direction, "changes")
-    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+    with _session(ss, db) as conn:
         if not _has_state(conn):
             return out
         row = conn.execute(

@@ -7,9 +7,11 @@
 - ``canon``     canonical text per value, whichever side it came from
 - ``fast``      ``--fast``: keys changed since the last clean full validation (from the log)
 - ``reverse``   what a rollback re-checks on legacy
-- ``sql``       checksums of key buckets computed by both servers through compiled transforms;
-                ``sql_plan`` the SQL of each side; ``sql_keys`` the same by source key
-                (``--fast``, the cutover's verify)
+- ``context``   one run's sessions and what it learns on the way (shared by its passes)
+- ``insql``     the comparison in both databases through compiled transforms: ``plan`` the
+                SQL of each side, ``groups`` checksums of key buckets, ``keys`` the same by
+                source key (``--fast``, the cutover's verify), ``passes`` groups spread over
+                two session pairs, ``catalog`` each server's catalog, read once
 - ``orphans``   target rows whose foreign key points at a missing parent
 - ``report``    the report, its JSON, and the stored results; ``print`` renders it
 """

@@ -1,8 +1,8 @@
 """What the page shows beyond ``status --json``: backfill progress per table, the last
 validation's tables, the cutover and rollback journal, and the slot's confirmed position.
 
-Read from the target's ``replicator`` schema in one connection per sample (and the slot from
-the direction's source). Each part is read on its own: a missing
+Read from the target's ``replicator`` schema (and the slot from the direction's source) on the
+sampler's kept sessions. Each part is read on its own: a missing
 table (no validation or cutover has run yet) is simply absent, an unreachable database is
 named in ``problems``; nothing here can fail the page.
 """
@@ -24,7 +24,7 @@ JOURNAL_ROWS = 80  # the latest journal rows read: the last run and a few before
 RUNS_SHOWN = 5
 
 
-def read_details(s: Settings, direction: str) -> dict[str, Any]:
+def read_details(s: Settings, direction: str, sessions: pg.Sessions) -> dict[str, Any]:
     src_db, _ = sides(s, direction)
     out: dict[str, Any] = {
         "backfill_tables": [],
@@ -34,14 +34,14 @@ def read_details(s: Settings, direction: str) -> dict[str, Any]:
         "problems": [],
     }
     try:
-        out["slot_confirmed_lsn"] = _confirmed_lsn(src_db, s.slot(direction))
+        out["slot_confirmed_lsn"] = _confirmed_lsn(sessions, src_db, s.slot(direction))
     except ReplicatorError as exc:
         out["problems"].append(f"source: {exc.message}")
     # Backfill, validation runs and the cutover journal are all kept on the target, whichever
     # way the pipeline runs now.
     db = s.target
     try:
-        with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+        with sessions.session(db.conninfo(), db.masked()) as conn:
             out["backfill_tables"] = _backfill_tables(conn)
             out["validation"] = _validation(conn)
             out["runs"] = _runs(conn)
@@ -55,8 +55,8 @@ def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
     return bool(row and row[0])
 
 
-def _confirmed_lsn(db: DatabaseSettings, slot: str) -> int | None:
-    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+def _confirmed_lsn(sessions: pg.Sessions, db: DatabaseSettings, slot: str) -> int | None:
+    with sessions.session(db.conninfo(), db.masked()) as conn:
         row = conn.execute(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
             (slot,),

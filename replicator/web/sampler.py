@@ -1,7 +1,7 @@
 """One sampler per server: collects the pipeline's status once an interval for every viewer.
 
 However many browsers poll, the databases and Kafka see one ``status`` collection per
-interval: the sampler keeps the latest state as ready-made JSON bytes, and the ring of
+interval, on one kept session per database and one Kafka consumer: the sampler keeps the latest state as ready-made JSON bytes, and the ring of
 :mod:`replicator.web.history` for the chart. Rates (rows, messages, WAL bytes per second) are
 differences of the counters between two samples; a counter that went backwards (a new
 direction after a switch) gives no rate for that sample rather than a negative one.
@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from connectors import pg
 from connectors.kafka_io import OffsetReader
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
@@ -73,8 +74,9 @@ class Sampler:
         self.history = history
         self.interval_s = interval_s
         self._prev: Counters | None = None
-        # One Kafka consumer for every sample.
+        # One Kafka consumer and one session per database for every sample.
         self._end_offsets = OffsetReader(**settings.kafka.client_options())
+        self._sessions = pg.Sessions()
         self._state = orjson.dumps({"sampled_at": None, "message": "first sample pending"})
         self._lock = threading.Lock()
         self.samples = 0
@@ -87,8 +89,8 @@ class Sampler:
     def sample_once(self) -> None:
         started = time.monotonic()
         now = time.time()
-        st = collect(self.s, end_offsets=self._end_offsets)
-        details = read_details(self.s, st.direction)
+        st = collect(self.s, end_offsets=self._end_offsets, sessions=self._sessions)
+        details = read_details(self.s, st.direction, self._sessions)
         cur = counters(st, details, now)
         r = rates(self._prev, cur)
         self._prev = cur
@@ -121,3 +123,4 @@ class Sampler:
             took = time.monotonic() - started
             stop.wait(max(0.05, self.interval_s - took, took))
         self._end_offsets.close()
+        self._sessions.close()

@@ -149,7 +149,11 @@ def full_sql_passes(
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         second = pool.submit(on_spare)
-        work(ctx)
+        try:
+            work(ctx)
+        except BaseException:
+            queue.clear()  # the other pair stops after its current group
+            raise
         second.result()
     return done
 
