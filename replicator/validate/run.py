@@ -76,7 +76,7 @@ from replicator.validate.scope import (
     read_target,
     require_keys,
     select_tables,
-    shapes_of,
+    shapes_from,
 )
 from transforms.api import MappingSet
 
@@ -351,8 +351,8 @@ def _validate(
         legacy_side = pool.submit(_legacy_setup, settings, mapping, legacy)
         with pg.translated(settings.target.masked()):
             target.execute(SESSION_SQL)  # canonical text alike on both servers (instants in UTC)
-            shapes = shapes_of(target, selected)
             target_catalog = catalog(target, mapping.forward.target_tables)
+            shapes = shapes_from(target_catalog, selected)
         live, legacy_catalog = legacy_side.result()
     with pg.translated(settings.target.masked()):
         if save or fast or live:

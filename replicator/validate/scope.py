@@ -16,7 +16,7 @@ from psycopg import sql
 
 from replicator.errors import PreconditionError, SchemaError
 from replicator.validate.canon import CanonRow, Key, TableShape, canon_row, chunks
-from replicator.validate.insql.catalog import TableInfo
+from replicator.validate.insql.catalog import TableInfo, catalog
 from transforms.api import Direction, TableTransform, TargetTable
 from transforms.reads import absent_columns
 
@@ -49,38 +49,22 @@ def require_keys(direction: Direction, what: str) -> None:
         )
 
 
-def _columns(
-    conn: psycopg.Connection[Any], tables: Iterable[str]
-) -> dict[str, list[tuple[str, str, bool]]]:
-    """(column, format_type, has a default) of each table in column order, in one query; a
-    table the server lacks is absent."""
-    names = sorted(set(tables))
-    rows = conn.execute(
-        "SELECT w.t, a.attname, format_type(a.atttypid, a.atttypmod),"
-        " a.atthasdef OR a.attidentity <> ''"
-        " FROM unnest(%s::text[], %s::text[], %s::text[]) AS w(t, nsp, rel)"
-        " JOIN pg_namespace n ON n.nspname = w.nsp"
-        " JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.rel"
-        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
-        " ORDER BY w.t, a.attnum",
-        (names, [t.partition(".")[0] for t in names], [t.partition(".")[2] for t in names]),
-    ).fetchall()
-    out: dict[str, list[tuple[str, str, bool]]] = {}
-    for t, col, typ, default in rows:
-        out.setdefault(str(t), []).append((str(col), str(typ), bool(default)))
-    return out
-
-
 def shapes_of(
     conn: psycopg.Connection[Any], tables: Mapping[str, TargetTable]
 ) -> dict[str, TableShape]:
+    return shapes_from(catalog(conn, tables), tables)
+
+
+def shapes_from(
+    found: Mapping[str, TableInfo], tables: Mapping[str, TargetTable]
+) -> dict[str, TableShape]:
+    """Each target table as validation compares it, from the target's catalog."""
     out: dict[str, TableShape] = {}
-    found = _columns(conn, tables)
     for name, tt in tables.items():
-        rows = found.get(name)
-        if not rows:
+        info = found.get(name)
+        if info is None or not info.columns:
             raise SchemaError(f"target table {name} does not exist", hint="apply the target schema")
-        types = {c: t for c, t, _ in rows}
+        types = {c: t for c, (t, _) in info.columns.items()}
         cols = tuple(dict.fromkeys(tt.key + (tt.columns or tuple(types))))
         unknown = [c for c in cols if c not in types]
         if unknown:
@@ -88,8 +72,7 @@ def shapes_of(
                 f"target table {name} has no column(s) {', '.join(unknown)}",
                 hint="run `replicator check` to compare the mapping with the target",
             )
-        defaults = frozenset(c for c, _, d in rows if d)
-        out[name] = TableShape(name, tt.key, cols, types, defaults)
+        out[name] = TableShape(name, tt.key, cols, types, info.defaults)
     return out
 
 

@@ -20,9 +20,10 @@ __all__ = ["TableInfo", "catalog"]
 
 @dataclass(frozen=True)
 class TableInfo:
-    columns: dict[str, tuple[str, bool]]  # column -> (format_type, a user enum)
+    columns: dict[str, tuple[str, bool]]  # column -> (format_type, a user enum), in order
     rows: float  # the planner's estimate (pg_class.reltuples; -1 before the first ANALYZE)
     bytes: int  # pg_total_relation_size
+    defaults: frozenset[str] = frozenset()  # columns with a default (or an identity)
 
     def categories(self) -> dict[str, str]:
         """Column -> category (transforms.sql_twins.category; ``enum`` for user enums)."""
@@ -49,17 +50,23 @@ def catalog(conn: psycopg.Connection[Any], tables: Iterable[str]) -> dict[str, T
     names = sorted(set(tables))
     rows = conn.execute(
         "SELECT w.t, a.attname, format_type(a.atttypid, a.atttypmod), ty.typtype = 'e',"
-        " c.reltuples, pg_total_relation_size(c.oid)"
+        " a.atthasdef OR a.attidentity <> '', c.reltuples, pg_total_relation_size(c.oid)"
         " FROM unnest(%s::text[], %s::text[], %s::text[]) AS w(t, nsp, rel)"
         " JOIN pg_namespace n ON n.nspname = w.nsp"
         " JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.rel"
         " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
-        " JOIN pg_type ty ON ty.oid = a.atttypid",
+        " JOIN pg_type ty ON ty.oid = a.atttypid ORDER BY w.t, a.attnum",
         (names, [t.partition(".")[0] for t in names], [t.partition(".")[2] for t in names]),
     ).fetchall()
     columns: dict[str, dict[str, tuple[str, bool]]] = {}
+    defaults: dict[str, set[str]] = {}
     size: dict[str, tuple[float, int]] = {}
-    for t, col, typ, enum, n, b in rows:
+    for t, col, typ, enum, default, n, b in rows:
         columns.setdefault(str(t), {})[str(col)] = (str(typ), bool(enum))
+        if default:
+            defaults.setdefault(str(t), set()).add(str(col))
         size[str(t)] = (float(n), int(b))
-    return {t: TableInfo(columns.get(t, {}), *size.get(t, (0.0, 0))) for t in names}
+    return {
+        t: TableInfo(columns.get(t, {}), *size.get(t, (0.0, 0)), frozenset(defaults.get(t, ())))
+        for t in names
+    }
