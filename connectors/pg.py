@@ -88,6 +88,14 @@ def translate(exc: BaseException, *, where: str) -> ReplicatorError:
     if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
         return TargetRejected(f"{where}: {text}")
     if isinstance(exc, pgerr.ReadOnlySqlTransaction):
+        if "is fenced" in text:  # our fence trigger: only replica sessions pass it
+            return PermissionDenied(
+                f"{where}: {text}",
+                hint="the apply writes into a fenced database only with"
+                " session_replication_role = replica: GRANT SET ON PARAMETER"
+                " session_replication_role TO <the replicator's role> (PostgreSQL 15+), or make"
+                " it superuser; `replicator status` shows the writer",
+            )
         return StateError(
             f"{where}: {text}",
             hint="this database is read-only or fenced; `replicator status` shows the writer",

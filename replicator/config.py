@@ -284,6 +284,14 @@ class CutoverSettings(_Strict):
     drain_timeout_s: float = Field(
         30.0, description="how long the last changes may take to drain once writes are fenced"
     )
+    hook_timeout_s: float = Field(
+        120.0, gt=0, description="the switch hook is killed (with what it started) after this"
+    )
+    hook_env: list[str] = Field(
+        default_factory=list,
+        description="environment variables passed on to the switch hook (it gets PATH, HOME,"
+        " locale and REPLICATOR_ACTION/RUN_ID/NEW_WRITER, never the replicator's secrets)",
+    )
 
 
 class RetrySettings(_Strict):

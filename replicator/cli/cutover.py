@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -103,3 +104,39 @@ def _switch(
         )
     else:
         out.print(f"[green]{action} complete[/]: write pause {pause}")
+
+
+@app.command()
+def recover(
+    config: ConfigOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """After a cutover or rollback stopped (killed, a database unreachable): make the writer the
+    stored direction names writable again from the records on both databases, fence the other
+    side as it was, drop the armed slot. A switch past its decision is finished by running it
+    again instead."""
+    from replicator.cutover import recover as rec
+
+    s = settings_from(config)
+    before = rec.read_state(s)
+    if not yes and before.problems:
+        if not sys.stdin.isatty():
+            raise ReplicatorError("recover needs confirmation", hint="pass --yes")
+        typer.confirm(f"recover: {'; '.join(before.problems)} — put it right?", abort=True)
+    lock = rec.SwitchLock.take(s)
+    try:
+        done = rec.restore(s, lock, legacy_tables=mapping_of(s).forward.source_tables)
+    finally:
+        lock.release()
+    after = rec.read_state(s)
+    if json_out:
+        sys.stdout.write(json.dumps({"done": done, "state": after.to_json()}) + "\n")
+    else:
+        for line in done or ["nothing to recover"]:
+            out.print(f"- {line}")
+        out.print(f"writer: [bold]{after.writer or 'NONE'}[/]")
+        for problem in after.problems:
+            out.print(f"[red]still wrong:[/] {problem}")
+    if after.writer is None or after.problems:
+        raise typer.Exit(2)

@@ -74,6 +74,13 @@ def render(st: Status, history: deque[float] | None = None) -> Table:
             if paths:
                 in_sql = sum(1 for p in paths.values() if p == "sql")
                 t.add_row("validation", "checked in SQL", f"{in_sql}/{len(paths)} tables")
+    if st.writer is not None:
+        w = st.writer.get("writer")
+        t.add_row(
+            "writer",
+            "takes the application's writes",
+            f"[green]{w}[/]" if w and not st.writer.get("problems") else f"[red]{w or 'NONE'}[/]",
+        )
     for u in st.unreachable:
         t.add_row(u["part"], "[red]unreachable[/]", f"{u['message']} — fix: {u['hint']}")
     verdict = "[green]READY[/] for cutover" if st.ready else "[red]NOT READY[/]"

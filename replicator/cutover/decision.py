@@ -87,10 +87,12 @@ def record(name: str, action: str, run_id: str, from_dir: str, to_dir: str) -> s
     ).format(*(sql.Literal(v) for v in (name, action, run_id, from_dir, to_dir)))
 
 
-def forget(name: str) -> sql.Composed:
-    return sql.SQL("DELETE FROM replicator.switch_decision WHERE name = {}").format(
-        sql.Literal(name)
-    )
+def forget(name: str, run_id: str | None = None) -> sql.Composed:
+    """The decision deleted (only run ``run_id``'s, when given)."""
+    q = sql.SQL("DELETE FROM replicator.switch_decision WHERE name = {}").format(sql.Literal(name))
+    if run_id is not None:
+        q = q + sql.SQL(" AND run_id = {}").format(sql.Literal(run_id))
+    return q
 
 
 def finish(name: str, direction: str) -> sql.Composed:

@@ -11,9 +11,11 @@ Application roles also lose their write privileges as a second guard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ from psycopg import sql
 
 from connectors import pg
 from replicator.config import DatabaseSettings
+from replicator.cutover import records
 from replicator.errors import PreconditionError, TransientDatabaseError
 
 CONTROL_PREFIX = "replicator"
@@ -34,27 +37,15 @@ BEGIN
 END $$;
 """
 WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
-# What a fence revoked, kept on the fenced side: the switch that later makes this side the writer
-# again (a rollback after a cutover, or the reverse) gives exactly that back, whichever process
-# runs it.
-REVOKED_TABLE = """
-CREATE TABLE IF NOT EXISTS replicator.fence_revoked (
-    role_name  text NOT NULL,
-    table_name text NOT NULL,  -- quoted and qualified, as GRANT takes it
-    privilege  text NOT NULL,
-    revoked_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (role_name, table_name, privilege)
-)
-"""
 
 
 @dataclass
 class Fence:
-    """What a fence changed, so that :func:`unfence` can undo exactly that."""
+    """What a fence changed (its record on the fenced side says the same)."""
 
     marker_id: str
     tables: list[str]
-    revoked: list[tuple[str, str, str]] = field(default_factory=list)  # (role, table, privilege)
+    revoked: list[tuple[str, str, str]] = field(default_factory=list)  # (grantee, table, priv)
     committed_at: float = 0.0  # monotonic time of the fence commit
     lock_attempts: int = 0
 
@@ -79,14 +70,20 @@ def fence(
     app_roles: list[str],
     lock_timeout_ms: int,
     attempts: int,
+    run_id: str = "",
     marker: dict[str, Any] | None = None,
     conn: psycopg.Connection[Any] | None = None,
+    strike: Callable[[str], None] | None = None,
 ) -> Fence:
     """Fence ``tables`` on ``db``; returns what was done. Raises if the locks cannot be had.
 
     Writes stop at the first revoke (or at the lock): every step from there is one round trip,
-    the lock, triggers and marker one multi-statement transaction. ``conn`` (autocommit), opened
-    by the caller ahead of the pause, spares a connection's set-up; it is left open."""
+    the lock, triggers, record and marker one multi-statement transaction. ``conn``
+    (autocommit), opened by the caller ahead of the pause, spares a connection's set-up.
+
+    Whatever stops it — a lock timeout, an error, a signal, a dropped connection — the side is
+    left as it was: the session is ended (a lock wait cut short on the client could still
+    commit on the server) and the fence dropped from its record, on a fresh connection."""
     f = Fence(marker_id=uuid.uuid4().hex, tables=tables)
     own = conn is None
     c = pg.connect(db.conninfo(), autocommit=True) if conn is None else conn
@@ -95,23 +92,25 @@ def fence(
             prepare(c)
             # Second guard first: revoked privileges are checked when a statement executes,
             # so one waiting for the lock below fails even before it meets the trigger.
-            f.revoked = _revoke(c, app_roles, tables)
+            f.revoked = _revoke(c, app_roles, tables, run_id)
+        if strike is not None:
+            strike("fence:locking")
         control = {"kind": "marker", "marker": "fence", "id": f.marker_id, **(marker or {})}
+        quoted = sql.Literal([_quoted(t) for t in tables])
         locked = sql.SQL("; ").join(
             [
                 sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_timeout_ms}ms")),
                 sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
                     sql.SQL(", ").join(_ident(t) for t in tables)
                 ),
-                *(
-                    sql.SQL(
-                        "CREATE OR REPLACE TRIGGER replicator_fence BEFORE INSERT OR UPDATE OR DELETE"
-                        " ON {t} FOR EACH ROW EXECUTE FUNCTION replicator.fenced(); "
-                        "CREATE OR REPLACE TRIGGER replicator_fence_truncate BEFORE TRUNCATE ON {t}"
-                        " FOR EACH STATEMENT EXECUTE FUNCTION replicator.fenced()"
-                    ).format(t=_ident(t))
-                    for t in tables
+                sql.SQL("SELECT replicator._fence_triggers(t) FROM unnest({}::text[]) t").format(
+                    quoted
                 ),
+                sql.SQL(
+                    "INSERT INTO replicator.fence_tables (table_name, run_id)"
+                    " SELECT t, {} FROM unnest({}::text[]) t ON CONFLICT (table_name)"
+                    " DO UPDATE SET run_id = EXCLUDED.run_id, lifted_by = NULL, fenced_at = now()"
+                ).format(sql.Literal(run_id), quoted),
                 sql.SQL("SELECT pg_logical_emit_message(true, {}, {})").format(
                     sql.Literal(CONTROL_PREFIX), sql.Literal(json.dumps(control))
                 ),
@@ -122,7 +121,7 @@ def fence(
             f.lock_attempts = attempt
             try:
                 # One simple query: its statements are one implicit transaction, so the locks,
-                # triggers and marker commit together in a single round trip.
+                # triggers, record and marker commit together in a single round trip.
                 with pg.translated(db.masked()):
                     c.execute(locked)
                 f.committed_at = time.monotonic()
@@ -130,138 +129,140 @@ def fence(
             except TransientDatabaseError as exc:  # lock_timeout: in-flight writes held on
                 last = exc
                 time.sleep(min(0.05 * attempt, 0.5))
-        _restore_privileges(c, f, db)
         raise PreconditionError(
             f"could not lock the tables within {lock_timeout_ms} ms after {attempts} attempts ({last})",
             hint="long transactions hold the tables: retry when they are done, or raise --lock-timeout",
         )
+    except BaseException:
+        undo_failed_fence(db, c)
+        raise
     finally:
         if own:
             c.close()
 
 
+def undo_failed_fence(db: DatabaseSettings, held: psycopg.Connection[Any]) -> None:
+    """A fence that did not complete, taken back: its session ended first (so a statement
+    still running there cannot commit afterwards), then the side unfenced from its record."""
+    pid = None if held.closed else held.info.backend_pid
+    with contextlib.suppress(Exception):
+        held.close()
+    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+        if pid:
+            end_sessions(conn, [pid])
+        prepare(conn)
+        conn.execute(records.DROP_SQL)
+
+
+def end_sessions(conn: psycopg.Connection[Any], pids: list[int], timeout_s: float = 10.0) -> None:
+    """Terminate backends and wait until they are gone (their transactions rolled back)."""
+    if not pids:
+        return
+    conn.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", (pids,))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s::int[])", (pids,)
+        ).fetchone()
+        if not row or not row[0]:
+            return
+        time.sleep(0.01)
+    raise PreconditionError(
+        f"sessions {pids} did not end within {timeout_s:.0f}s",
+        hint="end them with pg_terminate_backend, then run `replicator recover`",
+    )
+
+
 def prepare(conn: psycopg.Connection[Any]) -> None:
-    """What a fence needs in place, created before any write is blocked."""
+    """What a fence (or lifting one) needs in place, created before any write is blocked."""
     conn.execute("CREATE SCHEMA IF NOT EXISTS replicator")
     conn.execute(FENCE_FUNCTION)
-    conn.execute(REVOKED_TABLE)
+    records.prepare(conn)
 
 
-def _revoke(
-    conn: psycopg.Connection[Any], roles: list[str], tables: list[str]
-) -> list[tuple[str, str, str]]:
-    """Revoke the roles' write privileges on the tables, in two round trips; returns what was
-    revoked, so that an unfence gives back exactly that."""
-    if not roles:
-        return []
-    rows = conn.execute(
-        "SELECT r, t, p FROM unnest(%s::text[]) r, unnest(%s::text[]) t, unnest(%s::text[]) p"
-        " WHERE has_table_privilege(r, t, p)",
-        (roles, [_quoted(t) for t in tables], list(WRITE_PRIVILEGES)),
-    ).fetchall()
-    by_quoted = {_quoted(t): t for t in tables}
-    revoked = [(str(r), by_quoted[str(t)], str(p)) for r, t, p in rows]
-    if revoked:
-        conn.execute(
-            sql.SQL("; ").join(
-                [
-                    *(
-                        sql.SQL("REVOKE {} ON {} FROM {}").format(
-                            sql.SQL(p), _ident(t), sql.Identifier(r)
-                        )
-                        for r, t, p in revoked
-                    ),
-                    sql.SQL(
-                        "INSERT INTO replicator.fence_revoked (role_name, table_name, privilege)"
-                        " SELECT * FROM unnest({}::text[], {}::text[], {}::text[])"
-                        " ON CONFLICT DO NOTHING"
-                    ).format(
-                        sql.Literal([r for r, _, _ in revoked]),
-                        sql.Literal([_quoted(t) for _, t, _ in revoked]),
-                        sql.Literal([p for _, _, p in revoked]),
-                    ),
-                ]
-            )
-        )
-    return revoked
-
-
-def unfence(db: DatabaseSettings, f: Fence) -> None:
-    """Undo a fence: drop the triggers, give the privileges back (one round trip each)."""
-    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-        if f.tables:
-            conn.execute(
-                sql.SQL("; ").join(
-                    sql.SQL(
-                        "DROP TRIGGER IF EXISTS replicator_fence ON {t}; "
-                        "DROP TRIGGER IF EXISTS replicator_fence_truncate ON {t}"
-                    ).format(t=_ident(t))
-                    for t in f.tables
-                )
-            )
-        _restore_privileges(conn, f, db)
-
-
-# Every fence trigger of the database dropped, and the write privileges its fence took from
-# application roles given back, in one round trip: the new writer's fence left by an earlier
-# switch the other way, removed in the write pause.
-DROP_ALL_FENCES = """
-DO $$
-DECLARE r record;
-BEGIN
-    FOR r IN SELECT t.tgname, t.tgrelid::regclass AS rel FROM pg_trigger t
-             WHERE t.tgname IN ('replicator_fence', 'replicator_fence_truncate') LOOP
-        EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
-    END LOOP;
-    IF to_regclass('replicator.fence_revoked') IS NOT NULL THEN
-        FOR r IN DELETE FROM replicator.fence_revoked RETURNING role_name, table_name, privilege LOOP
-            EXECUTE format('GRANT %s ON %s TO %I', r.privilege, r.table_name, r.role_name);
-        END LOOP;
-    END IF;
-END $$
+# The application roles' write privileges as the ACLs hold them: granted to the role itself,
+# to a group it writes through, or to PUBLIC — revoked from whoever holds them (revoking from
+# the role alone does nothing to a privilege it holds through a group). Never from a role the
+# replicator itself uses: its apply writes into the fenced side.
+_HOLDERS = """
+WITH RECURSIVE mine(oid) AS (
+    SELECT oid FROM pg_roles WHERE rolname = current_user
+    UNION SELECT am.roleid FROM pg_auth_members am JOIN mine ON am.member = mine.oid
+)
+SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE g.rolname END, t,
+       a.privilege_type, a.is_grantable
+FROM unnest(%s::text[]) t
+JOIN pg_class c ON c.oid = t::regclass
+CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+LEFT JOIN pg_roles g ON g.oid = a.grantee
+WHERE a.privilege_type = ANY(%s::text[])
+  AND a.grantee NOT IN (SELECT oid FROM mine)
+  AND EXISTS (SELECT 1 FROM unnest(%s::text[]) r
+              WHERE a.grantee = 0 OR pg_has_role(r, a.grantee, 'USAGE'))
 """
 
 
-def drop_fence(db: DatabaseSettings) -> list[str]:
-    """Remove every fence trigger from ``db`` (it becomes the writer); returns the tables."""
-    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-        tables = fenced_tables(conn)
-        conn.execute(DROP_ALL_FENCES)
-    return tables
+def _revoke(
+    conn: psycopg.Connection[Any], roles: list[str], tables: list[str], run_id: str
+) -> list[tuple[str, str, str]]:
+    """Revoke the roles' write privileges on the tables, recorded in the same transaction, in
+    two round trips; returns what was revoked."""
+    if not roles:
+        return []
+    rows = conn.execute(
+        _HOLDERS, ([_quoted(t) for t in tables], list(WRITE_PRIVILEGES), roles)
+    ).fetchall()
+    if not rows:
+        return []
+    grantee = [str(r[0]) for r in rows]
+    conn.execute(
+        sql.SQL("; ").join(
+            [
+                *(
+                    sql.SQL("REVOKE {} ON {} FROM {}").format(
+                        sql.SQL(str(p)),
+                        sql.SQL(str(t)),
+                        sql.SQL("PUBLIC") if g == "PUBLIC" else sql.Identifier(g),
+                    )
+                    for g, (_, t, p, _) in zip(grantee, rows, strict=True)
+                ),
+                sql.SQL(
+                    "INSERT INTO replicator.fence_revoked"
+                    " (role_name, table_name, privilege, grantable, run_id)"
+                    " SELECT g, t, p, o, {} FROM unnest({}::text[], {}::text[], {}::text[],"
+                    " {}::bool[]) AS x(g, t, p, o)"
+                    " ON CONFLICT (role_name, table_name, privilege) DO UPDATE"
+                    " SET lifted_by = NULL, run_id = EXCLUDED.run_id"
+                ).format(
+                    sql.Literal(run_id),
+                    sql.Literal(grantee),
+                    sql.Literal([str(r[1]) for r in rows]),
+                    sql.Literal([str(r[2]) for r in rows]),
+                    sql.Literal([bool(r[3]) for r in rows]),
+                ),
+            ]
+        )
+    )
+    by_quoted = {_quoted(t): t for t in tables}
+    return [
+        (g, by_quoted.get(str(r[1]), str(r[1])), str(r[2]))
+        for g, r in zip(grantee, rows, strict=True)
+    ]
+
+
+def unfence(db: DatabaseSettings, conn: psycopg.Connection[Any] | None = None) -> None:
+    """Undo a fence: no trigger left, every privilege it took given back (one round trip)."""
+    if conn is not None:
+        with pg.translated(db.masked()):
+            conn.execute(records.DROP_SQL)
+        return
+    with pg.connect(db.conninfo(), autocommit=True) as c, pg.translated(db.masked()):
+        prepare(c)
+        c.execute(records.DROP_SQL)
 
 
 def fenced_tables(conn: psycopg.Connection[Any]) -> list[str]:
-    rows = conn.execute(
-        "SELECT DISTINCT n.nspname || '.' || c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.tgname = 'replicator_fence' ORDER BY 1"
-    ).fetchall()
-    return [str(r[0]) for r in rows]
-
-
-def _restore_privileges(conn: psycopg.Connection[Any], f: Fence, db: DatabaseSettings) -> None:
-    if f.revoked:
-        with pg.translated(db.masked()):
-            conn.execute(
-                sql.SQL("; ").join(
-                    [
-                        *(
-                            sql.SQL("GRANT {} ON {} TO {}").format(
-                                sql.SQL(priv), _ident(table), sql.Identifier(role)
-                            )
-                            for role, table, priv in f.revoked
-                        ),
-                        sql.SQL(
-                            "DELETE FROM replicator.fence_revoked WHERE (role_name, table_name,"
-                            " privilege) IN (SELECT * FROM unnest({}::text[], {}::text[], {}::text[]))"
-                        ).format(
-                            sql.Literal([r for r, _, _ in f.revoked]),
-                            sql.Literal([_quoted(t) for _, t, _ in f.revoked]),
-                            sql.Literal([p for _, _, p in f.revoked]),
-                        ),
-                    ]
-                )
-            )
-    f.revoked = []
+    return list(records.read(conn).tables)
 
 
 def wait_marker(

@@ -68,6 +68,18 @@ class Preflight:
                 problems.extend(self._direction_problems())
         except ReplicatorError as exc:
             problems.append(f"state database unreachable: {exc.message}")
+        if p.action == "rollback":
+            # Most of the reverse stream is read now, before any write is blocked; the verify
+            # step reads only what arrived since. Read before the lag probe: once the probe is
+            # applied, every write this read saw that the reverse mapping refuses is a dead
+            # letter, which the DLQ count below sees; one read later fails the switch.
+            from replicator.validate.reverse import ReverseKeys
+
+            self._reverse_keys = ReverseKeys(self.mapping, self.s.source)
+            try:
+                self._reverse_keys.read(self.s.kafka, self._topic("rev"))
+            except ReplicatorError as exc:
+                problems.append(f"the reverse stream could not be read: {exc.message}")
         lag = self._probe_lag()
         if lag is None:
             problems.append(
@@ -86,16 +98,6 @@ class Preflight:
         problems.extend(self._privilege_problems())
         if p.action == "cutover" and not problems:
             self._read_touched()
-        if p.action == "rollback":
-            # Most of the reverse stream is read now, before any write is blocked; the verify
-            # step reads only what arrived since.
-            from replicator.validate.reverse import ReverseKeys
-
-            self._reverse_keys = ReverseKeys(self.mapping, self.s.source)
-            try:
-                self._reverse_keys.read(self.s.kafka, self._topic("rev"))
-            except ReplicatorError as exc:
-                problems.append(f"the reverse stream could not be read: {exc.message}")
         return problems
 
     def _read_touched(self) -> None:
@@ -187,6 +189,16 @@ class Preflight:
                 pg.connect(p.old.conninfo(), autocommit=True) as conn,
                 pg.translated(p.old.masked()),
             ):
+                if not _may_set_replication_role(conn):
+                    user = p.old.user
+                    problems.append(
+                        f"{p.old.masked()}: {user} may not set session_replication_role: once"
+                        f" fenced, the {p.new_dir} apply's writes into it would meet the fence"
+                        f" and stop, so the switch could never be undone. Run there, as a"
+                        f" superuser: GRANT SET ON PARAMETER session_replication_role TO"
+                        f' "{user}" (PostgreSQL 15+; before 15 the role must be superuser;'
+                        " rds_superuser on RDS)"
+                    )
                 for table in p.drain.source_tables:
                     row = conn.execute(
                         "SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c "
@@ -231,3 +243,20 @@ class Preflight:
     def _state_db(self, direction: str) -> DatabaseSettings:
         """Where the apply of ``direction`` keeps its offsets and markers: the side it writes."""
         return self.s.target if direction == "fwd" else self.s.source
+
+
+def _may_set_replication_role(conn: Any) -> bool:
+    """Whether this session's role may set ``session_replication_role`` (what an apply into a
+    fenced side needs: the fence is a trigger, and replica sessions do not fire it)."""
+    row = conn.execute(
+        "SELECT current_setting('is_superuser') = 'on',"
+        " current_setting('server_version_num')::int >= 150000"
+    ).fetchone()
+    if row is None or row[0]:
+        return bool(row and row[0])
+    if not row[1]:
+        return False
+    got = conn.execute(
+        "SELECT has_parameter_privilege('session_replication_role', 'SET')"
+    ).fetchone()
+    return bool(got and got[0])

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
-import subprocess
 import threading
 import time
 import uuid
@@ -27,8 +25,11 @@ from connectors import kafka_io, pg
 from connectors.pgsequences import set_past_sql, sources_high, target_name
 from connectors.pgsource import create_slot, ensure_publication, slot_info
 from replicator.config import Settings
-from replicator.cutover import decision
+from replicator.cutover import decision, records, recover
 from replicator.cutover import fence as fencing
+from replicator.cutover.faults import Faults
+from replicator.cutover.hook import HookRefused, run_hook
+from replicator.cutover.interrupt import SignalGuard
 from replicator.cutover.plan import JOURNAL_SQL, Journal, Outcome, StepResult, plan_for
 from replicator.cutover.preflight import Preflight
 from replicator.cutover.verify import PauseVerification
@@ -68,8 +69,10 @@ class Cutover(Preflight):
         self.switch_hook = switch_hook if switch_hook is not None else settings.cutover.switch_hook
         self.validation_max_age_s = validation_max_age_s
         self._report = report or (lambda r: None)
-        # Test hook: raise at the named step, to prove every abort path restores the old writer.
-        self._fail_at = fail_at or os.environ.get("REPLICATOR_CUTOVER_FAIL_AT")
+        # Test hook: a fault at a named point, to prove every abort path keeps one writer.
+        self._faults = Faults(fail_at or os.environ.get("REPLICATOR_CUTOVER_FAIL_AT"))
+        self._guard = SignalGuard()
+        self._lock: recover.SwitchLock | None = None
         self._reverse_keys: ReverseKeys | None = None
         self._partitions = 0  # of the draining direction's topic, once the preflight counted them
         self._touched: Touched | None = None  # the changes topic as the preflight read it
@@ -80,23 +83,35 @@ class Cutover(Preflight):
         self._hook_started = False
         self._hook_refused = False
         self._resumed_fresh = False
+        self._decision_run = self.run_id  # the run a decision (and a lifted fence) is under
 
     # -- the whole run ---------------------------------------------------------------------------
 
     def run(self, *, dry_run: bool = False) -> Outcome:
         out = Outcome(self.plan.action, self.run_id, switched=False, dry_run=dry_run)
-        try:
-            pending = self._pending_decision()
-            if pending is not None:
-                if dry_run or pending.action != self.plan.action:
-                    raise PreconditionError(
-                        pending.explain(),
-                        hint=f"run {decision.rerun(pending.action)} to finish it first",
+        with self._guard.armed():
+            try:
+                # One switch (or recovery) of a pipeline at a time, across machines.
+                self._lock = recover.SwitchLock.take(self.s)
+                pending = self._pending_decision()
+                if pending is not None:
+                    if dry_run or pending.action != self.plan.action:
+                        raise PreconditionError(
+                            pending.explain(),
+                            hint=f"run {decision.rerun(pending.action)} to finish it first",
+                        )
+                    return self._resume(out, pending)
+                with self._guard.calm():
+                    # A switch that died before its decision left a fence (or a lifted one):
+                    # put the writer back first, from the records.
+                    done = recover.restore(
+                        self.s, self._lock, legacy_tables=self.mapping.forward.source_tables
                     )
-                return self._resume(out, pending)
-            return self._switch(out, dry_run)
-        finally:
-            self._close()
+                if done:
+                    log.warning("%s: first %s", self.plan.action, "; ".join(done))
+                return self._switch(out, dry_run)
+            finally:
+                self._close()
 
     def _switch(self, out: Outcome, dry_run: bool) -> Outcome:
         p = self.plan
@@ -137,13 +152,23 @@ class Cutover(Preflight):
                     app_roles=self.s.cutover.app_roles,
                     lock_timeout_ms=self.lock_timeout_ms,
                     attempts=self.s.cutover.lock_attempts,
+                    run_id=self.run_id,
                     marker={"action": p.action, "run_id": self.run_id},
                     conn=self._conn("old"),
+                    strike=self._strike,
                 )
-        except BaseException:
+        except BaseException as exc:
+            # fence() took back whatever it had done, from the record, on a fresh session
+            # (the held one is gone): the old writer is unfenced, or the error says so.
+            self._conns.pop("old", None)
             self.journal.release()
             if not dry_run:
-                self._disarm_next_direction()
+                with self._guard.calm():
+                    self._disarm_next_direction()
+            if isinstance(exc, ReplicatorError) and not isinstance(exc, CutoverAborted):
+                raise CutoverAborted(
+                    f"{p.action} stopped at fence: {exc.message}", step="fence", hint=exc.hint
+                ) from None
             raise
         decided = False
         try:
@@ -159,7 +184,7 @@ class Cutover(Preflight):
                     prepared.join()  # no thread may outlive the step on a shared connection
             if dry_run:
                 with self._step(out, "unfence"):
-                    fencing.unfence(p.old, f)
+                    fencing.unfence(p.old)
                 out.pause_s = time.monotonic() - f.committed_at
                 self.journal.release()
                 return out
@@ -185,13 +210,16 @@ class Cutover(Preflight):
                     hint=f"check the application, then run {decision.rerun(p.action)} again"
                     " to finish (it runs the hook again)",
                 ) from exc
-            if not self._abort(f, decided):
+            with self._guard.calm():
+                taken_back = self._abort(decided)
+            if taken_back is not None:
                 self.journal.release()
                 raise CutoverAborted(
-                    f"{p.action} stopped at {_step_of(exc)} and could not take back its"
-                    " decision; the old writer stays fenced",
+                    f"{p.action} stopped at {_step_of(exc)} and could not be taken back"
+                    f" ({taken_back}); the old writer stays fenced",
                     step=_step_of(exc),
-                    hint=f"run {decision.rerun(p.action)} again to finish the switch",
+                    hint=f"run {decision.rerun(p.action)} again to finish the switch, or"
+                    " `replicator recover` once both databases answer",
                 ) from exc
             self.journal.release()
             raise
@@ -209,11 +237,19 @@ class Cutover(Preflight):
             self._open()
             old, new = self._conn("old"), self._conn("new")
             with pg.translated(p.old.masked()):
-                fenced = fencing.fenced_tables(old)
+                fenced = records.read(old).fenced
             if not fenced:
-                # Taken back by hand (the fence is gone): nothing was switched. Start afresh.
+                # Taken back by hand (the fence is gone): nothing was switched. Start afresh,
+                # the decision taken back as an abort would (the new writer fenced again).
                 log.warning("%s: a stale decision without a fence was dropped", p.action)
-                self._forget_decision()
+                self._decision_run = pending.run_id
+                with self._guard.calm():
+                    failed = self._abort(decided=True)
+                if failed is not None:
+                    raise CutoverAborted(
+                        f"a stale decision could not be taken back ({failed})", step="resume"
+                    )
+                self._decision_run = self.run_id
                 self._resumed_fresh = True
             else:
                 with pg.translated(p.new.masked()):
@@ -225,10 +261,16 @@ class Cutover(Preflight):
                         step="resume",
                         hint="see docs/cutover.md (a lost slot after the switch)",
                     )
+            if not self._resumed_fresh:
+                # A stop between the two sides' decisions leaves the new writer fenced: its
+                # decision and the fence's lifting again (idempotent), before the hook.
+                self._decision_run = pending.run_id
+                self._decide_new()
         if self._resumed_fresh:
             out.resumed_run_id = None
             return self._switch(out, dry_run=False)
         with self._step(out, "switch"):
+            self._hook_started = True
             self._run_hook()
         self._finish_step(out)
         return out
@@ -255,14 +297,14 @@ class Cutover(Preflight):
         for side, db in (("old", p.old), ("new", p.new)):
             if side in self._conns:
                 continue
-            conn = self._conns[side] = pg.connect(db.conninfo(), autocommit=True)
+            conn = self._conns[side] = pg.connect(db.conninfo(**self._app_name()), autocommit=True)
             with pg.translated(db.masked()):
                 ensure_schema(conn)
                 decision.ensure_table(conn)
                 if db is self.s.target:
                     conn.execute(JOURNAL_SQL)
-        with pg.translated(p.old.masked()):
-            fencing.prepare(self._conn("old"))
+                fencing.prepare(conn)
+                recover.watch_client(conn)
 
     def _conn(self, side: str) -> psycopg.Connection[Any]:
         return self._conns[side]
@@ -276,6 +318,9 @@ class Cutover(Preflight):
             with contextlib.suppress(Exception):
                 conn.close()
         self._conns = {}
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _catch_up(self, dry_run: bool) -> None:
         """The last checks before the fence; then the new direction's slot moved past the
@@ -320,9 +365,10 @@ class Cutover(Preflight):
         """The new writer made ready, beside the verification (its own connections): sequences
         read on the old writer (static since the fence) and set on the new one; in the same
         statement the new direction's slot moved past everything written so far (the draining
-        apply's rows must not echo back) and the fence of an earlier switch the other way
-        dropped. Undone by an abort (the slot is dropped); nothing here is the decision, so its
-        commit need not wait for the disk: the decision's commit after it flushes it."""
+        apply's rows must not echo back). Undone by an abort (the slot is dropped); nothing here
+        is the decision, so its commit need not wait for the disk: the decision's commit after
+        it flushes it. The new writer's own fence (from an earlier switch the other way) stays
+        until the decision: lifted earlier, an abort would leave two writers."""
         p = self.plan
         seqs = list(p.drain.sequences)
         with pg.translated(p.old.masked()):
@@ -336,47 +382,66 @@ class Cutover(Preflight):
                 sql.SQL("SELECT {}").format(set_past_sql(q, name, high))
                 for q, name, high in zip(seqs, self._seq_names, highs, strict=True)
             ),
-            sql.SQL(fencing.DROP_ALL_FENCES),
         ]
         with pg.translated(p.new.masked()):
             self._conn("new").execute(sql.SQL("; ").join(statements))
 
     def _decide(self) -> None:
-        """The decision recorded on both writers at once (two connections, two threads)."""
+        """The decision recorded on the old writer (it stays fenced from now on), then on the
+        new writer together with lifting its fence: one transaction there, so the new side is
+        writable exactly when its decision exists, and an abort finds what to fence again."""
         p = self.plan
         record = decision.record(self.s.name, p.action, self.run_id, p.old_dir, p.new_dir)
+        with pg.translated(p.old.masked()):
+            self._conn("old").execute(record)
+        self._strike("decide:new")
+        self._decide_new()
 
-        def on_old() -> None:
-            with pg.translated(p.old.masked()):
-                self._conn("old").execute(record)
-
-        old = _Background(on_old)
-        try:
-            self._inject("decide:new")
-            with pg.translated(p.new.masked()):
-                self._conn("new").execute(record)
-        finally:
-            old.result()
-
-    def _abort(self, f: fencing.Fence, decided: bool) -> bool:
-        """Not switched: take back a decision, then unfence the old writer and drop the new
-        direction's slot. False when the decision could not be taken back: the fence stays."""
+    def _decide_new(self) -> None:
         p = self.plan
+        run = self._decision_run
+        record = decision.record(self.s.name, p.action, run, p.old_dir, p.new_dir)
+        with pg.translated(p.new.masked()):
+            self._conn("new").execute(sql.SQL("; ").join([record, records.lift_sql(run)]))
+
+    def _abort(self, decided: bool) -> str | None:
+        """Not switched: the new writer's decision taken back and its fence restored (one
+        transaction), then the old writer's decision taken back and its fence dropped (one
+        transaction), then the new direction's slot dropped — in that order, so that at no
+        instant both sides take writes. Fresh sessions: the held ones may be what failed.
+        Returns None when done, else why the old writer stays fenced."""
+        p = self.plan
+        run = self._decision_run
         if decided:
             try:
-                self._forget_decision()
+                with (
+                    pg.connect(p.new.conninfo(**self._app_name()), autocommit=True) as conn,
+                    pg.translated(p.new.masked()),
+                ):
+                    fencing.prepare(conn)
+                    conn.execute(
+                        sql.SQL("; ").join(
+                            [decision.forget(self.s.name, run), records.restore_sql(run)]
+                        )
+                    )
             except ReplicatorError as exc:
                 log.error("%s: the decision could not be taken back: %s", p.action, exc.message)
-                return False
-        fencing.unfence(p.old, f)
+                return f"{p.new.masked()}: {exc.message}"
+        try:
+            with (
+                pg.connect(p.old.conninfo(**self._app_name()), autocommit=True) as conn,
+                pg.translated(p.old.masked()),
+            ):
+                fencing.prepare(conn)
+                conn.execute(
+                    sql.SQL("; ").join([decision.forget(self.s.name), sql.SQL(records.DROP_SQL)])
+                )
+        except ReplicatorError as exc:
+            log.error("%s: the old writer could not be unfenced: %s", p.action, exc.message)
+            return f"{p.old.masked()}: {exc.message}"
         self._disarm_next_direction()
         self.journal.add(StepResult("unfence", True, 0.0, "aborted: old writer restored"))
-        return True
-
-    def _forget_decision(self) -> None:
-        for side, db in (("new", self.plan.new), ("old", self.plan.old)):
-            with pg.translated(db.masked()):
-                self._conn(side).execute(decision.forget(self.s.name))
+        return None
 
     def _pending_decision(self) -> decision.Decision | None:
         for db in (self.s.target, self.s.source):
@@ -391,20 +456,27 @@ class Cutover(Preflight):
 
     def _finish(self) -> None:
         """The new direction recorded and the decision deleted, target first (the side the
-        pipeline and `status` read first), one statement each."""
+        pipeline and `status` read first), one statement each; the new writer's lifted fence
+        forgotten with it (no abort can take this switch back any more)."""
         p = self.plan
-        self._inject("finish:target")
+        self._strike("finish:target")
         for db in (self.s.target, self.s.source):
             side = "new" if db is p.new else "old"
+            statements = [decision.finish(self.s.name, p.new_dir)]
+            if side == "new":
+                statements.append(records.finish_sql(self._decision_run))
             with pg.translated(db.masked()):
-                self._conn(side).execute(decision.finish(self.s.name, p.new_dir))
-            self._inject("finish:source")
+                self._conn(side).execute(sql.SQL("; ").join(statements))
+            self._strike("finish:source")
 
-    def _inject(self, point: str) -> None:
-        """Test hook: fail at a point inside a step (REPLICATOR_CUTOVER_FAIL_AT)."""
-        if self._fail_at == point:
-            self._fail_at = None
-            raise CutoverAborted(f"induced failure at {point}", step=point.split(":")[0])
+    def _strike(self, point: str) -> None:
+        """Test hook: the fault named for this point (faults.py), if any."""
+        if self._faults:
+            self._faults.strike(point, self._conns.get)
+
+    def _app_name(self) -> dict[str, str]:
+        """Every session of a switch is named, so that ``recover`` can end one left behind."""
+        return {"application_name": recover.session_name(self.s.name)}
 
     def _arm_next_direction(self) -> None:
         """Publication and slot on the new writer, created now: the draining apply has stopped
@@ -444,43 +516,29 @@ class Cutover(Preflight):
             pass
 
     def _run_hook(self) -> None:
+        self._strike("switch:hook")
         if not self.switch_hook:
             return
-        env = {
-            **os.environ,
-            "REPLICATOR_ACTION": self.plan.action,
-            "REPLICATOR_RUN_ID": self.run_id,
-        }
         try:
-            done = subprocess.run(
-                shlex.split(self.switch_hook), env=env, capture_output=True, text=True, timeout=120
+            run_hook(
+                self.switch_hook,
+                self.s,
+                action=self.plan.action,
+                run_id=self._decision_run,
+                new=self.plan.new,
             )
-        except OSError as exc:  # it never started: nothing was switched
-            self._hook_refused = True
-            raise CutoverAborted(f"switch hook could not run: {exc}", step="switch") from None
-        except subprocess.TimeoutExpired as exc:  # it may have switched before it hung
-            raise CutoverAborted(f"switch hook timed out: {exc}", step="switch") from None
-        if done.returncode != 0:
+        except HookRefused:
             self._hook_refused = True  # it says it did not switch: the switch can be undone
-            raise CutoverAborted(
-                f"switch hook exited with {done.returncode}: {(done.stderr or done.stdout).strip()[-400:]}",
-                step="switch",
-                hint="the application was not switched; fix the hook and run again",
-            )
+            raise
 
     # -- helpers ---------------------------------------------------------------------------------
 
     @contextmanager
     def _step(self, out: Outcome, name: str) -> Iterator[None]:
-        if self._fail_at == name:
-            self._fail_at = None
-            result = StepResult(name, False, 0.0, "induced failure")
-            out.steps.append(result)
-            self._report(result)
-            self.journal.add(result)
-            raise CutoverAborted(f"induced failure at step {name}", step=name)
         start = time.monotonic()
         try:
+            self._guard.check()
+            self._strike(name)
             yield
         except ReplicatorError as exc:
             result = StepResult(name, False, time.monotonic() - start, exc.message)

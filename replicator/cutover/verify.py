@@ -195,6 +195,7 @@ class PauseVerification:
         self.check = KeyedCheck(s, mapping)
         self._tail: Tail | None = None
         self._tail_keys: Callable[[], tuple[dict[str, set[SourceKey]], set[str]]] | None = None
+        self._tail_refused: list[str] = []
         self.carried = Mismatch()
 
     def before_fence(self) -> None:
@@ -238,7 +239,9 @@ class PauseVerification:
         if rk is None:
             raise CutoverAborted("the preflight did not read the reverse stream", step="pre-verify")
         topic = self.s.topic("rev", "changes")
+        seen = len(rk.refused)  # what the preflight read: counted as dead letters there
         rk.read(self.s.kafka, topic)
+        _refuse_refused(rk.refused[seen:], "pre-verify")
         found = self.check.compare(rk.keys, rk.full)
         _refuse_rejected(found, "pre-verify")
         _, orphans = find_orphans(
@@ -262,6 +265,7 @@ class PauseVerification:
             **self.s.kafka.client_options(),
         )
         self._tail_keys = lambda: (tail.keys, tail.full)
+        self._tail_refused = tail.refused
 
     def catch_up(self, rounds: int = 6, short_s: float = 0.03) -> None:
         """Shrink the pause's share: until a round is short, compare with writes flowing what
@@ -270,6 +274,7 @@ class PauseVerification:
         for _ in range(rounds):
             start = time.monotonic()
             self._tail.read_to(self._tail.end_offsets())
+            _refuse_refused(self._tail_refused, "catch-up")
             keys, full = self._take_tail()
             # The rows carried so far are compared again: those applied meanwhile are proven
             # now (a later change sits after this round's end), so only what is still in
@@ -289,6 +294,7 @@ class PauseVerification:
         """Both sides static: the tail up to what apply applied, and the carried rows."""
         assert self._tail is not None
         self._tail.read_to(applied)
+        _refuse_refused(self._tail_refused, "verify")
         keys, full = self._take_tail()
         for t, k in self.carried.keys.items():
             keys.setdefault(t, set()).update(k)
@@ -318,6 +324,18 @@ class PauseVerification:
         if self._tail is not None:
             self._tail.close()
         self.check.close()
+
+
+def _refuse_refused(refused: list[str], step: str) -> None:
+    """A target write the reverse mapping refuses, made in the switch's window: legacy would
+    lack it, so the rollback must not happen (as a rejection stops a cutover)."""
+    if refused:
+        raise CutoverAborted(
+            f"{len(refused)} target write(s) are refused by the reverse mapping and would be"
+            f" missing on legacy: {'; '.join(refused[:3])}",
+            step=step,
+            hint="`replicator dlq list` shows them; fix the data or the mapping, then roll back",
+        )
 
 
 def _refuse_rejected(found: Mismatch, step: str) -> None:

@@ -80,6 +80,9 @@ class Status:
     reasons: list[str] = field(default_factory=list)
     # A cutover or rollback stopped past its point of no return (replicator.cutover.decision).
     switching: dict[str, str] | None = None
+    # Which database takes the application's writes, from both sides' fences and decisions
+    # (replicator.cutover.recover): writer "legacy", "target" or None, and what is wrong.
+    writer: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"version": SCHEMA_VERSION, **asdict(self)}
@@ -143,6 +146,8 @@ def collect(
     )
     pending = attempt("direction", _switching, ss, s)
     st.switching = pending.to_json() if pending is not None else None
+    writer = attempt("writer", _writer, ss, s)
+    st.writer = writer.to_json() if writer is not None else None
     st.ready, st.reasons = verdict(st, s.cutover.max_lag_s if max_lag_s is None else max_lag_s)
     return st
 
@@ -159,6 +164,9 @@ def verdict(st: Status, max_lag_s: float) -> tuple[bool, list[str]]:
             f" writer stays fenced and the application may already write to the new one; run"
             f" {rerun(sw['action'])} again to finish it"
         )
+    elif st.writer and st.writer.get("problems"):
+        # A fence (or revoked privileges) without a decision, a lifted fence left behind.
+        reasons.extend(st.writer["problems"])
     src, kafka, tgt = st.source, st.kafka, st.target
     if src is not None:
         if not src.slot_exists:
@@ -227,6 +235,14 @@ def _switching(ss: pg.Sessions, s: Settings) -> Any:
         if found is not None:
             return found
     return None
+
+
+def _writer(ss: pg.Sessions, s: Settings) -> Any:
+    """Both sides' fences and decisions: which database is the writer."""
+    from replicator.cutover.recover import observe
+
+    with _session(ss, s.source) as legacy, _session(ss, s.target) as target:
+        return observe(legacy, target, s.name)
 
 
 def _has_state(conn: psycopg.Connection[Any]) -> bool:

@@ -38,6 +38,10 @@ class ReverseKeys:
     full: set[str] = field(default_factory=set)  # legacy tables to check whole
     offsets: dict[int, int] = field(default_factory=dict)
     changes: int = 0
+    # Target writes the reverse mapping refuses (dead-lettered by the reverse apply): legacy
+    # will not hold them. Those the preflight read are letters its DLQ check counts; one read
+    # after that fails the switch (verify.py).
+    refused: list[str] = field(default_factory=list)
     _loader: TextLoader = field(default_factory=TextLoader)
     _oids: dict[str, dict[str, int]] = field(default_factory=dict)
     _conn: psycopg.Connection[Any] | None = None
@@ -69,8 +73,9 @@ class ReverseKeys:
     def _collect(self, value: bytes) -> None:
         try:
             envs = decode_envelopes(value)
-        except DataError:
-            return  # undecodable: dead-lettered, and the preflight refuses a non-empty DLQ
+        except DataError as exc:
+            self.refused.append(f"an undecodable message: {exc.message}")
+            return
         for env in envs:
             self._collect_envelope(env)
 
@@ -99,8 +104,9 @@ class ReverseKeys:
                         key_columns=rel.key_columns,
                     )
                 )
-            except DataError:
-                continue  # dead-lettered by the reverse apply: the preflight refuses those
+            except DataError as exc:
+                self.refused.append(f"{rel.qualname}: {exc.message}")
+                continue
             for op in ops:
                 self._note(op)
 

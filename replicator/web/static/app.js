@@ -71,6 +71,10 @@ function showState(data) {
   const r = data.rates || {};
   text("pipeline", st.pipeline);
   text("direction", st.direction === "rev" ? "target → legacy (after cutover)" : "legacy → target");
+  const w = st.writer || {};
+  const writer = text("writer", "writer: " + (w.writer || "NONE") + ((w.problems || []).length ? " ⚠" : ""));
+  writer.className = "badge " + (w.writer && !(w.problems || []).length ? "good" : "bad");
+  writer.title = (w.problems || []).join("\n");
   const verdict = text("verdict", st.ready ? "READY" : "NOT READY");
   verdict.className = "badge " + (st.ready ? "good" : "bad");
   text("sampled", "sampled " + new Date(data.sampled_at * 1000).toLocaleTimeString("en-GB", { hour12: false }) + " in " + num(data.sample_ms) + " ms");

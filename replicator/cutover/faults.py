@@ -1,0 +1,80 @@
+"""Faults injected into a switch at a named point, to prove the invariants hold under each.
+
+Tests only: ``REPLICATOR_CUTOVER_FAULT=<point>=<kind>[,<point>=<kind>…]`` (or the ``fail_at``
+argument, which means ``<point>=raise``). A point is a step's name (the fault strikes as the step
+begins) or a point inside one (``fence:locking``, ``decide:new``, ``finish:source``…). Kinds:
+
+- ``raise``: an exception, as any failed step raises;
+- ``sigkill``: the command dies at once (what an OOM kill or a node loss does);
+- ``sigterm``: the command is asked to stop (Kubernetes' ``activeDeadlineSeconds``, Ctrl-C);
+- ``drop-old`` / ``drop-new``: the server ends the session the switch holds on that side
+  (a network cut, a failover), and the step goes on until it meets the dead connection.
+
+Nothing here runs unless the variable (or ``fail_at``) names a point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from replicator.errors import CutoverAborted
+
+ENV = "REPLICATOR_CUTOVER_FAULT"
+KINDS = ("raise", "sigkill", "sigterm", "drop-old", "drop-new")
+
+
+def parse(text: str | None) -> dict[str, str]:
+    """``point=kind,…`` → {point: kind}; a bare point means ``raise``."""
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        point, _, kind = part.partition("=")
+        kind = kind or "raise"
+        if kind not in KINDS:
+            raise ValueError(f"unknown fault kind {kind!r} (one of {', '.join(KINDS)})")
+        out[point] = kind
+    return out
+
+
+class Faults:
+    """The faults of one switch; each strikes once."""
+
+    def __init__(self, fail_at: str | None) -> None:
+        self._pending = parse(os.environ.get(ENV))
+        if fail_at:
+            self._pending[fail_at] = "raise"
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def strike(self, point: str, conn_of: Callable[[str], Any] | None = None) -> None:
+        kind = self._pending.pop(point, None)
+        if kind is None:
+            return
+        if kind == "raise":
+            raise CutoverAborted(f"induced failure at {point}", step=point.split(":")[0])
+        if kind == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+            return  # the handler raises on the main thread, at the next bytecode
+        side = kind.removeprefix("drop-")
+        conn = conn_of(side) if conn_of is not None else None
+        if conn is not None:
+            _terminate(conn)
+
+
+def _terminate(conn: psycopg.Connection[Any]) -> None:
+    """End ``conn``'s session from the server's side, as a network cut would."""
+    pid = conn.info.backend_pid
+    params = conn.info.get_parameters()
+    params["password"] = conn.info.password or ""
+    with psycopg.connect(**params, autocommit=True) as other:  # type: ignore[arg-type]
+        other.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
