@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -14,6 +16,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         elif "/e2e/" in path:
             item.add_marker(pytest.mark.e2e)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Tables a test module leaves for the end of the run (the switch's fault matrix)."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("tests.") and getattr(module, "SUMMARY", None):
+            for line in module.SUMMARY:
+                terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

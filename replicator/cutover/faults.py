@@ -10,6 +10,9 @@ begins) or a point inside one (``fence:locking``, ``decide:new``, ``finish:sourc
 - ``drop-old`` / ``drop-new``: the server ends the session the switch holds on that side
   (a network cut, a failover), and the step goes on until it meets the dead connection.
 
+At ``fence:locking`` the fault lands a moment later, while the fence waits for its locks (a
+test holds one), not before it asks.
+
 Nothing here runs unless the variable (or ``fail_at``) names a point.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +30,7 @@ from replicator.errors import CutoverAborted
 
 ENV = "REPLICATOR_CUTOVER_FAULT"
 KINDS = ("raise", "sigkill", "sigterm", "drop-old", "drop-new")
+DURING_S = 0.15  # how far into a wait (``…:locking``) a fault lands
 
 
 def parse(text: str | None) -> dict[str, str]:
@@ -58,6 +63,15 @@ class Faults:
         kind = self._pending.pop(point, None)
         if kind is None:
             return
+        side = kind.removeprefix("drop-") if kind.startswith("drop-") else None
+        conn = conn_of(side) if conn_of is not None and side is not None else None
+        if point.endswith(":locking") and kind != "raise":
+            # Into the lock wait that follows: the fault lands while the statement waits.
+            threading.Timer(DURING_S, self._deliver, (point, kind, conn)).start()
+            return
+        self._deliver(point, kind, conn)
+
+    def _deliver(self, point: str, kind: str, conn: Any) -> None:
         if kind == "raise":
             raise CutoverAborted(f"induced failure at {point}", step=point.split(":")[0])
         if kind == "sigkill":
@@ -65,8 +79,6 @@ class Faults:
         if kind == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
             return  # the handler raises on the main thread, at the next bytecode
-        side = kind.removeprefix("drop-")
-        conn = conn_of(side) if conn_of is not None else None
         if conn is not None:
             _terminate(conn)
 

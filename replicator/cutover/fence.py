@@ -127,6 +127,8 @@ def fence(
                 f.committed_at = time.monotonic()
                 return f
             except TransientDatabaseError as exc:  # lock_timeout: in-flight writes held on
+                if c.broken or c.closed:
+                    raise  # the session is gone (a network cut): no attempt can succeed
                 last = exc
                 time.sleep(min(0.05 * attempt, 0.5))
         raise PreconditionError(
