@@ -99,7 +99,7 @@ class Assembler:
         if isinstance(msg, po.Origin):
             if self._txn is not None:
                 self._txn.origin = msg.name
-                self._skip = any(msg.name.startswith(prefix) for prefix in self.skip_origins)
+                self._skip = self._skipped(msg.name)
             return []
         if isinstance(msg, po.Commit):
             txn, self._txn = self._txn, None
@@ -209,23 +209,23 @@ class Assembler:
     def _message(self, msg: po.LogicalMessage) -> list[Output]:
         if msg.prefix != CONTROL_PREFIX:
             return []
-        try:
-            control = json.loads(bytes(msg.content).decode())
-            if not isinstance(control, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            control = {
-                "kind": "unreadable",
-                "content": bytes(msg.content).decode("utf-8", "replace"),
-            }
+        control = _control(msg)
         if msg.transactional and self._txn is not None:
+            if self._skip:
+                return []  # inside our own apply's transaction, which is not echoed at all
             # Part of the transaction: the next slice carries it, in order.
             out = [self._slice(self._txn, last=False, ack=None)] if self._txn.changes else []
-            env = self._control_env(self._txn.commit_lsn, control)
-            env.xid, env.seq, env.last = self._txn.xid, self._txn.seq, False
-            self._txn.seq += 1
-            return [*out, Output(env, None)]
+            return [*out, self._in_txn_control(self._txn, control)]
         return [Output(self._control_env(msg.lsn, control), msg.lsn)]
+
+    def _in_txn_control(self, txn: _Txn, control: dict[str, Any]) -> Output:
+        env = self._control_env(txn.commit_lsn, control)
+        env.xid, env.seq, env.last = txn.xid, txn.seq, False
+        txn.seq += 1
+        return Output(env, None)
+
+    def _skipped(self, origin: str | None) -> bool:
+        return origin is not None and any(origin.startswith(p) for p in self.skip_origins)
 
     def _control_env(self, lsn: int, control: dict[str, Any]) -> Envelope:
         return Envelope(origin=self.origin, xid=0, commit_lsn=lsn, commit_ts=None, control=control)
@@ -239,13 +239,36 @@ class Assembler:
             sub = msg.xid if msg.xid is not None else self._stream_xid
             for ch in self._changes(msg):
                 spool.write(sub, self.relations[ch.rel], ch)
+        elif isinstance(msg, po.Origin):
+            # Sent once, after the transaction's first Stream Start: it decides at Stream Commit
+            # whether the transaction is our own apply's writes (never echoed back).
+            spool.origin = msg.name
+        elif isinstance(msg, po.LogicalMessage):
+            if not msg.transactional:
+                return self._message(msg)  # belongs to no transaction: passes at once
+            if msg.prefix == CONTROL_PREFIX:
+                # A fence marker or watermark inside the transaction keeps its place among its
+                # changes. pgoutput tags it with the top-level xid, not its subtransaction's.
+                sub = msg.xid if msg.xid is not None else self._stream_xid
+                spool.write_control(sub, _control(msg))
         return []
 
     def _stream_commit(self, msg: po.StreamCommit) -> Iterator[Output]:
         spool = self._spools.pop(msg.xid, None)
         txn = _Txn(msg.xid, msg.commit_lsn, pg_time(msg.commit_ts))
         if spool is not None:
-            for rel_id, rel, ch in spool.replay():
+            txn.origin = spool.origin
+            if self._skipped(spool.origin):
+                spool.close()
+                yield Output(self._control_env(msg.commit_lsn, {"kind": "skip"}), msg.end_lsn)
+                return
+            for item in spool.replay():
+                if isinstance(item, dict):  # a control message, in its place
+                    if txn.changes:
+                        yield self._slice(txn, last=False, ack=None)
+                    yield self._in_txn_control(txn, item)
+                    continue
+                rel_id, rel, ch = item
                 txn.changes.append(ch)
                 txn.relations[rel_id] = rel
                 txn.size += 64 + ch.text_size()
@@ -260,9 +283,10 @@ class _Spool:
 
     One orjson line per record: ``["R", relid, relation]`` when a relation is first used or
     changed, then ``["V", subxid, op, relid, values]`` per positional change (see
-    ``envelope.Change``) and ``["C", subxid, op, relid, new, old, unchanged]`` per other change.
-    Every change of a large transaction is written and read back once, so the format is the
-    cheapest to encode and parse, not the envelope's.
+    ``envelope.Change``), ``["C", subxid, op, relid, new, old, unchanged]`` per other change and
+    ``["M", subxid, control]`` per transactional control message, in stream order. Every change
+    of a large transaction is written and read back once, so the format is the cheapest to
+    encode and parse, not the envelope's. The transaction's replication origin is kept beside.
     """
 
     def __init__(self, directory: str | None) -> None:
@@ -270,6 +294,10 @@ class _Spool:
         self._file: IO[bytes] = tempfile.TemporaryFile("w+b", dir=directory)  # noqa: SIM115
         self._written: dict[int, RelationInfo] = {}
         self.aborted: set[int] = set()
+        self.origin: str | None = None
+
+    def write_control(self, subxid: int, control: dict[str, Any]) -> None:
+        self._file.write(orjson.dumps(["M", subxid, control], option=_LINE))
 
     def write(self, subxid: int, rel: RelationInfo, ch: Change) -> None:
         if self._written.get(ch.rel) is not rel:
@@ -281,7 +309,7 @@ class _Spool:
             rec = ["C", subxid, ch.op, ch.rel, ch.new, ch.old, ch.unchanged]
         self._file.write(orjson.dumps(rec, option=_LINE))
 
-    def replay(self) -> Iterator[tuple[int, RelationInfo, Change]]:
+    def replay(self) -> Iterator[tuple[int, RelationInfo, Change] | dict[str, Any]]:
         self._file.seek(0)
         rels: dict[int, RelationInfo] = {}
         aborted = self.aborted
@@ -298,6 +326,9 @@ class _Spool:
                 )
                 continue
             if aborted and rec[1] in aborted:
+                continue
+            if rec[0] == "M":
+                yield cast("dict[str, Any]", rec[2])
                 continue
             if rec[0] == "V":
                 _, _, op, rel_id, values = rec
@@ -316,6 +347,17 @@ _LINE = orjson.OPT_APPEND_NEWLINE
 
 _PLAIN = frozenset({str, type(None)})
 _ROW_MESSAGES = frozenset({po.Insert, po.Update, po.Delete})
+
+
+def _control(msg: po.LogicalMessage) -> dict[str, Any]:
+    """A control message's JSON object; an unreadable one is kept as text, never dropped."""
+    try:
+        control = json.loads(bytes(msg.content).decode())
+        if not isinstance(control, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        control = {"kind": "unreadable", "content": bytes(msg.content).decode("utf-8", "replace")}
+    return control
 
 
 def _change(op: str, rel: RelationInfo, msg: po.Insert | po.Update) -> Change:

@@ -31,7 +31,7 @@ from replicator.apply.positions import ApplyStats, Partition
 from replicator.apply.rows import RowMapper
 from replicator.apply.session import connect_session
 from replicator.config import Settings
-from replicator.dlq.letters import DeadLetter, DeadLetterWriter, dead_letter
+from replicator.dlq.letters import DeadLetter, DeadLetterWriter, dead_letter, truncate_refusal
 from replicator.errors import (
     DataError,
     ReplicatorError,
@@ -74,8 +74,7 @@ class ApplyWorker:
         self.topic = self.changes_topic  # the topic of the current phase
         self.stats = ApplyStats()
         self.health = health if health is not None else StageHealth()
-        # Phase switch requested by a control message, taken after the next commit.
-        self._switch = False
+        self._switch = False  # a phase switch a control message asked for, after the commit
         self._barrier_reached = False  # a barrier row in the open batch: try the phase after it
         self._batch_rows: dict[str, int] = {}  # rows written by the open batch, per table
         self._backfill_id: str | None = None
@@ -411,9 +410,10 @@ class ApplyWorker:
             self._snapshot_rows[table] = self._snapshot_rows.get(table, 0) + 1
         if change.op == "truncate":
             self._flush(batch)
-            owned = self._truncate_owned.get(table, [])
-            if owned:
+            if owned := self._truncate_owned.get(table, []):
                 self.sink.truncate(owned)
+            if refused := truncate_refusal(self.direction, table, owned):  # never a silent skip
+                self._dead(refused, partition, offset, env.commit_lsn, change.to_wire())
             return
         try:
             if self._rows.copy_into(env, change, transform, batch):

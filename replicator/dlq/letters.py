@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 
 from connectors.kafka_io import Producer
-from replicator.errors import DataError, ReplicatorError
+from replicator.errors import DataError, ReplicatorError, TransformError
+from transforms.api import Direction
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,30 @@ def dead_letter(
         source_offset=offset,
         change=change,
         at=dt.datetime.now(dt.UTC).isoformat(),
+    )
+
+
+def truncate_refusal(direction: Direction, table: str, truncated: list[str]) -> DataError | None:
+    """Why a TRUNCATE of source ``table`` is dead-lettered, when it is: the target tables it
+    writes beside other source tables (all but ``truncated``) cannot be truncated, since their
+    rows from the others would go, and nothing in a target row says which source wrote it."""
+    transform = direction.tables.get(table)
+    shared = [w.name for w in transform.writes if w.name not in truncated] if transform else []
+    if not shared:
+        return None
+    others = sorted(
+        src
+        for src, t in direction.tables.items()
+        if src != table and any(w.name in shared for w in t.writes)
+    )
+    done = f" ({', '.join(truncated)} truncated)" if truncated else ""
+    return TransformError(
+        f"TRUNCATE of {table} not applied to {', '.join(shared)}{done}: "
+        f"{', '.join(others)} write{'s' if len(others) == 1 else ''} there too, and a target "
+        f"row does not say which source table wrote it. Undo what {table} wrote there by hand "
+        f"(`replicator validate --table {table}` shows the rows that differ), then purge this "
+        "letter",
+        table=table,
     )
 
 

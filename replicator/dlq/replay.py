@@ -106,6 +106,12 @@ def _replay_one(
     """Write (not commit) the transform of the current state of the letter's source rows;
     returns what was read, for the re-check."""
     letter = item.letter
+    if isinstance(letter.change, dict) and letter.change.get("op") == "truncate":
+        raise DataError(
+            f"a TRUNCATE of {letter.table} is not replayed (other source tables write its "
+            "target tables too): undo its effect by hand as its reason says, then purge it",
+            table=letter.table,
+        )
     raw = kafka_io.read_at(
         s.kafka.bootstrap_servers,
         letter.source_topic,
@@ -160,17 +166,19 @@ def _replay_one(
 def _source_rows(
     env: Envelope, direction: Direction, item: Letter
 ) -> list[tuple[RelationInfo, dict[str, str | None]]]:
-    """(relation, source key) of every change in ``env`` that the letter is about."""
+    """(relation, source key) of every change in ``env`` that the letter is about: both keys
+    of an update that changed the key, so that the old one's row goes as the change made it go
+    (or, written again since, takes its current state)."""
     letter = item.letter
-    out = []
+    out: list[tuple[RelationInfo, dict[str, str | None]]] = []
     for ch in env.changes:
         rel = env.relations[ch.rel]
-        key = _key_of(ch, rel)
-        if key is None:
+        keys = _keys_of(ch, rel)
+        if not keys:
             continue
         if letter.error != "TargetRejected":
-            if rel.qualname == letter.table and (letter.key is None or key == letter.key):
-                out.append((rel, key))
+            if rel.qualname == letter.table and (letter.key is None or letter.key in keys):
+                out.extend((rel, key) for key in keys)
             continue
         # The target refused the row: the letter names the target table and key.
         transform = direction.transform_for(rel.qualname)
@@ -185,16 +193,20 @@ def _source_rows(
                 continue
             op_key = {k: str(v) for k, v in op.key.items()}
             if op.table == letter.table and op_key == letter.key:
-                out.append((rel, key))
+                out.extend((rel, key) for key in keys)
                 break
     return out
 
 
-def _key_of(ch: Change, rel: RelationInfo) -> dict[str, str | None] | None:
-    row = ch.new or ch.old
-    if not row or not rel.key_columns or any(k not in row for k in rel.key_columns):
-        return None
-    return {k: row[k] for k in rel.key_columns}
+def _keys_of(ch: Change, rel: RelationInfo) -> list[dict[str, str | None]]:
+    """The source keys ``ch`` touches: its new row's and its old image's, when they differ."""
+    keys: list[dict[str, str | None]] = []
+    for row in (ch.new, ch.old):
+        if row and rel.key_columns and all(k in row for k in rel.key_columns):
+            key = {k: row[k] for k in rel.key_columns}
+            if key not in keys:
+                keys.append(key)
+    return keys
 
 
 def _as_change(ch: Change, rel: RelationInfo) -> RowChange:

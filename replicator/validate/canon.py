@@ -55,13 +55,22 @@ class TableShape:
         return dict(zip(self.key, key, strict=True))
 
 
+# A legacy row by its source table and its key's (column, value text) pairs.
+SourceRow = tuple[str, tuple[tuple[str, str | None], ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class Exp:
     """What one target key must look like: present with ``row``, absent, or — for a row only
-    patched (N→1 merge seen alone, in --fast) — ``row`` if the row exists at all."""
+    patched (N→1 merge seen alone, in --fast) — ``row`` if the row exists at all.
+
+    ``collides``: two or more legacy rows of one source table write this key (sorted). The
+    mapping collides there: whatever the target holds, all but one of them are lost, so the
+    key is never right (``verdict`` says ``collides``)."""
 
     state: ExpState
     row: CanonRow | None = None
+    collides: tuple[SourceRow, ...] = ()
 
 
 def _json_text(value: Any) -> str:
@@ -192,7 +201,10 @@ def differing_columns(shape: TableShape, actual: CanonRow, expected: CanonRow) -
 
 
 def verdict(actual: CanonRow | None, exp: Exp | None) -> str | None:
-    """``missing``/``extra``/``differs``, or None when ``actual`` meets the expectation."""
+    """``missing``/``extra``/``differs``/``collides``, or None when ``actual`` meets the
+    expectation."""
+    if exp is not None and exp.collides:
+        return "collides"
     if exp is None or exp.state == "absent":
         return "extra" if actual is not None else None
     if actual is None:
@@ -232,9 +244,17 @@ def chunk_digest(
     return h.hexdigest()
 
 
+# How a colliding key is hashed: unlike any row (no target value holds a NUL).
+_COLLIDES: CanonRow = ("\x00collides",)
+
+
 def expected_view(exp: Mapping[Key, Exp]) -> dict[Key, CanonRow | None]:
-    """The expectation as rows, for hashing: absent and if_present are hashed as no row."""
-    return {k: (e.row if e.state == "present" else None) for k, e in exp.items()}
+    """The expectation as rows, for hashing: absent and if_present are hashed as no row, a
+    collision as no row can be, so that its chunk is looked at row by row."""
+    return {
+        k: (_COLLIDES if e.collides else e.row if e.state == "present" else None)
+        for k, e in exp.items()
+    }
 
 
 def chunks(keys: Iterable[Key], size: int) -> Iterable[list[Key]]:

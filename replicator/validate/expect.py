@@ -6,6 +6,10 @@ overwrites the given columns, a ``Delete`` removes it, a ``Patch`` fills columns
 exists (the N→1 merge) and is applied after every upsert, since the sink's ``UPDATE`` of a row
 that is not there yet does nothing. Where each expected row came from (source table and key) is
 kept, so a mismatching row can be re-read by key instead of re-reading the table.
+
+Two legacy rows of one source table that write one target key (by upsert or patch) are a
+mapping collision: the sink would keep the last one written, so the fold does not pick one, it
+marks the key (``Exp.collides``, with both rows' keys) and validation reports it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from replicator.errors import DataError
-from replicator.validate.canon import Exp, Key, TableShape, expected_row
+from replicator.validate.canon import Exp, Key, SourceRow, TableShape, expected_row
 from transforms.api import Delete, Direction, Patch, RowChange, TableTransform, Upsert
 
 SourceKey = tuple[Any, ...]
@@ -65,6 +69,11 @@ class Folder:
         self.sources: dict[str, dict[Key, set[tuple[str, SourceKey]]]] = {t: {} for t in shapes}
         self.rejected: list[Rejected] = []
         self.source_rows = 0
+        # What cannot collide though it is in ``sources``: rows looked up and gone, and the
+        # deletes a row's transform makes (table, key, source, source key).
+        self._gone: set[tuple[str, SourceKey]] = set()
+        self._deletes: set[tuple[str, Key, str, SourceKey]] = set()
+        self._key_names: dict[str, tuple[str, ...]] = {}
 
     def add(self, transform: TableTransform, row: Mapping[str, Any]) -> None:
         self._run(
@@ -72,12 +81,14 @@ class Folder:
         )
 
     def add_deleted(self, transform: TableTransform, key: Mapping[str, Any]) -> None:
+        self._gone.add((transform.source, tuple(key.get(c) for c in _key(transform))))
         self._run(
             transform, RowChange("delete", transform.source, old=key, key_columns=_key(transform))
         )
 
     def _run(self, transform: TableTransform, change: RowChange) -> None:
         self.source_rows += 1
+        self._key_names[transform.source] = _key(transform)
         src_key = tuple(change.key_row.get(c) for c in _key(transform))
         try:
             ops = transform(change)
@@ -99,6 +110,7 @@ class Folder:
             self.sources[op.table].setdefault(key, set()).add((transform.source, src_key))
             accs = self._acc[op.table]
             if isinstance(op, Delete):
+                self._deletes.add((op.table, key, transform.source, src_key))
                 accs[key] = _Acc("absent")
             elif isinstance(op, Upsert):
                 acc = accs.get(key)
@@ -130,8 +142,37 @@ class Folder:
                 else:
                     row = expected_row(shape, acc.values, partial=partial or acc.state != "present")
                     out[key] = Exp(acc.state, row)  # type: ignore[arg-type]
+            for key, writers in self.sources[table].items():
+                if len(writers) > 1 and key in out and out[key].state != "absent":
+                    collides = self._collision(table, key, writers)
+                    if collides:
+                        out[key] = Exp(out[key].state, out[key].row, collides)
             rows[table] = out
         return Expectation(rows, self.sources, self.rejected, self.source_rows)
+
+    def _collision(
+        self, table: str, key: Key, writers: set[tuple[str, SourceKey]]
+    ) -> tuple[SourceRow, ...]:
+        """The legacy rows of one source table that all write ``key`` (none: no collision)."""
+        by_source: dict[str, set[SourceKey]] = {}
+        for source, sk in writers:
+            if (source, sk) not in self._gone and (table, key, source, sk) not in self._deletes:
+                by_source.setdefault(source, set()).add(sk)
+        return tuple(
+            sorted(
+                (
+                    (source, tuple(zip(self._key_names[source], map(_text, sk), strict=True)))
+                    for source, keys in by_source.items()
+                    if len(keys) > 1
+                    for sk in keys
+                ),
+                key=repr,  # a key may hold NULLs: not comparable with text
+            )
+        )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _key(transform: TableTransform) -> tuple[str, ...]:

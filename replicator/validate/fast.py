@@ -12,6 +12,7 @@ The range read is a plain assign/seek loop with kafka-python; it belongs beside
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from connectors.pgtypes import TextLoader
 from replicator.errors import DataError, KafkaUnavailable, PreconditionError
 from replicator.validate.expect import SourceKey
 from transforms.api import Direction
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -148,12 +151,26 @@ def _collect_envelope(
         key_cols = t.source_key or rel.key_columns
         oids = dict(zip(rel.columns, rel.type_oids, strict=True))
         for image in (change.new, change.old):
-            if not image or not all(c in image for c in key_cols):
+            if not image:
                 continue
             try:
                 typed = loader.row(
                     {c: image[c] for c in key_cols}, key_cols, tuple(oids[c] for c in key_cols)
                 )
             except (DataError, KeyError):
+                # The image lacks (or cannot type) a column of the source key: a delete's or a
+                # key change's old image holds only the replica identity, and a custom
+                # source_key may lie outside it. Which row went is unknown, so the table
+                # cannot be narrowed to keys: it is checked in full, as after a truncate.
+                if t.source not in out.truncated:
+                    log.warning(
+                        "%s: the %s image of a %s does not hold its source key (%s): its "
+                        "target tables are checked in full",
+                        t.source,
+                        "new" if image is change.new else "old",
+                        change.op,
+                        ", ".join(key_cols),
+                    )
+                out.truncated.add(t.source)
                 continue
             out.keys.setdefault(t.source, set()).add(tuple(typed[c] for c in key_cols))

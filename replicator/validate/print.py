@@ -28,6 +28,7 @@ def _result(t: TableResult) -> str:
             (t.missing, "missing"),
             (t.extra, "extra"),
             (t.differs, "differ"),
+            (t.collides, "collide"),
             (t.unsettled, "unsettled"),
         )
         if n
@@ -62,6 +63,10 @@ def print_report(report: Report, console: Console) -> None:
             cols = ": " + "; ".join(
                 f"{c} expected {d.expected.get(c)!r}, target has {d.actual.get(c)!r}"
                 for c in d.columns
+            )
+        if d.sources:
+            cols = ": written by " + " and by ".join(
+                f"{x['table']} ({_key(x['key'])})" for x in d.sources
             )
         console.print(f"[red]{d.kind}[/] {d.table} ({escape(_key(d.key))}){escape(cols)}")
     for o in report.orphans[:SHOWN]:

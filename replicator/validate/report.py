@@ -43,11 +43,13 @@ CREATE TABLE IF NOT EXISTS replicator.validation_runs (
 @dataclass
 class Difference:
     table: str
-    kind: str  # missing | extra | differs | unsettled
+    kind: str  # missing | extra | differs | collides | unsettled
     key: dict[str, str]
     columns: list[str] = field(default_factory=list)
     expected: dict[str, str | None] = field(default_factory=dict)
     actual: dict[str, str | None] = field(default_factory=dict)
+    # collides: the legacy rows that all write ``key``, as {"table": source, "key": {...}}
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class TableResult:
     missing: int = 0
     extra: int = 0
     differs: int = 0
+    collides: int = 0  # target keys that several legacy rows of one source table write
     in_flight: int = 0  # differed, then converged on a re-check: changes that were on their way
     unsettled: int = 0  # still changing on legacy after every re-check round
     # sql: checksums computed by both servers through the compiled transform; python: every
@@ -80,7 +83,7 @@ class TableResult:
 
     @property
     def differences(self) -> int:
-        return self.missing + self.extra + self.differs
+        return self.missing + self.extra + self.differs + self.collides
 
 
 @dataclass

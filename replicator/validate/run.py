@@ -243,7 +243,10 @@ def _difference(
 ) -> Difference:
     kind = kind or verdict(actual, exp) or "differs"
     d = Difference(shape.name, kind, shape.key_dict(key))
-    if actual is not None and exp is not None and exp.row is not None:
+    if exp is not None and exp.collides:
+        # Which of the rows the target holds says nothing: each of the others is lost.
+        d.sources = [{"table": src, "key": dict(sk)} for src, sk in exp.collides]
+    elif actual is not None and exp is not None and exp.row is not None:
         a = masked(actual, exp.row)
         d.columns = differing_columns(shape, a, exp.row)
         idx = {c: i for i, c in enumerate(shape.columns)}

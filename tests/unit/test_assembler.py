@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from connectors import pgoutput as po
@@ -21,6 +24,12 @@ def _feed(asm: Assembler, *msgs: Any) -> list[Output]:
     for m in msgs:
         out.extend(asm.feed(m))
     return out
+
+
+def one(items: Iterable[Any]) -> Any:
+    found = list(items)
+    assert len(found) == 1, found
+    return found[0]
 
 
 def _txn(*changes: Any, xid: int = 7, lsn: int = 100) -> list[Any]:
@@ -138,3 +147,92 @@ def test_a_streamed_transaction_is_spooled_and_sliced_at_its_commit() -> None:
     assert all(o.envelope.commit_lsn == 500 for o in out)
     assert out[0].envelope.relations[16384].columns == ("id", "title", "body")
     assert not asm.in_txn
+
+
+# -- real server bytes (tests/fixtures/pgoutput, set v2_stream) ----------------------------------
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "pgoutput" / "messages.jsonl"
+
+
+def _v2_stream(*names: str) -> list[po.Message]:
+    """The v2_stream set's messages of the steps ``names``, decoded in server order (the
+    decoder is stateful, so the whole set is decoded)."""
+    dec = po.PgOutputDecoder(2)
+    rows = [json.loads(line) for line in FIXTURES.read_text().splitlines()]
+    msgs = [
+        (r["name"], dec.decode(bytes.fromhex(r["hex"]))) for r in rows if r["set"] == "v2_stream"
+    ]
+    return [m for n, m in msgs if n in names]
+
+
+def test_a_streamed_transaction_of_our_own_apply_is_not_echoed() -> None:
+    """The Origin message follows the first Stream Start of a streamed transaction: it must
+    decide at Stream Commit, as it does for a transaction sent whole at its commit."""
+    msgs = _v2_stream("stream_origin")
+    assert any(isinstance(m, po.Origin) for m in msgs)  # the fixture is what it says
+    commit = one(m for m in msgs if isinstance(m, po.StreamCommit))
+    out = _feed(Assembler("o", skip_origins=frozenset({"pgoutput_fx_"})), *msgs)
+    assert [(o.envelope.control, o.envelope.changes, o.ack_lsn) for o in out] == [
+        ({"kind": "skip"}, [], commit.end_lsn)
+    ]
+    # Another origin (another replicator, a subscriber) is data like any other.
+    out = _feed(Assembler("o", skip_origins=frozenset({"replicator_o_"})), *msgs)
+    ids = [ch.new and ch.new["id"] for o in out for ch in o.envelope.changes]
+    assert ids == ["500", "501"] and out[-1].envelope.last
+
+
+def test_a_control_message_inside_a_streamed_transaction_keeps_its_place() -> None:
+    msgs = _v2_stream("stream_marker")
+    assert any(isinstance(m, po.StreamStop) for m in msgs)  # streamed before its commit
+    asm = Assembler("o")
+    out = _feed(asm, *msgs)
+    commit = one(m for m in msgs if isinstance(m, po.StreamCommit))
+    seen = [
+        ("marker", o.envelope.control["id"]) if o.envelope.control else
+        ("rows", [ch.new and ch.new["id"] for ch in o.envelope.changes])
+        for o in out
+    ]  # fmt: skip
+    assert seen == [("rows", ["600"]), ("marker", "m1"), ("rows", ["601", "602"])]
+    envs = [o.envelope for o in out]
+    assert [(e.xid, e.commit_lsn, e.seq, e.last) for e in envs] == [
+        (commit.xid, commit.commit_lsn, 0, False),
+        (commit.xid, commit.commit_lsn, 1, False),
+        (commit.xid, commit.commit_lsn, 2, True),
+    ]
+    assert [o.ack_lsn for o in out] == [None, None, commit.end_lsn] and not asm.in_txn
+
+
+def test_control_messages_in_streams_follow_subtransactions_and_their_kind() -> None:
+    """A rolled-back subtransaction's marker goes with it; a marker outside any transaction
+    (heartbeat) passes at once; another prefix is not ours."""
+    heartbeat = b'{"kind": "heartbeat"}'
+    out = _feed(
+        Assembler("o"),
+        po.StreamStart(9, True),
+        ITEM,
+        po.Insert(16384, ("1", "a", None), xid=9),
+        po.LogicalMessage(True, 50, "replicator", b'{"kind": "marker", "id": "kept"}', 9),
+        po.LogicalMessage(True, 51, "replicator", b'{"kind": "marker", "id": "gone"}', 10),
+        po.LogicalMessage(True, 52, "someone-else", b"{}", 9),
+        po.LogicalMessage(False, 53, "replicator", heartbeat, 9),
+        po.StreamStop(),
+        po.StreamAbort(9, 10),
+        po.StreamCommit(9, 0, 500, 508, 0),
+    )
+    assert [(o.envelope.xid, o.envelope.control, o.ack_lsn) for o in out] == [
+        (0, {"kind": "heartbeat"}, 53),
+        (9, None, None),
+        (9, {"kind": "marker", "id": "kept"}, None),
+        (9, None, 508),
+    ]
+
+
+def test_a_marker_in_a_skipped_transaction_is_skipped_with_it() -> None:
+    """Not echoed means none of it: a marker slice would leave apply expecting a last slice."""
+    asm = Assembler("o", skip_origins=frozenset({"replicator_o_"}))
+    out = _feed(
+        asm, ITEM, po.Begin(100, 0, 7), po.Origin(0, "replicator_o_fwd"),
+        po.LogicalMessage(True, 90, "replicator", b'{"kind": "marker"}'),
+        po.Insert(16384, ("1", "a", "b")), po.Commit(0, 100, 108, 0),
+    )  # fmt: skip
+    assert [o.envelope.control for o in out] == [{"kind": "skip"}]

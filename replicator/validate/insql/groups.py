@@ -364,8 +364,11 @@ def run_group(
             lrows = lrows_f.result()
         lhash: dict[Key, str] = {}
         prov: dict[Key, set[tuple[str, SourceKey]]] = {}
+        twice: set[Key] = set()  # keys two legacy rows produce: a collision, Python names it
         for r in lrows:
             key = tuple(str(v) for v in r[:nk])
+            if key in lhash:
+                twice.add(key)
             lhash[key] = r[nk]
             i = nk + 1
             for source, skey_cols, _names in p.sources:
@@ -375,7 +378,7 @@ def run_group(
                     prov.setdefault(key, set()).add((source, sk))
         thash = {tuple(str(v) for v in r[:nk]): r[nk] for r in trows}
         cand = {k for k in lhash.keys() | thash.keys() if lhash.get(k) != thash.get(k)}
-        cand |= from_python[t].keys()
+        cand |= from_python[t].keys() | twice
         for k in from_python[t]:
             prov.setdefault(k, set()).update(from_python[t][k])
         res.provenance = {k: prov.get(k, set()) for k in cand}
