@@ -5,8 +5,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.support import Env, Services, isolated_env, start_services
+
+# Tests assert behaviour, never speed (benchmarks do that): no per-example deadline, which a
+# busy two-core machine (a fault matrix beside the unit tests) trips at random.
+hypothesis_settings.register_profile("replicator", deadline=None)
+hypothesis_settings.load_profile("replicator")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -141,7 +141,8 @@ class Cutover(Preflight):
                 self._catch_up(dry_run)
         except BaseException:
             if not dry_run:
-                self._disarm_next_direction()
+                with self._guard.calm():
+                    self._disarm_next_direction()
             raise
         self.journal.hold()  # journal rows wait until the pause is over
         try:
@@ -585,17 +586,3 @@ def _reason(exc: BaseException) -> str:
 
 def _step_of(exc: BaseException) -> str:
     return getattr(exc, "step", None) or "an unknown step"
-
-
-def cutover_for_demo(settings: Settings, pipeline: Any, console: Any) -> None:
-    """The demo's last act: a cutover with the live writer running, then a write on the target."""
-    from rich.table import Table
-
-    def show(r: StepResult) -> None:
-        mark = "[green]ok[/]" if r.ok else "[red]FAILED[/]"
-        console.print(f"   {r.name:<14} {mark} {r.seconds * 1000:8.1f} ms {r.detail}")
-
-    out = Cutover(settings, pipeline.mapping, report=show).run()
-    table = Table("write pause", "switched")
-    table.add_row(f"{(out.pause_s or 0) * 1000:.0f} ms", str(out.switched))
-    console.print(table)

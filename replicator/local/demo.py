@@ -219,11 +219,8 @@ def _after_sync(settings: Settings, pipeline: Pipeline, console: Console, step: 
     with step("validate: target equals the transformed legacy data (counts, checksums, rows)"):
         report = validate(settings, pipeline.mapping)
         print_report(report, console)
-    with contextlib.suppress(ImportError):
-        from replicator.cutover.switch import cutover_for_demo
-
-        with step("cutover: fence legacy, drain, verify, switch"):
-            cutover_for_demo(settings, pipeline, console)
+    with step("cutover: fence legacy, drain, verify, switch"):
+        cutover_for_demo(settings, pipeline, console)
 
 
 def _wait_backfill(settings: Settings, pipeline: Pipeline, timeout: float = 600) -> None:
@@ -267,3 +264,20 @@ class _Steps:
 
 
 __all__ = ["run_demo"]
+
+
+def cutover_for_demo(settings: Settings, pipeline: Any, console: Any) -> None:
+    """The demo's last act: a cutover with the live writer running, then a write on the target."""
+    from rich.table import Table
+
+    from replicator.cutover.plan import StepResult
+    from replicator.cutover.switch import Cutover
+
+    def show(r: StepResult) -> None:
+        mark = "[green]ok[/]" if r.ok else "[red]FAILED[/]"
+        console.print(f"   {r.name:<14} {mark} {r.seconds * 1000:8.1f} ms {r.detail}")
+
+    out = Cutover(settings, pipeline.mapping, report=show).run()
+    table = Table("write pause", "switched")
+    table.add_row(f"{(out.pause_s or 0) * 1000:.0f} ms", str(out.switched))
+    console.print(table)

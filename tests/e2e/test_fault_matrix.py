@@ -141,6 +141,7 @@ class World:
     tmp: Path
     rows: list[Row] = field(default_factory=list)
     first_acl: dict[str, list[tuple[str, str]]] | None = None
+    writer_acl: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def conn(self, side: str, *, app: bool = False) -> psycopg.Connection[Any]:
         db = self.env.legacy if side == "legacy" else self.env.target
@@ -202,11 +203,14 @@ def world(services: Services) -> Iterator[World]:
         try:
             wait_for(lambda: _backfill_applied(w), 120, what="the backfill")
             assert validate(s, pipeline.mapping).outcome == "clean"
-            # One clean round: the target ends fenced, as after any rollback.
+            # One clean round: the target ends fenced, as after any rollback. Each side's
+            # privileges while it is the writer are noted: I4 for a switched cell.
             assert Cutover(s, pipeline.mapping).run().switched
             _follow(w, "target")
+            w.writer_acl["target"] = _acl(w)["target"]
             assert Cutover(s, pipeline.mapping, action="rollback").run().switched
             _follow(w, "legacy")
+            w.writer_acl["legacy"] = _acl(w)["legacy"]
             yield w
         finally:
             pipeline.shutdown()
@@ -478,11 +482,11 @@ def _check(w: World, row: Row, baseline: dict[str, Any], mon: Monitor, writers: 
     if row.final == cell.old and acl != baseline:
         fail.append("I4: table privileges differ from before the cell")
     if row.final == cell.new:
-        # Switched: the new writer's privileges as they were; the old side's application
-        # writes revoked (given back by the switch that makes it the writer again: the last
-        # test of this module checks the round trip).
-        if acl[cell.new] != baseline[cell.new]:
-            fail.append(f"I4: {cell.new}'s privileges differ from before the cell")
+        # Switched: the new writer's privileges as they were when it last was the writer; the
+        # old side's application writes revoked (given back by the switch that makes it the
+        # writer again: the last test of this module checks the round trip).
+        if acl[cell.new] != w.writer_acl[cell.new]:
+            fail.append(f"I4: {cell.new}'s privileges differ from when it was the writer")
         with w.conn(cell.old) as c:
             left = c.execute(
                 "SELECT count(*) FROM unnest(%s::text[]) t"

@@ -323,6 +323,9 @@ def test_failure_at_each_rollback_step_leaves_the_target_writable(env: Env, sync
         with pytest.raises(CutoverAborted):
             Cutover(s, pipeline.mapping, action="rollback", fail_at=step).run()
         assert _decisions(env) == []
+        # Both sides: the target writes, legacy stays fenced (an abort once unfenced both).
+        assert _fenced(env.legacy_conn()), f"legacy unfenced by an abort at {step}"
+        assert not _fenced(env.target_conn())
         tag = f"target-{i}"
         with env.target_conn() as c:
             c.execute("INSERT INTO audit_log (action, created_at) VALUES (%s, now())", (tag,))
@@ -549,3 +552,31 @@ def test_application_roles_get_their_write_privileges_back_when_their_side_write
         for conn in (env.legacy_conn(), env.target_conn()):
             with conn as c:
                 c.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+
+
+def test_rollback_verify_refuses_a_target_write_the_reverse_mapping_refuses(
+    env: Env, synced: Any
+) -> None:
+    """A write on the target inside the rollback's window that the reverse mapping refuses (a
+    credential account whose password was set NULL) would be missing on legacy: the verify
+    stops the rollback, and the target stays the writer with legacy fenced."""
+    s, pipeline = synced
+    assert Cutover(s, pipeline.mapping).run().switched
+    wait_for(
+        lambda: pipeline.direction == "rev" and pipeline.workers, 30, what="the reverse direction"
+    )
+
+    def between_steps(step: Any) -> None:
+        if step.name == "catch-up":  # after the preflight read the reverse stream
+            with env.target_conn() as c:
+                c.execute(
+                    "UPDATE account SET password = NULL WHERE id = (SELECT min(id) FROM account"
+                    " WHERE provider_id = 'credential')"
+                )
+
+    with pytest.raises(CutoverAborted) as failed:
+        Cutover(s, pipeline.mapping, action="rollback", report=between_steps).run()
+    assert failed.value.step == "verify", failed.value
+    assert "refused by the reverse mapping" in failed.value.message
+    assert _fenced(env.legacy_conn()) and not _fenced(env.target_conn())
+    assert pipeline.direction == "rev"
