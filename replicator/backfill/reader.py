@@ -127,15 +127,28 @@ def _levels(conn: psycopg.Connection[Any], tables: list[str]) -> list[list[str]]
     return levels
 
 
-def unfinished(settings: Settings) -> bool:
-    """Whether a backfill was interrupted before every chunk was read (a restart resumes it)."""
+def wanted(settings: Settings) -> tuple[bool, list[str] | None]:
+    """Whether ``run`` must start a backfill, and of which tables (None: every mapped one).
+
+    One interrupted before every chunk was read is resumed (a re-sync of some tables with its
+    own list). A target that never recorded a backfill of every table gets one: a first run
+    can create the slot and stop before its backfill began (a wrong target password), and from
+    then on the slot is not new. Starting it late converges all the same: its marker goes
+    through the log after every change already streamed, apply commits those first, and
+    replays the changes after the marker over the snapshot (ARCHITECTURE.md section 5)."""
     with (
         pg.connect(settings.target.conninfo(), autocommit=True) as tgt,
         pg.translated(settings.target.masked()),
     ):
         ensure_schema(tgt)
-        row = tgt.execute("SELECT 1 FROM replicator.backfill WHERE reading LIMIT 1").fetchone()
-    return row is not None
+        row = tgt.execute(
+            "SELECT tables, truncate FROM replicator.backfill WHERE reading "
+            "ORDER BY started_at LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            return True, (list(row[0]) if row[1] else None)
+        full = tgt.execute("SELECT 1 FROM replicator.backfill WHERE NOT truncate LIMIT 1")
+        return full.fetchone() is None, None
 
 
 # A chunk's rows are split over several messages above this (before compression): wide rows —

@@ -301,3 +301,26 @@ def test_chunks_of_wide_rows_fit_the_broker(env: Env) -> None:
         assert len(messages) >= 2
     finally:
         pipeline.shutdown()
+
+
+def test_run_knows_which_backfill_it_owes(env: Env) -> None:
+    """Issue #28, finding 9: a target that never recorded a backfill of every table gets one
+    (a first run stopped before it began), an interrupted re-sync is resumed with its own
+    tables (not replaced by a backfill of everything at every restart), and a pipeline whose
+    full backfill is recorded gets none."""
+    from replicator.backfill.reader import wanted
+
+    s = env.settings()
+    assert wanted(s) == (True, None)  # the state schema is created on the way
+    with env.target_conn() as c:
+        c.execute(
+            "INSERT INTO replicator.backfill (id, tables, reading, status) "
+            "VALUES ('full', '{public.parent,public.child}', false, 'applied')"
+        )
+    assert wanted(s) == (False, None)
+    with env.target_conn() as c:
+        c.execute(
+            "INSERT INTO replicator.backfill (id, tables, truncate) "
+            "VALUES ('resync', '{public.child}', true)"
+        )
+    assert wanted(s) == (True, ["public.child"])
