@@ -324,3 +324,33 @@ def test_run_knows_which_backfill_it_owes(env: Env) -> None:
             "VALUES ('resync', '{public.child}', true)"
         )
     assert wanted(s) == (True, ["public.child"])
+
+
+def test_a_backfill_whose_marker_never_reached_the_log_marks_it_when_resumed(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Legacy went away between the backfill's row and its start marker: the resumed backfill
+    (nothing read yet) marks the log then, or apply would never start loading it."""
+    from replicator.backfill import reader
+    from replicator.backfill.reader import Backfill
+    from replicator.errors import ConnectionFailed
+
+    _setup(env, 300)
+    s = env.settings()
+    mapping = load_mapping(TABLES)
+
+    def legacy_gone(*args: Any) -> None:
+        raise ConnectionFailed("legacy went away")
+
+    with monkeypatch.context() as m:
+        m.setattr(reader, "emit_marker", legacy_gone)
+        with pytest.raises(ConnectionFailed):
+            Backfill(s, mapping.forward).run()
+    assert _status(env) == "pending"
+    pipeline = Pipeline(s, mapping)
+    pipeline.start()  # the slot exists; the interrupted backfill is resumed
+    try:
+        wait_for(lambda: _status(env) == "applied", 60, what="the backfill to be applied")
+        assert _snapshot(env.target_conn()) == _snapshot(env.legacy_conn())
+    finally:
+        pipeline.shutdown()
