@@ -127,7 +127,7 @@ def _levels(conn: psycopg.Connection[Any], tables: list[str]) -> list[list[str]]
     return levels
 
 
-def wanted(settings: Settings) -> tuple[bool, list[str] | None]:
+def wanted(settings: Settings, mapped: list[str]) -> tuple[bool, list[str] | None]:
     """Whether ``run`` must start a backfill, and of which tables (None: every mapped one).
 
     One interrupted before every chunk was read is resumed (a re-sync of some tables with its
@@ -147,7 +147,10 @@ def wanted(settings: Settings) -> tuple[bool, list[str] | None]:
         ).fetchone()
         if row is not None:
             return True, (list(row[0]) if row[1] else None)
-        full = tgt.execute("SELECT 1 FROM replicator.backfill WHERE NOT truncate LIMIT 1")
+        full = tgt.execute(
+            "SELECT 1 FROM replicator.backfill WHERE NOT truncate OR tables @> %s LIMIT 1",
+            (mapped,),
+        )
         return full.fetchone() is None, None
 
 

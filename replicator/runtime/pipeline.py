@@ -166,7 +166,9 @@ class Pipeline:
             self._spawn("capture", self.capture.run, self.capture.health)
             needed, tables = (True, None) if backfill else (False, None)
             if backfill is None and d == "fwd":
-                needed, tables = (True, None) if created is not None else wanted(s)
+                needed, tables = (
+                    (True, None) if created is not None else wanted(s, direction.source_tables)
+                )
             if d == "fwd" and needed:
                 self.backfill = Backfill(s, direction, tables=tables)
                 bf = self.backfill

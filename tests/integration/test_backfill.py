@@ -307,23 +307,37 @@ def test_run_knows_which_backfill_it_owes(env: Env) -> None:
     """Issue #28, finding 9: a target that never recorded a backfill of every table gets one
     (a first run stopped before it began), an interrupted re-sync is resumed with its own
     tables (not replaced by a backfill of everything at every restart), and a pipeline whose
-    full backfill is recorded gets none."""
+    backfill of every table is recorded (a re-sync of them all counts) gets none."""
     from replicator.backfill.reader import wanted
 
     s = env.settings()
-    assert wanted(s) == (True, None)  # the state schema is created on the way
+    tables = ["public.parent", "public.child"]
+    assert wanted(s, tables) == (True, None)  # the state schema is created on the way
     with env.target_conn() as c:
+        c.execute(
+            "INSERT INTO replicator.backfill (id, tables, reading, status, truncate) "
+            "VALUES ('one', '{public.child}', false, 'applied', true)"
+        )
+    assert wanted(s, tables) == (True, None)
+    with env.target_conn() as c:
+        c.execute(
+            "INSERT INTO replicator.backfill (id, tables, reading, status, truncate) "
+            "VALUES ('all', '{public.child,public.parent}', false, 'applied', true)"
+        )
+    assert wanted(s, tables) == (False, None)
+    with env.target_conn() as c:
+        c.execute("DELETE FROM replicator.backfill WHERE id = 'all'")
         c.execute(
             "INSERT INTO replicator.backfill (id, tables, reading, status) "
             "VALUES ('full', '{public.parent,public.child}', false, 'applied')"
         )
-    assert wanted(s) == (False, None)
+    assert wanted(s, tables) == (False, None)
     with env.target_conn() as c:
         c.execute(
             "INSERT INTO replicator.backfill (id, tables, truncate) "
             "VALUES ('resync', '{public.child}', true)"
         )
-    assert wanted(s) == (True, ["public.child"])
+    assert wanted(s, tables) == (True, ["public.child"])
 
 
 def test_a_backfill_whose_marker_never_reached_the_log_marks_it_when_resumed(
