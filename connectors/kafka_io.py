@@ -28,11 +28,17 @@ from kafka import (
     TopicPartition,
 )
 from kafka import errors as kerr
-from kafka.admin import NewTopic, OffsetSpec
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic, OffsetSpec
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from connectors.kafka_probe import security_error
-from replicator.errors import KafkaRefused, KafkaUnavailable, PermissionDenied, ReplicatorError
+from replicator.errors import (
+    KafkaRefused,
+    KafkaUnavailable,
+    PermissionDenied,
+    ReplicatorError,
+    StateError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +151,10 @@ def consumer(bootstrap: str, **security: Any) -> KafkaConsumer:
         return KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **security)
 
 
+# The raw log is what a rollback's verification, a re-projection and an apply that fell behind
+# read again: kept for the migration's life (the broker's default: 7 days), until teardown.
+LOG_KEPT = {"retention.ms": "-1", "retention.bytes": "-1"}
+
 # The largest message the producer sends (its max_request_size) and the topics accept. The
 # broker's default (1 MiB) is smaller than a backfill chunk of wide rows or a transaction slice.
 MAX_MESSAGE_BYTES = 16 << 20
@@ -153,7 +163,8 @@ MAX_MESSAGE_BYTES = 16 << 20
 def ensure_topics(
     bootstrap: str, topics: dict[str, int], replication_factor: int = 0, **security: Any
 ) -> None:
-    """Create the topics that do not exist yet (name -> partitions). Existing ones are kept.
+    """Create the topics that do not exist yet (name -> partitions), their log kept for good
+    (:data:`LOG_KEPT`). Existing ones are kept as they are (see :func:`finite_retention`).
 
     ``replication_factor`` 0 picks one from the cluster: 3 copies of which 2 must acknowledge
     a write (``min.insync.replicas``, with the producer's acks=all) when there are three brokers
@@ -164,7 +175,7 @@ def ensure_topics(
         with translated("topic creation failed"):
             existing = set(client.list_topics())
             rf = replication_factor or (3 if _brokers(client) >= 3 else 1)
-            configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+            configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES), **LOG_KEPT}
             if rf >= 3:
                 configs["min.insync.replicas"] = "2"
             new = [
@@ -206,11 +217,48 @@ def delete_topics(bootstrap: str, names: list[str], **security: Any) -> None:
         client.close()
 
 
+def finite_retention(bootstrap: str, topics: list[str], **security: Any) -> dict[str, str]:
+    """Those of ``topics`` that exist and delete their log after a time or a size: topic ->
+    the settings that do (``retention.ms=604800000 (7.0 days)``)."""
+    client = admin(bootstrap, **security)
+    try:
+        with translated("topic configuration query failed"):
+            present = sorted(set(topics) & set(client.list_topics()))
+            wanted = [
+                ConfigResource(ConfigResourceType.TOPIC, t, dict.fromkeys(LOG_KEPT))
+                for t in present
+            ]
+            described = client.describe_configs(wanted, config_filter="all") if present else {}
+    finally:
+        client.close()
+    out: dict[str, str] = {}
+    for topic, configs in described.get("topic", {}).items():
+        limits = {k: int(v["value"]) for k, v in configs.items() if k in LOG_KEPT and v["value"]}
+        finite = [
+            f"{k}={n} ({n / 86_400_000:.1f} days)" if k == "retention.ms" else f"{k}={n}"
+            for k, n in sorted(limits.items(), reverse=True)
+            if n >= 0
+        ]
+        if finite:
+            out[topic] = ", ".join(finite)
+    return out
+
+
 def end_offsets(bootstrap: str, topic: str, **security: Any) -> dict[int, int]:
     """partition -> the offset the next message will take; {} when the topic does not exist.
 
     Asked through the admin client: a new consumer waits out its metadata backoff (100 ms)
     before the first metadata request, which was most of a small validation's overhead."""
+    return _offsets(bootstrap, topic, OffsetSpec.LATEST, security)
+
+
+def beginning_offsets(bootstrap: str, topic: str, **security: Any) -> dict[int, int]:
+    """partition -> the first offset the log still holds (above 0 once retention deleted some);
+    {} when the topic does not exist."""
+    return _offsets(bootstrap, topic, OffsetSpec.EARLIEST, security)
+
+
+def _offsets(bootstrap: str, topic: str, spec: Any, security: dict[str, Any]) -> dict[int, int]:
     client = admin(bootstrap, **security)
     try:
         with translated("offset query failed"):
@@ -223,9 +271,7 @@ def end_offsets(bootstrap: str, topic: str, **security: Any) -> dict[int, int]:
             ]
             if not parts:
                 return {}
-            got = client.list_partition_offsets(
-                {TopicPartition(topic, p): OffsetSpec.LATEST for p in parts}
-            )
+            got = client.list_partition_offsets({TopicPartition(topic, p): spec for p in parts})
             return {tp.partition: int(o.offset) for tp, o in got.items()}
     finally:
         client.close()
@@ -421,17 +467,21 @@ class Consumer:
         *,
         group: str,
         seek_to: Callable[[list[int]], dict[int, int]],
+        gap_hint: str = "",
         max_poll_records: int = 2_000,
         **security: Any,
     ) -> None:
         self.topic = topic
         self._seek_to = seek_to
+        self._gap_hint = gap_hint or "the messages are gone: re-sync the target"
         with connecting(bootstrap, security):
             self._consumer = KafkaConsumer(
                 bootstrap_servers=bootstrap,
                 group_id=group,
                 enable_auto_commit=False,
-                auto_offset_reset="earliest",
+                # Never jump: "earliest" moved a position that retention had deleted under it
+                # to the log's new beginning without a word, skipping what was deleted.
+                auto_offset_reset="none",
                 max_poll_records=max_poll_records,
                 fetch_max_bytes=64 << 20,
                 max_partition_fetch_bytes=16 << 20,
@@ -463,14 +513,29 @@ class Consumer:
         return coordinator is None or getattr(coordinator, "coordinator_id", 0) is not None
 
     def _on_assigned(self, partitions: list[int]) -> None:
+        # No stored position: 0, where a new log begins. One the log no longer holds is named
+        # by poll (no Kafka request may block this callback: it runs on the client's IO thread).
         self.assigned = set(partitions)
         positions = self._seek_to(partitions)
         for p in partitions:
-            tp = TopicPartition(self.topic, p)
-            if p in positions:
-                self._consumer.seek(tp, positions[p])
-            else:
-                self._consumer.seek_to_beginning(tp)
+            self._consumer.seek(TopicPartition(self.topic, p), positions.get(p, 0))
+
+    def _outside(self, lost: kerr.OffsetOutOfRangeError) -> StateError:
+        """A position the log does not hold: deleted (retention) before apply read it, or past
+        the end of a topic created again."""
+        (tp, at), *_ = dict(lost.args[0]).items()
+        begins = self._consumer.beginning_offsets([tp])[tp]
+        where = f"{self.topic} partition {tp.partition}: apply's stored position is offset {at}"
+        if at >= begins:
+            return StateError(
+                f"{where}, past the log's end: the topic was created again",
+                hint="the stored positions (replicator.offsets) belong to the old log",
+            )
+        return StateError(
+            f"{where}, but the log now begins at offset {begins}: {begins - at} message(s) "
+            "were deleted (retention) before they were applied, and going on would skip them",
+            hint=self._gap_hint,
+        )
 
     def reseek(self) -> None:
         """Go back to the stored positions of every assigned partition."""
@@ -479,7 +544,14 @@ class Consumer:
     def poll(self, timeout_ms: int) -> list[tuple[int, int, bytes]]:
         """(partition, offset, value) in offset order per partition."""
         with translated("poll failed"):
-            batch = self._consumer.poll(timeout_ms=timeout_ms)
+            try:
+                batch = self._consumer.poll(timeout_ms=timeout_ms)
+            except kerr.OffsetOutOfRangeError as lost:  # auto_offset_reset="none"
+                raise self._outside(lost) from lost
+            except kerr.NoOffsetForPartitionError:
+                if self._assign_error is None:
+                    raise
+                batch = {}  # the assignment failed before its seeks: its own error follows
         if self._assign_error is not None:
             exc, self._assign_error = self._assign_error, None
             raise exc

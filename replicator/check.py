@@ -88,10 +88,26 @@ def _kafka(s: Settings, mapping: MappingSet) -> list[Finding]:
             client.list_topics()
     finally:
         client.close()
+    topics = [*s.topics("fwd"), *s.topics("rev")]
+    finite = kafka_io.finite_retention(
+        s.kafka.bootstrap_servers, topics, **s.kafka.client_options()
+    )
     return [
         Finding(
             "kafka", True, f"{s.kafka.bootstrap_servers}: reachable ({s.kafka.security_protocol})"
-        )
+        ),
+        *(
+            Finding(
+                "kafka",
+                False,
+                f"topic {topic} deletes its log ({how}): a rollback and a re-projection replay "
+                "all of it, and an apply left behind would stop",
+                f"kafka-configs.sh --bootstrap-server {s.kafka.bootstrap_servers} --alter "
+                f"--entity-type topics --entity-name {topic} "
+                "--add-config retention.ms=-1,retention.bytes=-1",
+            )
+            for topic, how in finite.items()
+        ),
     ]
 
 

@@ -8,6 +8,8 @@ Unknown keys are errors (a typo must not silently fall back to a default). Passw
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -461,6 +463,21 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         os.environ["REPLICATOR_CONFIG"] = str(path)
     try:
         return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        # The user's file, not our bug: name it and where (3.11's error has the place only in
+        # its text, "… (at line 3, column 8)").
+        toml_path = os.environ.get("REPLICATOR_CONFIG", DEFAULT_CONFIG_FILE)
+        reason = str(exc)
+        place = re.search(r"\s*\(at line (\d+), column (\d+)\)$", reason)
+        if place:
+            reason = reason[: place.start()]
+            where = f"{toml_path}, line {place[1]}, column {place[2]}"
+        else:
+            where = toml_path
+        raise ConfigError(
+            f"{where}: not valid TOML: {reason}",
+            hint="fix the file there (compare with the template written by `replicator init`)",
+        ) from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_input=False, include_url=False):

@@ -25,3 +25,14 @@ class ApplyStats:
     dead_letters: int = 0
     commits: int = 0
     last_commit_lsn: int = 0
+
+
+def gap_hint(direction: str) -> str:
+    """What to do when retention deleted messages before apply read them (the consumer stops)."""
+    keep = "keep the topics' log for good (`replicator check` prints the command); then "
+    if direction == "fwd":
+        return keep + (
+            "re-sync every table: `replicator backfill --no-wait`, then `replicator run` (the "
+            "backfill moves apply past the deleted messages and reloads the tables from legacy)"
+        )
+    return keep + "legacy lacks the target's writes they held: do not roll back to it"

@@ -27,7 +27,7 @@ from connectors.pgsink import Batch, Sink
 from replicator.apply.barrier import held_partitions, reach_marker, start_snapshot_phase
 from replicator.apply.bulk import BulkLoader
 from replicator.apply.pacing import CommitPacer
-from replicator.apply.positions import ApplyStats, Partition
+from replicator.apply.positions import ApplyStats, Partition, gap_hint
 from replicator.apply.rows import RowMapper
 from replicator.apply.session import connect_session
 from replicator.config import Settings
@@ -120,11 +120,9 @@ class ApplyWorker:
         }
 
     def _positions(self, partitions: list[int]) -> dict[int, int]:
-        """Where each assigned partition resumes: the offsets stored beside the rows.
-
+        """Where each assigned partition resumes: the offsets stored beside the rows (none: 0).
         Anything written but not committed belongs to the old assignment: it is discarded and
-        will be read again from the stored offsets.
-        """
+        will be read again from the stored offsets."""
         # A merge a flush left running belongs to the discarded work too: its outcome (even a
         # refusal) no longer matters, and raising it here would break the group's rebalance.
         with contextlib.suppress(ReplicatorError):
@@ -209,6 +207,7 @@ class ApplyWorker:
                     self.topic,
                     group=f"{self.s.name}-{self.dir_name}-{'snapshot' if snapshot else 'apply'}",
                     seek_to=self._positions,
+                    gap_hint=gap_hint(self.dir_name),
                     **self.s.kafka.client_options(),
                 )
                 try:

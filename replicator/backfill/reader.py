@@ -32,7 +32,7 @@ from psycopg import sql
 
 from connectors import pg
 from connectors.envelope import Change, Envelope
-from connectors.kafka_io import Producer, ensure_topics
+from connectors.kafka_io import Producer, beginning_offsets, ensure_topics
 from replicator.backfill.copy_read import (
     SQL_PATH,
     SourceTable,
@@ -45,7 +45,7 @@ from replicator.backfill.copy_read import (
 from replicator.capture import prepare_source
 from replicator.config import Settings
 from replicator.errors import SchemaError, StateError
-from replicator.state import ensure_schema
+from replicator.state import ensure_schema, load_offsets
 from transforms.api import Direction
 
 log = logging.getLogger(__name__)
@@ -127,15 +127,31 @@ def _levels(conn: psycopg.Connection[Any], tables: list[str]) -> list[list[str]]
     return levels
 
 
-def unfinished(settings: Settings) -> bool:
-    """Whether a backfill was interrupted before every chunk was read (a restart resumes it)."""
+def wanted(settings: Settings, mapped: list[str]) -> tuple[bool, list[str] | None]:
+    """Whether ``run`` must start a backfill, and of which tables (None: every mapped one).
+
+    One interrupted before every chunk was read is resumed (a re-sync of some tables with its
+    own list). A target that never recorded a backfill of every table gets one: a first run
+    can create the slot and stop before its backfill began (a wrong target password), and from
+    then on the slot is not new. Starting it late converges all the same: its marker goes
+    through the log after every change already streamed, apply commits those first, and
+    replays the changes after the marker over the snapshot (ARCHITECTURE.md section 5)."""
     with (
         pg.connect(settings.target.conninfo(), autocommit=True) as tgt,
         pg.translated(settings.target.masked()),
     ):
         ensure_schema(tgt)
-        row = tgt.execute("SELECT 1 FROM replicator.backfill WHERE reading LIMIT 1").fetchone()
-    return row is not None
+        row = tgt.execute(
+            "SELECT tables, truncate FROM replicator.backfill WHERE reading "
+            "ORDER BY started_at LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            return True, (list(row[0]) if row[1] else None)
+        full = tgt.execute(
+            "SELECT 1 FROM replicator.backfill WHERE NOT truncate OR tables @> %s LIMIT 1",
+            (mapped,),
+        )
+        return full.fetchone() is None, None
 
 
 # A chunk's rows are split over several messages above this (before compression): wide rows —
@@ -289,17 +305,31 @@ class Backfill:
         """Resume the unfinished backfill of the same tables, or start one and mark the log."""
         with pg.translated(self.s.target.masked()):
             row = tgt.execute(
-                "SELECT id FROM replicator.backfill WHERE reading AND tables = %s "
+                "SELECT id, truncate FROM replicator.backfill WHERE reading AND tables = %s "
                 "ORDER BY started_at DESC LIMIT 1",
                 (self.tables,),
             ).fetchone()
             if row is not None:
+                read = tgt.execute(
+                    "SELECT coalesce(sum(chunks), 0) FROM replicator.backfill_progress"
+                    " WHERE backfill_id = %s",
+                    (row[0],),
+                ).fetchone()
+                if read is not None and read[0] == 0:
+                    # Nothing read yet: its marker may never have reached the log (legacy went
+                    # away after the row was stored). A second is harmless: apply starts the
+                    # snapshot at the first it meets, and chunks are read only after one is in.
+                    self._mark(src, str(row[0]), bool(row[1]))
                 return str(row[0])
             backfill_id = uuid.uuid4().hex[:12]
             with tgt.transaction():
+                # A gap in the log (retention) is repaired by a backfill of every table only,
+                # and one that empties the tables first: a delete in the gap is lost too.
+                every = set(self.tables) == set(self.direction.source_tables)
+                truncate = self.resync or (every and self._skip_deleted(tgt))
                 tgt.execute(
                     "INSERT INTO replicator.backfill (id, tables, truncate) VALUES (%s, %s, %s)",
-                    (backfill_id, self.tables, self.resync),
+                    (backfill_id, self.tables, truncate),
                 )
                 for t, source in sources.items():
                     total = src.execute(
@@ -310,6 +340,10 @@ class Backfill:
                         "VALUES (%s, %s, %s)",
                         (backfill_id, source.table, total[0] if total else 0),
                     )
+        self._mark(src, backfill_id, truncate)
+        return backfill_id
+
+    def _mark(self, src: psycopg.Connection[Any], backfill_id: str, truncate: bool) -> None:
         # The marker goes through the log *before* the first chunk is read: apply commits
         # every change before it, then loads the snapshot, then replays what follows it.
         with pg.translated(self.s.source.masked()):
@@ -319,10 +353,38 @@ class Backfill:
                     "kind": "backfill_started",
                     "backfill_id": backfill_id,
                     "tables": self.tables,
-                    "truncate": self.resync,
+                    "truncate": truncate,
                 },
             )
-        return backfill_id
+
+    def _skip_deleted(self, tgt: psycopg.Connection[Any]) -> bool:
+        """Move apply's stored positions that the log no longer holds (retention deleted the
+        messages before apply read them: it stops there) up to where the log begins; True if
+        one moved. In the transaction that records this backfill, whose marker comes later."""
+        s, moved = self.s, False
+        for topic in (s.topic("fwd", "changes"), self.topic):
+            stored = load_offsets(tgt, topic)
+            begins = beginning_offsets(s.kafka.bootstrap_servers, topic, **s.kafka.client_options())
+            for p, begin in begins.items():
+                at = stored.get(p, (0, 0))[0]
+                if at < begin:
+                    log.warning(
+                        "%s partition %d: offsets %d-%d were deleted before apply read "
+                        "them; this backfill re-syncs every table",
+                        topic,
+                        p,
+                        at,
+                        begin - 1,
+                    )
+                    tgt.execute(
+                        "INSERT INTO replicator.offsets AS o (topic, partition, next_offset)"
+                        " VALUES (%s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE"
+                        " SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+                        " WHERE o.next_offset < EXCLUDED.next_offset",
+                        (topic, p, begin),
+                    )
+                    moved = True
+        return moved
 
     def _read_table(
         self,

@@ -25,7 +25,7 @@ import psycopg
 
 from connectors import pg
 from replicator.apply.worker import ApplyWorker
-from replicator.backfill.reader import Backfill, ProgressFn, unfinished
+from replicator.backfill.reader import Backfill, ProgressFn, wanted
 from replicator.capture import Capture
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
@@ -132,10 +132,12 @@ class Pipeline:
     ) -> None:
         """Start the stages of the current direction, and follow direction changes.
 
-        ``backfill=None`` backfills when this start created the forward slot (a fresh pipeline)
-        or finds an interrupted backfill; True and False force it either way. ``processes``
-        runs each apply worker in a child process (:mod:`replicator.runtime.worker_process`), which
-        loads the mapping from the settings (``log_setup`` configures its logging)."""
+        ``backfill=None`` backfills when this start created the forward slot (a fresh pipeline),
+        finds an interrupted backfill (resumed), or finds none of every table ever recorded (a
+        first run that stopped before its backfill began); True and False force it either way.
+        ``processes`` runs each apply worker in a child process
+        (:mod:`replicator.runtime.worker_process`), which loads the mapping from the settings
+        (``log_setup`` configures its logging)."""
         self._options = (run_capture, run_apply, workers)
         self._processes = (processes, log_setup)
         self.direction = desired_direction(self.settings)
@@ -162,9 +164,13 @@ class Pipeline:
             self.capture = Capture(s, direction.source_tables, direction=d, source=source)
             created = self.capture.prepare()
             self._spawn("capture", self.capture.run, self.capture.health)
-            wanted = backfill or (backfill is None and (created is not None or unfinished(s)))
-            if d == "fwd" and wanted:
-                self.backfill = Backfill(s, direction)
+            needed, tables = (True, None) if backfill else (False, None)
+            if backfill is None and d == "fwd":
+                needed, tables = (
+                    (True, None) if created is not None else wanted(s, direction.source_tables)
+                )
+            if d == "fwd" and needed:
+                self.backfill = Backfill(s, direction, tables=tables)
                 bf = self.backfill
                 self._spawn("backfill", lambda stop: bf.run(stop, progress))
         if run_apply:

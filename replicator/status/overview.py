@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -53,6 +54,8 @@ class KafkaStatus:
     partitions: list[PartitionLag] = field(default_factory=list)
     messages_behind: int | None = None
     dlq_messages: int | None = None  # letters neither replayed nor purged
+    # The pipeline's topics that delete their log (retention): topic -> the settings that do.
+    finite_retention: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,6 +138,8 @@ def collect(
     )
     if kafka is not None and target is not None:
         kafka.dlq_messages = attempt("kafka", _dlq_pending, ss, s, tgt_db, direction, ends)
+    if kafka is not None:
+        kafka.finite_retention = attempt("kafka", _finite_retention, s) or {}
     st = Status(
         pipeline=s.name,
         direction=direction,
@@ -197,6 +202,11 @@ def verdict(st: Status, max_lag_s: float) -> tuple[bool, list[str]]:
             reasons.append(f"last validation is stale ({val['age_s'] / 3600:.0f} h old)")
     if kafka is not None and kafka.dlq_messages:
         reasons.append(f"{kafka.dlq_messages} dead letter(s) in {st.pipeline}'s DLQ")
+    for topic, how in (kafka.finite_retention if kafka is not None else {}).items():
+        reasons.append(
+            f"Kafka topic {topic} deletes its log ({how}); a rollback replays it "
+            "(`replicator check` prints the fix)"
+        )
     return not reasons, reasons
 
 
@@ -290,6 +300,22 @@ def _kafka(
         out.partitions.append(PartitionLag(p, end, done, end - (done or 0)))
     out.messages_behind = sum(pl.behind or 0 for pl in out.partitions)
     return out
+
+
+# Topic settings change rarely; the web page collects every second.
+RETENTION_TTL_S = 60.0
+_retention_seen: dict[tuple[str, ...], tuple[float, dict[str, str]]] = {}
+
+
+def _finite_retention(s: Settings) -> dict[str, str]:
+    topics = (s.kafka.bootstrap_servers, *s.topics("fwd"), *s.topics("rev"))
+    seen = _retention_seen.get(topics)
+    if seen is None or time.monotonic() - seen[0] > RETENTION_TTL_S:
+        found = kafka_io.finite_retention(
+            s.kafka.bootstrap_servers, list(topics[1:]), **s.kafka.client_options()
+        )
+        seen = _retention_seen[topics] = (time.monotonic(), found)
+    return seen[1]
 
 
 def _dlq_pending(

@@ -81,11 +81,13 @@ def read_range(
     collect: Callable[[bytes], None],
     timeout_s: float = 60.0,
     partitions: Iterable[int] | None = None,
+    gap_hint: str = "run a full `replicator validate` (without --fast)",
     **security: Any,
 ) -> dict[int, int]:
-    """Every message of ``topic`` from ``since`` (partition -> offset; absent: the beginning) to
-    its current end, to ``collect``; returns the end offsets read up to. ``partitions``, when the
-    caller knows them, spares the metadata request for every topic of the cluster."""
+    """Every message of ``topic`` from ``since`` (partition -> offset; absent: 0) to its current
+    end, to ``collect``; returns the end offsets read up to. ``partitions``, when the caller
+    knows them, spares the metadata request for every topic of the cluster. A range the log no
+    longer holds is an error (``gap_hint`` says what to do), never skipped."""
     ends: dict[int, int] = {}
     with kafka_io.translated(f"reading {topic}"):
         consumer = kafka_io.consumer(bootstrap, **security)
@@ -101,11 +103,12 @@ def read_range(
             ends = {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
             starts = {tp.partition: off for tp, off in consumer.beginning_offsets(tps).items()}
             for p, start in starts.items():
-                if since and since.get(p, 0) < start:
+                # Absent is offset 0, checked too: a rollback reads the whole reverse log.
+                if since.get(p, 0) < start:
                     raise PreconditionError(
                         f"{topic} partition {p} no longer holds offset {since.get(p, 0)} "
                         f"(retention removed it; it starts at {start})",
-                        hint="run a full `replicator validate` (without --fast)",
+                        hint=gap_hint,
                     )
             consumer.assign(tps)
             for tp in tps:

@@ -64,6 +64,9 @@ class ReverseKeys:
                     self._collect,
                     timeout_s,
                     partitions=known,
+                    gap_hint="the rollback cannot list the legacy rows the reverse stream "
+                    "wrote: keep the topic's log for good (`replicator check` prints the "
+                    "command) and compare legacy with the target before going back",
                     **kafka.client_options(),
                 )
             finally:

@@ -301,3 +301,70 @@ def test_chunks_of_wide_rows_fit_the_broker(env: Env) -> None:
         assert len(messages) >= 2
     finally:
         pipeline.shutdown()
+
+
+def test_run_knows_which_backfill_it_owes(env: Env) -> None:
+    """Issue #28, finding 9: a target that never recorded a backfill of every table gets one
+    (a first run stopped before it began), an interrupted re-sync is resumed with its own
+    tables (not replaced by a backfill of everything at every restart), and a pipeline whose
+    backfill of every table is recorded (a re-sync of them all counts) gets none."""
+    from replicator.backfill.reader import wanted
+
+    s = env.settings()
+    tables = ["public.parent", "public.child"]
+    assert wanted(s, tables) == (True, None)  # the state schema is created on the way
+    with env.target_conn() as c:
+        c.execute(
+            "INSERT INTO replicator.backfill (id, tables, reading, status, truncate) "
+            "VALUES ('one', '{public.child}', false, 'applied', true)"
+        )
+    assert wanted(s, tables) == (True, None)
+    with env.target_conn() as c:
+        c.execute(
+            "INSERT INTO replicator.backfill (id, tables, reading, status, truncate) "
+            "VALUES ('all', '{public.child,public.parent}', false, 'applied', true)"
+        )
+    assert wanted(s, tables) == (False, None)
+    with env.target_conn() as c:
+        c.execute("DELETE FROM replicator.backfill WHERE id = 'all'")
+        c.execute(
+            "INSERT INTO replicator.backfill (id, tables, reading, status) "
+            "VALUES ('full', '{public.parent,public.child}', false, 'applied')"
+        )
+    assert wanted(s, tables) == (False, None)
+    with env.target_conn() as c:
+        c.execute(
+            "INSERT INTO replicator.backfill (id, tables, truncate) "
+            "VALUES ('resync', '{public.child}', true)"
+        )
+    assert wanted(s, tables) == (True, ["public.child"])
+
+
+def test_a_backfill_whose_marker_never_reached_the_log_marks_it_when_resumed(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Legacy went away between the backfill's row and its start marker: the resumed backfill
+    (nothing read yet) marks the log then, or apply would never start loading it."""
+    from replicator.backfill import reader
+    from replicator.backfill.reader import Backfill
+    from replicator.errors import ConnectionFailed
+
+    _setup(env, 300)
+    s = env.settings()
+    mapping = load_mapping(TABLES)
+
+    def legacy_gone(*args: Any) -> None:
+        raise ConnectionFailed("legacy went away")
+
+    with monkeypatch.context() as m:
+        m.setattr(reader, "emit_marker", legacy_gone)
+        with pytest.raises(ConnectionFailed):
+            Backfill(s, mapping.forward).run()
+    assert _status(env) == "pending"
+    pipeline = Pipeline(s, mapping)
+    pipeline.start()  # the slot exists; the interrupted backfill is resumed
+    try:
+        wait_for(lambda: _status(env) == "applied", 60, what="the backfill to be applied")
+        assert _snapshot(env.target_conn()) == _snapshot(env.legacy_conn())
+    finally:
+        pipeline.shutdown()

@@ -125,3 +125,13 @@ def test_compression_is_one_the_producer_can_use() -> None:
     assert KafkaSettings(compression="none").compression == "none"
     with pytest.raises(ValidationError, match="'lz4', 'gzip' or 'none'"):
         KafkaSettings(compression="zstd")  # type: ignore[arg-type]
+
+
+def test_a_malformed_file_is_the_users_error_naming_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "replicator.toml"
+    path.write_text('name = "demo"\n\n[source\nhost = "db"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert err.value.exit_code == 2
+    assert f"{path}, line 3, column 8" in err.value.message
+    assert "Expected ']'" in err.value.message

@@ -172,3 +172,50 @@ def test_debug_shows_the_psycopg_cause(
     err = capsys.readouterr().err
     assert code == 70
     assert "Traceback" in err and "UndefinedColumn" in err and "direct cause" in err
+
+
+# -- the apply consumer's positions (issue #28, finding 5) -------------------------------------
+
+
+class _FakeKafkaConsumer:
+    def __init__(self, raises: BaseException, begins: int = 0) -> None:
+        self.raises, self.begins = raises, begins
+
+    def poll(self, timeout_ms: int) -> dict[object, list[object]]:
+        raise self.raises
+
+    def beginning_offsets(self, tps: list[object]) -> dict[object, int]:
+        return dict.fromkeys(tps, self.begins)
+
+
+def _consumer(fake: _FakeKafkaConsumer, assign_error: ReplicatorError | None = None) -> object:
+    c = kafka_io.Consumer.__new__(kafka_io.Consumer)
+    c.topic, c._consumer, c._assign_error = "p.fwd.changes", fake, assign_error
+    c._gap_hint = "re-sync"
+    return c
+
+
+def test_a_position_retention_deleted_stops_apply_naming_it() -> None:
+    from kafka import TopicPartition
+
+    from replicator.errors import StateError
+
+    tp = TopicPartition("p.fwd.changes", 2)
+    c = _consumer(_FakeKafkaConsumer(kerr.OffsetOutOfRangeError({tp: 5}), begins=9))
+    with pytest.raises(StateError) as err:
+        c.poll(100)  # type: ignore[attr-defined]
+    assert not err.value.retriable and err.value.hint == "re-sync"
+    assert "p.fwd.changes partition 2" in err.value.message
+    assert "offset 5" in err.value.message and "begins at offset 9" in err.value.message
+    past = _consumer(_FakeKafkaConsumer(kerr.OffsetOutOfRangeError({tp: 50}), begins=9))
+    with pytest.raises(StateError, match="past the log's end"):
+        past.poll(100)  # type: ignore[attr-defined]
+
+
+def test_an_assignment_that_failed_before_its_seeks_raises_its_own_error() -> None:
+    """Without a reset policy kafka-python refuses a partition left without a position; the
+    cause (a target gone while seeking: retried) must not turn into a refusal (not retried)."""
+    gone = TransientDatabaseError("target went away")
+    c = _consumer(_FakeKafkaConsumer(kerr.NoOffsetForPartitionError("no offset")), gone)
+    with pytest.raises(TransientDatabaseError):
+        c.poll(100)  # type: ignore[attr-defined]
