@@ -193,6 +193,7 @@ class Sink:
         self._pending: contextlib.ExitStack | None = None
         self._parked_table = False  # replicator.parked_patches is known to exist
         self.parked: set[str] = set()  # target tables with patches parked, as last seen
+        self._touched: set[str] = set()  # target tables written since the last sweep
         self._swept = -SWEEP_EVERY_S
 
     def settle(self) -> None:
@@ -320,6 +321,7 @@ class Sink:
                         f"target table {table} has no column(s) {', '.join(unknown)}",
                         hint="run `replicator check` to compare the mapping with the target",
                     )
+                self._touched.add(table)
                 if kind == "upsert":
                     self._upsert(info, keys, cols, rows, frozenset(only))
                 else:
@@ -434,8 +436,9 @@ class Sink:
         """Write the parked patches whose rows have come (see the module's doc), in the
         caller's transaction; returns those that waited over ``expire_after_s``, removed, to
         be dead-lettered. ``now``: a monotonic clock, for how often to look."""
-        if not self.parked and now - self._swept < SWEEP_EVERY_S:
-            return []
+        touched, self._touched = self._touched, set()
+        if now - self._swept < SWEEP_EVERY_S and not self.parked & touched:
+            return []  # no row of a table with patches waiting came (that this session knows)
         self._swept = now
         self.settle()
         with pg.translated(self.where):
@@ -479,8 +482,8 @@ class Sink:
                 f"(deleted on the source, or not replicated); values not written: {vals}",
                 table=str(table),
                 key=dict(key),
-                hint="if the row exists now, replay the source row that patches it; "
-                "else purge the letter",
+                hint="if the row exists now, re-sync the source table whose rows patch it "
+                "(`replicator backfill --table <table>`); else `replicator dlq purge` the letter",
             )
             for table, key, vals, waited in expired
         ]

@@ -38,7 +38,9 @@ def _source(s: Settings, mapping: MappingSet) -> list[Finding]:
         problems: list[ReplicatorError] = list(source_problems(conn, tables))
         # Scale-out: every image of a row must name its partition (replicator.capture routes).
         identities = table_identities(conn, tables)
-        problems += partition_key_problems(identities, s.apply.partition_key, s.kafka.partitions)
+        problems += partition_key_problems(
+            identities, s.apply.partition_key, s.kafka.partitions, unused=True
+        )
     if not problems:
         return [
             Finding(
@@ -67,6 +69,10 @@ def _target(s: Settings, mapping: MappingSet) -> list[Finding]:
                 )
             )
         findings.extend(_mapping_findings(conn, mapping))
+        # The reverse stream (after a cutover) routes the target's tables the same way.
+        reverse = table_identities(conn, mapping.reverse.source_tables)
+        for p in partition_key_problems(reverse, s.apply.partition_key, s.kafka.partitions):
+            findings.append(Finding("target", False, p.message, p.hint))
     if not findings:
         findings.append(Finding("target", True, f"{s.target.masked()}: reachable, mapping fits"))
     return findings

@@ -5,6 +5,7 @@ that is not there used to update nothing, silently (issue #28)."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import uuid
 from typing import Any
 
@@ -15,6 +16,7 @@ from tests.support import Env
 from transforms.api import Delete, Patch, TargetOp, Upsert
 
 USER = "public.app_user"
+_CLOCK = itertools.count(start=1000, step=1000)
 
 
 def _setup(env: Env) -> None:
@@ -32,7 +34,8 @@ def _write(
     for op in ops:
         batch.add(op)
     sink.flush(batch)
-    expired = sink.sweep(wait, now=1e9)  # as the worker does at each commit
+    # As the worker does at each commit; a clock far on: a sweep each time.
+    expired = sink.sweep(wait, now=next(_CLOCK))
     conn.commit()
     return expired
 

@@ -204,5 +204,6 @@ def test_check_refuses_a_partition_key_outside_the_rows_key() -> None:
         "public.note",  # FULL carries it in every image, but a row could still change it
     ]
     assert all("make org_id part of the primary key" in (p.hint or "") for p in problems)
-    (typo,) = partition_key_problems([ok], "orgid", 3)
+    assert partition_key_problems([ok], "orgid", 3) == []  # the reverse side: may lack it
+    (typo,) = partition_key_problems([ok], "orgid", 3, unused=True)
     assert "is a column of no mapped source table" in typo.message
