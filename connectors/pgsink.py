@@ -423,14 +423,22 @@ class Sink:
         self.parked.add(info.name)
 
     def _ensure_parked(self) -> None:
+        """Apply sessions have the table (replicator.state); other callers (a replay, tests)
+        get it here. Looked up first: CREATE INDEX IF NOT EXISTS would lock the table against
+        the workers parking patches."""
         if not self._parked_table:
             self.settle()
             with pg.translated(self.where):
-                self.conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext('replicator.parked_patches'))"
-                )
-                self.conn.execute(PARKED_SQL)
+                if not self._has_parked_table():
+                    self.conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext('replicator.parked_patches'))"
+                    )
+                    self.conn.execute(PARKED_SQL)
             self._parked_table = True
+
+    def _has_parked_table(self) -> bool:
+        found = self.conn.execute("SELECT to_regclass('replicator.parked_patches')").fetchone()
+        return found is not None and found[0] is not None
 
     def sweep(self, expire_after_s: float, now: float) -> list[DataError]:
         """Write the parked patches whose rows have come (see the module's doc), in the
@@ -443,10 +451,7 @@ class Sink:
         self.settle()
         with pg.translated(self.where):
             if not self._parked_table:
-                found = self.conn.execute(
-                    "SELECT to_regclass('replicator.parked_patches')"
-                ).fetchone()
-                if found is None or found[0] is None:
+                if not self._has_parked_table():
                     return []  # no patch ever waited on this database
                 self._parked_table = True
             shapes = self.conn.execute(
