@@ -8,7 +8,7 @@ Wire form (orjson)::
 
     {v, origin, xid, commit_lsn, commit_ts, seq, last,
      relations: {relid: {schema, table, columns, type_oids, key_columns}},
-     changes: [[op, rel, values] | {op, rel, new, old, unchanged}],
+     changes: [[op, rel, values] | {op, rel, new, old, unchanged, part}],
      control: {kind, ...}            # heartbeats and markers only; changes is then empty
     }
 
@@ -16,7 +16,9 @@ A change whose new row carries every column and which has no old image (most ins
 updates, every snapshot row) is a list: ``values`` in the relation's column order. Others are
 an object: ``new``/``old`` map column name to text value (``None`` is SQL NULL), and a TOASTed
 column that pgoutput reported as unchanged is absent from ``new`` and listed in ``unchanged``:
-a third state beside a value and NULL. Version 1 had objects only; both are read.
+a third state beside a value and NULL. ``part`` ("old" or "new", absent otherwise) marks the two
+copies of a key change that scale-out routed to two partitions. Version 1 had objects only;
+both are read.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ READABLE_VERSIONS = frozenset({1, 2})
 Op = Literal["insert", "update", "delete", "truncate", "snapshot"]
 OPS: frozenset[str] = frozenset({"insert", "update", "delete", "truncate", "snapshot"})
 ROW_OPS: frozenset[str] = frozenset({"insert", "update", "snapshot"})  # may be a list on the wire
+_PARTS = frozenset({None, "old", "new"})  # a change's ``part``: whole, or a half of a key change
 _NO_COLUMNS: list[str] = []  # the unchanged columns of most changes: shared, never mutated
 
 
@@ -102,7 +105,7 @@ class Change:
     first use. Hand-written rather than a dataclass for that lazy ``new``.
     """
 
-    __slots__ = ("_new", "_relation", "_values", "old", "op", "rel", "unchanged")
+    __slots__ = ("_new", "_relation", "_values", "old", "op", "part", "rel", "unchanged")
 
     def __init__(
         self,
@@ -114,8 +117,12 @@ class Change:
         *,
         values: Sequence[str | None] | None = None,
         relation: RelationInfo | None = None,
+        part: str | None = None,
     ) -> None:
         self.op = op
+        # A key change split over two partitions (scale-out): "old" applies what becomes of the
+        # old key, "new" the rest (replicator.capture routes, replicator.apply.rows splits).
+        self.part = part
         self.rel = rel
         self._new = new
         self.old = old
@@ -143,12 +150,13 @@ class Change:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Change):
             return NotImplemented
-        return (self.op, self.rel, self.new, self.old, list(self.unchanged)) == (
+        return (self.op, self.rel, self.new, self.old, list(self.unchanged), self.part) == (
             other.op,
             other.rel,
             other.new,
             other.old,
             list(other.unchanged),
+            other.part,
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -156,7 +164,8 @@ class Change:
     def __repr__(self) -> str:
         return (
             f"Change(op={self.op!r}, rel={self.rel!r}, new={self.new!r}, old={self.old!r}, "
-            f"unchanged={self.unchanged!r})"
+            f"unchanged={self.unchanged!r}"
+            + (f", part={self.part!r})" if self.part is not None else ")")
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -168,11 +177,13 @@ class Change:
             out["old"] = self.old
         if self.unchanged:
             out["unchanged"] = self.unchanged
+        if self.part is not None:
+            out["part"] = self.part
         return out
 
     def wire(self) -> list[Any] | dict[str, Any]:
         """The form an envelope carries: a list for a positional row, else the object."""
-        if self._values is not None and self.old is None and not self.unchanged:
+        if self._values is not None and self.old is None and not self.unchanged and not self.part:
             return [self.op, self.rel, self._values]
         return self.to_wire()
 
@@ -283,8 +294,18 @@ def _envelope(doc: Any) -> Envelope:
                 if rel not in relations:
                     raise MalformedMessage(f"change refers to relation {rel} not in the envelope")
             unchanged = c.get("unchanged")
+            part = c.get("part")
+            if part not in _PARTS:
+                raise MalformedMessage(f"unknown part {part!r} of a split key change")
             append(
-                Change(op, rel, c.get("new"), c.get("old"), list(unchanged) if unchanged else None)
+                Change(
+                    op,
+                    rel,
+                    c.get("new"),
+                    c.get("old"),
+                    list(unchanged) if unchanged else None,
+                    part=part,
+                )
             )
         return Envelope(
             origin=str(doc["origin"]),

@@ -6,6 +6,16 @@ TOASTed column unchanged writes fewer columns, and those must stay untouched) an
 one COPY into a temporary staging table plus one ``INSERT … ON CONFLICT … DO UPDATE``; patches
 (N→1 merges) are one ``UPDATE … FROM``. The caller owns the transaction.
 
+A patch whose row is not there yet waits for it: with several partitions the row and its patch
+travel apart (a patch comes from another source table, routed by its own key), and an
+``UPDATE`` of a row that is not there would silently update nothing. Such a patch is parked in
+``replicator.parked_patches`` in the same transaction (so it is as exactly-once as the offsets
+stored beside it), and :meth:`Sink.sweep` writes parked patches whose rows have come, in the
+order they were parked; a later patch of a key with parked ones waits behind them, so an older
+patch never overwrites a newer one. One that waits longer than the caller's bound (its row was
+deleted for good, or is never replicated) is handed back to be dead-lettered: it never holds
+the stream up.
+
 ``flush(defer=True)`` sends each merge without waiting for it (libpq's pipeline mode), so the
 target merges while the caller prepares the next batch; the next COPY, or :meth:`settle`, waits
 for it and raises what it raised. A caller that defers settles before any other statement.
@@ -27,11 +37,28 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from connectors import pg
-from replicator.errors import SchemaError
+from replicator.errors import DataError, SchemaError, TargetRejected
 from transforms.api import Delete, Patch, TargetOp, Truncate, Upsert
 
 # The insert-only values of most keys: shared, never mutated (replaced when values come).
 _NO_VALUES: dict[str, Any] = {}
+
+# Patches waiting for their row, with the values as PostgreSQL's own JSON of the typed columns
+# (to_jsonb of the staged row; jsonb_populate_record reads them back with the same types).
+PARKED_SQL = """
+CREATE SCHEMA IF NOT EXISTS replicator;
+CREATE TABLE IF NOT EXISTS replicator.parked_patches (
+    seq bigserial PRIMARY KEY,
+    target_table text NOT NULL,
+    key jsonb NOT NULL,
+    vals jsonb NOT NULL,
+    parked_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS parked_patches_key ON replicator.parked_patches (target_table, key);
+"""
+# With nothing parked that this session knows of, how often a sweep looks for patches that
+# other workers parked.
+SWEEP_EVERY_S = 1.0
 
 
 @dataclass(slots=True)
@@ -164,6 +191,10 @@ class Sink:
         self._defer = False
         # The pipeline holding merges sent and not yet waited for.
         self._pending: contextlib.ExitStack | None = None
+        self._parked_table = False  # replicator.parked_patches is known to exist
+        self.parked: set[str] = set()  # target tables with patches parked, as last seen
+        self._touched: set[str] = set()  # target tables written since the last sweep
+        self._swept = -SWEEP_EVERY_S
 
     def settle(self) -> None:
         """Wait for the merges a deferred flush sent; raises (translated) what they raised."""
@@ -290,6 +321,7 @@ class Sink:
                         f"target table {table} has no column(s) {', '.join(unknown)}",
                         hint="run `replicator check` to compare the mapping with the target",
                     )
+                self._touched.add(table)
                 if kind == "upsert":
                     self._upsert(info, keys, cols, rows, frozenset(only))
                 else:
@@ -353,16 +385,153 @@ class Sink:
         rest = [c for c in cols if c not in keys]
         if not rest:
             return
+        self._ensure_parked()
         stage = self._stage(info, cols)
         self._copy(stage, cols, map(_picker(cols), rows))
+        key_json = _key_json(keys, "s")
+        waiting = sql.SQL(
+            "EXISTS (SELECT 1 FROM replicator.parked_patches p "
+            "WHERE p.target_table = {} AND p.key = {})"
+        ).format(sql.Literal(info.name), key_json)
         self._merge(
-            sql.SQL("UPDATE {} t SET {} FROM {} s WHERE {}").format(
+            sql.SQL("UPDATE {} t SET {} FROM {} s WHERE {} AND NOT {}").format(
                 info.ident,
                 sql.SQL(", ").join(
                     sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in rest
                 ),
                 sql.Identifier(stage),
                 _join_eq(keys),
+                waiting,
+            )
+        )
+        # The rest waits for its row (or behind older patches of its key), in this transaction.
+        self._merge(
+            sql.SQL(
+                "INSERT INTO replicator.parked_patches (target_table, key, vals) "
+                "SELECT {}, {}, to_jsonb(s) - {}::text[] FROM {} s "
+                "WHERE NOT EXISTS (SELECT 1 FROM {} t WHERE {}) OR {}"
+            ).format(
+                sql.Literal(info.name),
+                key_json,
+                sql.Literal(list(keys)),
+                sql.Identifier(stage),
+                info.ident,
+                _join_eq(keys),
+                waiting,
+            )
+        )
+        self.parked.add(info.name)
+
+    def _ensure_parked(self) -> None:
+        """Apply sessions have the table (replicator.state); other callers (a replay, tests)
+        get it here. Looked up first: CREATE INDEX IF NOT EXISTS would lock the table against
+        the workers parking patches."""
+        if not self._parked_table:
+            self.settle()
+            with pg.translated(self.where):
+                if not self._has_parked_table():
+                    self.conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext('replicator.parked_patches'))"
+                    )
+                    self.conn.execute(PARKED_SQL)
+            self._parked_table = True
+
+    def _has_parked_table(self) -> bool:
+        found = self.conn.execute("SELECT to_regclass('replicator.parked_patches')").fetchone()
+        return found is not None and found[0] is not None
+
+    def sweep(self, expire_after_s: float, now: float) -> list[DataError]:
+        """Write the parked patches whose rows have come (see the module's doc), in the
+        caller's transaction; returns those that waited over ``expire_after_s``, removed, to
+        be dead-lettered. ``now``: a monotonic clock, for how often to look."""
+        touched, self._touched = self._touched, set()
+        if now - self._swept < SWEEP_EVERY_S and not self.parked & touched:
+            return []  # no row of a table with patches waiting came (that this session knows)
+        self._swept = now
+        self.settle()
+        with pg.translated(self.where):
+            if not self._parked_table:
+                if not self._has_parked_table():
+                    return []  # no patch ever waited on this database
+                self._parked_table = True
+            shapes = self.conn.execute(
+                "SELECT target_table, array_agg(DISTINCT k), array_agg(DISTINCT v) "
+                "FROM replicator.parked_patches, jsonb_object_keys(key) k, jsonb_object_keys(vals) v "
+                "GROUP BY target_table"
+            ).fetchall()
+            self.parked = {str(t) for t, _, _ in shapes}
+        for table, keys, cols in shapes:
+            info = self.table(str(table))
+            try:
+                with pg.translated(self.where), self.conn.transaction():
+                    # One sweeper per table at a time: two would wait on each other's rows.
+                    got = self.conn.execute(
+                        "SELECT pg_try_advisory_xact_lock(hashtext('replicator.parked:' || %s))",
+                        (table,),
+                    ).fetchone()
+                    if got is not None and got[0]:
+                        self._sweep_table(info, tuple(sorted(keys)), list(cols))
+            except TargetRejected:
+                continue  # a value the target refuses: it waits, and expires into the DLQ
+        with pg.translated(self.where):
+            expired = self.conn.execute(
+                "DELETE FROM replicator.parked_patches "
+                "WHERE parked_at < clock_timestamp() - make_interval(secs => %s) "
+                "RETURNING target_table, key, vals, "
+                "round(extract(epoch FROM clock_timestamp() - parked_at))::int",
+                (expire_after_s,),
+            ).fetchall()
+        return [
+            DataError(
+                f"a patch of {table} waited {waited} s for its row, which never came "
+                f"(deleted on the source, or not replicated); values not written: {vals}",
+                table=str(table),
+                key=dict(key),
+                hint="if the row exists now, re-sync the source table whose rows patch it "
+                "(`replicator backfill --table <table>`); else `replicator dlq purge` the letter",
+            )
+            for table, key, vals, waited in expired
+        ]
+
+    def _sweep_table(self, info: TableInfo, keys: tuple[str, ...], cols: list[str]) -> None:
+        unknown = [c for c in (*keys, *cols) if c not in info.columns]
+        if unknown:
+            raise SchemaError(
+                f"parked patches of {info.name} name column(s) it lacks: {', '.join(unknown)}",
+                hint="run `replicator check` to compare the mapping with the target",
+            )
+        typed = sql.SQL("(jsonb_populate_record(NULL::{}, {}.{})).{}")
+
+        def field(src: str, part: str, col: str) -> sql.Composable:
+            return typed.format(
+                info.ident, sql.Identifier(src), sql.Identifier(part), sql.Identifier(col)
+            )
+
+        def match(src: str) -> sql.Composable:
+            return sql.SQL(" AND ").join(
+                sql.SQL("t.{} = {}").format(sql.Identifier(k), field(src, "key", k)) for k in keys
+            )
+
+        # The latest parked value of each column per key, written in one UPDATE.
+        self.conn.execute(
+            sql.SQL(
+                "WITH hit AS (DELETE FROM replicator.parked_patches p USING {t} t "
+                "WHERE p.target_table = {name} AND {hit} RETURNING p.seq, p.key, p.vals), "
+                "latest AS (SELECT DISTINCT ON (h.key, e.col) h.key, e.col, e.val "
+                "FROM hit h, jsonb_each(h.vals) e(col, val) ORDER BY h.key, e.col, h.seq DESC), "
+                "m AS (SELECT key, jsonb_object_agg(col, val) AS vals FROM latest GROUP BY key) "
+                "UPDATE {t} t SET {sets} FROM m WHERE {found}"
+            ).format(
+                t=info.ident,
+                name=sql.Literal(info.name),
+                hit=match("p"),
+                sets=sql.SQL(", ").join(
+                    sql.SQL("{c} = CASE WHEN m.vals ? {n} THEN {v} ELSE t.{c} END").format(
+                        c=sql.Identifier(c), n=sql.Literal(c), v=field("m", "vals", c)
+                    )
+                    for c in cols
+                ),
+                found=match("m"),
             )
         )
 
@@ -376,6 +545,16 @@ class Sink:
 def _join_eq(keys: tuple[str, ...]) -> sql.Composable:
     return sql.SQL(" AND ").join(
         sql.SQL("t.{} = s.{}").format(sql.Identifier(k), sql.Identifier(k)) for k in keys
+    )
+
+
+def _key_json(keys: tuple[str, ...], alias: str) -> sql.Composable:
+    """A row's key as the JSON object parked patches are keyed by."""
+    return sql.SQL("jsonb_build_object({})").format(
+        sql.SQL(", ").join(
+            sql.SQL("{}, {}.{}").format(sql.Literal(k), sql.Identifier(alias), sql.Identifier(k))
+            for k in keys
+        )
     )
 
 

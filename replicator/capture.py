@@ -22,7 +22,7 @@ import psycopg
 
 from connectors import pg, walframe
 from connectors.assembler import CONTROL_PREFIX, Assembler, Output
-from connectors.envelope import Envelope, group_envelopes
+from connectors.envelope import Change, Envelope, RelationInfo, group_envelopes
 from connectors.kafka_io import Producer, Sent, ensure_topics
 from connectors.pgoutput import PgOutputDecodeError, PgOutputDecoder
 from connectors.pgsource import (
@@ -80,7 +80,10 @@ def prepare_source(
 ) -> int | None:
     """Check the source, create publication and slot if missing; the slot's LSN if created."""
     with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-        problems = source_problems(conn, tables)
+        problems: list[ReplicatorError] = list(source_problems(conn, tables))
+        problems += partition_key_problems(
+            table_identities(conn, tables), s.apply.partition_key, s.kafka.partitions
+        )
         if problems:
             raise PreconditionError(
                 "the source cannot be captured:\n  " + "\n  ".join(str(p) for p in problems)
@@ -109,6 +112,7 @@ class Capture:
         self.stats = CaptureStats()
         self._kafka_down = False
         self.health = StageHealth()
+        self._primary_keys: dict[int, tuple[str, ...]] = {}
 
     def prepare(self) -> int | None:
         """Publication, slot and topics; returns the slot's LSN when this call created it."""
@@ -158,6 +162,9 @@ class Capture:
         try:
             with heartbeat, pg.translated(self.db.masked()):
                 info = slot_info(heartbeat, self.s.slot(self.direction))
+                self._primary_keys = {
+                    t.oid: t.primary_key for t in table_identities(heartbeat, self.tables)
+                }
             if not info.exists:
                 raise PreconditionError(
                     f"replication slot {self.s.slot(self.direction)} is missing",
@@ -188,6 +195,7 @@ class Capture:
             producer.partitions(self.topic),
             self.s.apply.partition_key,
             timings=CaptureTimings(timings_dir) if timings_dir else None,
+            primary_keys=self._primary_keys,
         )
         inflight: deque[tuple[Sent, int | None]] = deque()
         pending_bytes = 0
@@ -317,8 +325,12 @@ class _Router:
         key_column: str,
         clock: Callable[[], float] = time.monotonic,
         timings: CaptureTimings | None = None,
+        primary_keys: dict[int, tuple[str, ...]] | None = None,
     ) -> None:
         self.producer = producer
+        # Source table oid (pgoutput's relid) -> primary key; routing columns per relation.
+        self.primary_keys = primary_keys or {}
+        self._routing: dict[int, tuple[RelationInfo, tuple[str, ...]]] = {}
         self._clock = clock
         self.timings = timings
         self.topic = topic
@@ -391,8 +403,8 @@ class _Router:
         else:
             pieces = {}
             for ch in env.changes:
-                p = self._partition(env, ch)
-                pieces.setdefault(p, _copy(env, [])).changes.append(ch)
+                for p, routed in self._route(env, ch):
+                    pieces.setdefault(p, _copy(env, [])).changes.append(routed)
         if env.last:
             for p in self._seq:
                 pieces.setdefault(p, _copy(env, []))
@@ -409,14 +421,135 @@ class _Router:
             result[-1] = (result[-1][0], out.ack_lsn)
         return result
 
-    def _partition(self, env: Envelope, ch: Any) -> int:
-        row = ch.new or ch.old or {}
+    def _route(self, env: Envelope, ch: Change) -> list[tuple[int, Change]]:
+        """The partition(s) of one change: every image of one row lands on one partition.
+
+        A row's partition is read from its routing columns (the partition key where the table
+        has it, else the row's identity: see :func:`routing_columns`), which every image
+        carries: an insert's and an update's new row, a delete's old key. A key change moves
+        the row from one identity to another: each identity's changes stay on their own
+        partition, in order, so the change goes to both, as the two halves apply splits it into
+        (the old key's removal on the old partition, the new row on the new one)."""
         rel = env.relations[ch.rel]
-        if self.key_column and self.key_column in row:
-            basis = str(row[self.key_column])
+        columns = self._columns(ch.rel, rel)
+        if ch.op == "delete":
+            return [(self._hash(ch.old or {}, columns), ch)]
+        new = ch.new or {}
+        if ch.op != "update" or ch.old is None:
+            return [(self._hash(new, columns), ch)]
+        # An unchanged (TOASTed) column is absent from the new row: its value is the old one.
+        before, after = self._hash(ch.old, columns), self._hash({**ch.old, **new}, columns)
+        if before == after:
+            return [(after, ch)]
+        halves = []
+        for p, part in ((before, "old"), (after, "new")):
+            halves.append((p, Change(ch.op, ch.rel, ch.new, ch.old, ch.unchanged, part=part)))
+        return halves
+
+    def _columns(self, relid: int, rel: RelationInfo) -> tuple[str, ...]:
+        found = self._routing.get(relid)
+        if found is None or found[0] is not rel:
+            pk = self.primary_keys.get(relid, ())
+            found = self._routing[relid] = (rel, routing_columns(rel, pk, self.key_column))
+        return found[1]
+
+    def _hash(self, row: dict[str, str | None], columns: tuple[str, ...]) -> int:
+        if len(columns) == 1:
+            basis = str(row.get(columns[0]))
         else:
-            basis = "|".join(str(row.get(k)) for k in rel.key_columns)
+            basis = "|".join(str(row.get(k)) for k in columns)
         return zlib.crc32(basis.encode()) % self.partitions
+
+
+def routing_columns(
+    rel: RelationInfo, primary_key: tuple[str, ...], key_column: str
+) -> tuple[str, ...]:
+    """The columns a change of ``rel`` is routed by: the configured partition key where the
+    table has that column (``check`` and ``prepare_source`` refuse one outside the row's
+    identity), else the row's identity — its primary key when every image carries it (replica
+    identity DEFAULT, FULL, or an index holding it), else the replica identity's columns."""
+    if key_column and key_column in rel.columns:
+        return (key_column,)
+    if primary_key and set(primary_key) <= set(rel.key_columns):
+        return primary_key
+    return rel.key_columns
+
+
+# Per mapped table: its columns, primary key and replica identity (the columns its old images
+# hold: 'd' the primary key, 'f' every column, 'i' an index's, 'n' none).
+IDENTITY_SQL = """
+SELECT c.oid, n.nspname || '.' || c.relname, c.relreplident,
+  ARRAY(SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+        AND NOT a.attisdropped ORDER BY a.attnum),
+  ARRAY(SELECT a.attname FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, ord),
+        pg_attribute a WHERE i.indrelid = c.oid AND i.indisprimary AND a.attrelid = c.oid
+        AND a.attnum = k.attnum ORDER BY k.ord),
+  ARRAY(SELECT a.attname FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, ord),
+        pg_attribute a WHERE i.indrelid = c.oid AND i.indisreplident AND a.attrelid = c.oid
+        AND a.attnum = k.attnum ORDER BY k.ord)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname || '.' || c.relname = ANY(%s) AND c.relkind IN ('r', 'p')
+"""
+
+
+@dataclass(frozen=True)
+class TableIdentity:
+    oid: int
+    table: str
+    columns: tuple[str, ...]
+    primary_key: tuple[str, ...]
+    replica_identity: tuple[str, ...]  # the columns every old image carries
+
+    @property
+    def row_identity(self) -> tuple[str, ...]:
+        """What identifies a row in every image: as :func:`routing_columns` reads it."""
+        if self.primary_key and set(self.primary_key) <= set(self.replica_identity):
+            return self.primary_key
+        return self.replica_identity
+
+
+def table_identities(conn: psycopg.Connection[Any], tables: list[str]) -> list[TableIdentity]:
+    out = []
+    for oid, name, ident, columns, pk, index in conn.execute(IDENTITY_SQL, (tables,)).fetchall():
+        cols = tuple(columns)
+        replica = {"d": tuple(pk), "f": cols, "i": tuple(index)}.get(ident, ())
+        out.append(TableIdentity(int(oid), str(name), cols, tuple(pk), replica))
+    return out
+
+
+def partition_key_problems(
+    identities: list[TableIdentity], key_column: str, partitions: int, *, unused: bool = False
+) -> list[PreconditionError]:
+    """A partition key must be part of every row's identity where its table has it: then a
+    row's partition can change only with its key, which the router handles (a key change goes
+    to both partitions, each applying its half). A partition key outside the identity could
+    change under the same key — the row's changes on two partitions, applied in either order —
+    and a delete's old image would not carry it."""
+    if not key_column or partitions <= 1:
+        return []
+    having = [t for t in identities if key_column in t.columns]
+    if unused and not having:  # a misspelt name (``check`` of the forward tables)
+        return [
+            PreconditionError(
+                f"apply.partition_key {key_column!r} is a column of no mapped source table",
+                hint="set it to a column of the tables to partition (a tenant id that is part "
+                "of their primary key), or leave it empty to partition every table by its key",
+            )
+        ]
+    problems = []
+    for t in having:
+        if key_column not in t.row_identity:
+            ident = ", ".join(t.row_identity) or "none"
+            problems.append(
+                PreconditionError(
+                    f"apply.partition_key {key_column!r} is not part of the key of {t.table} "
+                    f"({ident}): a row could change it and move partition while its earlier "
+                    "changes are still applied on the old one, and a delete does not carry it",
+                    hint=f"make {key_column} part of the primary key of {t.table}, or leave "
+                    "apply.partition_key empty (every table partitioned by its own key)",
+                )
+            )
+    return problems
 
 
 def _hand_over(

@@ -14,6 +14,7 @@ import psycopg
 
 from connectors import kafka_io, pg
 from connectors.pgsource import source_problems
+from replicator.capture import partition_key_problems, table_identities
 from replicator.check_mapping import check_mapping_sides, live_catalog
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
@@ -32,8 +33,14 @@ class Finding:
 
 def _source(s: Settings, mapping: MappingSet) -> list[Finding]:
     conn = pg.connect(s.source.conninfo(), autocommit=True)
+    tables = mapping.forward.source_tables
     with conn, pg.translated(s.source.masked()):
-        problems = source_problems(conn, mapping.forward.source_tables)
+        problems: list[ReplicatorError] = list(source_problems(conn, tables))
+        # Scale-out: every image of a row must name its partition (replicator.capture routes).
+        identities = table_identities(conn, tables)
+        problems += partition_key_problems(
+            identities, s.apply.partition_key, s.kafka.partitions, unused=True
+        )
     if not problems:
         return [
             Finding(
@@ -62,6 +69,10 @@ def _target(s: Settings, mapping: MappingSet) -> list[Finding]:
                 )
             )
         findings.extend(_mapping_findings(conn, mapping))
+        # The reverse stream (after a cutover) routes the target's tables the same way.
+        reverse = table_identities(conn, mapping.reverse.source_tables)
+        for p in partition_key_problems(reverse, s.apply.partition_key, s.kafka.partitions):
+            findings.append(Finding("target", False, p.message, p.hint))
     if not findings:
         findings.append(Finding("target", True, f"{s.target.masked()}: reachable, mapping fits"))
     return findings

@@ -251,7 +251,15 @@ class ApplySettings(_Strict):
         description="apply workers `replicator run` and `replicator apply` start (--workers overrides)",
     )
     partition_key: str = Field(
-        "", description="column that partitions changes in scale-out mode; empty: the row's key"
+        "",
+        description="column that partitions changes in scale-out mode (part of the key of "
+        "every table that has it); empty: the row's key",
+    )
+    patch_wait_s: float = Field(
+        600.0,
+        gt=0,
+        description="how long a patch waits for its row (written by another table's changes) "
+        "before it is dead-lettered",
     )
 
 

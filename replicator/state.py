@@ -12,7 +12,10 @@ from typing import Any
 
 import psycopg
 
-SCHEMA_SQL = """
+from connectors.pgsink import PARKED_SQL
+
+SCHEMA_SQL = (
+    """
 CREATE SCHEMA IF NOT EXISTS replicator;
 CREATE TABLE IF NOT EXISTS replicator.offsets (
     topic           text        NOT NULL,
@@ -102,6 +105,8 @@ CREATE TABLE IF NOT EXISTS replicator.table_stats (
     PRIMARY KEY (topic, table_name)
 );
 """
+    + PARKED_SQL
+)  # patches waiting for their rows (connectors.pgsink)
 
 
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from connectors.envelope import Change, Envelope
 from connectors.pgsink import Batch
 from connectors.pgtypes import CANONICAL_TEXT_KEYS, RowPlan, TextLoader
-from replicator.errors import TransformError
+from replicator.errors import DataError, TransformError
 from transforms.api import Direction, RowChange, TableTransform, TargetOp
 from transforms.reads import absent_reads
 
@@ -147,13 +147,40 @@ class RowMapper:
         load, plan = r.load, r.plan
         assert load is not None and plan is not None
         new, old, op = change.new, change.old, change.op
-        return transform.fn(
+        old_row = None if old is None else load(old, plan)
+        ops = transform.fn(
             RowChange(
                 "insert" if op == "snapshot" else op,  # type: ignore[arg-type]
                 r.table,
                 None if new is None else load(new, plan),
-                None if old is None else load(old, plan),
+                old_row,
                 frozenset(change.unchanged) if change.unchanged else _NONE,
                 r.key_columns,
             )
         )
+        if change.part is None or old_row is None:
+            return ops
+        gone = RowChange("delete", r.table, None, old_row, _NONE, r.key_columns)
+        return _half(ops, transform, gone, change.part)
+
+
+def _half(
+    ops: list[TargetOp], transform: TableTransform, gone: RowChange, part: str
+) -> list[TargetOp]:
+    """One half of a key change that scale-out routed to two partitions (replicator.capture):
+    "old" gets what becomes of the old key — the operations the transform also makes of the
+    old row's delete — and "new" the rest. Each target row is then written only on the
+    partition that carries its source row's other changes, in their order."""
+    try:
+        removal = transform.fn(gone)
+    except DataError:
+        removal = []  # the old row names no target row of its own: nothing is removed
+    old: list[TargetOp] = []
+    rest: list[TargetOp] = []
+    for op in ops:
+        if op in removal:
+            removal.remove(op)
+            old.append(op)
+        else:
+            rest.append(op)
+    return old if part == "old" else rest

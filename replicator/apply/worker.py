@@ -94,8 +94,7 @@ class ApplyWorker:
         # with it on a re-seek, so a replayed stretch never dead-letters a row twice.
         self._dead_pending: list[DeadLetter] = []
         self._truncate_owned = self._exclusive_targets()
-        self._timings = apply_timings(settings.metrics.stage_timings_dir)
-        self._read_at = 0.0  # when the records being handled came from the consumer (timings)
+        self._timings, self._read_at = apply_timings(settings.metrics.stage_timings_dir), 0.0
         self._pacer = CommitPacer()  # how long a poll may hold the open batch
 
     # -- set-up --------------------------------------------------------------------------------
@@ -220,11 +219,9 @@ class ApplyWorker:
             self._bulk.close()
             with contextlib.suppress(ReplicatorError):
                 self.sink.settle()  # a merge still running: its outcome no longer matters
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self._conn.rollback()
                 self._conn.close()
-            except psycopg.Error:
-                pass
 
     def _pending_backfill(self) -> str | None:
         with pg.translated(self.db.masked()):
@@ -538,6 +535,8 @@ class ApplyWorker:
             # No offset is stored past a chunk in flight: a phase switch waits for them all.
             held = self._bulk.settle(batch, everything=self._switch)
             self._flush(batch)
+            for exc in self.sink.sweep(self.s.apply.patch_wait_s, begun):  # patches' rows came
+                self._dead(exc, *self._current, {"table": exc.table, "key": exc.key})
             self._store_positions(held)
             for letter in self._dead_pending:
                 self.dlq.write(letter)

@@ -98,3 +98,40 @@ def test_check_passes_on_the_drizzle_schema_and_lists_every_drift(env: Env) -> N
     assert "public.mcp_server.name is character varying(8) on the target" in text
     assert "public.organization.billing_id is NOT NULL without a default" in text
     assert "Traceback" not in text
+
+
+def test_check_refuses_a_partition_key_outside_a_tables_key(env: Env) -> None:
+    # Scale-out routes a row by its partition key: one its rows can change under the same
+    # primary key (or that a delete's old image lacks) would put the row's changes on two
+    # partitions. REPLICA IDENTITY FULL carries it in every image, but a row can still move.
+    ddl = (
+        "CREATE TABLE member (org int, id int, PRIMARY KEY (org, id));"
+        "CREATE TABLE server (id int PRIMARY KEY, org int);"
+        "CREATE TABLE note (id int PRIMARY KEY, org int);"
+        "ALTER TABLE note REPLICA IDENTITY FULL;"
+        "CREATE TABLE plain (id int PRIMARY KEY)"
+    )
+    for conn in (env.legacy_conn(), env.target_conn()):
+        with conn as c:
+            c.execute(ddl)
+    vars_ = {
+        **env.env_vars(),
+        "REPLICATOR_MAPPING": "identity:public.member,public.server,public.note,public.plain",
+        "REPLICATOR_KAFKA__PARTITIONS": "3",
+        "REPLICATOR_APPLY__PARTITION_KEY": "org",
+    }
+    r = run_cli(["check"], vars_)
+    assert r.returncode == 2, r.stdout + r.stderr
+    text = " ".join((r.stdout + r.stderr).split())
+    for table in ("public.server", "public.note"):
+        assert f"apply.partition_key 'org' is not part of the key of {table} (id)" in text, text
+        assert f"make org part of the primary key of {table}" in text
+    assert "of the key of public.member" not in text and "public.plain" not in text
+    assert "Traceback" not in text
+    # The capture refuses to start with it, with the same reasons.
+    started = run_cli(["capture"], vars_, timeout=60)
+    assert started.returncode == 2, started.stdout + started.stderr
+    assert "is not part of the key of public.server" in started.stdout + started.stderr
+    # Partitioned by each table's own key instead: clean.
+    fixed = run_cli(["check"], {**vars_, "REPLICATOR_APPLY__PARTITION_KEY": ""})
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
