@@ -25,6 +25,13 @@ CREATE TABLE IF NOT EXISTS replicator.offsets (
     updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, partition)
 );
+-- The source commit time of last_commit_lsn's transaction: what status measures lag from.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'replicator.offsets'::regclass
+                   AND attname = 'last_commit_ts' AND NOT attisdropped) THEN
+        ALTER TABLE replicator.offsets ADD COLUMN last_commit_ts timestamptz;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS replicator.heartbeats (
     topic       text        NOT NULL,
     partition   integer     NOT NULL,
@@ -132,10 +139,14 @@ def store_offset(
     next_offset: int,
     last_commit_lsn: int,
     expected: int,
+    last_commit_ts: str | None = None,
 ) -> bool:
     """Store a partition's position if it is still ``expected`` (the one this worker last
     committed); False when another worker has committed it since."""
-    return send_offset(conn, topic, partition, next_offset, last_commit_lsn, expected).rowcount == 1
+    cur = send_offset(
+        conn, topic, partition, next_offset, last_commit_lsn, expected, last_commit_ts
+    )
+    return cur.rowcount == 1
 
 
 def send_offset(
@@ -145,15 +156,36 @@ def send_offset(
     next_offset: int,
     last_commit_lsn: int,
     expected: int,
+    last_commit_ts: str | None = None,
 ) -> psycopg.Cursor[Any]:
     """:func:`store_offset` for a connection in pipeline mode: the cursor's ``rowcount`` is
-    1 once the pipeline is synced if the position was still ``expected``."""
+    1 once the pipeline is synced if the position was still ``expected``. ``last_commit_ts``
+    (the source commit time of ``last_commit_lsn``, ISO 8601) rides the same statement; None
+    keeps the stored one (a batch of heartbeats only, or a worker that has not applied a
+    transaction since it took the partition)."""
     return conn.execute(
-        "INSERT INTO replicator.offsets AS o (topic, partition, next_offset, last_commit_lsn)"
-        " VALUES (%s, %s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET"
+        "INSERT INTO replicator.offsets AS o"
+        " (topic, partition, next_offset, last_commit_lsn, last_commit_ts)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET"
         " next_offset = EXCLUDED.next_offset, last_commit_lsn = EXCLUDED.last_commit_lsn,"
+        " last_commit_ts = coalesce(EXCLUDED.last_commit_ts, o.last_commit_ts),"
         " updated_at = now() WHERE o.next_offset = %s",
-        (topic, partition, next_offset, last_commit_lsn, expected),
+        (topic, partition, next_offset, last_commit_lsn, last_commit_ts, expected),
+    )
+
+
+def store_heartbeat(
+    conn: psycopg.Connection[Any], topic: str, partition: int, emitted_at: Any, commit_lsn: int
+) -> None:
+    """The newest heartbeat applied on a partition (a replayed older one changes nothing): its
+    source emission time bounds the lag from above (replicator.status.lag)."""
+    conn.execute(
+        "INSERT INTO replicator.heartbeats (topic, partition, emitted_at, applied_at, commit_lsn)"
+        " VALUES (%s, %s, %s, clock_timestamp(), %s) ON CONFLICT (topic, partition) DO UPDATE"
+        " SET emitted_at = EXCLUDED.emitted_at, applied_at = EXCLUDED.applied_at,"
+        " commit_lsn = EXCLUDED.commit_lsn"
+        " WHERE heartbeats.emitted_at < EXCLUDED.emitted_at",
+        (topic, partition, emitted_at, commit_lsn),
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 class Partition:
     next_offset: int
     last_lsn: int
+    last_ts: str | None = None  # source commit time of last_lsn, if applied by this worker
     committed: int = 0  # next_offset as stored in the target: the fence for the next commit
     open_lsn: int | None = None  # a source transaction begun but not finished (slices)
     open_seq: int = 0

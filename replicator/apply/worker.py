@@ -48,6 +48,7 @@ from replicator.state import (
     add_table_stats,
     load_offsets,
     send_offset,
+    store_heartbeat,
 )
 from transforms.api import Direction, Truncate
 
@@ -380,7 +381,7 @@ class ApplyWorker:
         self._current = (partition, offset, env.commit_lsn)
         part.open_lsn, part.open_seq = (None, 0) if env.last else (env.commit_lsn, env.seq + 1)
         if env.last:
-            part.last_lsn = env.commit_lsn
+            part.last_lsn, part.last_ts = env.commit_lsn, env.commit_ts or part.last_ts
         if env.control is not None:
             self._control(env, partition, batch)
             return
@@ -440,14 +441,7 @@ class ApplyWorker:
         ctl = env.control or {}
         kind = ctl.get("kind")
         if kind == "heartbeat":
-            self.conn.execute(
-                "INSERT INTO replicator.heartbeats (topic, partition, emitted_at, applied_at, commit_lsn)"
-                " VALUES (%s, %s, %s, clock_timestamp(), %s) ON CONFLICT (topic, partition) DO UPDATE"
-                " SET emitted_at = EXCLUDED.emitted_at, applied_at = EXCLUDED.applied_at,"
-                " commit_lsn = EXCLUDED.commit_lsn"
-                " WHERE heartbeats.emitted_at < EXCLUDED.emitted_at",
-                (self.topic, partition, ctl.get("emitted_at"), env.commit_lsn),
-            )
+            store_heartbeat(self.conn, self.topic, partition, ctl.get("emitted_at"), env.commit_lsn)
         elif kind == "backfill_started" and self.topic == self.changes_topic:
             self._reach_backfill_marker(ctl, partition)
         elif kind == "snapshot_done" and ctl.get("backfill_id") == self._backfill_id:
@@ -576,7 +570,9 @@ class ApplyWorker:
                     p,
                     part,
                     upto,
-                    send_offset(conn, self.topic, p, upto, part.last_lsn, part.committed),
+                    send_offset(
+                        conn, self.topic, p, upto, part.last_lsn, part.committed, part.last_ts
+                    ),
                 )
                 for p, part in self._parts.items()
                 if part.dirty

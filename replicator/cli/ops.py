@@ -56,7 +56,7 @@ def render(st: Status, history: deque[float] | None = None) -> Table:
         lag = _fmt(tgt.end_to_end_lag_s, " s")
         if history:
             lag += "  " + _spark(history)
-        t.add_row("end to end", "lag (heartbeat)", lag)
+        t.add_row("end to end", "lag (from commit times)", lag)
         t.add_row("apply", "since last commit", _fmt(tgt.seconds_since_last_apply, " s"))
         for table, n in tgt.rows_applied.items():
             t.add_row("apply", f"rows applied {table}", _fmt(n))

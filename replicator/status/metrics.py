@@ -5,7 +5,8 @@ Collected at scrape time from the same :func:`replicator.status.overview.collect
 so the numbers on a dashboard and in the terminal are the same numbers. Series (see
 ``docs/status.md``):
 
-- ``replicator_end_to_end_lag_seconds`` — heartbeat lag, legacy commit → target commit
+- ``replicator_end_to_end_lag_seconds`` — how long the oldest change not yet applied has
+  waited, from the data (:mod:`replicator.status.lag`)
 - ``replicator_source_slot_lag_bytes`` / ``replicator_source_retained_wal_bytes``
 - ``replicator_kafka_consumer_lag_messages{partition}`` — changes not applied yet
 - ``replicator_apply_last_commit_age_seconds``
@@ -45,7 +46,7 @@ class StatusCollector(Collector):
         tgt, src, kafka = st.target, st.source, st.kafka
         yield from gauge(
             "replicator_end_to_end_lag_seconds",
-            "Heartbeat lag from legacy commit to target commit",
+            "Seconds the oldest source change not yet applied on the target has waited",
             tgt.end_to_end_lag_s if tgt else None,
         )
         yield from gauge(

@@ -12,16 +12,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
 
 from connectors import kafka_io, pg
-from connectors.envelope import parse_lsn
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
+from replicator.status import lag as e2e
 
 SCHEMA_VERSION = 1
 # Retained WAL above this puts the source's disk at risk: the verdict says so.
@@ -38,6 +37,7 @@ class SourceStatus:
     wal_status: str | None = None
     lag_bytes: int | None = None  # WAL written but not yet confirmed (in Kafka)
     retained_wal_bytes: int | None = None  # WAL the slot keeps on the source's disk
+    unread_bytes: int | None = None  # WAL the capture has not read yet (status.lag.read_slot)
 
 
 @dataclass
@@ -62,8 +62,10 @@ class KafkaStatus:
 class TargetStatus:
     desired_direction: str | None = None
     observed_direction: str | None = None
-    end_to_end_lag_s: float | None = None
+    end_to_end_lag_s: float | None = None  # replicator.status.lag
     last_heartbeat_latency_s: float | None = None
+    last_applied_commit_at: str | None = None  # source commit time of the newest applied txn
+    changes_waiting: bool | None = None  # in Kafka past apply's offsets, or unread in the slot
     seconds_since_last_apply: float | None = None
     rows_applied: dict[str, int] = field(default_factory=dict)
     backfill: dict[str, Any] | None = None  # latest: id, status, rows_total, rows_applied
@@ -96,7 +98,7 @@ def sides(s: Settings, direction: str) -> tuple[DatabaseSettings, DatabaseSettin
     return (s.source, s.target) if direction == "fwd" else (s.target, s.source)
 
 
-EndOffsets = Callable[[str, str], dict[int, int]]
+EndOffsets = e2e.EndOffsets
 
 
 def collect(
@@ -130,12 +132,17 @@ def collect(
 
     direction = attempt("direction", _direction, ss, s) or "fwd"
     src_db, tgt_db = sides(s, direction)
-    source = attempt("source", _source, ss, s, src_db, direction)
-    offsets = attempt("target", _applied_offsets, ss, tgt_db, s.topic(direction, "changes"))
-    kafka = attempt("kafka", _kafka, s, direction, offsets or {}, ends)
-    target = (
-        attempt("target", _target, ss, s, tgt_db, direction, kafka) if offsets is not None else None
-    )
+    topic = s.topic(direction, "changes")
+    # Source, then Kafka's ends, then apply's offsets: what was waiting at one read and is
+    # applied by the next one is not counted as waiting (status.lag).
+    slot = attempt("source", _read_slot, ss, src_db, s.slot(direction))
+    source = _source(s.slot(direction), slot) if slot is not None else None
+    end = attempt("kafka", ends, s.kafka.bootstrap_servers, topic)
+    applied = attempt("target", _applied, ss, tgt_db, topic)
+    kafka = _kafka(topic, end, applied.parts if applied else {}) if end is not None else None
+    target = attempt("target", _target, ss, s, tgt_db, direction) if applied is not None else None
+    if target is not None and applied is not None:
+        _lag(target, s, applied, end or {}, slot)
     if kafka is not None and target is not None:
         kafka.dlq_messages = attempt("kafka", _dlq_pending, ss, s, tgt_db, direction, ends)
     if kafka is not None:
@@ -260,45 +267,39 @@ def _has_state(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0])
 
 
-def _source(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) -> SourceStatus:
-    out = SourceStatus(slot=s.slot(direction))
+def _read_slot(ss: pg.Sessions, db: DatabaseSettings, slot: str) -> e2e.SlotReading:
     with _session(ss, db) as conn:
-        row = conn.execute(
-            "SELECT active, wal_status, pg_current_wal_lsn()::text, confirmed_flush_lsn::text,"
-            " restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-            (out.slot,),
-        ).fetchone()
-    if row is None:
+        return e2e.read_slot(conn, slot)
+
+
+def _source(slot: str, r: e2e.SlotReading) -> SourceStatus:
+    out = SourceStatus(slot=slot)
+    if not r.exists:
         return out
-    out.slot_exists, out.slot_active, out.wal_status = True, bool(row[0]), row[1]
-    current = parse_lsn(row[2])
-    if row[3]:
-        out.lag_bytes = max(0, current - parse_lsn(row[3]))
-    if row[4]:
-        out.retained_wal_bytes = max(0, current - parse_lsn(row[4]))
+    out.slot_exists, out.slot_active, out.wal_status = True, r.active, r.wal_status
+    if r.confirmed_lsn is not None:
+        out.lag_bytes = max(0, r.current_lsn - r.confirmed_lsn)
+    if r.restart_lsn is not None:
+        out.retained_wal_bytes = max(0, r.current_lsn - r.restart_lsn)
+    out.unread_bytes = r.unread_bytes
     return out
 
 
-def _applied_offsets(ss: pg.Sessions, db: DatabaseSettings, topic: str) -> dict[int, int]:
+def _applied(ss: pg.Sessions, db: DatabaseSettings, topic: str) -> e2e.AppliedReading:
+    """Apply's stored positions, and the target's clock."""
     with _session(ss, db) as conn:
         if not _has_state(conn):
-            return {}
-        rows = conn.execute(
-            "SELECT partition, next_offset FROM replicator.offsets WHERE topic = %s", (topic,)
-        ).fetchall()
-    return {int(p): int(o) for p, o in rows}
+            return e2e.AppliedReading({}, time.time(), time.monotonic())
+        return e2e.read_applied(conn, topic)
 
 
-def _kafka(
-    s: Settings, direction: str, applied: dict[int, int], end_offsets: EndOffsets
-) -> KafkaStatus:
-    topic = s.topic(direction, "changes")
-    ends = end_offsets(s.kafka.bootstrap_servers, topic)
+def _kafka(topic: str, ends: dict[int, int], applied: dict[int, e2e.Applied]) -> KafkaStatus:
     out = KafkaStatus(topic=topic)
+    behind = e2e.behind_of(ends, applied)
     for p, end in sorted(ends.items()):
-        done = applied.get(p)
-        out.partitions.append(PartitionLag(p, end, done, end - (done or 0)))
-    out.messages_behind = sum(pl.behind or 0 for pl in out.partitions)
+        done = applied[p].next_offset if p in applied else None
+        out.partitions.append(PartitionLag(p, end, done, behind[p]))
+    out.messages_behind = sum(behind.values())
     return out
 
 
@@ -318,6 +319,36 @@ def _finite_retention(s: Settings) -> dict[str, str]:
     return seen[1]
 
 
+def _lag(
+    out: TargetStatus,
+    s: Settings,
+    applied: e2e.AppliedReading,
+    ends: dict[int, int],
+    slot: e2e.SlotReading | None,
+) -> None:
+    """The end-to-end lag on the source's clock (the target's when the source is unreachable)."""
+    parts = applied.parts
+    behind = e2e.behind_of(ends, parts)
+    capture_behind = slot is not None and slot.capture_behind
+    now = slot.now_at(applied.at) if slot is not None else applied.target_now
+    out.end_to_end_lag_s = e2e.estimate(
+        now,
+        parts,
+        behind,
+        capture_behind=capture_behind,
+        heartbeat_interval_s=s.capture.heartbeat_interval_s,
+    )
+    out.changes_waiting = capture_behind or any(behind.values())
+    beats = [a for a in parts.values() if a.heartbeat_at is not None]
+    if beats:
+        out.last_heartbeat_latency_s = max(
+            beats, key=lambda a: a.heartbeat_at or 0.0
+        ).heartbeat_latency_s
+    commits = [a.commit_ts for a in parts.values() if a.commit_ts is not None]
+    if commits:
+        out.last_applied_commit_at = dt.datetime.fromtimestamp(max(commits), dt.UTC).isoformat()
+
+
 def _dlq_pending(
     ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str, end_offsets: EndOffsets
 ) -> int:
@@ -329,9 +360,7 @@ def _dlq_pending(
         return pending_count(conn, topic, ends)
 
 
-def _target(
-    ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str, kafka: KafkaStatus | None
-) -> TargetStatus:
+def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) -> TargetStatus:
     from replicator.validate.report import last_validation
 
     out = TargetStatus()
@@ -345,18 +374,6 @@ def _target(
         ).fetchone()
         if row:
             out.desired_direction, out.observed_direction = row
-        hb = conn.execute(
-            "SELECT extract(epoch FROM applied_at - emitted_at)::float8,"
-            " extract(epoch FROM clock_timestamp() - emitted_at)::float8"
-            " FROM replicator.heartbeats WHERE topic = %s ORDER BY emitted_at DESC LIMIT 1",
-            (topic,),
-        ).fetchone()
-        if hb:
-            out.last_heartbeat_latency_s = max(0.0, float(hb[0]))
-            caught_up = kafka is not None and not kafka.messages_behind
-            # Caught up: the lag is what the last heartbeat took from legacy to the target.
-            # Behind: the newest applied data is this old (grows while apply is stopped).
-            out.end_to_end_lag_s = out.last_heartbeat_latency_s if caught_up else float(hb[1])
         last = conn.execute(
             "SELECT extract(epoch FROM clock_timestamp() - max(updated_at))::float8"
             " FROM replicator.offsets WHERE topic = %s",
