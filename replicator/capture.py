@@ -91,6 +91,15 @@ def prepare_source(
         ensure_publication(conn, s.publication_for(direction), tables)
         info = slot_info(conn, s.slot(direction))
     if not info.exists:
+        if direction == "rev":
+            # Armed by the cutover, before the application wrote to the target: one made now
+            # would start at the current WAL and never carry what the target took since.
+            raise PreconditionError(
+                f"the reverse slot {s.slot(direction)} is gone from {db.masked()}: writes made"
+                " on the target since the cutover cannot be streamed back to legacy",
+                hint="see docs/cutover.md (a lost slot after the switch): keep the target as"
+                " the writer and re-sync legacy before relying on a rollback",
+            )
         return create_slot(db.conninfo(), s.slot(direction))
     return None
 

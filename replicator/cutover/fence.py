@@ -16,6 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,7 @@ def fence(
     marker: dict[str, Any] | None = None,
     conn: psycopg.Connection[Any] | None = None,
     strike: Callable[[str], None] | None = None,
+    calm: Callable[[], AbstractContextManager[None]] | None = None,
 ) -> Fence:
     """Fence ``tables`` on ``db``; returns what was done. Raises if the locks cannot be had.
 
@@ -87,6 +89,7 @@ def fence(
     f = Fence(marker_id=uuid.uuid4().hex, tables=tables)
     own = conn is None
     c = pg.connect(db.conninfo(), autocommit=True) if conn is None else conn
+    pid = c.info.backend_pid  # now: a closed connection no longer says which session it was
     try:
         with pg.translated(db.masked()):
             prepare(c)
@@ -136,24 +139,26 @@ def fence(
             hint="long transactions hold the tables: retry when they are done, or raise --lock-timeout",
         )
     except BaseException:
-        undo_failed_fence(db, c)
+        with calm() if calm is not None else contextlib.nullcontext():
+            undo_failed_fence(db, c, pid, run_id)
         raise
     finally:
         if own:
             c.close()
 
 
-def undo_failed_fence(db: DatabaseSettings, held: psycopg.Connection[Any]) -> None:
+def undo_failed_fence(
+    db: DatabaseSettings, held: psycopg.Connection[Any], pid: int, run_id: str
+) -> None:
     """A fence that did not complete, taken back: its session ended first (so a statement
-    still running there cannot commit afterwards), then the side unfenced from its record."""
-    pid = None if held.closed else held.info.backend_pid
+    still running there cannot commit afterwards), then what this run fenced undone from its
+    record (a run without an id: every fence of the side)."""
     with contextlib.suppress(Exception):
         held.close()
     with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-        if pid:
-            end_sessions(conn, [pid])
+        end_sessions(conn, [pid])
         prepare(conn)
-        conn.execute(records.DROP_SQL)
+        conn.execute(records.drop_run_sql(run_id) if run_id else records.DROP_SQL)
 
 
 def end_sessions(conn: psycopg.Connection[Any], pids: list[int], timeout_s: float = 10.0) -> None:
@@ -191,16 +196,18 @@ WITH RECURSIVE mine(oid) AS (
     SELECT oid FROM pg_roles WHERE rolname = current_user
     UNION SELECT am.roleid FROM pg_auth_members am JOIN mine ON am.member = mine.oid
 )
-SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE g.rolname END, t,
-       a.privilege_type, a.is_grantable
+SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE g.rolname END, t, a.privilege_type,
+       bool_or(a.is_grantable)
 FROM unnest(%s::text[]) t
 JOIN pg_class c ON c.oid = t::regclass
 CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
 LEFT JOIN pg_roles g ON g.oid = a.grantee
 WHERE a.privilege_type = ANY(%s::text[])
+  AND a.grantor = c.relowner  -- what a REVOKE as the owner takes away (and a GRANT gives back)
   AND a.grantee NOT IN (SELECT oid FROM mine)
   AND EXISTS (SELECT 1 FROM unnest(%s::text[]) r
               WHERE a.grantee = 0 OR pg_has_role(r, a.grantee, 'USAGE'))
+GROUP BY 1, 2, 3
 """
 
 
@@ -252,15 +259,12 @@ def _revoke(
     ]
 
 
-def unfence(db: DatabaseSettings, conn: psycopg.Connection[Any] | None = None) -> None:
-    """Undo a fence: no trigger left, every privilege it took given back (one round trip)."""
-    if conn is not None:
-        with pg.translated(db.masked()):
-            conn.execute(records.DROP_SQL)
-        return
+def unfence(db: DatabaseSettings, run_id: str = "") -> None:
+    """Undo a fence — run ``run_id``'s, or every one — no trigger left, every privilege it
+    took given back (one round trip)."""
     with pg.connect(db.conninfo(), autocommit=True) as c, pg.translated(db.masked()):
         prepare(c)
-        c.execute(records.DROP_SQL)
+        c.execute(records.drop_run_sql(run_id) if run_id else records.DROP_SQL)
 
 
 def fenced_tables(conn: psycopg.Connection[Any]) -> list[str]:

@@ -1,5 +1,9 @@
 """The operator's switch hook: run with only what it needs, its output never carrying a secret.
 
+Its exit status is a promise: non-zero means "I changed nothing" (the switch is then taken
+back); a hook that may have switched must exit 0 or be killed trying, which leaves the old
+writer fenced for a rerun. A hook killed by a signal, or timed out, may have switched.
+
 The hook points the application at the new writer (a deployment flip, a DNS change). It gets a
 small environment — ``PATH``, locale, home, the Kubernetes service address a ``kubectl`` needs,
 the names listed in ``cutover.hook_env``, and ``REPLICATOR_ACTION``, ``REPLICATOR_RUN_ID``,
@@ -100,6 +104,11 @@ def run_hook(command: str, s: Settings, *, action: str, run_id: str, new: Databa
                 step="switch",
             ) from None
         raise
+    if proc.returncode < 0:  # killed (OOM, a signal): it may have switched before it died
+        raise CutoverAborted(
+            f"switch hook was killed by signal {-proc.returncode}: it may have switched",
+            step="switch",
+        )
     if proc.returncode != 0:
         said = masked((stderr or stdout).strip(), s)[-400:]
         raise HookRefused(

@@ -51,15 +51,36 @@ FUNCTIONS_SQL = r"""
 CREATE OR REPLACE FUNCTION replicator._fence_grantee(r text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$ SELECT CASE WHEN r = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(r) END $$;
 
+-- Created only where missing: CREATE TRIGGER takes a lock that blocks writes, not reads (a
+-- DROP first would block every reader of the table for the fence's transaction).
 CREATE OR REPLACE FUNCTION replicator._fence_triggers(tbl text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS replicator_fence ON %s', tbl);
-    EXECUTE format('CREATE TRIGGER replicator_fence BEFORE INSERT OR UPDATE OR DELETE ON %s'
-                   ' FOR EACH ROW EXECUTE FUNCTION replicator.fenced()', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS replicator_fence_truncate ON %s', tbl);
-    EXECUTE format('CREATE TRIGGER replicator_fence_truncate BEFORE TRUNCATE ON %s'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION replicator.fenced()', tbl);
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl::regclass
+                   AND tgname = 'replicator_fence') THEN
+        EXECUTE format('CREATE TRIGGER replicator_fence BEFORE INSERT OR UPDATE OR DELETE ON %s'
+                       ' FOR EACH ROW EXECUTE FUNCTION replicator.fenced()', tbl);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl::regclass
+                   AND tgname = 'replicator_fence_truncate') THEN
+        EXECUTE format('CREATE TRIGGER replicator_fence_truncate BEFORE TRUNCATE ON %s'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION replicator.fenced()', tbl);
+    END IF;
+END $$;
+
+-- A privilege given back; a role dropped since is skipped with a warning, not a failure that
+-- would leave the side fenced for good.
+CREATE OR REPLACE FUNCTION replicator._fence_grant(
+    priv text, tbl text, grantee text, grantable boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass(tbl) IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('GRANT %s ON %s TO %s%s', priv, tbl, replicator._fence_grantee(grantee),
+                   CASE WHEN grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+EXCEPTION WHEN undefined_object THEN
+    RAISE WARNING 'replicator: % on % not given back to %: the role is gone', priv, tbl, grantee;
 END $$;
 
 CREATE OR REPLACE FUNCTION replicator._fence_drop_triggers() RETURNS integer
@@ -69,7 +90,8 @@ BEGIN
     FOR r IN SELECT t.tgname, format('%I.%I', ns.nspname, c.relname) AS rel
              FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
              JOIN pg_namespace ns ON ns.oid = c.relnamespace
-             WHERE t.tgname IN ('replicator_fence', 'replicator_fence_truncate') LOOP
+             WHERE t.tgname IN ('replicator_fence', 'replicator_fence_truncate')
+               AND t.tgparentid = 0 LOOP  -- a partition's clone goes with its parent's
         EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
         n := n + 1;
     END LOOP;
@@ -84,12 +106,30 @@ BEGIN
     n := replicator._fence_drop_triggers();
     FOR r IN DELETE FROM replicator.fence_revoked
              RETURNING role_name, table_name, privilege, grantable, lifted_by LOOP
-        CONTINUE WHEN r.lifted_by IS NOT NULL OR to_regclass(r.table_name) IS NULL;
-        EXECUTE format('GRANT %s ON %s TO %s%s', r.privilege, r.table_name,
-                       replicator._fence_grantee(r.role_name),
-                       CASE WHEN r.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        CONTINUE WHEN r.lifted_by IS NOT NULL;
+        PERFORM replicator._fence_grant(r.privilege, r.table_name, r.role_name, r.grantable);
     END LOOP;
     DELETE FROM replicator.fence_tables;
+    RETURN n;
+END $$;
+
+-- What one run fenced, taken back — nothing another run fenced since (a second switch that
+-- took over after this one lost its lock keeps its fence).
+CREATE OR REPLACE FUNCTION replicator.drop_fence(run text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE r record; n integer := 0;
+BEGIN
+    FOR r IN DELETE FROM replicator.fence_tables WHERE run_id = run AND lifted_by IS NULL
+             RETURNING table_name LOOP
+        CONTINUE WHEN to_regclass(r.table_name) IS NULL;
+        EXECUTE format('DROP TRIGGER IF EXISTS replicator_fence ON %s', r.table_name);
+        EXECUTE format('DROP TRIGGER IF EXISTS replicator_fence_truncate ON %s', r.table_name);
+        n := n + 1;
+    END LOOP;
+    FOR r IN DELETE FROM replicator.fence_revoked WHERE run_id = run AND lifted_by IS NULL
+             RETURNING role_name, table_name, privilege, grantable LOOP
+        PERFORM replicator._fence_grant(r.privilege, r.table_name, r.role_name, r.grantable);
+    END LOOP;
     RETURN n;
 END $$;
 
@@ -103,16 +143,13 @@ BEGIN
     SELECT DISTINCT format('%I.%I', ns.nspname, c.relname), run
     FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
     JOIN pg_namespace ns ON ns.oid = c.relnamespace
-    WHERE t.tgname = 'replicator_fence'
+    WHERE t.tgname = 'replicator_fence' AND t.tgparentid = 0
     ON CONFLICT (table_name) DO NOTHING;
     PERFORM replicator._fence_drop_triggers();
     UPDATE replicator.fence_tables SET lifted_by = run WHERE lifted_by IS NULL;
     FOR r IN UPDATE replicator.fence_revoked SET lifted_by = run WHERE lifted_by IS NULL
              RETURNING role_name, table_name, privilege, grantable LOOP
-        CONTINUE WHEN to_regclass(r.table_name) IS NULL;
-        EXECUTE format('GRANT %s ON %s TO %s%s', r.privilege, r.table_name,
-                       replicator._fence_grantee(r.role_name),
-                       CASE WHEN r.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        PERFORM replicator._fence_grant(r.privilege, r.table_name, r.role_name, r.grantable);
     END LOOP;
 END $$;
 
@@ -130,8 +167,12 @@ BEGIN
     FOR r IN UPDATE replicator.fence_revoked SET lifted_by = NULL WHERE lifted_by = run
              RETURNING role_name, table_name, privilege LOOP
         CONTINUE WHEN to_regclass(r.table_name) IS NULL;
-        EXECUTE format('REVOKE %s ON %s FROM %s', r.privilege, r.table_name,
-                       replicator._fence_grantee(r.role_name));
+        BEGIN
+            EXECUTE format('REVOKE %s ON %s FROM %s', r.privilege, r.table_name,
+                           replicator._fence_grantee(r.role_name));
+        EXCEPTION WHEN undefined_object THEN
+            NULL;  -- the role is gone: nothing of it to revoke
+        END;
     END LOOP;
     RETURN n;
 END $$;
@@ -163,6 +204,11 @@ def finish_sql(run_id: str) -> sql.Composed:
 DROP_SQL = "SELECT replicator.drop_fence()"
 
 
+def drop_run_sql(run_id: str) -> sql.Composed:
+    """What run ``run_id`` fenced, and only that, taken back."""
+    return sql.SQL("SELECT replicator.drop_fence({}::text)").format(sql.Literal(run_id))
+
+
 @dataclass(frozen=True)
 class SideFence:
     """One database's fence as its catalog and record show it."""
@@ -182,7 +228,8 @@ def read(conn: psycopg.Connection[Any]) -> SideFence:
     row = conn.execute(
         "SELECT (SELECT coalesce(array_agg(DISTINCT format('%I.%I', ns.nspname, c.relname)),"
         "  '{}') FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-        "  JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE t.tgname = 'replicator_fence'),"
+        "  JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE t.tgname = 'replicator_fence'"
+        "  AND t.tgparentid = 0),"
         " to_regclass('replicator.fence_revoked') IS NOT NULL,"
         " to_regclass('replicator.fence_tables') IS NOT NULL"
     ).fetchone()

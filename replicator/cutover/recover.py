@@ -37,6 +37,19 @@ def session_name(pipeline: str) -> str:
     return f"replicator-switch:{pipeline}"[:63]
 
 
+def session_params(pipeline: str) -> dict[str, str]:
+    """Connection parameters of a switch's sessions: named, and with TCP keepalives so that a
+    lost peer (a node gone, a cut network) ends the session, and its lock, within a minute."""
+    return {
+        "application_name": session_name(pipeline),
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "keepalives_interval": "5",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "30000",
+    }
+
+
 def watch_client(conn: psycopg.Connection[Any]) -> None:
     """Have the server end this session's statement soon after the client is gone (PG 14+):
     a fence waiting for its locks must not outlive a killed switch by long."""
@@ -54,7 +67,7 @@ class SwitchLock:
     @classmethod
     def take(cls, s: Settings) -> SwitchLock:
         db = s.target
-        conn = pg.connect(db.conninfo(application_name=session_name(s.name)), autocommit=True)
+        conn = pg.connect(db.conninfo(**session_params(s.name)), autocommit=True)
         try:
             with pg.translated(db.masked()):
                 row = conn.execute(
@@ -84,6 +97,15 @@ class SwitchLock:
             raise
         return cls(conn, int(row[1]))
 
+    def held(self) -> bool:
+        """Its session still answers (the lock lives as long as the session)."""
+        try:
+            with pg.translated("the switch lock"):
+                self.conn.execute("SELECT 1")
+        except ReplicatorError:
+            return False
+        return True
+
     def release(self) -> None:
         with contextlib.suppress(Exception):
             self.conn.close()
@@ -110,6 +132,7 @@ class WriterState:
             "target": asdict(self.target) if self.target else None,
             "decision": self.decision,
             "problems": self.problems,
+            "both_writable": self.both,
         }
 
 
@@ -228,8 +251,6 @@ def restore(s: Settings, lock: SwitchLock, *, legacy_tables: list[str] | None = 
         with pg.translated("the writer's records"):
             st = observe(lc, tc, s.name)
         if st.decision is not None:
-            if done:
-                return done
             raise PreconditionError(
                 st.problems[-1],
                 hint=f"run {decision.rerun(st.decision['action'])} to finish it",

@@ -23,9 +23,9 @@ from psycopg import sql
 
 from connectors import kafka_io, pg
 from connectors.pgsequences import set_past_sql, sources_high, target_name
-from connectors.pgsource import create_slot, ensure_publication, slot_info
+from connectors.pgsource import slot_info
 from replicator.config import Settings
-from replicator.cutover import decision, records, recover
+from replicator.cutover import arm, decision, records, recover
 from replicator.cutover import fence as fencing
 from replicator.cutover.faults import Faults
 from replicator.cutover.hook import HookRefused, run_hook
@@ -84,6 +84,7 @@ class Cutover(Preflight):
         self._hook_refused = False
         self._resumed_fresh = False
         self._decision_run = self.run_id  # the run a decision (and a lifted fence) is under
+        self._pids: dict[str, int] = {}  # the held sessions' backends, ended before an abort
 
     # -- the whole run ---------------------------------------------------------------------------
 
@@ -147,6 +148,7 @@ class Cutover(Preflight):
         self.journal.hold()  # journal rows wait until the pause is over
         try:
             with self._step(out, "fence"):
+                self._still_ours()
                 f = fencing.fence(
                     p.old,
                     p.drain.source_tables,
@@ -157,6 +159,7 @@ class Cutover(Preflight):
                     marker={"action": p.action, "run_id": self.run_id},
                     conn=self._conn("old"),
                     strike=self._strike,
+                    calm=self._guard.calm,
                 )
         except BaseException as exc:
             # fence() took back whatever it had done, from the record, on a fresh session
@@ -182,10 +185,11 @@ class Cutover(Preflight):
                     self._verification.in_pause(applied)
             finally:
                 if prepared is not None:
-                    prepared.join()  # no thread may outlive the step on a shared connection
+                    with self._guard.calm():
+                        prepared.join()  # no thread may outlive the step on a shared connection
             if dry_run:
                 with self._step(out, "unfence"):
-                    fencing.unfence(p.old)
+                    fencing.unfence(p.old, self.run_id)
                 out.pause_s = time.monotonic() - f.committed_at
                 self.journal.release()
                 return out
@@ -299,6 +303,7 @@ class Cutover(Preflight):
             if side in self._conns:
                 continue
             conn = self._conns[side] = pg.connect(db.conninfo(**self._app_name()), autocommit=True)
+            self._pids[side] = conn.info.backend_pid
             with pg.translated(db.masked()):
                 ensure_schema(conn)
                 decision.ensure_table(conn)
@@ -392,18 +397,32 @@ class Cutover(Preflight):
         new writer together with lifting its fence: one transaction there, so the new side is
         writable exactly when its decision exists, and an abort finds what to fence again."""
         p = self.plan
+        self._still_ours()
         record = decision.record(self.s.name, p.action, self.run_id, p.old_dir, p.new_dir)
         with pg.translated(p.old.masked()):
             self._conn("old").execute(record)
         self._strike("decide:new")
         self._decide_new()
 
+    def _still_ours(self) -> None:
+        """The switch lock is still held (its session alive): had it been lost, a recover or
+        another switch could be changing the same fences."""
+        if self._lock is not None and not self._lock.held():
+            raise CutoverAborted(
+                "the switch lost its lock (its session on the target ended)", step="lock"
+            )
+
     def _decide_new(self) -> None:
         p = self.plan
         run = self._decision_run
         record = decision.record(self.s.name, p.action, run, p.old_dir, p.new_dir)
+        # Lifting drops triggers (an exclusive lock): bounded, so a long reader on the new side
+        # fails the decision (and the switch is taken back) instead of stretching the pause.
+        wait = sql.SQL("SET LOCAL lock_timeout = {}").format(
+            sql.Literal(f"{self.lock_timeout_ms * self.s.cutover.lock_attempts}ms")
+        )
         with pg.translated(p.new.masked()):
-            self._conn("new").execute(sql.SQL("; ").join([record, records.lift_sql(run)]))
+            self._conn("new").execute(sql.SQL("; ").join([wait, record, records.lift_sql(run)]))
 
     def _abort(self, decided: bool) -> str | None:
         """Not switched: the new writer's decision taken back and its fence restored (one
@@ -413,12 +432,18 @@ class Cutover(Preflight):
         Returns None when done, else why the old writer stays fenced."""
         p = self.plan
         run = self._decision_run
+        held, self._conns = self._conns, {}
+        for conn in held.values():
+            with contextlib.suppress(Exception):
+                conn.close()
         if decided:
             try:
                 with (
                     pg.connect(p.new.conninfo(**self._app_name()), autocommit=True) as conn,
                     pg.translated(p.new.masked()),
                 ):
+                    # A decision statement still running there must not commit after this.
+                    fencing.end_sessions(conn, [pid for s, pid in self._pids.items() if s == "new"])
                     fencing.prepare(conn)
                     conn.execute(
                         sql.SQL("; ").join(
@@ -433,9 +458,10 @@ class Cutover(Preflight):
                 pg.connect(p.old.conninfo(**self._app_name()), autocommit=True) as conn,
                 pg.translated(p.old.masked()),
             ):
+                fencing.end_sessions(conn, [pid for s, pid in self._pids.items() if s == "old"])
                 fencing.prepare(conn)
                 conn.execute(
-                    sql.SQL("; ").join([decision.forget(self.s.name), sql.SQL(records.DROP_SQL)])
+                    sql.SQL("; ").join([decision.forget(self.s.name), records.drop_run_sql(run)])
                 )
         except ReplicatorError as exc:
             log.error("%s: the old writer could not be unfenced: %s", p.action, exc.message)
@@ -445,12 +471,11 @@ class Cutover(Preflight):
         return None
 
     def _pending_decision(self) -> decision.Decision | None:
+        """A decision left on either side. Both must answer: a side that cannot be read may
+        hold one, and starting afresh over it would unfence a writer the application uses."""
         for db in (self.s.target, self.s.source):
-            try:
-                with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-                    found = decision.read(conn, self.s.name)
-            except ReplicatorError:
-                continue
+            with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+                found = decision.read(conn, self.s.name)
             if found is not None:
                 return found
         return None
@@ -476,45 +501,15 @@ class Cutover(Preflight):
             self._faults.strike(point, self._conns.get)
 
     def _app_name(self) -> dict[str, str]:
-        """Every session of a switch is named, so that ``recover`` can end one left behind."""
-        return {"application_name": recover.session_name(self.s.name)}
+        """Every session of a switch is named, so that ``recover`` can end one left behind,
+        and notices a peer that vanished (keepalives) within seconds, not hours."""
+        return recover.session_params(self.s.name)
 
     def _arm_next_direction(self) -> None:
-        """Publication and slot on the new writer, created now: the draining apply has stopped
-        writing, so nothing it wrote can echo back through the new stream."""
-        p = self.plan
-        with pg.connect(p.new.conninfo(), autocommit=True) as conn, pg.translated(p.new.masked()):
-            if p.new_dir == "rev":
-                # Reverse deletes need the whole old row: the target's keys are derived ids,
-                # the legacy key is in its columns (member → organization_member).
-                for table in p.arm.source_tables:
-                    conn.execute(
-                        sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(
-                            sql.Identifier(*table.split(".", 1))
-                        )
-                    )
-            ensure_publication(conn, self.s.publication_for(p.new_dir), p.arm.source_tables)
-            if slot_info(conn, self.s.slot(p.new_dir)).exists:
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (self.s.slot(p.new_dir),))
-        create_slot(p.new.conninfo(), self.s.slot(p.new_dir))
-        kafka_io.ensure_topics(
-            self.s.kafka.bootstrap_servers,
-            {self._topic(p.new_dir): self.s.kafka.partitions, self._topic(p.new_dir, "dlq"): 1},
-            self.s.kafka.replication_factor,
-            **self.s.kafka.client_options(),
-        )
+        arm.arm(self.s, self.plan)
 
     def _disarm_next_direction(self) -> None:
-        p = self.plan
-        try:
-            with (
-                pg.connect(p.new.conninfo(), autocommit=True) as conn,
-                pg.translated(p.new.masked()),
-            ):
-                if slot_info(conn, self.s.slot(p.new_dir)).exists:
-                    conn.execute("SELECT pg_drop_replication_slot(%s)", (self.s.slot(p.new_dir),))
-        except ReplicatorError:
-            pass
+        arm.disarm(self.s, self.plan)
 
     def _run_hook(self) -> None:
         self._strike("switch:hook")

@@ -28,7 +28,7 @@ from replicator.apply.worker import ApplyWorker
 from replicator.backfill.reader import Backfill, ProgressFn, wanted
 from replicator.capture import Capture
 from replicator.config import DatabaseSettings, Settings
-from replicator.errors import ReplicatorError
+from replicator.errors import ConnectionFailed, ReplicatorError
 from replicator.health import StageHealth
 from replicator.runtime.worker_process import ApplyProcess, LogSetup
 from replicator.state import ensure_schema
@@ -43,9 +43,15 @@ def desired_direction(s: Settings) -> str:
     """The direction the pipeline should run: the target's record first, else legacy's."""
     watch = DirectionWatch(s, create_schema=True)
     try:
-        return watch.read()
+        wanted = watch.read()
     finally:
         watch.close()
+    if wanted is None:
+        raise ConnectionFailed(
+            f"{s.target.masked()}: unreachable: the pipeline's direction is recorded there",
+            hint="check that the target answers; the pipeline starts once it does",
+        )
+    return wanted
 
 
 class DirectionWatch:
@@ -58,7 +64,10 @@ class DirectionWatch:
         self.create_schema = create_schema
         self._conns: dict[str, psycopg.Connection[Any]] = {}
 
-    def read(self) -> str:
+    def read(self) -> str | None:
+        """The desired direction; None when it cannot be told (the target, where a switch
+        records it first, is unreachable). Never a guess: following a guessed "fwd" after a
+        cutover would drop the live reverse slot."""
         for side, db in (("target", self.s.target), ("source", self.s.source)):
             try:
                 try:
@@ -70,10 +79,12 @@ class DirectionWatch:
                     row = self._query(side, db)
             except ReplicatorError:
                 self._drop(side)
+                if side == "target":
+                    return None
                 continue
             if row is not None:
                 return str(row[0])
-        return "fwd"
+        return "fwd"  # recorded nowhere: a pipeline that never switched
 
     def _query(self, side: str, db: DatabaseSettings) -> tuple[Any, ...] | None:
         conn = self._conns.get(side)
@@ -200,8 +211,8 @@ class Pipeline:
         while not self.stop.wait(RECONCILE_INTERVAL_S):
             try:
                 wanted = watch.read()
-                if wanted == self.direction:
-                    continue
+                if wanted is None or wanted == self.direction:
+                    continue  # unknown (target unreachable): keep running as we are
                 log.info("pipeline %s: direction changed to %s", self.settings.name, wanted)
                 old = self.direction
                 self._stop_stages()

@@ -73,7 +73,16 @@ STEP_POINTS = [
 ]
 # The expensive kinds where what they leave behind differs: before anything is blocked, in the
 # fence's lock wait, in the pause, between the two decisions, in the hook, after it.
-SIGNAL_POINTS = ["arm", "fence:locking", "drain", "decide:new", "switch:hook", "finish:source"]
+SIGNAL_POINTS = [
+    "arm",
+    "fence:locking",
+    "drain",
+    "verify",
+    "decide",
+    "decide:new",
+    "switch:hook",
+    "finish:source",
+]
 SIGKILL_POINTS = [
     "arm",
     "catch-up",
@@ -88,7 +97,9 @@ SIGKILL_POINTS = [
 ]
 DROP_OLD_POINTS = ["fence:locking", "drain", "verify", "decide", "decide:new", "finish"]
 DROP_NEW_POINTS = ["drain", "verify", "decide", "decide:new", "finish"]
-HOOK_KINDS = ["hook-fails", "hook-hangs", "hook-refused"]
+# A hook that says it did not switch, one that hangs after switching, one that cannot run, one
+# killed (OOM, a signal) after switching: killed or timed out, it may have switched.
+HOOK_KINDS = ["hook-fails", "hook-hangs", "hook-refused", "hook-killed"]
 
 
 @dataclass(frozen=True)
@@ -238,7 +249,14 @@ class Monitor:
         self.stop = threading.Event()
         self.samples = 0
         self.both_open: list[float] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._guarded, daemon=True)
+
+    def _guarded(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # a monitor that died would prove nothing: say so
+            self.error = exc
 
     def _run(self) -> None:
         q = "SELECT count(*) FROM pg_trigger WHERE tgname = 'replicator_fence'"
@@ -386,6 +404,7 @@ def _hook(w: World, cell: Cell, flag: Path) -> str:
     body = {
         "hook-fails": "echo not switched >&2; exit 3",
         "hook-hangs": f"touch '{flag}'; sleep 30",
+        "hook-killed": f"touch '{flag}'; kill -KILL $$",
     }.get(cell.kind, f"touch '{flag}'")
     script.write_text(f"#!/bin/sh\n{body}\n")
     script.chmod(0o755)
@@ -448,6 +467,8 @@ def _recover(w: World, cell: Cell, good_hook: str) -> str:
 
 def _check(w: World, row: Row, baseline: dict[str, Any], mon: Monitor, writers: Writers) -> None:
     cell, fail = row.cell, row.failures
+    if mon.error is not None or mon.samples < 10:
+        fail.append(f"I1 unproven: the monitor took {mon.samples} samples ({mon.error!r})")
     if mon.both_open:
         fail.append(f"I1: both sides unfenced in {len(mon.both_open)} of {mon.samples} samples")
     accepting = [side for side in ("legacy", "target") if _accepts(w, side)]
