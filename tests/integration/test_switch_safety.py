@@ -160,3 +160,30 @@ def test_a_fence_stopped_before_its_commit_leaves_nothing_behind(env: Env) -> No
             "SELECT count(*) FROM pg_trigger WHERE tgname = 'replicator_fence'"
         ).fetchone() == (0,)
         c.execute("INSERT INTO item VALUES (1, 'writable')")
+
+
+def test_a_direction_that_cannot_be_read_is_never_guessed(env: Env) -> None:
+    """The pipeline follows the direction recorded on the target: when the target cannot be
+    read it keeps running as it is (a guessed "fwd" after a cutover dropped the live reverse
+    slot), and a capture never makes a missing reverse slot at the current WAL."""
+    from replicator.capture import prepare_source
+    from replicator.errors import PreconditionError
+    from replicator.runtime.pipeline import DirectionWatch
+
+    with env.legacy_conn() as c:
+        c.execute("CREATE TABLE item (id int PRIMARY KEY, v text)")
+    s = env.settings()
+    gone = env.settings(target={**s.target.model_dump(), "port": 1, "connect_timeout": 2})
+    watch = DirectionWatch(gone)
+    try:
+        assert watch.read() is None
+    finally:
+        watch.close()
+    watch = DirectionWatch(s)
+    try:
+        assert watch.read() == "fwd"  # nothing recorded anywhere: a pipeline never switched
+    finally:
+        watch.close()
+    with pytest.raises(PreconditionError, match="reverse slot .* is gone"):
+        prepare_source(s, env.legacy, ["public.item"], "rev")
+    assert prepare_source(s, env.legacy, ["public.item"], "fwd") is not None  # a first slot
