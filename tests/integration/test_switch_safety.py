@@ -184,6 +184,6 @@ def test_a_direction_that_cannot_be_read_is_never_guessed(env: Env) -> None:
         assert watch.read() == "fwd"  # nothing recorded anywhere: a pipeline never switched
     finally:
         watch.close()
-    with pytest.raises(PreconditionError, match="reverse slot .* is gone"):
+    with pytest.raises(PreconditionError, match=r"reverse slot .* is gone"):
         prepare_source(s, env.legacy, ["public.item"], "rev")
     assert prepare_source(s, env.legacy, ["public.item"], "fwd") is not None  # a first slot
