@@ -28,7 +28,7 @@ from replicator.apply.worker import ApplyWorker
 from replicator.backfill.reader import Backfill, ProgressFn, wanted
 from replicator.capture import Capture
 from replicator.config import DatabaseSettings, Settings
-from replicator.errors import ConnectionFailed, ReplicatorError
+from replicator.errors import ReplicatorError
 from replicator.health import StageHealth
 from replicator.runtime.worker_process import ApplyProcess, LogSetup
 from replicator.state import ensure_schema
@@ -43,15 +43,11 @@ def desired_direction(s: Settings) -> str:
     """The direction the pipeline should run: the target's record first, else legacy's."""
     watch = DirectionWatch(s, create_schema=True)
     try:
-        wanted = watch.read()
+        # At start a stage must run to report its health: with the target down, legacy's
+        # record (both are written by a switch) stands in. Following later never guesses.
+        return watch.read(fallback=True) or "fwd"
     finally:
         watch.close()
-    if wanted is None:
-        raise ConnectionFailed(
-            f"{s.target.masked()}: unreachable: the pipeline's direction is recorded there",
-            hint="check that the target answers; the pipeline starts once it does",
-        )
-    return wanted
 
 
 class DirectionWatch:
@@ -64,10 +60,10 @@ class DirectionWatch:
         self.create_schema = create_schema
         self._conns: dict[str, psycopg.Connection[Any]] = {}
 
-    def read(self) -> str | None:
+    def read(self, *, fallback: bool = False) -> str | None:
         """The desired direction; None when it cannot be told (the target, where a switch
-        records it first, is unreachable). Never a guess: following a guessed "fwd" after a
-        cutover would drop the live reverse slot."""
+        records it first, is unreachable), unless ``fallback`` takes legacy's record then.
+        Following a guessed "fwd" after a cutover would drop the live reverse slot."""
         for side, db in (("target", self.s.target), ("source", self.s.source)):
             try:
                 try:
@@ -79,7 +75,7 @@ class DirectionWatch:
                     row = self._query(side, db)
             except ReplicatorError:
                 self._drop(side)
-                if side == "target":
+                if side == "target" and not fallback:
                     return None
                 continue
             if row is not None:
