@@ -202,6 +202,11 @@ def finish_sql(run_id: str) -> sql.Composed:
 
 
 DROP_SQL = "SELECT replicator.drop_fence()"
+# The record's tables given their trigger back where it went missing (the side stays fenced).
+MEND_SQL = (
+    "SELECT replicator._fence_triggers(table_name) FROM replicator.fence_tables"
+    " WHERE lifted_by IS NULL AND to_regclass(table_name) IS NOT NULL"
+)
 
 
 def drop_run_sql(run_id: str) -> sql.Composed:
@@ -216,10 +221,16 @@ class SideFence:
     tables: tuple[str, ...]  # with a fence trigger now
     revoked: int  # privileges taken and not given back
     lifted_by: tuple[str, ...]  # runs whose decision lifted a fence here, not finished
+    recorded: tuple[str, ...] = ()  # fenced by the record (not lifted), trigger or not
 
     @property
     def fenced(self) -> bool:
-        return bool(self.tables or self.revoked)
+        return bool(self.tables or self.revoked or self.recorded)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Tables the record fences that lost their trigger (dropped by hand, recreated)."""
+        return tuple(t for t in self.recorded if t not in self.tables)
 
 
 def read(conn: psycopg.Connection[Any]) -> SideFence:
@@ -237,16 +248,21 @@ def read(conn: psycopg.Connection[Any]) -> SideFence:
     tables = tuple(sorted(str(t) for t in row[0]))
     revoked: int = 0
     lifted: tuple[str, ...] = ()
+    recorded: tuple[str, ...] = ()
     if row[1] and row[2]:
         got = conn.execute(
             "SELECT (SELECT count(*) FROM replicator.fence_revoked WHERE lifted_by IS NULL),"
             " (SELECT coalesce(array_agg(DISTINCT lifted_by), '{}') FROM ("
             "  SELECT lifted_by FROM replicator.fence_tables WHERE lifted_by IS NOT NULL"
-            "  UNION SELECT lifted_by FROM replicator.fence_revoked WHERE lifted_by IS NOT NULL) l)"
+            "  UNION SELECT lifted_by FROM replicator.fence_revoked WHERE lifted_by IS NOT NULL) l),"
+            " (SELECT coalesce(array_agg(format('%I.%I', ns.nspname, c.relname)), '{}')"
+            "  FROM replicator.fence_tables f JOIN pg_class c ON c.oid = to_regclass(f.table_name)"
+            "  JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE f.lifted_by IS NULL)"
         ).fetchone()
         assert got is not None
         revoked, lifted = int(got[0]), tuple(sorted(str(x) for x in got[1]))
+        recorded = tuple(sorted(str(x) for x in got[2]))
     elif row[1]:
         got = conn.execute("SELECT count(*) FROM replicator.fence_revoked").fetchone()
         revoked = int(got[0]) if got else 0
-    return SideFence(tables, revoked, lifted)
+    return SideFence(tables, revoked, lifted, recorded)

@@ -181,6 +181,12 @@ def observe(
         )
     else:
         st.writer = writer
+    if o.missing:
+        st.both = st.both or not o.tables
+        st.problems.append(
+            f"{other} is fenced by its record but {len(o.missing)} table(s) lost the fence"
+            f" trigger ({', '.join(o.missing[:3])}): run `replicator recover`"
+        )
     if o.lifted_by:
         st.both = not w.fenced
         st.problems.append(
@@ -264,6 +270,10 @@ def restore(s: Settings, lock: SwitchLock, *, legacy_tables: list[str] | None = 
                 fencing.prepare(conns[other])
                 conns[other].execute(records.restore_sql(run))
             done.append(f"{other} fenced again as it was before run {run}")
+        if o.missing:
+            with pg.translated(dbs[other].masked()):
+                conns[other].execute(records.MEND_SQL)
+            done.append(f"{other}: the fence trigger put back on {len(o.missing)} table(s)")
         if w.fenced or w.lifted_by:
             with pg.translated(dbs[writer].masked()):
                 fencing.prepare(conns[writer])

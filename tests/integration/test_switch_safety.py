@@ -187,3 +187,27 @@ def test_a_direction_that_cannot_be_read_is_never_guessed(env: Env) -> None:
     with pytest.raises(PreconditionError, match=r"reverse slot .* is gone"):
         prepare_source(s, env.legacy, ["public.item"], "rev")
     assert prepare_source(s, env.legacy, ["public.item"], "fwd") is not None  # a first slot
+
+
+def test_a_fenced_side_that_lost_a_trigger_is_flagged_and_mended(env: Env) -> None:
+    """The side that is not the writer stays fenced by its record: a table whose trigger went
+    (dropped by hand, the table recreated) is named by `status`, and `recover` puts it back."""
+    with env.target_conn() as c:
+        c.execute("CREATE TABLE item (id int PRIMARY KEY, v text)")
+        c.execute("CREATE TABLE note (id int PRIMARY KEY, v text)")
+    fencing.fence(env.target, TABLES, app_roles=[], lock_timeout_ms=500, attempts=2, run_id="r")
+    s = env.settings()
+    assert recover.read_state(s).problems == []  # the target fenced, legacy writes: as it should
+    with env.target_conn() as c:
+        c.execute("DROP TRIGGER replicator_fence ON note")
+    st = recover.read_state(s)
+    assert any("lost the fence trigger" in p and "public.note" in p for p in st.problems), st
+    lock = recover.SwitchLock.take(s)
+    try:
+        done = recover.restore(s, lock)
+    finally:
+        lock.release()
+    assert any("fence trigger put back" in d for d in done), done
+    assert recover.read_state(s).problems == []
+    with env.target_conn() as c, pytest.raises(psycopg.Error, match="fenced"):
+        c.execute("INSERT INTO note VALUES (1, 'x')")
