@@ -100,7 +100,14 @@ def bench_args(name: str, doc: str) -> SwitchArgs:
                     "help": "writer sessions sharing the rate (default: one per 500 tx/s)",
                 },
             ),
-            ("--runs", {"type": int, "default": 1, "help": "independent runs, each reported"}),
+            (
+                "--runs",
+                {
+                    "type": int,
+                    "default": 1,
+                    "help": "independent runs, each reported (bench.cutover)",
+                },
+            ),
             ("--scale", {"type": int, "default": None, "help": "MCP data scale (default 1, 5)"}),
             (
                 "--write-before",
@@ -161,12 +168,23 @@ def one_run(svc: Services, a: SwitchArgs, run: int) -> dict[str, Any]:
 def main() -> dict[str, Any]:
     a = bench_args("cutover", __doc__ or "")
     svc = start_services()
+    runs: list[dict[str, Any]] = []
     try:
-        runs = [one_run(svc, a, i + 1) for i in range(a.runs)]
+        for i in range(a.runs):
+            try:
+                runs.append(one_run(svc, a, i + 1))
+            except SystemExit as exc:  # an aborted switch: reported with its reason, not a pause
+                if a.runs == 1:
+                    raise
+                log(f"run {i + 1}: {exc}")
+                runs.append({"error": str(exc)})
     finally:
         svc.close()
-    worst = max(runs, key=lambda r: float(r["pause_s"]))
-    lost = sum(int(r["lost_writes"]) for r in runs)
+    done = [r for r in runs if "pause_s" in r]
+    if not done:
+        raise SystemExit("no run switched: " + "; ".join(str(r["error"]) for r in runs))
+    worst = max(done, key=lambda r: float(r["pause_s"]))
+    lost = sum(int(r["lost_writes"]) for r in done)
     return emit(
         "cutover_write_pause_s",
         value=float(worst["pause_s"]),
@@ -175,17 +193,21 @@ def main() -> dict[str, Any]:
         goal=f"pause <= {a.goal_pause_s:g} s with zero lost writes at ~{a.rate:.0f} tx/s after"
         f" {a.before:.0f} s of writes, in every run",
         higher_is_better=False,
-        pauses_s=[r["pause_s"] for r in runs],
+        pauses_s=[r.get("pause_s") for r in runs],  # null: the run did not switch (its error)
         lost_writes=lost,
-        goal_met=bool(lost == 0 and all(float(r["pause_s"]) <= a.goal_pause_s for r in runs)),
+        goal_met=bool(
+            len(done) == len(runs)
+            and lost == 0
+            and all(float(r["pause_s"]) <= a.goal_pause_s for r in done)
+        ),
         runs=runs,
         # The last run's figures under their old names, as a single run reports them.
-        fence_to_switch_s=runs[-1]["fence_to_switch_s"],
-        written_before_switch=runs[-1]["written_before_switch"],
-        writes=runs[-1]["writes"],
-        refused_writes=runs[-1]["refused_writes"],
-        rate_tx_s=runs[-1]["rate_tx_s"],
-        steps_s=runs[-1]["steps_s"],
+        fence_to_switch_s=done[-1]["fence_to_switch_s"],
+        written_before_switch=done[-1]["written_before_switch"],
+        writes=done[-1]["writes"],
+        refused_writes=done[-1]["refused_writes"],
+        rate_tx_s=done[-1]["rate_tx_s"],
+        steps_s=done[-1]["steps_s"],
         writers=a.writers,
         scale=a.scale,
     )

@@ -25,6 +25,8 @@ from bench.harness import bench_env, emit, log
 
 def main() -> dict[str, Any]:
     a = bench_args("rollback", __doc__ or "")
+    if a.runs != 1:
+        raise SystemExit("--runs is bench.cutover's: run bench.rollback once per run")
     quick, rate, scale, before = a.quick, a.rate, a.scale, a.before
     settle = 2.0 if quick else 5.0
     with bench_env() as env, SyncedPipeline(env, scale) as pipeline:
