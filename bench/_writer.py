@@ -42,36 +42,50 @@ class Write:
 
 
 class PacedWriter:
-    """One row per transaction at ``rate`` tx/s on the current side, until stopped.
+    """One row per transaction at ``rate`` tx/s on the current side, until stopped, from
+    ``connections`` sessions (threads) each writing ``rate / connections`` on a schedule offset
+    from the others', as an application's connection pool would.
 
     The schedule is absolute (``start + n / rate``), so a slow statement is caught up after
     rather than lowering the rate; a backlog longer than 50 ms is dropped instead of burst, as
     an application whose requests time out would."""
 
     def __init__(
-        self, env: Env, *, side: str = "legacy", rate: float = 500.0, prefix: str = "w"
+        self,
+        env: Env,
+        *,
+        side: str = "legacy",
+        rate: float = 500.0,
+        prefix: str = "w",
+        connections: int = 1,
     ) -> None:
         self.env = env
         self.rate = rate
         self.prefix = prefix
         self.side = side
-        self.writes: list[Write] = []
+        self.connections = max(1, connections)
+        self.writes: list[Write] = []  # appended by every thread (list.append is atomic)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"writer-{i}", daemon=True)
+            for i in range(self.connections)
+        ]
         self.error: BaseException | None = None
 
     def switch_to(self, side: str) -> None:
         """What the operator's switch hook does: point the application at ``side``."""
         self.side = side
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
         try:
             conns = {"legacy": self.env.legacy_conn(), "target": self.env.target_conn()}
         except BaseException as exc:
             self.error = exc
             return
-        period, n = 1.0 / self.rate, 0
-        start = time.monotonic()
+        period, n = self.connections / self.rate, 0
+        # One writer keeps its tags as they were; several name theirs by writer.
+        prefix = self.prefix if self.connections == 1 else f"{self.prefix}{index}-"
+        start = self._start + index * period / self.connections
         try:
             while not self._stop.is_set():
                 due = start + n * period
@@ -82,7 +96,7 @@ class PacedWriter:
                     n = int((now - start) / period)  # drop the backlog rather than burst
                 n += 1
                 side = self.side
-                tag = f"{self.prefix}{n}"
+                tag = f"{prefix}{n}"
                 try:
                     conns[side].execute(INSERT, (tag,))
                     ok = True
@@ -94,12 +108,15 @@ class PacedWriter:
                 c.close()
 
     def __enter__(self) -> PacedWriter:
-        self._thread.start()
+        self._start = time.monotonic() + 0.2  # every session connected before the first write
+        for t in self._threads:
+            t.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join()
+        for t in self._threads:
+            t.join()
 
     # -- what the run shows ------------------------------------------------------------------
 
@@ -118,7 +135,8 @@ class PacedWriter:
         """Transactions attempted per second (refused ones included): the load that was offered."""
         if len(self.writes) < 2:
             return 0.0
-        return len(self.writes) / (self.writes[-1].at - self.writes[0].at)
+        ats = [w.at for w in self.writes]
+        return len(ats) / (max(ats) - min(ats))
 
 
 def tags_on(conn: psycopg.Connection[Any], prefix: str) -> set[str]:

@@ -11,6 +11,11 @@ left idle, costing nothing); the subscription is created after, so it starts at 
 the WAL and decodes only its own phase's writes.
 
     python -m bench.live [--quick] [--processes 2] [--workers N] [--tls] [--web run|separate]
+    python -m bench.live --workload tpcb [--quick]
+
+``--workload tpcb``: pgbench's TPC-B tables and script through a reshaping mapping with plain
+Python converters, lag at 500 and 1,000 tps and the highest rate each side sustains, against a
+native subscription (``bench/_tpcb.py``).
 
 ``--tls``: the replicator reaches Kafka over SASL_SSL (SCRAM-SHA-512, host name checked; a local
 broker of its own) and both databases with sslmode=verify-full; the native subscription stays as
@@ -310,6 +315,15 @@ def main() -> dict[str, Any]:
                 },
             ),
             (
+                "--workload",
+                {
+                    "choices": ("basic", "tpcb"),
+                    "default": "basic",
+                    "help": "basic: the identity mapping's bulk, small and paced loads; tpcb:"
+                    " pgbench's TPC-B through a reshaping mapping (bench/_tpcb.py)",
+                },
+            ),
+            (
                 "--tls",
                 {
                     "action": "store_true",
@@ -318,6 +332,10 @@ def main() -> dict[str, Any]:
             ),
         ],
     )
+    if args.raw.workload == "tpcb":
+        from bench import _tpcb
+
+        return _tpcb.main(args.quick)
     processes = int(args.raw.processes)
     workers = int(args.raw.workers)
     web = str(args.raw.web)

@@ -19,16 +19,21 @@ import time
 from typing import Any
 
 from bench._writer import PacedWriter, SyncedPipeline, lost_writes
-from bench.cutover import GOAL_PAUSE_S, bench_args, fence_to_switch, step_seconds, switch
+from bench.cutover import bench_args, fence_to_switch, step_seconds, switch
 from bench.harness import bench_env, emit, log
 
 
 def main() -> dict[str, Any]:
-    quick, rate, scale, before = bench_args("rollback", __doc__ or "")
+    a = bench_args("rollback", __doc__ or "")
+    if a.runs != 1:
+        raise SystemExit("--runs is bench.cutover's: run bench.rollback once per run")
+    quick, rate, scale, before = a.quick, a.rate, a.scale, a.before
     settle = 2.0 if quick else 5.0
     with bench_env() as env, SyncedPipeline(env, scale) as pipeline:
         log(f"synced at scale {scale}; writing {rate:.0f} tx/s, cutting over, then rolling back…")
-        with PacedWriter(env, side="legacy", rate=rate, prefix="bench-r-") as writer:
+        with PacedWriter(
+            env, side="legacy", rate=rate, prefix="bench-r-", connections=a.writers
+        ) as writer:
             time.sleep(settle)
             cut = switch(pipeline, writer, "cutover", "target")
             # The rollback's preflight wants the reverse stream running with little lag.
@@ -51,8 +56,8 @@ def main() -> dict[str, Any]:
             "rollback_write_pause_s",
             value=pause,
             unit="s",
-            limit=GOAL_PAUSE_S,
-            goal="pause <= 0.3 s with zero lost writes at ~500 tx/s after a minute of writes",
+            limit=a.goal_pause_s,
+            goal=f"pause <= {a.goal_pause_s:g} s with zero lost writes at ~{rate:.0f} tx/s after a minute of writes",
             higher_is_better=False,
             fence_to_switch_s=round(fence_to_switch(back), 3),
             written_before_switch=written,
