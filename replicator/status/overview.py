@@ -258,8 +258,14 @@ def _writer(ss: pg.Sessions, s: Settings) -> Any:
     """Both sides' fences and decisions: which database is the writer."""
     from replicator.cutover.recover import observe
 
-    with _session(ss, s.source) as legacy, _session(ss, s.target) as target:
-        return observe(legacy, target, s.name)
+    with contextlib.ExitStack() as stack:
+        conns: list[psycopg.Connection[Any] | None] = []
+        for db in (s.source, s.target):
+            try:
+                conns.append(stack.enter_context(_session(ss, db)))
+            except ReplicatorError:
+                conns.append(None)  # reported by its own part; the writer is then unknown
+        return observe(conns[0], conns[1], s.name)
 
 
 def _has_state(conn: psycopg.Connection[Any]) -> bool:
