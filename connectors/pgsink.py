@@ -393,31 +393,32 @@ class Sink:
             "EXISTS (SELECT 1 FROM replicator.parked_patches p "
             "WHERE p.target_table = {} AND p.key = {})"
         ).format(sql.Literal(info.name), key_json)
-        self._merge(
-            sql.SQL("UPDATE {} t SET {} FROM {} s WHERE {} AND NOT {}").format(
-                info.ident,
-                sql.SQL(", ").join(
-                    sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in rest
-                ),
-                sql.Identifier(stage),
-                _join_eq(keys),
-                waiting,
-            )
-        )
-        # The rest waits for its row (or behind older patches of its key), in this transaction.
+        # One statement, one snapshot: each staged patch is either written or parked. Two
+        # statements would each judge "waiting" at their own snapshot, and a sweep committing
+        # between them would leave a patch neither written nor parked (lost).
         self._merge(
             sql.SQL(
+                "WITH upd AS (UPDATE {t} t SET {sets} FROM {stage} s WHERE {join} AND NOT {waiting}"
+                " RETURNING {ret}) "
                 "INSERT INTO replicator.parked_patches (target_table, key, vals) "
-                "SELECT {}, {}, to_jsonb(s) - {}::text[] FROM {} s "
-                "WHERE NOT EXISTS (SELECT 1 FROM {} t WHERE {}) OR {}"
+                "SELECT {name}, {key_json}, to_jsonb(s) - {keys}::text[] FROM {stage} s "
+                "WHERE NOT EXISTS (SELECT 1 FROM upd u WHERE {ujoin})"
             ).format(
-                sql.Literal(info.name),
-                key_json,
-                sql.Literal(list(keys)),
-                sql.Identifier(stage),
-                info.ident,
-                _join_eq(keys),
-                waiting,
+                t=info.ident,
+                sets=sql.SQL(", ").join(
+                    sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in rest
+                ),
+                stage=sql.Identifier(stage),
+                join=_join_eq(keys),
+                waiting=waiting,
+                ret=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in keys),
+                name=sql.Literal(info.name),
+                key_json=key_json,
+                keys=sql.Literal(list(keys)),
+                ujoin=sql.SQL(" AND ").join(
+                    sql.SQL("u.{} = s.{}").format(sql.Identifier(k), sql.Identifier(k))
+                    for k in keys
+                ),
             )
         )
         self.parked.add(info.name)
