@@ -113,3 +113,42 @@ def test_a_patch_whose_row_never_comes_is_handed_back_to_be_dead_lettered(env: E
     assert expired[0].table == USER and expired[0].key == {"id": str(a)}
     assert "waited" in expired[0].message and "never came" in expired[0].message
     assert _parked(env) == 0 and _users(env) == []
+
+
+def test_a_sweep_committing_while_a_patch_is_judged_never_loses_the_patch(env: Env) -> None:
+    """A patch is written or parked by one statement, at one snapshot. Judged by two (write if
+    nothing waits; park if something waits or the row is missing), a sweep by another worker
+    that committed between them made the second see nothing waiting and the row there: the
+    patch was neither written nor parked (found by the scale-out e2e under load)."""
+    _setup(env)
+    a = uuid.uuid4()
+    with env.target_conn() as conn:
+        conn.autocommit = False
+        sink = Sink(conn)
+        _write(sink, conn, Patch(USER, {"id": a}, {"password": "h1"}))  # no row yet: parked
+        with env.target_conn() as other:
+            other.execute("INSERT INTO app_user (id, email) VALUES (%s, 'a@x')", (a,))
+        merge = sink._merge
+        swept: list[bool] = []
+
+        def merge_then_sweep_elsewhere(stmt: Any) -> None:
+            merge(stmt)
+            if not swept:  # another worker's sweep, committed right after this statement
+                swept.append(True)
+                with env.target_conn() as other:
+                    other.execute(
+                        "WITH p AS (DELETE FROM replicator.parked_patches RETURNING vals)"
+                        " UPDATE app_user SET password = (SELECT vals->>'password' FROM p)"
+                        " WHERE id = %s",
+                        (a,),
+                    )
+
+        sink._merge = merge_then_sweep_elsewhere  # type: ignore[method-assign]
+        batch = Batch()
+        batch.add(Patch(USER, {"id": a}, {"password": "h2"}))
+        sink.flush(batch)
+        conn.commit()
+        sink._merge = merge  # type: ignore[method-assign]
+        assert swept
+        _write(sink, conn, Upsert(USER, {"id": uuid.uuid4()}, {"email": "b@x"}))  # a sweep
+    assert [u[2] for u in _users(env) if u[0] == a] == ["h2"]
