@@ -267,10 +267,6 @@ def unfence(db: DatabaseSettings, run_id: str = "") -> None:
         c.execute(records.drop_run_sql(run_id) if run_id else records.DROP_SQL)
 
 
-def fenced_tables(conn: psycopg.Connection[Any]) -> list[str]:
-    return list(records.read(conn).tables)
-
-
 def wait_marker(
     db: DatabaseSettings, topic: str, marker_id: str, partitions: int, timeout: float
 ) -> float | None:
