@@ -12,4 +12,28 @@ echo "==> tsc (the Drizzle schema and the Better-Auth instance)"
 echo "==> mypy (strict)"
 .venv/bin/mypy replicator connectors transforms
 echo "==> pytest"
-exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+pytest=(.venv/bin/pytest -q -p no:cacheprovider)
+if [ $# -gt 0 ] || [ -n "${REPLICATOR_TEST_LEGACY_DSN:-}" ]; then
+  exec "${pytest[@]}" "$@"
+fi
+# The whole suite: the switch's fault matrix (one module, which mostly waits on its writers and
+# the switch) runs beside everything else on the same services, started here once; then the
+# tests that restart a shared service (marked `exclusive`) run alone.
+export REPLICATOR_TEST_NO_DOCKER=1
+started=$(.venv/bin/python -m tests.shared_services start)
+trap '.venv/bin/python -m tests.shared_services stop $started' EXIT
+faults_log=$(mktemp)
+"${pytest[@]}" -m faults >"$faults_log" 2>&1 &
+faults_pid=$!
+rc=0
+"${pytest[@]}" -m "not faults and not exclusive" || rc=$?
+faults_rc=0
+wait "$faults_pid" || faults_rc=$?
+echo "==> pytest: the switch's fault matrix (ran beside the tests above)"
+cat "$faults_log"
+echo "==> pytest: tests that restart a shared service"
+exclusive_rc=0
+"${pytest[@]}" -m exclusive || exclusive_rc=$?
+for code in $rc $faults_rc $exclusive_rc; do
+  [ "$code" -eq 0 ] || exit "$code"
+done

@@ -214,6 +214,7 @@ def _audits(conn: psycopg.Connection[Any]) -> int:
         return int(conn.execute("SELECT count(*) FROM audit").fetchone()[0])  # type: ignore[index]
 
 
+@pytest.mark.exclusive  # restarts the shared broker: run-tests.sh runs it alone
 def test_broker_restart_during_load_loses_nothing(
     services: Services, env: Env, tmp_path: Path
 ) -> None:
