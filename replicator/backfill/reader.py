@@ -154,6 +154,21 @@ def wanted(settings: Settings, mapped: list[str]) -> tuple[bool, list[str] | Non
         return full.fetchone() is None, None
 
 
+def slot_was_lost(settings: Settings) -> bool:
+    """Whether a forward slot this start had to create replaces one that was lost.
+
+    A target that recorded a finished backfill had a slot that carried every change since; a
+    new slot starts at the current WAL, so whatever was written in between — deletes too — was
+    never captured. Only a backfill that empties the tables first converges from there."""
+    with (
+        pg.connect(settings.target.conninfo(), autocommit=True) as tgt,
+        pg.translated(settings.target.masked()),
+    ):
+        ensure_schema(tgt)
+        row = tgt.execute("SELECT 1 FROM replicator.backfill WHERE NOT reading LIMIT 1").fetchone()
+        return row is not None
+
+
 # A chunk's rows are split over several messages above this (before compression): wide rows —
 # TOASTed JSON configs — must not make a message the broker refuses (kafka_io.MAX_MESSAGE_BYTES)
 # or one the apply worker has to hold whole.
@@ -222,7 +237,10 @@ class Backfill:
         """Read every table into the snapshot topic (resuming an interrupted run); returns its id."""
         stop = stop or threading.Event()
         s = self.s
-        prepare_source(s, s.source, self.direction.source_tables, "fwd")
+        created = prepare_source(s, s.source, self.direction.source_tables, "fwd")
+        if created is not None and set(self.tables) == set(self.direction.source_tables):
+            # A lost slot (slot_was_lost): only tables emptied first drop the gap's deletes.
+            self.resync = self.resync or slot_was_lost(s)
         ensure_topics(
             s.kafka.bootstrap_servers,
             s.topics("fwd"),

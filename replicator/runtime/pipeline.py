@@ -25,7 +25,7 @@ import psycopg
 
 from connectors import pg
 from replicator.apply.worker import ApplyWorker
-from replicator.backfill.reader import Backfill, ProgressFn, wanted
+from replicator.backfill.reader import Backfill, ProgressFn, slot_was_lost, wanted
 from replicator.capture import Capture
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
@@ -176,6 +176,15 @@ class Pipeline:
                 needed, tables = (
                     (True, None) if created is not None else wanted(s, direction.source_tables)
                 )
+                if created is not None and slot_was_lost(s):
+                    log.error(
+                        "pipeline %s: the forward slot %s was gone and is created anew; changes"
+                        " made on legacy while it was missing were never captured: re-syncing"
+                        " every table (emptied first, so deletes in the gap are not kept)",
+                        s.name,
+                        s.slot(d),
+                    )
+                    tables = list(direction.source_tables)  # a re-sync: truncate, then load
             if d == "fwd" and needed:
                 self.backfill = Backfill(s, direction, tables=tables)
                 bf = self.backfill
