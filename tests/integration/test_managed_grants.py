@@ -1,0 +1,74 @@
+"""A role without superuser (a managed service's) meets a clear refusal with the statement that
+fixes it, never a quiet change of behaviour (docs/managed.md)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from replicator.apply.session import connect_session
+from replicator.config import DatabaseSettings
+from replicator.errors import PermissionDenied, ReplicatorError
+from replicator.teardown import plan, teardown
+from tests.support import Env, Server
+
+SECRET = "managed-pw"
+
+
+def _as(env: Env, role: str) -> DatabaseSettings:
+    legacy = env.services.legacy
+    return Server(legacy.host, legacy.port, role, SECRET).settings(env.legacy_db)
+
+
+@pytest.fixture
+def role(env: Env) -> Iterator[str]:
+    """A non-superuser owner of the test's legacy database, with nothing granted."""
+    name = f"mgd_{env.name}"
+    with env.legacy_conn() as c:
+        c.execute(f"CREATE ROLE {name} LOGIN NOSUPERUSER PASSWORD '{SECRET}'")
+        c.execute(f'ALTER DATABASE "{env.legacy_db}" OWNER TO {name}')
+    try:
+        yield name
+    finally:
+        with env.legacy_conn() as c:
+            c.execute(f'ALTER DATABASE "{env.legacy_db}" OWNER TO CURRENT_USER')
+            c.execute(f"REVOKE SET ON PARAMETER session_replication_role FROM {name}")
+            with contextlib.suppress(psycopg.Error):
+                c.execute(f"DROP OWNED BY {name}; DROP ROLE {name}")
+
+
+def test_the_apply_refuses_without_session_replication_role_and_names_the_grant(
+    env: Env, role: str
+) -> None:
+    """It used to warn and apply with foreign keys on (and meet a fence it cannot pass)."""
+    db = _as(env, role)
+    with pytest.raises(PermissionDenied) as caught:
+        connect_session(db, env.name, "rev")
+    assert f"GRANT SET ON PARAMETER session_replication_role TO {role};" in (
+        caught.value.hint or ""
+    )
+    assert "may not set session_replication_role" in caught.value.message
+    with env.legacy_conn() as c:
+        c.execute(f"GRANT SET ON PARAMETER session_replication_role TO {role}")
+    conn = connect_session(db, env.name, "rev")
+    try:
+        assert conn.execute("SHOW session_replication_role").fetchone() == ("replica",)
+    finally:
+        conn.close()
+
+
+def test_teardown_names_the_grant_that_lets_it_drop_an_origin(env: Env, role: str) -> None:
+    origin = f"replicator_{env.name}_rev_0"
+    with env.legacy_conn() as c:
+        c.execute("SELECT pg_replication_origin_create(%s)", (origin,))
+    s = env.settings(source=_as(env, role))
+    items = plan(s)
+    assert [(i.kind, i.name) for i in items] == [("origin", origin)]
+    with pytest.raises(ReplicatorError) as caught:
+        teardown(s, items)
+    assert f"GRANT EXECUTE ON FUNCTION pg_replication_origin_drop(text) TO {role};" in (
+        caught.value.hint or ""
+    )
