@@ -22,10 +22,10 @@ import psycopg
 from psycopg import sql
 
 from connectors import pg
+from connectors.pgsource import ident
 from replicator.apply.session import ORIGIN_PREFIX
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
-from replicator.roles.grants import ident
 
 
 @dataclass(frozen=True)

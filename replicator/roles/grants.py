@@ -20,18 +20,18 @@ are checked with the source (:func:`connectors.pgsource.source_problems`), not h
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+
+from connectors.pgsource import ident, may_replicate, replication_statement
 
 ORIGIN_FUNCTIONS = (
     "pg_replication_origin_create(text)",
     "pg_replication_origin_session_setup(text)",
     "pg_replication_origin_drop(text)",
 )
-_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
 @dataclass(frozen=True)
@@ -48,28 +48,23 @@ class Missing:
         return f"{self.side} ({self.direction}): {self.what}"
 
 
-def ident(name: str) -> str:
-    """A role or object name as SQL: quoted only where it must be, so it reads as typed."""
-    return name if _PLAIN.fullmatch(name) else '"' + name.replace('"', '""') + '"'
-
-
 def _table(name: str) -> str:
     schema, _, rel = name.partition(".")
     return f"{ident(schema)}.{ident(rel)}"
 
 
-def _role_facts(conn: psycopg.Connection[Any]) -> tuple[str, bool, bool, int]:
+def _role_facts(conn: psycopg.Connection[Any]) -> tuple[str, bool, int]:
     row = conn.execute(
-        "SELECT current_user, rolsuper, rolreplication,"
-        " current_setting('server_version_num')::int FROM pg_roles WHERE rolname = current_user"
+        "SELECT current_user, rolsuper, current_setting('server_version_num')::int"
+        " FROM pg_roles WHERE rolname = current_user"
     ).fetchone()
     assert row is not None
-    return str(row[0]), bool(row[1]), bool(row[2]), int(row[3])
+    return str(row[0]), bool(row[1]), int(row[2])
 
 
 def may_set_replication_role(conn: psycopg.Connection[Any]) -> bool:
     """Whether this session's role may set ``session_replication_role``."""
-    _, superuser, _, version = _role_facts(conn)
+    _, superuser, version = _role_facts(conn)
     if superuser:
         return True
     if version < 150000:
@@ -99,7 +94,8 @@ def missing_grants(
 ) -> list[Missing]:
     """What the connected role lacks on ``side``: it captures for the directions in ``capture``
     (reading ``capture_tables``) and applies for those in ``apply`` (into ``apply_tables``)."""
-    role, superuser, replication, version = _role_facts(conn)
+    role, superuser, version = _role_facts(conn)
+    replication, _, rds = may_replicate(conn)
     if superuser:
         return []
     out: list[Missing] = []
@@ -125,7 +121,7 @@ def missing_grants(
                     d,
                     f"{role} lacks the REPLICATION attribute: no slot for the reverse stream a"
                     " rollback needs, and teardown could not drop it",
-                    f"ALTER ROLE {r} REPLICATION;",
+                    replication_statement(role, rds),
                 )
             )
         for t in _not_owned(conn, capture_tables):
@@ -151,12 +147,17 @@ def missing_grants(
                 )
             )
         for fn in _not_executable(conn, ORIGIN_FUNCTIONS):
+            why = (
+                "teardown could not drop the apply's replication origins"
+                if fn.startswith("pg_replication_origin_drop")
+                else "the apply's writes go untagged, so the echo guard is the slot order alone"
+                " (the apply warns at every start)"
+            )
             out.append(
                 Missing(
                     side,
                     d,
-                    f"{role} may not call {fn}: the apply's writes go untagged, so the echo"
-                    " guard is the slot order alone, and teardown could not drop the origins",
+                    f"{role} may not call {fn}: {why}",
                     f"GRANT EXECUTE ON FUNCTION {fn} TO {r};",
                 )
             )

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from connectors.pgsource import source_problems
 from replicator.apply.session import connect_session
 from replicator.config import DatabaseSettings
 from replicator.errors import PermissionDenied, ReplicatorError
@@ -72,3 +73,26 @@ def test_teardown_names_the_grant_that_lets_it_drop_an_origin(env: Env, role: st
     assert f"GRANT EXECUTE ON FUNCTION pg_replication_origin_drop(text) TO {role};" in (
         caught.value.hint or ""
     )
+
+
+def test_rds_replication_membership_is_what_check_asks_for_on_rds(env: Env, role: str) -> None:
+    """RDS grants replication through a role, and refuses ALTER ROLE … REPLICATION: where
+    ``rds_replication`` exists, `check` asks for it and counts membership as enough."""
+    with env.legacy_conn() as c:
+        made = not c.execute("SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication'").fetchone()
+        if made:  # this server imitates RDS for the test's length
+            c.execute("CREATE ROLE rds_replication NOLOGIN")
+    try:
+        with psycopg.connect(_as(env, role).conninfo(), autocommit=True) as c:
+            hints = [p.hint for p in source_problems(c, [])]
+        assert f"GRANT rds_replication TO {role};" in hints, hints
+        with env.legacy_conn() as c:
+            c.execute(f"GRANT rds_replication TO {role}")
+        with psycopg.connect(_as(env, role).conninfo(), autocommit=True) as c:
+            assert source_problems(c, []) == []
+    finally:
+        with env.legacy_conn() as c:
+            if made:
+                c.execute("DROP ROLE rds_replication")
+            else:
+                c.execute(f"REVOKE rds_replication FROM {role}")
