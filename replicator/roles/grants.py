@@ -208,12 +208,15 @@ def _not_executable(conn: psycopg.Connection[Any], functions: tuple[str, ...]) -
 def _sequences_not_updatable(conn: psycopg.Connection[Any], tables: list[str]) -> list[str]:
     """Sequences owned by the tables' columns (serial, identity) this role may not setval."""
     quoted = [_table(t) for t in _existing(conn, tables)]
+    # The CASE: the planner may test the privilege before the join's relkind, and a table's
+    # TOAST relation (an 'i' dependency too) is no sequence: the function would raise.
     rows = conn.execute(
         "SELECT DISTINCT d.objid::regclass::text FROM pg_depend d"
         " JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
         " WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass"
         "   AND d.deptype IN ('a', 'i') AND d.refobjid = ANY(%s::regclass[])"
-        "   AND NOT has_sequence_privilege(d.objid, 'UPDATE') ORDER BY 1",
+        "   AND CASE WHEN s.relkind = 'S' THEN NOT has_sequence_privilege(d.objid, 'UPDATE') END"
+        " ORDER BY 1",
         (quoted,),
     ).fetchall()
     return [str(r[0]) for r in rows]

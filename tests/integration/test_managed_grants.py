@@ -13,6 +13,7 @@ from connectors.pgsource import source_problems
 from replicator.apply.session import connect_session
 from replicator.config import DatabaseSettings
 from replicator.errors import PermissionDenied, ReplicatorError
+from replicator.roles.grants import ORIGIN_FUNCTIONS, missing_grants
 from replicator.teardown import plan, teardown
 from tests.support import Env, Server
 
@@ -96,3 +97,38 @@ def test_rds_replication_membership_is_what_check_asks_for_on_rds(env: Env, role
                 c.execute("DROP ROLE rds_replication")
             else:
                 c.execute(f"REVOKE rds_replication FROM {role}")
+
+
+def test_missing_grants_names_ownership_sequences_the_parameter_and_origins(
+    env: Env, role: str
+) -> None:
+    """Per side and direction, each with its statement; none left once they are run."""
+    with env.legacy_conn() as c:  # made by someone else: the role neither owns nor may setval
+        c.execute("CREATE TABLE item (id serial PRIMARY KEY, title text)")
+
+    def missing() -> list[tuple[str, str]]:
+        with psycopg.connect(_as(env, role).conninfo(), autocommit=True) as c:
+            found = missing_grants(
+                c,
+                "legacy",
+                capture=["fwd"],
+                apply=["rev"],
+                capture_tables=["public.item"],
+                apply_tables=["public.item"],
+            )
+        return [(m.message.split(":")[0], m.statement) for m in found]
+
+    want = [
+        ("legacy (fwd)", f"ALTER TABLE public.item OWNER TO {role};"),
+        ("legacy (rev)", f"GRANT SET ON PARAMETER session_replication_role TO {role};"),
+        *(
+            ("legacy (rev)", f"GRANT EXECUTE ON FUNCTION {fn} TO {role};")
+            for fn in ORIGIN_FUNCTIONS
+        ),
+        ("legacy (rev)", f"GRANT UPDATE ON SEQUENCE item_id_seq TO {role};"),
+    ]
+    assert missing() == want
+    with env.legacy_conn() as c:
+        for _, statement in want:
+            c.execute(statement)
+    assert missing() == []
