@@ -93,12 +93,9 @@ def managed(services: Services) -> Iterator[Managed]:
                     f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {app}"
                 )
                 c.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {app}")
-        try:
-            yield m
-        finally:
-            # The databases go first (isolated_env), then what outlives them: roles and the
-            # parameter grant.
-            pass
+        yield m
+    # The databases are gone (isolated_env); then what outlives them: the parameter grant and
+    # the roles.
     for server in (services.legacy, services.target):
         with psycopg.connect(server.dsn(), autocommit=True) as c:
             with contextlib.suppress(psycopg.Error):
@@ -139,6 +136,9 @@ class Monitor:
         self.samples = 0
         self.both_open = 0
         self.error: BaseException | None = None
+        # Before the first cutover the target is not fenced by the replicator: I1 there is the
+        # application's (docs/cutover.md). Counted once the first fence is in place.
+        self.fenced_once = False
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -149,15 +149,11 @@ class Monitor:
                     legacy = lc.execute(q).fetchone()[0]  # type: ignore[index]
                     target = tc.execute(q).fetchone()[0]  # type: ignore[index]
                     self.samples += 1
-                    # Before the first cutover the target is not fenced by the replicator: I1
-                    # there is the application's (docs/cutover.md). Count only once both were.
                     if not legacy and not target and self.fenced_once:
                         self.both_open += 1
                     time.sleep(0.003)
         except BaseException as exc:  # a monitor that died would prove nothing: say so
             self.error = exc
-
-    fenced_once = False
 
 
 def _write(m: Managed, side: str, tag: str) -> bool:
