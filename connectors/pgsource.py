@@ -8,6 +8,7 @@ standby status updates. Framing and pgoutput decoding live in :mod:`connectors.w
 
 from __future__ import annotations
 
+import re
 import select
 from dataclasses import dataclass
 from typing import Any
@@ -64,14 +65,12 @@ def source_problems(conn: psycopg.Connection[Any], tables: list[str]) -> list[Pr
                 hint="ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
             )
         )
-    row = conn.execute(
-        "SELECT rolreplication OR rolsuper, current_user FROM pg_roles WHERE rolname = current_user"
-    ).fetchone()
-    if row is not None and not row[0]:
+    may, role, rds = may_replicate(conn)
+    if not may:
         problems.append(
             PermissionDenied(
-                f"source: role {row[1]} lacks the REPLICATION attribute",
-                hint=f"ALTER ROLE {row[1]} REPLICATION;",
+                f"source: role {role} lacks the REPLICATION attribute",
+                hint=replication_statement(role, rds),
             )
         )
     for table in tables:
@@ -108,6 +107,39 @@ def source_problems(conn: psycopg.Connection[Any], tables: list[str]) -> list[Pr
                 )
             )
     return problems
+
+
+# Amazon RDS/Aurora grant replication through membership of this role, not the attribute
+# (ALTER ROLE … REPLICATION is refused there).
+RDS_REPLICATION = "rds_replication"
+
+
+def may_replicate(conn: psycopg.Connection[Any]) -> tuple[bool, str, bool]:
+    """(whether the session's role may stream from a slot, its name, whether the server is an
+    RDS one: it has ``rds_replication``)."""
+    row = conn.execute(
+        "SELECT u.rolreplication OR u.rolsuper OR coalesce(pg_has_role(current_user, r.oid,"
+        " 'MEMBER'), false), current_user, r.oid IS NOT NULL FROM pg_roles u"
+        " LEFT JOIN pg_roles r ON r.rolname = %s WHERE u.rolname = current_user",
+        (RDS_REPLICATION,),
+    ).fetchone()
+    assert row is not None
+    return bool(row[0]), str(row[1]), bool(row[2])
+
+
+def replication_statement(role: str, rds: bool) -> str:
+    if rds:
+        return f"GRANT {RDS_REPLICATION} TO {ident(role)};"
+    return f"ALTER ROLE {ident(role)} REPLICATION;"
+
+
+_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def ident(name: str) -> str:
+    """A role or object name as SQL for a statement printed to run: quoted only where it must
+    be, so it reads as the operator typed it."""
+    return name if _PLAIN.fullmatch(name) else '"' + name.replace('"', '""') + '"'
 
 
 def ensure_publication(conn: psycopg.Connection[Any], name: str, tables: list[str]) -> None:

@@ -18,6 +18,7 @@ from replicator.capture import partition_key_problems, table_identities
 from replicator.check_mapping import check_mapping_sides, live_catalog
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
+from replicator.roles.grants import missing_grants
 from transforms.api import MappingSet
 from transforms.schema_check import mapping_problems
 
@@ -41,33 +42,40 @@ def _source(s: Settings, mapping: MappingSet) -> list[Finding]:
         problems += partition_key_problems(
             identities, s.apply.partition_key, s.kafka.partitions, unused=True
         )
-    if not problems:
+        # Legacy captures forward and, after a cutover, takes the reverse apply.
+        grants = missing_grants(
+            conn,
+            "legacy",
+            capture=["fwd"],
+            apply=["rev"],
+            capture_tables=tables,
+            apply_tables=list(mapping.reverse.target_tables),
+        )
+    if not problems and not grants:
         return [
             Finding(
                 "source", True, f"{s.source.masked()}: wal_level=logical, privileges and keys fine"
             )
         ]
-    return [Finding("source", False, p.message, p.hint) for p in problems]
+    return [Finding("source", False, p.message, p.hint) for p in problems] + [
+        Finding("grants", False, g.message, g.statement) for g in grants
+    ]
 
 
 def _target(s: Settings, mapping: MappingSet) -> list[Finding]:
     conn = pg.connect(s.target.conninfo(), autocommit=True)
     findings: list[Finding] = []
     with conn, pg.translated(s.target.masked()):
-        row = conn.execute(
-            "SELECT rolsuper, current_user FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()
-        if row is not None and not row[0]:
-            findings.append(
-                Finding(
-                    "target",
-                    False,
-                    f"{s.target.masked()}: role {row[1]} may not set session_replication_role; "
-                    "apply would keep foreign-key triggers on and could fail on cross-table order",
-                    f"ALTER ROLE {row[1]} SUPERUSER; (or GRANT SET ON PARAMETER "
-                    f"session_replication_role TO {row[1]}; on PostgreSQL 15)",
-                )
-            )
+        # The target takes the forward apply and, after a cutover, captures the reverse.
+        grants = missing_grants(
+            conn,
+            "target",
+            capture=["rev"],
+            apply=["fwd"],
+            capture_tables=mapping.reverse.source_tables,
+            apply_tables=list(mapping.forward.target_tables),
+        )
+        findings += [Finding("grants", False, g.message, g.statement) for g in grants]
         findings.extend(_mapping_findings(conn, mapping))
         # The reverse stream (after a cutover) routes the target's tables the same way.
         reverse = table_identities(conn, mapping.reverse.source_tables)

@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from connectors import pg
+from connectors.pgsource import ident
 from replicator.apply.session import ORIGIN_PREFIX
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
@@ -139,5 +140,18 @@ def _drop(conn: psycopg.Connection[Any], item: Item, db: DatabaseSettings) -> No
         raise ReplicatorError(
             f"cannot drop {item.kind} {item.name} on {item.where} ({db.masked()}): "
             f"{exc.diag.message_primary}",
-            hint="run teardown as the role that created it, or as a superuser",
+            hint=_grant_hint(item.kind, db.user),
         ) from None
+
+
+def _grant_hint(kind: str, user: str) -> str:
+    """What lets ``user`` drop a ``kind`` on a server without superuser (docs/managed.md)."""
+    role = ident(user)
+    if kind == "slot":
+        return f"ALTER ROLE {role} REPLICATION; (as a superuser or the provider's admin role)"
+    if kind == "origin":
+        return (
+            f"GRANT EXECUTE ON FUNCTION pg_replication_origin_drop(text) TO {role}; (as a"
+            " superuser or the provider's admin role)"
+        )
+    return "run teardown as the role that created it (its owner), or as a superuser"

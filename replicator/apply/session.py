@@ -10,6 +10,8 @@ import psycopg
 
 from connectors import pg
 from replicator.config import DatabaseSettings
+from replicator.errors import PermissionDenied
+from replicator.roles.grants import replication_role_statement
 from replicator.state import ensure_schema
 
 log = logging.getLogger(__name__)
@@ -28,18 +30,36 @@ def connect_session(db: DatabaseSettings, pipeline: str, direction: str) -> psyc
     ensure_schema(conn)
     with pg.translated(db.masked()):
         try:
-            # Foreign-key triggers off, as PostgreSQL's own apply worker does: ordering
-            # across tables inside a batch can then never fail it.
-            conn.execute("SET session_replication_role = replica")
-        except psycopg.errors.InsufficientPrivilege:
-            conn.rollback()
-            log.warning(
-                "apply role may not set session_replication_role; foreign keys stay on "
-                "(grant superuser, or run `replicator check` for the fix)"
-            )
+            set_replica_role(conn, db, f"the apply ({direction})")
+        except PermissionDenied:
+            conn.close()
+            raise
         conn.commit()
         _tag_origin(conn, pipeline, direction)
     return conn
+
+
+def set_replica_role(conn: psycopg.Connection[Any], db: DatabaseSettings, who: str) -> None:
+    """Foreign-key triggers off, as PostgreSQL's own apply worker does: ordering across tables
+    inside a batch can then never fail it. It is also what lets a write into a fenced side
+    pass (the fence is a trigger). Without it the apply would work differently — foreign
+    keys on, a fenced side refusing it — so it refuses and says what to grant, rather than
+    degrade unseen."""
+    try:
+        conn.execute("SET session_replication_role = replica")
+    except psycopg.errors.InsufficientPrivilege:
+        conn.rollback()
+        facts = conn.execute(
+            "SELECT current_user, current_setting('server_version_num')::int"
+        ).fetchone()
+        role, version = (str(facts[0]), int(facts[1])) if facts else (db.user, 150000)
+        raise PermissionDenied(
+            f"{db.masked()}: {who} may not set session_replication_role: foreign-key triggers"
+            " would stay on and a fenced side would refuse its writes",
+            hint="run as a superuser (or the provider's admin role): "
+            f"{replication_role_statement(role, version)} — `replicator check` lists every"
+            " grant (docs/managed.md)",
+        ) from None
 
 
 def _tag_origin(conn: psycopg.Connection[Any], pipeline: str, direction: str) -> None:
@@ -57,9 +77,13 @@ def _tag_origin(conn: psycopg.Connection[Any], pipeline: str, direction: str) ->
             conn.commit()
             return
         except psycopg.errors.InsufficientPrivilege:
+            # A documented degraded mode (docs/managed.md): the echo guard is the slot order
+            # alone. Said at every start, and `replicator check` fails on it.
             conn.rollback()
             log.warning(
-                "apply role may not use replication origins; echo is guarded by the slot order only"
+                "apply role may not use replication origins; echo is guarded by the slot order"
+                " only (GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text),"
+                " pg_replication_origin_session_setup(text) TO the role; `replicator check`)"
             )
             return
         except psycopg.Error:

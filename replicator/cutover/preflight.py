@@ -207,7 +207,8 @@ class Preflight:
                     ).fetchone()
                     if row is None or not row[0]:
                         problems.append(
-                            f"{p.old.masked()}: may not fence {table} (not its owner)",
+                            f"{p.old.masked()}: may not fence {table} (not its owner): run"
+                            f' ALTER TABLE {fencing._quoted(table)} OWNER TO "{p.old.user}"',
                         )
         except ReplicatorError as exc:
             problems.append(f"old writer unreachable: {exc.message}")

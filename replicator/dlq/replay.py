@@ -26,6 +26,7 @@ from connectors.copy_chunk import decode_message
 from connectors.envelope import Change, Envelope, RelationInfo
 from connectors.pgsink import Batch, Sink
 from connectors.pgtypes import TextLoader
+from replicator.apply.session import set_replica_role
 from replicator.config import DatabaseSettings, Settings
 from replicator.dlq.letters import Letter
 from replicator.errors import DataError, ReplicatorError
@@ -51,9 +52,10 @@ def replay(
         pg.connect(source.conninfo(), autocommit=True) as src,
         pg.connect(target.conninfo()) as tgt,
     ):
-        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
-            # As the apply does: a row whose parent arrives in another letter must not fail.
-            tgt.execute("SET session_replication_role = replica")
+        # As the apply does: a row whose parent arrives in another letter must not fail, and a
+        # fenced side takes the replay only as a replica session.
+        with pg.translated(target.masked()):
+            set_replica_role(tgt, target, "the dead-letter replay")
         tgt.commit()
         sink = Sink(tgt)
         for item in letters:
