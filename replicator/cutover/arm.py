@@ -15,8 +15,11 @@ from replicator.errors import ReplicatorError
 
 
 def arm(s: Settings, p: Plan) -> None:
-    """Publication and slot on the new writer, created now: the draining apply has stopped
-    writing, so nothing it wrote can echo back through the new stream."""
+    """Publication and slot on the new writer, created before the pause while the old
+    direction's apply still writes there. Its writes do not echo back through the new stream:
+    they carry the apply's replication origin, and whatever precedes the decision is skipped
+    anyway — the slot is advanced to the current WAL after catch-up and again in the decision's
+    transaction, after the drain (switch.py), origins granted or not."""
     with pg.connect(p.new.conninfo(), autocommit=True) as conn, pg.translated(p.new.masked()):
         if p.new_dir == "rev":
             # Reverse deletes need the whole old row: the target's keys are derived ids,
