@@ -17,6 +17,7 @@ from connectors.pgsource import source_problems
 from replicator.capture import partition_key_problems, table_identities
 from replicator.check_mapping import check_mapping_sides, live_catalog
 from replicator.config import Settings
+from replicator.derived import placements_text, prove_direction
 from replicator.errors import ReplicatorError
 from transforms.api import MappingSet
 from transforms.schema_check import mapping_problems
@@ -122,10 +123,20 @@ def _kafka(s: Settings, mapping: MappingSet) -> list[Finding]:
     ]
 
 
+def _paths(s: Settings, mapping: MappingSet) -> list[Finding]:
+    """Where each converted column is computed: a SQL twin, a derived SQL form proved on the
+    source (replicator.derived) or Python, and why (information, never a failure)."""
+    conn = pg.connect(s.source.conninfo(), autocommit=True)
+    with conn, pg.translated(s.source.masked()):
+        placements = prove_direction(mapping.forward, conn)
+    return [Finding("columns", True, line) for line in placements_text(placements)]
+
+
 CHECKS: list[tuple[str, Callable[[Settings, MappingSet], list[Finding]]]] = [
     ("source", _source),
     ("target", _target),
     ("kafka", _kafka),
+    ("columns", _paths),
 ]
 
 
