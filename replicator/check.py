@@ -136,7 +136,6 @@ CHECKS: list[tuple[str, Callable[[Settings, MappingSet], list[Finding]]]] = [
     ("source", _source),
     ("target", _target),
     ("kafka", _kafka),
-    ("columns", _paths),
 ]
 
 
@@ -172,6 +171,7 @@ def run_checks(s: Settings, mapping: MappingSet) -> list[Finding]:
         return findings
     try:
         findings.extend(_sides(s, mapping))
+        findings.extend(_paths(s, mapping))
     except ReplicatorError as exc:
         findings.append(Finding("mapping", False, exc.message, exc.hint))
     return findings

@@ -30,6 +30,7 @@ from psycopg import sql
 
 from connectors import pg
 from replicator.config import DatabaseSettings
+from replicator.errors import ReplicatorError
 from transforms.api import Direction
 from transforms.declarative import Col, Constant, Declared
 from transforms.derive import Derived, Underived, derive, literals_of
@@ -73,6 +74,7 @@ class _Use:
     column: str
     args: tuple[str, ...]  # source columns
     types: tuple[str, ...]  # their format_type()
+    keyed: bool = False  # reads only source key columns (compile joins Python's values in)
 
 
 def _catalog(conn: psycopg.Connection[Any], tables: Iterable[str]) -> dict[str, dict[str, str]]:
@@ -119,7 +121,8 @@ def prove_direction(
                 if fn not in derived:
                     derived[fn] = derive(fn)
                 types = tuple(cols.get(s, "?") for s in c.sources)
-                uses.setdefault(fn, []).append(_Use(t.source, where, c.sources, types))
+                keyed = bool(c.sources) and set(c.sources) <= set(t.source_key)
+                uses.setdefault(fn, []).append(_Use(t.source, where, c.sources, types, keyed))
     for fn, fn_uses in uses.items():
         form = derived[fn]
         why = _prove(fn, form, fn_uses, conn, sample)
@@ -129,7 +132,8 @@ def prove_direction(
             log.info("converter %s keeps the Python path: %s", name, why)
         for u in fn_uses:
             if why:
-                placements.append(Placement(u.source, u.column, PYTHON, f"{name}: {why}"))
+                also = "; computed from the source key and joined into the SQL" if u.keyed else ""
+                placements.append(Placement(u.source, u.column, PYTHON, f"{name}: {why}{also}"))
             else:
                 placements.append(
                     Placement(
@@ -270,7 +274,8 @@ def _sample(
         query = sql.SQL("SELECT {}, {}, {} FROM ({}) s").format(
             sql.SQL(args), sql.SQL(reject), sql.SQL(value), inner
         )
-        got = conn.execute(query).fetchall()
+        with conn.transaction():  # a failure must not abort a caller's transaction
+            got = conn.execute(query).fetchall()
     except psycopg.Error as exc:
         return f"the server refused it: {str(exc).splitlines()[0]}"
     return _compare(fn, got, len(u.args))
@@ -307,8 +312,27 @@ def placements_text(placements: list[Placement]) -> list[str]:
 def prove_on_source(db: DatabaseSettings, direction: Direction) -> list[Placement]:
     """:func:`prove_direction` on a session of its own to ``db``, the direction's source
     (each apply worker process proves before it plans a bulk chunk)."""
-    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
-        return prove_direction(direction, conn)
+    if not any(_candidates(direction)):
+        return []  # every converter has a twin or none: nothing to prove, no session needed
+    try:
+        with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+            return prove_direction(direction, conn)
+    except ReplicatorError as exc:
+        # Apply does not otherwise need the source: without it, nothing derived is used.
+        log.warning("derived SQL forms not proved (%s): their columns take the Python path", exc)
+        forget_derived()
+        return []
+
+
+def _candidates(direction: Direction) -> Iterable[Callable[..., Any]]:
+    """Converters of ``direction`` without a hand-written twin."""
+    for t in direction.tables.values():
+        if isinstance(t.declared, Declared):
+            for target in t.declared.targets:
+                for spec in {**target.key, **target.columns, **target.insert_only}.values():
+                    fn = None if isinstance(spec, str) else spec.convert
+                    if fn is not None and not isinstance(fn, Constant) and not hand_twin_of(fn):
+                        yield fn
 
 
 def forget() -> None:

@@ -125,3 +125,23 @@ def test_proof_values_fit_their_type_and_surround_the_constants() -> None:
     assert all(len(v) <= 4 for v in chars) and "  ab" in chars and "QQQQ" in chars
     assert "İstanbul" in values_for("text", [], 10)
     assert values_for("integer", [100], 50) == ints  # seeded: the same every time
+
+
+def test_apply_without_its_source_keeps_every_column_in_python(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Apply does not otherwise need the source: an unreachable one means nothing derived is
+    used (and no error); a mapping whose converters all have twins opens no session at all."""
+    from replicator.config import DatabaseSettings
+    from replicator.derived import prove_on_source
+    from transforms.identity import identity_mapping
+    from transforms.sql_twins import twin_of, use_derived
+
+    nowhere = DatabaseSettings(host="127.0.0.1", port=1, dbname="nowhere")
+    use_derived(tpcb.units_to_cents, lambda x: x)  # as if proved earlier in the process
+    assert prove_on_source(nowhere, tpcb.MAPPING.forward) == []
+    assert twin_of(tpcb.units_to_cents) is None
+    assert "not proved" in caplog.text
+    caplog.clear()
+    assert prove_on_source(nowhere, identity_mapping(["public.t"]).forward) == []
+    assert caplog.text == ""
