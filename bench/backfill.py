@@ -21,6 +21,7 @@ run; ``raw_s / target_copy_s`` bounds the ratio from above. Peak RSS is the high
 its apply worker processes, not this benchmark process's.
 
     python -m bench.backfill [--quick] [--scale N]     (1 unit of scale ≈ 2,360 legacy rows)
+    python -m bench.backfill --workload tpcb [--quick] [--scale N]   (pgbench scale: 100,000 accounts)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from replicator.config import BackfillSettings, KafkaSettings
 from replicator.validate.run import validate
 from tests.e2e.cli import Background
 from tests.support import Env, wait_for
+from transforms.api import MappingSet
 from transforms.mcp_manager import MAPPING
 from transforms.mcp_manager.legacy import create_legacy_schema
 from transforms.mcp_manager.target_schema import apply_target_schema
@@ -50,6 +52,12 @@ from transforms.mcp_manager.target_schema import apply_target_schema
 # The product's default (backfill.chunk_rows); a chunk of wide rows is split into messages
 # that fit the broker (replicator.backfill.reader.snapshot_messages).
 CHUNK_ROWS = 5_000
+
+WORKLOADS = (
+    "mcp: the MCP Manager tables (default); tpcb: pgbench's tables through bench/tpcb_mapping.py"
+    " (plain Python converters, derived SQL forms) against bench/tpcb_twins.py (hand-written"
+    " twins) in the same run: ratio_vs_compiled"
+)
 
 
 def _ident(table: str) -> sql.Identifier:
@@ -185,12 +193,14 @@ def backfill(
     check: bool = True,
     connections: int | None = None,
     compression: str | None = None,
+    mapping_ref: str = MAPPING_REF,
+    mapping: MappingSet = MAPPING,
 ) -> BackfillRun:
     """``replicator run`` on a fresh pipeline until its backfill is applied; then (``check``)
     a full validation while it still runs, so the benchmark also proves the result equal."""
     vars_ = {
         **env.env_vars(),
-        "REPLICATOR_MAPPING": MAPPING_REF,
+        "REPLICATOR_MAPPING": mapping_ref,
         "REPLICATOR_CAPTURE__STATUS_INTERVAL_S": "0.5",
         "REPLICATOR_BACKFILL__CHUNK_ROWS": str(chunk_rows),
     }
@@ -220,7 +230,7 @@ def backfill(
         if check:
             log("applied; validating the target against the transformed legacy data…")
             with Timer() as t:
-                report = validate(env.settings(), MAPPING, save=False)
+                report = validate(env.settings(), mapping, save=False)
             outcome, validate_s = report.outcome, t.seconds
             if outcome != "clean":
                 raise SystemExit(f"validation after the backfill failed: {report.to_json(limit=5)}")
@@ -249,6 +259,7 @@ def main() -> dict[str, Any]:
             ("--chunk-rows", {"type": int, "default": CHUNK_ROWS, "help": "backfill.chunk_rows"}),
             ("--no-validate", {"action": "store_true", "help": "skip the validation at the end"}),
             ("--compression", {"default": None, "help": "kafka.compression (default: lz4)"}),
+            ("--workload", {"choices": ["mcp", "tpcb"], "default": "mcp", "help": WORKLOADS}),
             (
                 "--apply-connections",
                 {"type": int, "default": None, "help": "backfill.apply_connections"},
@@ -256,6 +267,10 @@ def main() -> dict[str, Any]:
         ],
     )
     chunk_rows = int(args.raw.chunk_rows)
+    if args.raw.workload == "tpcb":
+        from bench._tpcb_bulk import backfill_tpcb
+
+        return backfill_tpcb(args, chunk_rows, backfill)
     scale = int(args.raw.scale or (40 if args.quick else 400))
     tables = list(MAPPING.forward.source_tables)
     with bench_env() as env, tempfile.TemporaryDirectory(prefix="bench-backfill-") as tmp:

@@ -6,7 +6,7 @@ servers transform (compiled transforms), canonicalise and hash every row and sum
 key bucket, so it is expected to be below the limit; the ratio says by how much. The same
 validation with every table on the Python path (``python_path_s``) is timed for comparison.
 
-    python -m bench.validate [--quick] [--scale N]
+    python -m bench.validate [--quick] [--scale N] [--workload tpcb]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from replicator.config import DatabaseSettings
 from replicator.errors import DataError
 from replicator.runtime.gc_tuning import tune_gc
 from replicator.validate.run import validate
-from transforms.api import RowChange
+from transforms.api import MappingSet, RowChange
 from transforms.mcp_manager import MAPPING
 from transforms.mcp_manager.generate import generate
 from transforms.mcp_manager.legacy import create_legacy_schema
@@ -36,12 +36,14 @@ def _url(db: DatabaseSettings) -> str:
     return f"postgresql://{db.user}:{password}@{db.host}:{db.port}/{db.dbname}"
 
 
-def _load(legacy: DatabaseSettings, target: DatabaseSettings) -> None:
+def _load(
+    legacy: DatabaseSettings, target: DatabaseSettings, mapping: MappingSet = MAPPING
+) -> None:
     """Every legacy row through the forward transforms into the target (a direct backfill)."""
     with pg.connect(legacy.conninfo(), autocommit=True) as lc, pg.connect(target.conninfo()) as tc:
         tc.execute("SET session_replication_role = replica")
         sink = Sink(tc)
-        for t in MAPPING.forward.tables.values():
+        for t in mapping.forward.tables.values():
             batch = Batch()
             with lc.cursor(row_factory=dict_row) as cur:
                 for row in cur.execute(sql.SQL("SELECT * FROM {}").format(_ident(t.source))):
@@ -73,8 +75,23 @@ def main() -> dict[str, Any]:
     args = parse_args(
         "validate",
         __doc__ or "",
-        [("--scale", {"type": int, "default": None, "help": "MCP data scale (default 2, 20)"})],
+        [
+            ("--scale", {"type": int, "default": None, "help": "data scale (default 2, 20)"}),
+            (
+                "--workload",
+                {
+                    "choices": ["mcp", "tpcb"],
+                    "default": "mcp",
+                    "help": "mcp (default); tpcb: pgbench's tables, the plain-Python mapping's"
+                    " derived forms against hand-written twins (ratio_vs_compiled)",
+                },
+            ),
+        ],
     )
+    if args.raw.workload == "tpcb":
+        from bench._tpcb_bulk import validate_tpcb
+
+        return validate_tpcb(args)
     scale = int(args.raw.scale or (2 if args.quick else 20))
     with bench_env() as env:
         log(f"generating scale {scale} and loading the target…")

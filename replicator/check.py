@@ -17,6 +17,7 @@ from connectors.pgsource import source_problems
 from replicator.capture import partition_key_problems, table_identities
 from replicator.check_mapping import check_mapping_sides, live_catalog
 from replicator.config import Settings
+from replicator.derived import placements_text, prove_direction
 from replicator.errors import ReplicatorError
 from replicator.roles.grants import missing_grants
 from transforms.api import MappingSet
@@ -130,6 +131,15 @@ def _kafka(s: Settings, mapping: MappingSet) -> list[Finding]:
     ]
 
 
+def _paths(s: Settings, mapping: MappingSet) -> list[Finding]:
+    """Where each converted column is computed: a SQL twin, a derived SQL form proved on the
+    source (replicator.derived) or Python, and why (information, never a failure)."""
+    conn = pg.connect(s.source.conninfo(), autocommit=True)
+    with conn, pg.translated(s.source.masked()):
+        placements = prove_direction(mapping.forward, conn)
+    return [Finding("columns", True, line) for line in placements_text(placements)]
+
+
 CHECKS: list[tuple[str, Callable[[Settings, MappingSet], list[Finding]]]] = [
     ("source", _source),
     ("target", _target),
@@ -169,6 +179,7 @@ def run_checks(s: Settings, mapping: MappingSet) -> list[Finding]:
         return findings
     try:
         findings.extend(_sides(s, mapping))
+        findings.extend(_paths(s, mapping))
     except ReplicatorError as exc:
         findings.append(Finding("mapping", False, exc.message, exc.hint))
     return findings

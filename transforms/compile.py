@@ -297,7 +297,12 @@ def col_expr(spec: str | Col, cols: Mapping[str, Expr]) -> tuple[Expr, bool]:
     if len(args) == 1 and not c.convert_none and not e.null_safe:
         # Python passes NULL through without calling the converter: so does SQL.
         x = args[0].sql
-        checks = tuple((f"({x}) IS NOT NULL AND ({cond})", r) for cond, r in e.checks)
+        # (A derived form's own NULL test can never hold under the pass-through: left out.)
+        checks = tuple(
+            (f"({x}) IS NOT NULL AND ({cond})", r)
+            for cond, r in e.checks
+            if cond != f"({x}) IS NULL"
+        )
         e = Expr(f"(CASE WHEN ({x}) IS NOT NULL THEN {e.sql} END)", e.type, checks)
     return e, twin.exact
 

@@ -270,9 +270,39 @@ def twin_of(fn: Callable[..., Any]) -> Twin | None:
     if isinstance(fn, ValueMap):
         return Twin(lambda x: value_map_sql(fn, x))
     try:
-        return _TWINS.get(fn)
+        return _TWINS.get(fn) or _DERIVED.get(fn)
     except TypeError:  # an unhashable callable
         return None
+
+
+# Forms derived from converters' code (transforms.derive), each registered only once proved
+# equal to its function on the real server (replicator.derived): the process's current proofs.
+_DERIVED: dict[Callable[..., Any], Twin] = {}
+
+
+def hand_twin_of(fn: Callable[..., Any]) -> Twin | None:
+    """A twin written by hand (or a ValueMap's), not a derived form."""
+    if isinstance(fn, ValueMap):
+        return twin_of(fn)
+    try:
+        return _TWINS.get(fn)
+    except TypeError:
+        return None
+
+
+def forget_derived() -> None:
+    """Stop using every derived form (they are proved again before the next use)."""
+    _DERIVED.clear()
+
+
+def use_derived(fn: Callable[..., Any], build: Builder | None) -> None:
+    """Use ``build`` (a proved derived form) as ``fn``'s twin; None: stop using one."""
+    if build is None:
+        _DERIVED.pop(fn, None)
+    else:
+        # Not exact: a derived form's checks may flag rows the function accepts (non-ASCII
+        # text for .lower(), say); those go the Python way.
+        _DERIVED[fn] = Twin(build, exact=False)
 
 
 def check_of(fn: Callable[..., Any]) -> tuple[CheckBuilder, bool] | None:

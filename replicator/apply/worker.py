@@ -31,6 +31,7 @@ from replicator.apply.positions import ApplyStats, Partition, gap_hint
 from replicator.apply.rows import RowMapper
 from replicator.apply.session import connect_session
 from replicator.config import Settings
+from replicator.derived import prove_on_source
 from replicator.dlq.letters import DeadLetter, DeadLetterWriter, dead_letter, truncate_refusal
 from replicator.errors import (
     DataError,
@@ -174,6 +175,8 @@ class ApplyWorker:
             self.s.kafka.replication_factor,
             **self.s.kafka.client_options(),
         )
+        # Converters' derived SQL forms, proved before a bulk chunk is planned with them.
+        prove_on_source(self.s.source if self.dir_name == "fwd" else self.s.target, self.direction)
         self._conn = connect_session(self.db, self.s.name, self.dir_name)
         self.sink = Sink(self._conn, self.db.masked())
         self._bulk = BulkLoader(

@@ -44,6 +44,7 @@ from replicator.backfill.copy_read import (
 )
 from replicator.capture import prepare_source
 from replicator.config import Settings
+from replicator.derived import prove_direction
 from replicator.errors import SchemaError, StateError
 from replicator.state import ensure_schema, load_offsets
 from transforms.api import Direction
@@ -257,6 +258,10 @@ class Backfill:
                 sources = {t: _describe(src, t) for t in self.tables}
                 levels = _levels(src, self.tables)
             backfill_id = self._start(src, tgt, sources)
+            with pg.translated(s.source.masked()):
+                # Converters' derived SQL forms, proved before a path is chosen (the apply
+                # workers prove them again before they load a chunk with them).
+                prove_direction(self.direction, src)
             paths = {
                 t: load_path(s.backfill, self.direction.transform_for(t), sources[t])
                 for t in self.tables

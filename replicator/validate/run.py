@@ -32,6 +32,7 @@ import psycopg
 
 from connectors import pg
 from replicator.config import Settings
+from replicator.derived import prove_direction
 from replicator.errors import PreconditionError, ReplicatorError
 from replicator.state import ensure_schema
 from replicator.validate.canon import (
@@ -326,6 +327,8 @@ def _legacy_setup(
             ).fetchone()
             is not None
         )
+        # Converters' derived SQL forms are used only once proved here (replicator.derived).
+        prove_direction(mapping.forward, legacy)
         return live, catalog(legacy, mapping.forward.tables)
 
 

@@ -21,6 +21,7 @@ import psycopg
 
 from connectors import pg
 from replicator.config import Settings
+from replicator.derived import prove_direction
 from replicator.errors import ReplicatorError
 from replicator.validate.context import Ctx, snapshot
 from replicator.validate.expect import Rejected, SourceKey
@@ -52,6 +53,8 @@ def load_catalogs(ctx: Ctx) -> None:
     if ctx.legacy_catalog is None:
         with pg.translated(ctx.s.source.masked()):
             ctx.legacy_catalog = catalog(ctx.legacy, ctx.direction.tables)
+            # Converters' derived SQL forms are used only once proved (replicator.derived).
+            prove_direction(ctx.direction, ctx.legacy)
     if ctx.target_catalog is None:
         with pg.translated(ctx.s.target.masked()):
             ctx.target_catalog = catalog(ctx.target, ctx.direction.target_tables)
