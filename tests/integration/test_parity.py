@@ -9,9 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from replicator.cutover.switch import Cutover
 from replicator.errors import ConfigError
+from replicator.local.demo import parity_for_demo
 from replicator.parity import last_parity, load, parse, run_parity
 from replicator.runtime.pipeline import Pipeline
 from replicator.status.overview import collect
@@ -48,7 +50,11 @@ def test_mcp_pairs_under_live_sync(env: Env) -> None:
 
         # Every pair agrees while the writer changes servers, audit entries, organizations
         # and keys: a read taken while writes flow is no false difference.
-        report = run_parity(s, load(MCP_PARITY), runs=5)
+        # As the demo runs them, printing the table.
+        console = Console(record=True, width=200)
+        report = parity_for_demo(s, console, runs=5)
+        table = console.export_text()
+        assert "user by email (sign-in)" in table and "agrees" in table and "outcome:" in table
         assert report.live
         verdicts = {p.name: p.verdict for p in report.pairs}
         assert set(verdicts.values()) <= {"agrees", "slow"}, report.to_json()
