@@ -5,6 +5,7 @@ bad parity files are named with their pair."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from replicator.local.demo import parity_for_demo
 from replicator.parity import last_parity, load, parse, run_parity
 from replicator.runtime.pipeline import Pipeline
 from replicator.status.overview import collect
+from tests.e2e.cli import run_cli
 from tests.support import Env, mcp_writer, wait_for
 from transforms.mcp_manager import MAPPING
 from transforms.mcp_manager.generate import generate
@@ -136,7 +138,7 @@ def _bad(
     return str(err.value)
 
 
-def test_missing_index_keys_and_bad_files(env: Env) -> None:
+def test_missing_index_keys_and_bad_files(env: Env, tmp_path: Path) -> None:
     with env.legacy_conn() as c:
         c.execute(ITEMS.format(id="uuid"))
         c.execute("CREATE INDEX ON item (code)")
@@ -156,9 +158,22 @@ def test_missing_index_keys_and_bad_files(env: Env) -> None:
 
     with env.target_conn() as c:  # what the report says to run
         c.execute(by_code.plan.suggestions[0])
-    report = run_parity(s, parse(Path("parity.toml"), PAIRS), runs=15)
-    assert [p.verdict for p in report.pairs] == ["agrees", "agrees"], report.to_json()
-    assert report.exit_code == 0
+    # The command, as an operator runs it: the JSON report, exit 0 once both pairs pass.
+    (tmp_path / "parity.toml").write_text(PAIRS)
+    done = run_cli(
+        ["parity", "-f", str(tmp_path / "parity.toml"), "--runs", "15", "--json"], env.env_vars()
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert out["outcome"] == "pass" and [p["verdict"] for p in out["pairs"]] == ["agrees", "agrees"]
+    assert set(out["pairs"][0]["latency_ms"]["target"]) == {"p50", "p95", "p99"}
+    # A bad file is an error naming the pair and the fix, exit 2, no trace.
+    (tmp_path / "parity.toml").write_text(
+        PAIRS.replace('compare = "set"', "") + "compare = 'bag'\n"
+    )
+    done = run_cli(["parity", "-f", str(tmp_path / "parity.toml")], env.env_vars())
+    assert done.returncode == 2 and "'item by id': compare = 'bag'" in done.stderr, done.stderr
+    assert "fix:" in done.stderr and "Traceback" not in done.stderr
 
     # Bad files: each error names the pair, the side and what the server said.
     msg = _bad(env, legacy="SELECT * FROM nowhere WHERE id = %(id)s")
