@@ -168,11 +168,12 @@ def test_missing_index_keys_and_bad_files(env: Env, tmp_path: Path) -> None:
     assert out["outcome"] == "pass" and [p["verdict"] for p in out["pairs"]] == ["agrees", "agrees"]
     assert set(out["pairs"][0]["latency_ms"]["target"]) == {"p50", "p95", "p99"}
     # A bad file is an error naming the pair and the fix, exit 2, no trace.
-    (tmp_path / "parity.toml").write_text(
-        PAIRS.replace('compare = "set"', "") + "compare = 'bag'\n"
-    )
+    bad = PAIRS.replace('name = "item by id"', 'name = "item by id"\ncompare = "bag"')
+    (tmp_path / "parity.toml").write_text(bad)
     done = run_cli(["parity", "-f", str(tmp_path / "parity.toml")], env.env_vars())
-    assert done.returncode == 2 and "'item by id': compare = 'bag'" in done.stderr, done.stderr
+    assert done.returncode == 2 and "pair #2 'item by id': compare = 'bag'" in done.stderr, (
+        done.stderr
+    )
     assert "fix:" in done.stderr and "Traceback" not in done.stderr
 
     # Bad files: each error names the pair, the side and what the server said.
