@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from connectors import pg
 from replicator.cutover.switch import Cutover
 from replicator.errors import ConfigError
 from replicator.local.demo import parity_for_demo
 from replicator.parity import last_parity, load, parse, run_parity
 from replicator.runtime.pipeline import Pipeline
 from replicator.status.overview import collect
+from replicator.web.details import read_details
 from tests.e2e.cli import run_cli
 from tests.support import Env, mcp_writer, wait_for
 from transforms.mcp_manager import MAPPING
@@ -82,6 +84,13 @@ def test_mcp_pairs_under_live_sync(env: Env) -> None:
         assert shown is not None and shown["age_s"] < 60, shown
         # (how many miss a goal depends on the machine's load: not asserted)
         assert (shown["outcome"], shown["pairs"], shown["differing"]) == ("different", 8, 1)
+        sessions = pg.Sessions()
+        try:  # the web page's details: each pair's verdict and what differs, as text
+            page = read_details(s, "fwd", sessions)["parity"]
+        finally:
+            sessions.close()
+        members = [p for p in page["pairs"] if p["name"] == "organization members with roles"]
+        assert members[0]["verdict"] == "differs" and "owner-x" in members[0]["note"], page
         gated = Cutover(env.settings(cutover={"require_parity": True}), MAPPING)
         problems = gated.preflight()
         assert any("last parity run is different (1 pair(s) differ" in p for p in problems)
