@@ -11,7 +11,7 @@ import pytest
 from replicator.errors import ConfigError
 from replicator.parity.compare import differs, goal_misses, latency
 from replicator.parity.explain import summarise
-from replicator.parity.spec import Pair, parse
+from replicator.parity.spec import Pair, load, parse
 
 MCP_PARITY = Path(__file__).resolve().parents[2] / "transforms" / "mcp_manager" / "parity.toml"
 
@@ -150,3 +150,10 @@ def test_a_plan_in_words() -> None:
                        "Actual Rows": 1, "Rows Removed by Filter": 10}, "Execution Time": 0.1}]  # fmt: skip
     assert summarise(small).suggestions == []
     assert "no scan or sort to blame" in summarise(small).findings[0]
+
+
+def test_a_missing_file_says_where_to_write_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path / "parity.toml")
+    assert "cannot read the parity file" in str(err.value)
+    assert err.value.hint and "--file" in err.value.hint
