@@ -43,6 +43,7 @@ class _Sides:
     def __init__(self, s: Settings, legacy: Conn, target: Conn, live: bool, timeout_s: float):
         self.s, self.legacy, self.target = s, legacy, target
         self.live, self.timeout_s = live, timeout_s
+        self.lagging = False
 
     def conn(self, side: str) -> Conn:
         return self.legacy if side == "legacy" else self.target
@@ -67,8 +68,12 @@ class _Sides:
         """True when the target now holds what legacy held (or nothing moves: no live sync)."""
         if not self.live:
             return True
+        if self.lagging:  # one marker not applied in time: the next pairs do not wait again
+            return False
         with pg.translated(self.where("target")):
-            return wait_marker_applied(self.s, self.legacy, self.target, self.timeout_s)
+            ok = wait_marker_applied(self.s, self.legacy, self.target, self.timeout_s)
+        self.lagging = not ok
+        return ok
 
 
 def _query_error(pair: Pair, side: str, sql: str, exc: Exception) -> ConfigError:

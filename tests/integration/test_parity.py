@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,14 @@ def test_missing_index_keys_and_bad_files(env: Env, tmp_path: Path) -> None:
     assert "'broken': the params query found no rows" in msg
     msg = _bad(env, params="SELECT id FROM item WHERE nope")
     assert "'broken': the legacy query fails" in msg and "nope" in msg
+
+    # Live sync whose apply does not run (its slot exists, nothing applies): the first pair's
+    # marker times out and the pair is unsettled, the target lagging; the next pair does not
+    # wait again (two waits would take 6 s).
+    with env.legacy_conn() as c:
+        c.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (s.slot("fwd"),))
+    started = time.monotonic()
+    report = run_parity(s, parse(Path("parity.toml"), PAIRS), runs=1, marker_timeout_s=3)
+    assert time.monotonic() - started < 5.5
+    assert report.live and [p.verdict for p in report.pairs] == ["unsettled", "unsettled"]
+    assert "the target lags" in (report.pairs[0].unsettled or "") and report.exit_code == 3
