@@ -302,6 +302,11 @@ class CutoverSettings(_Strict):
         description="environment variables passed on to the switch hook (it gets PATH, HOME,"
         " locale and REPLICATOR_ACTION/RUN_ID/NEW_WRITER, never the replicator's secrets)",
     )
+    require_parity: bool = Field(
+        False,
+        description="the preflight refuses while the last `replicator parity` run has a pair"
+        " that differs or misses its goal (docs/parity.md)",
+    )
 
 
 class RetrySettings(_Strict):

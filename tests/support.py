@@ -221,7 +221,9 @@ class Env:
             raise AssertionError(
                 f"auth-cli {args[0]} failed ({r.returncode}): {r.stdout}{r.stderr}"
             )
-        answer: dict[str, Any] = json.loads(lines[-1])
+        answer: Any = json.loads(lines[-1])
+        if isinstance(answer, list):  # api-keys: one answer per operation
+            return {"exit": r.returncode, "answers": answer}
         return {"exit": r.returncode, **answer}
 
     def legacy_conn(self) -> psycopg.Connection[Any]:

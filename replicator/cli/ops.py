@@ -74,6 +74,14 @@ def render(st: Status, history: deque[float] | None = None) -> Table:
             if paths:
                 in_sql = sum(1 for p in paths.values() if p == "sql")
                 t.add_row("validation", "checked in SQL", f"{in_sql}/{len(paths)} tables")
+        if tgt.parity:
+            q = tgt.parity
+            t.add_row(
+                "parity",
+                "last run",
+                f"{q['outcome']} ({q['pairs']} pairs, {q['differing']} differ, {q['slow']} slow;"
+                f" {q['age_s'] or 0:.0f} s ago)",
+            )
     if st.writer is not None:
         w = st.writer.get("writer")
         t.add_row(

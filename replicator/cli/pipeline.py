@@ -1,5 +1,5 @@
 """Pipeline commands: ``init``, ``check``, ``run``, ``capture``, ``apply``, ``backfill``,
-``validate``, ``demo`` and the local ``services``."""
+``validate``, ``parity``, ``demo`` and the local ``services``."""
 
 from __future__ import annotations
 
@@ -196,6 +196,46 @@ def validate(
     else:
         print_report(report, out)
     raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def parity(
+    config: ConfigOpt = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f", help="The parity file (default: parity.toml beside the config)."
+        ),
+    ] = None,
+    runs: Annotated[
+        int | None,
+        typer.Option(min=1, help="Timed reads per side and pair (default: the file's runs)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run the parity file's pairs of reads on both sides, compare and time them; exit 1 when
+    a pair differs, 3 when one kept changing, 4 when one misses its goal (docs/parity.md)."""
+    from replicator.parity import load, run_parity
+    from replicator.parity.print import print_report
+
+    s = settings_from(config)
+    report = run_parity(s, load(file or _beside_config(config, "parity.toml")), runs=runs)
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(report.to_json(), ensure_ascii=False) + "\n")
+    else:
+        print_report(report, out)
+    raise typer.Exit(report.exit_code)
+
+
+def _beside_config(config: Path | None, name: str) -> Path:
+    import os
+
+    base = config or (
+        Path(os.environ["REPLICATOR_CONFIG"]) if "REPLICATOR_CONFIG" in os.environ else None
+    )
+    return base.parent / name if base is not None and str(base) != os.devnull else Path(name)
 
 
 @app.command()

@@ -65,6 +65,8 @@ class Preflight:
                         )
                 if p.action == "cutover":
                     problems.extend(self._validation_problems(conn))
+                    if self.s.cutover.require_parity:
+                        problems.extend(self._parity_problems(conn))
                 problems.extend(self._direction_problems())
         except ReplicatorError as exc:
             problems.append(f"state database unreachable: {exc.message}")
@@ -140,6 +142,26 @@ class Preflight:
         if float(last.get("age_s") or 0) > self.validation_max_age_s:
             out.append(
                 f"the last validation is {float(last['age_s']) / 3600:.1f} h old: run `replicator validate`"
+            )
+        return out
+
+    def _parity_problems(self, conn: Any) -> list[str]:
+        """``cutover.require_parity``: the last parity run must have every pair agree and meet
+        its goal, and be as recent as a validation must be (docs/parity.md)."""
+        from replicator.parity.report import last_parity
+
+        last = last_parity(conn)
+        if last is None:
+            return ["cutover.require_parity is on and no parity run is stored: `replicator parity`"]
+        out = []
+        if last["outcome"] != "pass":
+            out.append(
+                f"the last parity run is {last['outcome']} ({last['differing']} pair(s) differ,"
+                f" {last['slow']} miss their goal): `replicator parity` names them"
+            )
+        if float(last.get("age_s") or 0) > self.validation_max_age_s:
+            out.append(
+                f"the last parity run is {float(last['age_s']) / 3600:.1f} h old: run `replicator parity`"
             )
         return out
 

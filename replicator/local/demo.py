@@ -13,7 +13,7 @@ import random
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from rich.console import Console
@@ -25,6 +25,9 @@ from replicator.local import services as ls
 from replicator.runtime.pipeline import Pipeline
 from replicator.runtime.worker_process import LogSetup
 from transforms.loader import load_mapping
+
+if TYPE_CHECKING:
+    from replicator.parity import ParityReport
 
 NAME = "demo"
 LEGACY_DB, TARGET_DB = "demo_legacy", "demo_target"
@@ -219,8 +222,24 @@ def _after_sync(settings: Settings, pipeline: Pipeline, console: Console, step: 
     with step("validate: target equals the transformed legacy data (counts, checksums, rows)"):
         report = validate(settings, pipeline.mapping)
         print_report(report, console)
+    with step("parity: the app's own reads on both schemas, compared and timed (docs/parity.md)"):
+        parity_for_demo(settings, console)
     with step("cutover: fence legacy, drain, verify, switch"):
         cutover_for_demo(settings, pipeline, console)
+
+
+def parity_for_demo(settings: Settings, console: Console, runs: int = 20) -> ParityReport:
+    """The MCP Manager's pairs (transforms/mcp_manager/parity.toml) while live sync runs."""
+    from pathlib import Path
+
+    import transforms.mcp_manager
+    from replicator.parity import load, run_parity
+    from replicator.parity.print import print_report
+
+    path = Path(transforms.mcp_manager.__file__).parent / "parity.toml"
+    report = run_parity(settings, load(path), runs=runs)
+    print_report(report, console)
+    return report
 
 
 def _wait_backfill(settings: Settings, pipeline: Pipeline, timeout: float = 600) -> None:

@@ -70,6 +70,9 @@ class TargetStatus:
     rows_applied: dict[str, int] = field(default_factory=dict)
     backfill: dict[str, Any] | None = None  # latest: id, status, rows_total, rows_applied
     validation: dict[str, Any] | None = None  # latest: outcome, age_s, differences
+    parity: dict[str, Any] | None = (
+        None  # latest parity run: outcome, age_s, pairs, differing, slow
+    )
 
 
 @dataclass
@@ -367,6 +370,7 @@ def _dlq_pending(
 
 
 def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) -> TargetStatus:
+    from replicator.parity.report import last_parity
     from replicator.validate.report import last_validation
 
     out = TargetStatus()
@@ -429,4 +433,7 @@ def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) 
                     if isinstance(t, dict)
                 },
             }
+        par = last_parity(conn)
+        if par:
+            out.parity = {k: par[k] for k in ("outcome", "age_s", "pairs", "differing", "slow")}
     return out

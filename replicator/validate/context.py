@@ -20,7 +20,7 @@ from replicator.validate.insql.catalog import TableInfo
 from replicator.validate.insql.plan import GroupPlan, Hashing
 from transforms.api import Direction, TableTransform
 
-__all__ = ["Ctx", "snapshot"]
+__all__ = ["Ctx", "snapshot", "wait_marker_applied"]
 
 
 @dataclass
@@ -51,30 +51,42 @@ class Ctx:
         """Emit a marker on legacy; True once apply has recorded it on every partition."""
         if not self.live or self.lagging:
             return False
-        marker = str(uuid.uuid4())
-        control = {"kind": "marker", "marker": "validate", "id": marker}
-        self.legacy.execute(
-            "SELECT pg_logical_emit_message(true, 'replicator', %s)", (json.dumps(control),)
-        )
-        topic = self.s.topic("fwd", "changes")
-        deadline = time.monotonic() + self.marker_timeout_s
-        while time.monotonic() < deadline:
-            row = self.target.execute(
-                "SELECT (SELECT count(*) FROM replicator.markers"
-                " WHERE topic = %s AND marker_id = %s),"
-                " (SELECT count(*) FROM replicator.offsets WHERE topic = %s)",
-                (topic, marker, topic),
-            ).fetchone()
-            if row is not None and row[0] >= max(1, row[1]):
-                # Our markers are only a rendezvous: do not let them pile up in the table.
-                self.target.execute(
-                    "DELETE FROM replicator.markers WHERE topic = %s AND marker_id = %s",
-                    (topic, marker),
-                )
-                return True
-            time.sleep(0.05)
+        if wait_marker_applied(self.s, self.legacy, self.target, self.marker_timeout_s):
+            return True
         self.lagging = True
         return False
+
+
+def wait_marker_applied(
+    s: Settings,
+    legacy: psycopg.Connection[Any],
+    target: psycopg.Connection[Any],
+    timeout_s: float,
+) -> bool:
+    """Emit a marker on legacy (autocommit sessions); True once apply has recorded it on every
+    partition: the target then holds every legacy change committed before the call. Also the
+    rendezvous of a parity check (replicator.parity)."""
+    marker = str(uuid.uuid4())
+    control = {"kind": "marker", "marker": "validate", "id": marker}
+    legacy.execute("SELECT pg_logical_emit_message(true, 'replicator', %s)", (json.dumps(control),))
+    topic = s.topic("fwd", "changes")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        row = target.execute(
+            "SELECT (SELECT count(*) FROM replicator.markers"
+            " WHERE topic = %s AND marker_id = %s),"
+            " (SELECT count(*) FROM replicator.offsets WHERE topic = %s)",
+            (topic, marker, topic),
+        ).fetchone()
+        if row is not None and row[0] >= max(1, row[1]):
+            # Our markers are only a rendezvous: do not let them pile up in the table.
+            target.execute(
+                "DELETE FROM replicator.markers WHERE topic = %s AND marker_id = %s",
+                (topic, marker),
+            )
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @contextlib.contextmanager

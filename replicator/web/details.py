@@ -29,6 +29,7 @@ def read_details(s: Settings, direction: str, sessions: pg.Sessions) -> dict[str
     out: dict[str, Any] = {
         "backfill_tables": [],
         "validation": None,
+        "parity": None,
         "runs": [],
         "slot_confirmed_lsn": None,
         "problems": [],
@@ -44,6 +45,7 @@ def read_details(s: Settings, direction: str, sessions: pg.Sessions) -> dict[str
         with sessions.session(db.conninfo(), db.masked()) as conn:
             out["backfill_tables"] = _backfill_tables(conn)
             out["validation"] = _validation(conn)
+            out["parity"] = _parity(conn)
             out["runs"] = _runs(conn)
     except ReplicatorError as exc:
         out["problems"].append(f"target: {exc.message}")
@@ -88,6 +90,33 @@ def _backfill_tables(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def _parity(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
+    """The last parity run: each pair's verdict, the target's p95 and what is wrong, if any."""
+    from replicator.parity.report import last_parity
+
+    run = last_parity(conn)
+    if run is None:
+        return None
+    pairs = (run.get("summary") or {}).get("pairs", [])
+    return {
+        "finished_at": _iso(run["finished_at"]),
+        "age_s": run["age_s"],
+        "outcome": run["outcome"],
+        "pairs": [
+            {
+                "name": str(p.get("name")),
+                "verdict": str(p.get("verdict")),
+                "target_p95_ms": ((p.get("latency_ms") or {}).get("target") or {}).get("p95"),
+                "note": p.get("difference")
+                or p.get("unsettled")
+                or "; ".join(p.get("misses") or []),
+            }
+            for p in pairs
+            if isinstance(p, dict)
+        ],
+    }
 
 
 def _validation(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:

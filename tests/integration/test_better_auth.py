@@ -9,18 +9,26 @@ legacy schema accepts if the migration is rolled back.
 from __future__ import annotations
 
 import hashlib
+import json
+import secrets
 import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import bcrypt
 import psycopg
 import pytest
+from psycopg.rows import dict_row
+from psycopg.types.json import Json
 
+from connectors import pg
+from connectors.pgsink import Batch, Sink
 from replicator.runtime.pipeline import Pipeline
 from tests.support import Env, Services, isolated_env, wait_for
+from transforms.api import RowChange
 from transforms.converters import sha256_hex_to_base64url
 from transforms.loader import load_mapping
 from transforms.mcp_manager.generate import hash_pool
@@ -137,3 +145,80 @@ def test_migrated_api_keys_are_stored_as_better_auth_hashes_them(migrated: Env) 
     assert legacy and set(target) == set(legacy)
     for key_id, digest in legacy.items():
         assert target[key_id] == sha256_hex_to_base64url(digest)
+
+
+def _transform(env: Env, direction: str, table: str, ids: list[str]) -> None:
+    """Rows of ``table`` through the mapping's transforms into the other database, as live sync
+    writes them (forward: legacy → target; reverse, after a cutover: target → legacy)."""
+    mapping = load_mapping("transforms.mcp_manager:MAPPING")
+    t = getattr(mapping, direction).tables[table]
+    src, dst = (env.legacy, env.target) if direction == "forward" else (env.target, env.legacy)
+    with psycopg.connect(src.conninfo()) as sc, pg.connect(dst.conninfo()) as dc:
+        rows = sc.cursor(row_factory=dict_row).execute(
+            f"SELECT * FROM {table} WHERE id::text = ANY(%s)", (ids,)
+        )
+        batch = Batch()
+        for row in rows:
+            for op in t(RowChange("insert", t.source, new=row, key_columns=t.source_key)):
+                batch.add(op)
+        Sink(dc).flush(batch)
+        dc.commit()
+
+
+def _legacy_verifies(env: Env, plain: str) -> Any:
+    """The FastAPI backend's check: the key's SHA-256 hex digest, not expired; its row or None."""
+    with env.legacy_conn() as c:
+        return c.execute(
+            "SELECT user_id::text, scopes, prefix FROM api_key WHERE hashed_key = %s"
+            " AND (expires_at IS NULL OR expires_at > now())",
+            (hashlib.sha256(plain.encode()).hexdigest(),),
+        ).fetchone()
+
+
+def test_api_keys_verify_through_better_auth_after_migration_and_rollback(migrated: Env) -> None:
+    # Keys made the way the FastAPI backend makes them (the plaintext known here): SHA-256 hex
+    # digest, the first characters as the prefix, scopes as "resource:action".
+    keys = {name: f"mcp_{name}_{secrets.token_urlsafe(24)}" for name in ("live", "old", "off")}
+    ids = {name: str(uuid.uuid4()) for name in keys}
+    with migrated.legacy_conn() as c:
+        user_id = str(
+            c.execute('SELECT id FROM "user" WHERE is_active ORDER BY id LIMIT 1').fetchone()[0]
+        )  # type: ignore[index]
+        for name, plain in keys.items():
+            c.execute(
+                "INSERT INTO api_key (id, user_id, name, hashed_key, prefix, scopes, expires_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    ids[name], user_id, name, hashlib.sha256(plain.encode()).hexdigest(),
+                    plain[:12], Json(["servers:read", "servers:write", "audit:read"]),
+                    datetime.now(UTC) - timedelta(days=1) if name == "old" else None,
+                ),
+            )  # fmt: skip
+    _transform(migrated, "forward", "public.api_key", list(ids.values()))
+    with migrated.target_conn() as c:  # disabled on the target, as an admin would
+        c.execute("UPDATE apikey SET enabled = false WHERE id = %s", (ids["off"],))
+
+    ops: list[dict[str, Any]] = [
+        {"verify": keys["live"], "permissions": {"servers": ["read", "write"]}},
+        {"verify": keys["live"], "permissions": {"servers": ["delete"]}},
+        {"verify": keys["old"]},
+        {"verify": keys["off"]},
+        {"create": "made after cutover", "userId": user_id, "permissions": {"servers": ["read"]}},
+    ]
+    got = migrated.better_auth("api-keys", json.dumps(ops))
+    assert got["exit"] == 0, got
+    live, lacking, expired, disabled, made = got["answers"]
+    assert live["valid"] and live["key"]["userId"] == user_id, live
+    assert live["key"]["permissions"] == {"servers": ["read", "write"], "audit": ["read"]}
+    assert not lacking["valid"], lacking  # a permission the legacy scopes never gave
+    assert not expired["valid"] and not disabled["valid"], (expired, disabled)
+    assert made["ok"] and made["key"], made
+
+    # Rollback: the key Better-Auth made goes back through the reverse transform and verifies
+    # the legacy way; the key disabled on the target goes back expired, and does not.
+    _transform(migrated, "reverse", "public.apikey", [made["id"], ids["off"]])
+    row = _legacy_verifies(migrated, made["key"])
+    assert row is not None and row[0] == user_id and row[1] == ["servers:read"], row
+    assert made["key"].startswith(row[2])
+    assert _legacy_verifies(migrated, keys["off"]) is None
+    assert _legacy_verifies(migrated, keys["live"]) is not None

@@ -110,6 +110,7 @@ function showState(data) {
   replaceChildren($("reasons"), st.reasons.map((x) => el("li", x)));
 
   showValidation(det.validation);
+  showParity(det.parity);
   showBackfill(det.backfill_tables || [], t && t.backfill);
   const count = k ? num(k.dlq_messages) : "–";
   if (lettersShown && $("dlq-count").textContent !== count) showLetters();
@@ -128,6 +129,14 @@ function showValidation(v) {
   const when = " " + v.scope + " run, " + seconds(v.age_s) + " ago (" + new Date(v.finished_at).toLocaleString("en-GB", { hour12: false }) + "), " + num(v.rows_checked) + " rows checked, " + num(v.differences) + " differences";
   replaceChildren(box, [outcome, document.createTextNode(when)]);
   replaceChildren($("validation-tables"), v.tables.map((x) => el("li", x.table + (x.differences ? ": " + x.differences + " differences" : ": clean"), x.differences ? "bad" : "")));
+}
+
+function showParity(p) {
+  const box = $("parity");
+  if (!p) { box.textContent = "no parity run (replicator parity)"; replaceChildren($("parity-pairs"), []); return; }
+  const outcome = el("strong", p.outcome, p.outcome === "pass" ? "good" : "bad");
+  replaceChildren(box, [outcome, document.createTextNode(" " + p.pairs.length + " pairs, " + seconds(p.age_s) + " ago")]);
+  replaceChildren($("parity-pairs"), p.pairs.map((x) => el("li", x.name + ": " + x.verdict + (x.target_p95_ms != null ? " (target p95 " + x.target_p95_ms + " ms)" : "") + (x.note ? " — " + x.note : ""), x.verdict === "agrees" ? "" : "bad")));
 }
 
 function showBackfill(tables, latest) {

@@ -1,5 +1,5 @@
 // The front end's Better-Auth instance, as the TypeScript side configures it after the
-// consolidation: Drizzle adapter over ./schema.ts, admin + organization plugins.
+// consolidation: Drizzle adapter over ./schema.ts, admin + organization + API-key plugins.
 //
 // Two settings exist for the migration:
 // - ids are UUIDs (generated here, not by the database: the text id columns have no default), so
@@ -7,7 +7,11 @@
 // - passwords: legacy hashes are bcrypt ($2b$, passlib) or argon2id ($argon2id$, pwdlib) and are
 //   migrated as they are, so `verify` dispatches on the hash format. New hashes are bcrypt, which
 //   the legacy FastAPI backend can check for as long as a rollback is possible.
+// - API keys: the plugin's default hasher (SHA-256, base64url) is the legacy digest respelled,
+//   so migrated keys verify as they are. Its owner field is the schema's user_id (the legacy
+//   column name); migrated keys are not rate limited (the mapping writes them so).
 import { randomUUID } from "node:crypto";
+import { apiKey } from "@better-auth/api-key";
 import { verify as argon2Verify } from "@node-rs/argon2";
 import bcrypt from "bcryptjs";
 import { betterAuth } from "better-auth";
@@ -49,7 +53,14 @@ export function createAuth(databaseUrl: string) {
       password: { hash: hashPassword, verify: verifyPassword },
     },
     advanced: { database: { generateId: () => randomUUID() } },
-    plugins: [admin(), organization()],
+    plugins: [
+      admin(),
+      organization(),
+      apiKey({
+        enableMetadata: true,
+        schema: { apikey: { fields: { referenceId: "userId" } } },
+      }),
+    ],
     telemetry: { enabled: false },
   });
   return { auth, close: () => pool.end() };

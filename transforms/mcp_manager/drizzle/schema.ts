@@ -184,6 +184,8 @@ export const apikey = pgTable(
     // Better-Auth stores both as JSON text
     permissions: text("permissions"),
     metadata: text("metadata"),
+    // The API-key plugin's configuration a key belongs to (one, "default", in this app).
+    configId: text("config_id").notNull().default("default"),
   },
   (t) => [index("apikey_user_id_idx").on(t.userId), index("apikey_key_idx").on(t.key)],
 );
