@@ -409,7 +409,8 @@ def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) 
         bf = conn.execute(
             "SELECT b.id, b.status, coalesce(sum(p.rows_total), 0), coalesce(sum(p.rows_applied), 0)"
             " FROM replicator.backfill b LEFT JOIN replicator.backfill_progress p"
-            " ON p.backfill_id = b.id GROUP BY b.id, b.status, b.started_at"
+            " ON p.backfill_id = b.id WHERE b.id NOT LIKE 'repair-%'"  # validate --repair's
+            " GROUP BY b.id, b.status, b.started_at"
             " ORDER BY b.started_at DESC LIMIT 1"
         ).fetchone()
         if bf:

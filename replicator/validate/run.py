@@ -67,6 +67,7 @@ from replicator.validate.report import (
     TableResult,
     ensure_runs_table,
     fast_baseline,
+    key_text,
     last_validation,
     store,
 )
@@ -434,6 +435,8 @@ def _validate(
             d = _difference(shapes[t], k, a, e)
             setattr(results[t], d.kind, getattr(results[t], d.kind) + 1)
             report.differences.append(d)
+            # The legacy rows behind it: what `--repair` re-sends (validate/repair.py).
+            report.provenance[d.table, key_text(d.key)] = set(ctx.provenance.get(t, {}).get(k, ()))
     for t, p in pending.items():
         for k, (a, e) in p.items():
             results[t].unsettled += 1

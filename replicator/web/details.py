@@ -71,7 +71,8 @@ def _backfill_tables(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         "SELECT p.table_name, p.rows_total, p.rows_read, p.rows_applied, p.chunks, p.done,"
         " b.status, b.id, coalesce(p.path, 'python') FROM replicator.backfill_progress p"
         " JOIN replicator.backfill b ON b.id = p.backfill_id"
-        " WHERE b.id = (SELECT id FROM replicator.backfill ORDER BY started_at DESC LIMIT 1)"
+        " WHERE b.id = (SELECT id FROM replicator.backfill WHERE id NOT LIKE 'repair-%'"
+        " ORDER BY started_at DESC LIMIT 1)"
         " ORDER BY p.table_name"
     ).fetchall()
     return [

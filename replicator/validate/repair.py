@@ -1,0 +1,359 @@
+"""`validate --repair`: from "there is a difference" to "it is fixed", through the pipeline.
+
+For each confirmed difference of a validation run, the legacy rows behind the key (the run's
+provenance) are read again and sent through the snapshot path — the same transforms, the same
+exactly-once apply, the same dead-letter queue for what the mapping refuses — and a target row
+that no legacy row produces is deleted (a ``repair_delete`` control message, only ever a row of
+a mapped target table: replicator.apply.rows.repair_delete).
+
+Why it never overwrites a newer change: a repair is a backfill of a few keys (ARCHITECTURE.md
+section 5). Its ``backfill_started`` marker goes through the log first; apply applies every
+change before the marker, holds the changes after it, loads the repair's chunk (read *after*
+the marker, so never older than what it overwrites), then replays the held changes over it.
+An extra row is deleted only if, in the same legacy snapshot read after the marker, no legacy
+row writes its key (an insert committed since the validation keeps its row). Sending the same
+rows twice is harmless (upserts and deletes are idempotent): a second repair finds nothing.
+
+Not repaired, and said so: a key two legacy rows write (``collides``: the mapping or the data
+must change), a legacy row the transform refuses (``rejected``: it is in the dead-letter queue
+again only if re-sent; fix it, then `replicator dlq replay`), rows still changing
+(``unsettled``), orphans (their parent is what is missing).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from connectors import pg
+from connectors.envelope import Envelope
+from connectors.kafka_io import Producer
+from replicator.backfill.reader import _describe, emit_marker, snapshot_messages
+from replicator.config import Settings
+from replicator.errors import PreconditionError, TransientDatabaseError
+from replicator.state import ensure_schema
+from replicator.validate.context import snapshot
+from replicator.validate.expect import fold_all
+from replicator.validate.insql.catalog import catalog
+from replicator.validate.insql.plan import SESSION_SQL
+from replicator.validate.report import Difference, Report, key_text
+from replicator.validate.scope import shapes_from
+from transforms.api import MappingSet
+
+REPAIR_PREFIX = "repair-"  # replicator.backfill ids of repairs (status and the page skip them)
+RESENT = ("missing", "differs")  # their legacy rows are sent again
+WAIT_APPLIED_S = 120.0
+
+
+@dataclass
+class Action:
+    """One difference and what the repair does (or would do) about it."""
+
+    table: str
+    key: dict[str, str]
+    kind: str  # the difference: missing | extra | differs | collides | unsettled | rejected
+    action: str  # resend | delete | keep (an extra a legacy row now writes) | refuse | none
+    sources: list[dict[str, Any]] = field(default_factory=list)  # legacy rows re-sent
+    reason: str = ""
+    result: str = ""  # after the check: repaired | still_different | refused
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "key": self.key,
+            "kind": self.kind,
+            "action": self.action,
+            "sources": [
+                {"table": x["table"], "key": [None if v is None else str(v) for v in x["key"]]}
+                for x in self.sources
+            ],
+            "reason": self.reason,
+            "result": self.result,
+        }
+
+
+@dataclass
+class RepairReport:
+    dry_run: bool
+    repair_id: str | None = None
+    actions: list[Action] = field(default_factory=list)
+    seconds: float = 0.0
+    after_run_id: int | None = None  # the validation run that checked the keys again
+
+    def count(self, result: str) -> int:
+        return sum(1 for a in self.actions if a.result == result)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "repair_id": self.repair_id,
+            "seconds": round(self.seconds, 3),
+            "after_run_id": self.after_run_id,
+            "counts": {
+                r: self.count(r) for r in ("repaired", "still_different", "refused", "planned")
+            },
+            "actions": [a.to_json() for a in self.actions],
+        }
+
+
+def plan(report: Report) -> list[Action]:
+    """What a repair does about each difference of ``report`` (pure)."""
+    out: list[Action] = []
+    for d in report.differences:
+        out.append(_action(report, d))
+    for r in report.rejected:
+        out.append(
+            Action(
+                r.source, r.key, "rejected", "refuse",
+                reason=f"the mapping refuses this legacy row ({r.reason}): fix the row on legacy"
+                " or the mapping, then `replicator dlq replay`",
+            )
+        )  # fmt: skip
+    for o in report.orphans:
+        out.append(
+            Action(
+                o.table, o.key, "orphan", "none",
+                reason=f"its parent in {o.parent} is missing ({o.constraint}): repair the parent",
+            )
+        )  # fmt: skip
+    return out
+
+
+def _action(report: Report, d: Difference) -> Action:
+    src = report.provenance.get((d.table, key_text(d.key)), set())
+    rows = [{"table": t, "key": list(k)} for t, k in sorted(src, key=repr)]
+    if d.kind in RESENT:
+        if not rows:
+            return Action(d.table, d.key, d.kind, "refuse", reason="its legacy rows are unknown")
+        return Action(d.table, d.key, d.kind, "resend", rows)
+    if d.kind == "extra":
+        return Action(d.table, d.key, d.kind, "delete", rows)
+    if d.kind == "collides":
+        names = ", ".join(f"{s['table']} {s['key']}" for s in d.sources)
+        return Action(
+            d.table, d.key, d.kind, "refuse",
+            reason=f"legacy rows {names} all write this key: change the data or the mapping",
+        )  # fmt: skip
+    return Action(d.table, d.key, d.kind, "none", reason="still changing on legacy: validate again")
+
+
+def repair(
+    settings: Settings, mapping: MappingSet, report: Report, *, dry_run: bool = False
+) -> RepairReport:
+    """Send the fixes of ``report``'s differences through the pipeline and wait until apply
+    has loaded them (the caller validates again). ``dry_run``: only the plan."""
+    started = time.monotonic()
+    out = RepairReport(dry_run, actions=plan(report))
+    for a in out.actions:
+        if a.action == "refuse":
+            a.result = "refused"
+        elif a.action == "none":
+            a.result = "still_different"
+        elif dry_run and a.action in ("resend", "delete"):
+            a.result = "planned"
+    todo = [a for a in out.actions if a.action in ("resend", "delete")]
+    if dry_run or not todo:
+        out.seconds = time.monotonic() - started
+        return out
+    s = settings
+    if not report.live:
+        raise PreconditionError(
+            "a repair goes through the pipeline, and live sync is not set up",
+            hint="start `replicator run` (it creates the slot and applies the repair), then"
+            " `replicator validate --repair` again",
+        )
+    repair_id = out.repair_id = REPAIR_PREFIX + uuid.uuid4().hex[:12]
+    resend: dict[str, set[tuple[Any, ...]]] = {}
+    for a in todo:
+        for r in a.sources if a.action == "resend" else ():
+            resend.setdefault(r["table"], set()).add(tuple(r["key"]))
+    with (
+        pg.connect(s.source.conninfo(), autocommit=True) as src,
+        pg.connect(s.target.conninfo(), autocommit=True) as tgt,
+    ):
+        with pg.translated(s.target.masked()):
+            ensure_schema(tgt)
+            busy = tgt.execute(
+                "SELECT id FROM replicator.backfill WHERE reading OR status <> 'applied' LIMIT 1"
+            ).fetchone()
+            if busy is not None:
+                raise PreconditionError(
+                    f"backfill {busy[0]} is under way: a repair waits until it is applied",
+                    hint="`replicator status` shows its progress; repair after it",
+                )
+            tgt.execute(
+                "INSERT INTO replicator.backfill (id, tables, truncate) VALUES (%s, %s, false)",
+                (repair_id, sorted(resend)),
+            )
+        with pg.translated(s.source.masked()):
+            src.execute(SESSION_SQL)  # key texts as validation wrote them (instants in UTC)
+            emit_marker(
+                src,
+                {
+                    "kind": "backfill_started",
+                    "backfill_id": repair_id,
+                    "tables": sorted(resend),
+                    "truncate": False,
+                },
+            )
+            # One legacy snapshot, taken after the marker committed: the rows re-sent and the
+            # check that an extra row still has no legacy row writing it.
+            with snapshot(src, s.source.masked()):
+                messages = _rows(src, s.name, mapping, resend)
+                deletes = _still_extra(
+                    src, tgt, s, mapping, [a for a in todo if a.action == "delete"]
+                )
+        for a in todo:
+            if a.action == "delete" and key_text(a.key) not in deletes.get(a.table, set()):
+                a.action, a.reason = "keep", "a legacy row writes this key now: it stays"
+        for a in todo:
+            if a.action == "delete":
+                messages.append(
+                    _control(s.name, {"kind": "repair_delete", "table": a.table, "key": a.key})
+                )
+        messages.append(_control(s.name, {"kind": "snapshot_done", "backfill_id": repair_id}))
+        topic = s.topic("fwd", "snapshot")
+        producer = Producer(
+            s.kafka.bootstrap_servers, compression=s.kafka.compression, **s.kafka.client_options()
+        )
+        try:
+            sent = [producer.send(topic, m, partition=0) for m in messages]
+            producer.flush()
+            for one in sent:
+                one.check()
+        finally:
+            producer.close()
+        with pg.translated(s.target.masked()):
+            tgt.execute(
+                "UPDATE replicator.backfill SET reading = false WHERE id = %s", (repair_id,)
+            )
+            _wait_applied(tgt, repair_id)
+    out.seconds = time.monotonic() - started
+    return out
+
+
+def _control(origin: str, control: dict[str, Any]) -> bytes:
+    return Envelope(origin=origin, xid=0, commit_lsn=0, commit_ts=None, control=control).encode()
+
+
+def _rows(
+    conn: psycopg.Connection[Any],
+    origin: str,
+    mapping: MappingSet,
+    resend: dict[str, set[tuple[Any, ...]]],
+) -> list[bytes]:
+    """The named legacy rows as snapshot messages (text, in the relation's column order)."""
+    out: list[bytes] = []
+    for table, keys in sorted(resend.items()):
+        source = _describe(conn, table)
+        key_cols = mapping.forward.tables[table].source_key  # as validation keeps provenance
+        cols = sql.SQL(", ").join(
+            sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in source.columns
+        )
+        by = sql.SQL(", ").join(sql.Identifier(c) for c in key_cols)
+        one = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(key_cols)))
+        todo = sorted(keys, key=repr)
+        for i in range(0, len(todo), 500):
+            part = todo[i : i + 500]
+            stmt = sql.SQL("SELECT {} FROM {} t WHERE ({}) IN ({})").format(
+                cols,
+                sql.Identifier(*table.split(".", 1)),
+                by,
+                sql.SQL(", ").join([one] * len(part)),
+            )
+            rows = conn.execute(stmt, [v for k in part for v in k]).fetchall()
+            if rows:
+                out.extend(snapshot_messages(origin, source, rows))
+    return out
+
+
+def _still_extra(
+    legacy: psycopg.Connection[Any],
+    target: psycopg.Connection[Any],
+    s: Settings,
+    mapping: MappingSet,
+    extras: Iterable[Action],
+) -> dict[str, set[str]]:
+    """Of the extra rows, those no legacy row writes in the current snapshot (table -> key
+    texts). Reads the writers of their tables in full: extras' sources are unknown."""
+    wanted: dict[str, set[str]] = {}
+    for a in extras:
+        wanted.setdefault(a.table, set()).add(key_text(a.key))
+    if not wanted:
+        return {}
+    with pg.translated(s.target.masked()):
+        tables = {t: mapping.forward.target_tables[t] for t in wanted}
+        shapes = shapes_from(catalog(target, list(wanted)), tables)
+    writers = {
+        w.source: w
+        for w in mapping.forward.tables.values()
+        if any(x.name in wanted for x in w.writes)
+    }
+    exp = fold_all(legacy, writers.values(), shapes)
+    out: dict[str, set[str]] = {}
+    for t, keys in wanted.items():
+        shape = shapes[t]
+        present = {
+            key_text(shape.key_dict(k)) for k, e in exp.rows[t].items() if e.state != "absent"
+        }
+        out[t] = keys - present
+    return out
+
+
+def _wait_applied(conn: psycopg.Connection[Any], repair_id: str) -> None:
+    deadline = time.monotonic() + WAIT_APPLIED_S
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "SELECT status FROM replicator.backfill WHERE id = %s", (repair_id,)
+        ).fetchone()
+        if row is not None and row[0] == "applied":
+            return
+        time.sleep(0.2)
+    raise TransientDatabaseError(
+        f"apply did not load repair {repair_id} within {WAIT_APPLIED_S:.0f} s",
+        hint="is `replicator run` running? It loads the repair when it comes; validate again then",
+    )
+
+
+def check(out: RepairReport, after: Report) -> None:
+    """Each action's result from the validation run after the repair: a key that run still
+    reports is still different; one it does not is repaired."""
+    out.after_run_id = after.run_id
+    left = {(d.table, key_text(d.key)) for d in after.differences}
+    left |= {(r.source, key_text(r.key)) for r in after.rejected}
+    left |= {(o.table, key_text(o.key)) for o in after.orphans}
+    for a in out.actions:
+        if a.result == "refused":
+            continue
+        a.result = "still_different" if (a.table, key_text(a.key)) in left else "repaired"
+
+
+def print_repair(out: RepairReport, console: Any) -> None:
+    """The repair's outcome, one line per key (rich console)."""
+    head = "repair (dry run): would" if out.dry_run else f"repair {out.repair_id or ''}:"
+    console.print(
+        f"{head} repaired {out.count('repaired')}, still different {out.count('still_different')},"
+        f" refused {out.count('refused')}"
+        + (f", planned {out.count('planned')}" if out.dry_run else "")
+    )
+    for a in out.actions:
+        what = {"resend": "re-send legacy rows", "delete": "delete the target row"}.get(
+            a.action, a.action
+        )
+        src = (
+            " from " + ", ".join(f"{r['table']} {r['key']}" for r in a.sources)
+            if a.action == "resend"
+            else ""
+        )
+        console.print(
+            f"  {a.result or '-'}: {a.table} {a.key} ({a.kind}; {what}{src})"
+            + (f" — {a.reason}" if a.reason else ""),
+            markup=False,
+            highlight=False,
+        )

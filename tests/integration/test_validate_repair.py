@@ -1,0 +1,124 @@
+"""`validate --repair` under live sync with the MCP mapping: a missing row, an extra row and a
+changed column are repaired through the pipeline while a writer runs; the dry run changes
+nothing; the checked-again run is clean; a second repair finds nothing to do; a legacy update
+of a repaired key made during the repair is kept (the repair is ordered before it)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import psycopg
+
+from replicator.runtime.pipeline import Pipeline
+from replicator.validate.repair import check, repair
+from replicator.validate.run import validate
+from tests.e2e.cli import run_cli
+from tests.integration.test_validate import _schemas, _url
+from tests.support import Env, mcp_writer, wait_for
+from transforms.mcp_manager import MAPPING
+from transforms.mcp_manager.generate import generate
+
+
+def _one(conn: psycopg.Connection[Any], query: str, *args: Any) -> Any:
+    row = conn.execute(query, args).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_differences_of_each_kind_are_repaired_under_a_writer(env: Env) -> None:
+    _schemas(env)
+    s = env.settings()
+    pipeline = Pipeline(s, MAPPING)
+    pipeline.start()
+    stop = threading.Event()
+    try:
+        generate(_url(env.legacy), scale=1, seed=5, create_schema=False)
+        with env.target_conn() as c:
+            wait_for(
+                lambda: _one(c, "SELECT count(*) FROM audit_log") == 2000,
+                timeout=60,
+                what="generated rows applied",
+            )
+        counts: dict[str, int] = {}
+        writer = threading.Thread(target=mcp_writer, args=(env, stop, counts), daemon=True)
+        writer.start()
+        wait_for(lambda: counts.get("txns", 0) > 10, timeout=20, what="writer running")
+        with env.legacy_conn() as c:
+            org = str(_one(c, "SELECT id FROM organization ORDER BY id LIMIT 1"))  # never written
+        with env.target_conn() as c:
+            key = str(_one(c, "SELECT id FROM member ORDER BY id LIMIT 1"))  # not written
+            c.execute("DELETE FROM member WHERE id = %s", (key,))
+            c.execute("UPDATE organization SET slug = slug || '-x' WHERE id = %s", (org,))
+            c.execute(
+                "INSERT INTO audit_log (id, action, created_at) VALUES (987654321, 'forged', now())"
+            )
+        wanted = {
+            ("public.member", "missing", (key,)),
+            ("public.organization", "differs", (org,)),
+            ("public.audit_log", "extra", ("987654321",)),
+        }
+        report = validate(s, MAPPING)
+        found = {(d.table, d.kind, tuple(d.key.values())) for d in report.differences}
+        assert found == wanted, report.to_json(limit=10)
+
+        # The dry run lists what it would do and does nothing; the CLI says the same.
+        cli = run_cli(["validate", "--repair", "--dry-run", "--json"], env.env_vars())
+        assert cli.returncode == 1, cli.stdout + cli.stderr
+        planned = json.loads(cli.stdout)["repair"]
+        assert planned["dry_run"] and planned["counts"]["planned"] == 3, planned["actions"]
+        dry = repair(s, MAPPING, report, dry_run=True)
+        assert {(a.table, a.action, a.result) for a in dry.actions} == {
+            ("public.member", "resend", "planned"),
+            ("public.organization", "resend", "planned"),
+            ("public.audit_log", "delete", "planned"),
+        }
+        assert dry.repair_id is None
+        org_sources = next(a.sources for a in dry.actions if a.table == "public.organization")
+        assert dry.to_json()["actions"] and [
+            (x["table"], [str(v) for v in x["key"]]) for x in org_sources
+        ] == [("public.organization", [org])]
+        with env.target_conn() as c:
+            assert _one(c, "SELECT count(*) FROM audit_log WHERE id = 987654321") == 1
+
+        # The repair, with an update of a repaired key racing it: the update is kept.
+        def race() -> None:
+            with env.legacy_conn() as c:
+                c.execute("UPDATE organization SET name = 'newer' WHERE id = %s", (org,))
+
+        racer = threading.Timer(0.05, race)
+        racer.start()
+        fixed = repair(s, MAPPING, report)
+        racer.join()
+        assert fixed.repair_id is not None and fixed.repair_id.startswith("repair-")
+        after = validate(s, MAPPING)
+        check(fixed, after)
+        assert after.outcome == "clean", after.to_json(limit=10)
+        assert {(a.table, a.result) for a in fixed.actions} == {
+            ("public.member", "repaired"),
+            ("public.organization", "repaired"),
+            ("public.audit_log", "repaired"),
+        }, fixed.to_json()
+        with env.target_conn() as c:
+            wait_for(
+                lambda: _one(c, "SELECT name FROM organization WHERE id = %s", org) == "newer",
+                what="the racing update on the target",
+            )
+            assert _one(c, "SELECT count(*) FROM audit_log WHERE id = 987654321") == 0
+            assert _one(c, "SELECT count(*) FROM member WHERE id = %s", key) == 1
+            # A repair is no backfill: status and the page still show the backfill (none here).
+            assert (
+                _one(c, "SELECT count(*) FROM replicator.backfill WHERE status <> 'applied'") == 0
+            )
+
+        # Idempotent: the same report repaired again changes nothing and stays clean.
+        again = repair(s, MAPPING, report)
+        check(again, validate(s, MAPPING))
+        assert {a.result for a in again.actions} == {"repaired"}
+        stop.set()
+        writer.join()
+        assert validate(s, MAPPING).outcome == "clean"
+    finally:
+        stop.set()
+        pipeline.shutdown()
