@@ -44,7 +44,7 @@ from replicator.validate.insql.catalog import catalog
 from replicator.validate.insql.plan import SESSION_SQL
 from replicator.validate.report import Difference, Report, key_text
 from replicator.validate.scope import shapes_from
-from transforms.api import MappingSet
+from transforms.api import Direction, MappingSet
 
 REPAIR_PREFIX = "repair-"  # replicator.backfill ids of repairs (status and the page skip them)
 RESENT = ("missing", "differs")  # their legacy rows are sent again
@@ -81,6 +81,7 @@ class Action:
 @dataclass
 class RepairReport:
     dry_run: bool
+    direction: str = "fwd"  # rev: after a cutover, legacy is repaired from the target
     repair_id: str | None = None
     actions: list[Action] = field(default_factory=list)
     seconds: float = 0.0
@@ -92,6 +93,7 @@ class RepairReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
+            "direction": self.direction,
             "repair_id": self.repair_id,
             "seconds": round(self.seconds, 3),
             "after_run_id": self.after_run_id,
@@ -102,11 +104,11 @@ class RepairReport:
         }
 
 
-def plan(report: Report) -> list[Action]:
-    """What a repair does about each difference of ``report`` (pure)."""
-    out: list[Action] = []
-    for d in report.differences:
-        out.append(_action(report, d))
+def plan(report: Report, direction: str = "fwd") -> list[Action]:
+    """What a repair does about each difference of ``report`` (pure). ``direction``: the
+    pipeline's, "rev" after a cutover (the target is right, legacy is repaired)."""
+    act = _action if direction == "fwd" else _reverse_action
+    out = [act(report, d) for d in report.differences]
     for r in report.rejected:
         out.append(
             Action(
@@ -125,15 +127,38 @@ def plan(report: Report) -> list[Action]:
     return out
 
 
-def _action(report: Report, d: Difference) -> Action:
+def _sources(report: Report, d: Difference) -> list[dict[str, Any]]:
     src = report.provenance.get((d.table, key_text(d.key)), set())
-    rows = [{"table": t, "key": list(k)} for t, k in sorted(src, key=repr)]
+    return [{"table": t, "key": list(k)} for t, k in sorted(src, key=repr)]
+
+
+def _action(report: Report, d: Difference) -> Action:
+    rows = _sources(report, d)
     if d.kind in RESENT:
         if not rows:
             return Action(d.table, d.key, d.kind, "refuse", reason="its legacy rows are unknown")
         return Action(d.table, d.key, d.kind, "resend", rows)
     if d.kind == "extra":
         return Action(d.table, d.key, d.kind, "delete", rows)
+    return _other(d)
+
+
+def _reverse_action(report: Report, d: Difference) -> Action:
+    """After a cutover: a target row that legacy lacks or holds differently is re-sent through
+    the reverse transforms; legacy rows whose target row is gone are deleted."""
+    if d.kind in ("differs", "extra"):
+        return Action(
+            d.table, d.key, d.kind, "resend", [{"table": d.table, "key": list(d.key.values())}]
+        )
+    if d.kind == "missing":
+        rows = _sources(report, d)
+        if not rows:
+            return Action(d.table, d.key, d.kind, "refuse", reason="its legacy rows are unknown")
+        return Action(d.table, d.key, d.kind, "delete", rows)
+    return _other(d)
+
+
+def _other(d: Difference) -> Action:
     if d.kind == "collides":
         names = ", ".join(f"{s['table']} {s['key']}" for s in d.sources)
         return Action(
@@ -143,13 +168,33 @@ def _action(report: Report, d: Difference) -> Action:
     return Action(d.table, d.key, d.kind, "none", reason="still changing on legacy: validate again")
 
 
+def observed_direction(s: Settings) -> str:
+    """The pipeline's direction as the target records it ("fwd" before any)."""
+    with pg.connect(s.target.conninfo(), autocommit=True) as conn, pg.translated(s.target.masked()):
+        if conn.execute("SELECT to_regclass('replicator.pipeline')").fetchone() in (None, (None,)):
+            return "fwd"
+        row = conn.execute(
+            "SELECT observed_direction FROM replicator.pipeline WHERE name = %s", (s.name,)
+        ).fetchone()
+    return str(row[0]) if row else "fwd"
+
+
 def repair(
-    settings: Settings, mapping: MappingSet, report: Report, *, dry_run: bool = False
+    settings: Settings,
+    mapping: MappingSet,
+    report: Report,
+    *,
+    dry_run: bool = False,
+    direction: str | None = None,
 ) -> RepairReport:
     """Send the fixes of ``report``'s differences through the pipeline and wait until apply
-    has loaded them (the caller validates again). ``dry_run``: only the plan."""
+    has loaded them (the caller validates again). ``dry_run``: only the plan. ``direction``:
+    the pipeline's (read from the target when not given)."""
     started = time.monotonic()
-    out = RepairReport(dry_run, actions=plan(report))
+    s = settings
+    direction = direction or observed_direction(s)
+    out = RepairReport(dry_run, actions=plan(report, direction))
+    out.direction = direction
     for a in out.actions:
         if a.action == "refuse":
             a.result = "refused"
@@ -161,25 +206,36 @@ def repair(
     if dry_run or not todo:
         out.seconds = time.monotonic() - started
         return out
-    s = settings
-    if not report.live:
-        raise PreconditionError(
-            "a repair goes through the pipeline, and live sync is not set up",
-            hint="start `replicator run` (it creates the slot and applies the repair), then"
-            " `replicator validate --repair` again",
-        )
+    fwd = direction == "fwd"
+    # Rows are re-read on the direction's source and loaded by its apply into its sink, whose
+    # replicator schema holds that apply's backfill records.
+    src_db, sink_db = (s.source, s.target) if fwd else (s.target, s.source)
+    dmap = mapping.forward if fwd else mapping.reverse
     repair_id = out.repair_id = REPAIR_PREFIX + uuid.uuid4().hex[:12]
     resend: dict[str, set[tuple[Any, ...]]] = {}
     for a in todo:
         for r in a.sources if a.action == "resend" else ():
-            resend.setdefault(r["table"], set()).add(tuple(r["key"]))
+            # After a cutover the re-sent row is the target row itself, by its key's text.
+            cols = dmap.tables[r["table"]].source_key
+            key = tuple(r["key"]) if fwd else tuple(a.key.get(c) for c in cols)
+            resend.setdefault(r["table"], set()).add(key)
     with (
-        pg.connect(s.source.conninfo(), autocommit=True) as src,
-        pg.connect(s.target.conninfo(), autocommit=True) as tgt,
+        pg.connect(src_db.conninfo(), autocommit=True) as src,
+        pg.connect(sink_db.conninfo(), autocommit=True) as sink,
     ):
-        with pg.translated(s.target.masked()):
-            ensure_schema(tgt)
-            busy = tgt.execute(
+        with pg.translated(src_db.masked()):
+            slot = src.execute(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (s.slot(direction),)
+            ).fetchone()
+        if slot is None:
+            raise PreconditionError(
+                f"a repair goes through the pipeline, and its slot {s.slot(direction)} does not exist",
+                hint="start `replicator run` (it creates the slot and applies the repair), then"
+                " `replicator validate --repair` again",
+            )
+        with pg.translated(sink_db.masked()):
+            ensure_schema(sink)
+            busy = sink.execute(
                 "SELECT id FROM replicator.backfill WHERE reading OR status <> 'applied' LIMIT 1"
             ).fetchone()
             if busy is not None:
@@ -187,11 +243,11 @@ def repair(
                     f"backfill {busy[0]} is under way: a repair waits until it is applied",
                     hint="`replicator status` shows its progress; repair after it",
                 )
-            tgt.execute(
+            sink.execute(
                 "INSERT INTO replicator.backfill (id, tables, truncate) VALUES (%s, %s, false)",
                 (repair_id, sorted(resend)),
             )
-        with pg.translated(s.source.masked()):
+        with pg.translated(src_db.masked()):
             src.execute(SESSION_SQL)  # key texts as validation wrote them (instants in UTC)
             emit_marker(
                 src,
@@ -202,23 +258,25 @@ def repair(
                     "truncate": False,
                 },
             )
-            # One legacy snapshot, taken after the marker committed: the rows re-sent and the
-            # check that an extra row still has no legacy row writing it.
-            with snapshot(src, s.source.masked()):
-                messages = _rows(src, s.name, mapping, resend)
-                deletes = _still_extra(
-                    src, tgt, s, mapping, [a for a in todo if a.action == "delete"]
-                )
-        for a in todo:
-            if a.action == "delete" and key_text(a.key) not in deletes.get(a.table, set()):
-                a.action, a.reason = "keep", "a legacy row writes this key now: it stays"
-        for a in todo:
-            if a.action == "delete":
+            # One snapshot of the source, taken after the marker committed: the rows re-sent
+            # and the check that what is deleted still has no source row.
+            deletes = [a for a in todo if a.action == "delete"]
+            with snapshot(src, src_db.masked()):
+                messages = _rows(src, s.name, dmap, resend, as_text=not fwd)
+                if fwd:
+                    gone = _still_extra(src, sink, s, mapping, deletes)
+                else:
+                    gone = _still_missing(src, deletes)
+        for a in deletes:
+            if key_text(a.key) not in gone.get(a.table, set()):
+                a.action, a.reason = "keep", "a source row writes this key now: it stays"
+                continue
+            for table, key in _deleted_rows(a, dmap if not fwd else None):
                 messages.append(
-                    _control(s.name, {"kind": "repair_delete", "table": a.table, "key": a.key})
+                    _control(s.name, {"kind": "repair_delete", "table": table, "key": key})
                 )
         messages.append(_control(s.name, {"kind": "snapshot_done", "backfill_id": repair_id}))
-        topic = s.topic("fwd", "snapshot")
+        topic = s.topic(direction, "snapshot")
         producer = Producer(
             s.kafka.bootstrap_servers, compression=s.kafka.compression, **s.kafka.client_options()
         )
@@ -229,12 +287,48 @@ def repair(
                 one.check()
         finally:
             producer.close()
-        with pg.translated(s.target.masked()):
-            tgt.execute(
+        with pg.translated(sink_db.masked()):
+            sink.execute(
                 "UPDATE replicator.backfill SET reading = false WHERE id = %s", (repair_id,)
             )
-            _wait_applied(tgt, repair_id)
+            _wait_applied(sink, repair_id)
     out.seconds = time.monotonic() - started
+    return out
+
+
+def _deleted_rows(a: Action, reverse: Direction | None) -> list[tuple[str, dict[str, Any]]]:
+    """The rows a delete action removes: the target row (forward), or its legacy rows by the
+    reverse direction's key columns (after a cutover)."""
+    if reverse is None:
+        return [(a.table, a.key)]
+    out = []
+    for r in a.sources:
+        cols = reverse.target_tables[r["table"]].key if r["table"] in reverse.target_tables else ()
+        out.append(
+            (
+                r["table"],
+                {c: None if v is None else str(v) for c, v in zip(cols, r["key"], strict=False)},
+            )
+        )
+    return out
+
+
+def _still_missing(
+    target: psycopg.Connection[Any], deletes: Iterable[Action]
+) -> dict[str, set[str]]:
+    """Of the target rows legacy has and the target lacks, those still absent from the
+    target (table -> key texts): a row written since the validation keeps its legacy rows."""
+    out: dict[str, set[str]] = {}
+    for a in deletes:
+        cols = list(a.key)
+        cond = sql.SQL(" AND ").join(
+            sql.SQL("t.{}::text = %s").format(sql.Identifier(c)) for c in cols
+        )
+        stmt = sql.SQL("SELECT 1 FROM {} t WHERE {}").format(
+            sql.Identifier(*a.table.split(".", 1)), cond
+        )
+        if target.execute(stmt, [a.key[c] for c in cols]).fetchone() is None:
+            out.setdefault(a.table, set()).add(key_text(a.key))
     return out
 
 
@@ -245,18 +339,22 @@ def _control(origin: str, control: dict[str, Any]) -> bytes:
 def _rows(
     conn: psycopg.Connection[Any],
     origin: str,
-    mapping: MappingSet,
+    direction: Direction,
     resend: dict[str, set[tuple[Any, ...]]],
+    *,
+    as_text: bool,
 ) -> list[bytes]:
-    """The named legacy rows as snapshot messages (text, in the relation's column order)."""
+    """The named source rows as snapshot messages (text, in the relation's column order);
+    ``as_text``: the keys are canonical text (a target key), else typed values."""
     out: list[bytes] = []
     for table, keys in sorted(resend.items()):
         source = _describe(conn, table)
-        key_cols = mapping.forward.tables[table].source_key  # as validation keeps provenance
+        key_cols = direction.tables[table].source_key  # as validation keeps provenance
         cols = sql.SQL(", ").join(
             sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in source.columns
         )
-        by = sql.SQL(", ").join(sql.Identifier(c) for c in key_cols)
+        cast = "::text" if as_text else ""
+        by = sql.SQL(", ").join(sql.SQL("t.{}" + cast).format(sql.Identifier(c)) for c in key_cols)
         one = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(key_cols)))
         todo = sorted(keys, key=repr)
         for i in range(0, len(todo), 500):

@@ -11,10 +11,12 @@ from typing import Any
 
 import psycopg
 
+from replicator.cutover.switch import Cutover
 from replicator.runtime.pipeline import Pipeline
 from replicator.validate.repair import check, repair
 from replicator.validate.run import validate
 from tests.e2e.cli import run_cli
+from tests.integration.test_cutover import synced  # noqa: F401 (a fixture)
 from tests.integration.test_validate import _schemas, _url
 from tests.support import Env, mcp_writer, wait_for
 from transforms.mcp_manager import MAPPING
@@ -122,3 +124,38 @@ def test_differences_of_each_kind_are_repaired_under_a_writer(env: Env) -> None:
     finally:
         stop.set()
         pipeline.shutdown()
+
+
+def test_after_a_cutover_legacy_is_repaired_from_the_target(env: Env, synced: Any) -> None:  # noqa: F811
+    """The reverse direction: legacy rows changed, lost or added behind the reverse stream's
+    back are repaired from the target through the reverse snapshot path."""
+    s, pipeline = synced
+    assert Cutover(s, pipeline.mapping).run().switched
+    wait_for(lambda: pipeline.direction == "rev" and pipeline.workers, 30, what="rev running")
+    with env.legacy_conn() as c:
+        c.execute("SET session_replication_role = replica")  # past the fence, as an operator
+        org = str(_one(c, "SELECT id FROM organization ORDER BY id LIMIT 1"))
+        c.execute("UPDATE organization SET slug = slug || '-x' WHERE id = %s", (org,))
+        gone = str(_one(c, "SELECT id FROM api_key ORDER BY id LIMIT 1"))
+        c.execute("DELETE FROM api_key WHERE id = %s", (gone,))
+        added = _one(
+            c,
+            "INSERT INTO audit_log (action, created_at) VALUES ('behind', now()) RETURNING id",
+        )
+    report = validate(s, pipeline.mapping)
+    found = {(d.table, d.kind) for d in report.differences}
+    assert found == {
+        ("public.organization", "differs"),
+        ("public.apikey", "extra"),
+        ("public.audit_log", "missing"),
+    }, report.to_json(limit=10)
+    fixed = repair(s, pipeline.mapping, report)
+    assert fixed.direction == "rev"
+    after = validate(s, pipeline.mapping)
+    check(fixed, after)
+    assert after.outcome == "clean", after.to_json(limit=10)
+    assert {a.result for a in fixed.actions} == {"repaired"}, fixed.to_json()
+    with env.legacy_conn() as c:
+        assert _one(c, "SELECT count(*) FROM api_key WHERE id = %s", gone) == 1
+        assert _one(c, "SELECT count(*) FROM audit_log WHERE id = %s", added) == 0
+        assert not str(_one(c, "SELECT slug FROM organization WHERE id = %s", org)).endswith("-x")

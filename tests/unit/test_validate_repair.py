@@ -55,7 +55,7 @@ def test_each_kind_of_difference_gets_its_action_and_a_reason_when_refused() -> 
 
 def test_a_dry_run_plans_and_sends_nothing_and_the_check_says_what_is_left() -> None:
     report = _report()
-    dry = repair(Settings(), MAPPING, report, dry_run=True)  # no server is reached
+    dry = repair(Settings(), MAPPING, report, dry_run=True, direction="fwd")  # no server
     assert dry.repair_id is None
     assert dry.count("planned") == 3 and dry.count("refused") == 3
     assert dry.count("still_different") == 2  # unsettled and the orphan: nothing to send
@@ -67,3 +67,15 @@ def test_a_dry_run_plans_and_sends_nothing_and_the_check_says_what_is_left() -> 
     assert results["public.organization", "differs"] == "still_different"
     assert results["public.user", "collides"] == "refused"
     assert dry.to_json()["counts"]["refused"] == 3
+
+
+def test_after_a_cutover_legacy_is_repaired_from_the_target() -> None:
+    got = {(a.table, a.kind): a for a in plan(_report(), "rev")}
+    differs = got["public.organization", "differs"]
+    assert differs.action == "resend"
+    assert differs.sources == [{"table": "public.organization", "key": ["o1"]}]
+    assert got["public.audit_log", "extra"].action == "resend"  # legacy lacks it: sent back
+    missing = got["public.apikey", "missing"]  # legacy has a row the target lost: deleted
+    assert missing.action == "delete"
+    assert missing.sources == [{"table": "public.api_key", "key": ["k1"]}]
+    assert got["public.user", "collides"].action == "refuse"
