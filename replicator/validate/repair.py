@@ -271,9 +271,9 @@ def repair(
             if key_text(a.key) not in gone.get(a.table, set()):
                 a.action, a.reason = "keep", "a source row writes this key now: it stays"
                 continue
-            for table, key in _deleted_rows(a, dmap if not fwd else None):
+            for table, row_key in _deleted_rows(a, dmap if not fwd else None):
                 messages.append(
-                    _control(s.name, {"kind": "repair_delete", "table": table, "key": key})
+                    _control(s.name, {"kind": "repair_delete", "table": table, "key": row_key})
                 )
         messages.append(_control(s.name, {"kind": "snapshot_done", "backfill_id": repair_id}))
         topic = s.topic(direction, "snapshot")
