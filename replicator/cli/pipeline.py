@@ -183,6 +183,9 @@ def validate(
         typer.Option(help="Fix each difference through the pipeline, then check the keys again."),
     ] = False,
     dry_run: Annotated[bool, typer.Option(help="With --repair: list what it would do.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted full validation where it stopped.")
+    ] = False,
 ) -> None:
     """Compare the target with the transformed legacy data; exit 1 on a difference, 3 if rows
     were still changing. --repair: exit 0 once every difference is repaired."""
@@ -193,7 +196,7 @@ def validate(
     s = settings_from(config)
     mapping = mapping_of(s)
     tune_gc()  # a table read the Python way holds many rows at once, as a backfill does
-    report = run_validation(s, mapping, table=table, fast=fast)
+    report = run_validation(s, mapping, table=table, fast=fast, resume=resume)
     if repair:
         _repair(s, mapping, report, table=table, fast=fast, dry_run=dry_run, as_json=as_json)
     if as_json:

@@ -106,6 +106,8 @@ class Report:
     log_offsets: dict[int, int] | None = None
     since_run_id: int | None = None
     run_id: int | None = None
+    # --resume: what the interrupted run had checked and this one re-used (validate/resume.py)
+    resumed: dict[str, Any] | None = None
     # (table, key_text(key)) of each confirmed difference -> its legacy rows (source table,
     # key): what `validate --repair` re-sends. Not part of the JSON report.
     provenance: dict[tuple[str, str], set[tuple[str, tuple[Any, ...]]]] = field(
@@ -152,6 +154,7 @@ class Report:
             "lagging": self.lagging,
             "rounds": self.rounds,
             "since_run_id": self.since_run_id,
+            "resumed": self.resumed,
             "counts": {
                 "rows_checked": self.rows_checked,
                 "differences": self.difference_count,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,7 +18,7 @@ from replicator.validate.repair import check, repair
 from replicator.validate.run import validate
 from tests.e2e.cli import run_cli
 from tests.integration.test_cutover import synced  # noqa: F401 (a fixture)
-from tests.integration.test_validate import _schemas, _url
+from tests.integration.test_validate import _schemas, _url, loaded  # noqa: F401 (a fixture)
 from tests.support import Env, mcp_writer, wait_for
 from transforms.mcp_manager import MAPPING
 from transforms.mcp_manager.generate import generate
@@ -159,3 +160,26 @@ def test_after_a_cutover_legacy_is_repaired_from_the_target(env: Env, synced: An
         assert _one(c, "SELECT count(*) FROM api_key WHERE id = %s", gone) == 1
         assert _one(c, "SELECT count(*) FROM audit_log WHERE id = %s", added) == 0
         assert not str(_one(c, "SELECT slug FROM organization WHERE id = %s", org)).endswith("-x")
+
+
+def test_kill_9_during_a_full_validation_then_resume(loaded: Env, tmp_path: Path) -> None:  # noqa: F811
+    """A full validation killed with SIGKILL after four of its table groups: `validate
+    --resume` checks only what it had not finished and says how much it re-used; nothing is
+    left to resume after it."""
+    env = loaded
+    killed = run_cli(
+        ["validate", "--json"], {**env.env_vars(), "REPLICATOR_VALIDATE_FAULT": "sigkill-after:4"}
+    )
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    with env.target_conn() as c:
+        assert _one(c, "SELECT count(*) FROM replicator.validation_runs") == 0
+    done = run_cli(["validate", "--resume", "--json"], env.env_vars())
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert out["outcome"] == "clean"
+    resumed = out["resumed"]
+    assert resumed["groups_reused"] == 4 and resumed["groups_checked"] >= 1, resumed
+    assert resumed["rows_reused"] > 0
+    assert {t["table"] for t in out["tables"]} == set(MAPPING.forward.target_tables)
+    again = run_cli(["validate", "--resume"], env.env_vars())
+    assert again.returncode == 2 and "no interrupted full validation" in again.stdout + again.stderr
