@@ -70,6 +70,8 @@ class TargetStatus:
     rows_applied: dict[str, int] = field(default_factory=dict)
     backfill: dict[str, Any] | None = None  # latest: id, status, rows_total, rows_applied
     validation: dict[str, Any] | None = None  # latest: outcome, age_s, differences
+    # Continuous validation's verified-through point per target table (runtime/continuous.py)
+    verified: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -146,6 +148,7 @@ def collect(
         # page's card reads them there): after a cutover the direction's target is legacy.
         with _session(ss, s.target) as conn:
             target.validation = _validation(conn)
+            target.verified = read_points(conn)
     if target is not None and applied is not None:
         _lag(target, s, applied, end or {}, slot)
     if kafka is not None and target is not None:
@@ -229,6 +232,9 @@ def _cutover_reasons(tgt: TargetStatus) -> list[str]:
         out.append(f"last validation was {val['outcome']}")
     elif (val.get("age_s") or 0) > VALIDATION_MAX_AGE_S:
         out.append(f"last validation is stale ({val['age_s'] / 3600:.0f} h old)")
+    for table, p in tgt.verified.items():
+        if p["outcome"] == "different":
+            out.append(f"continuous validation finds {table} different ({p['differences']})")
     return out
 
 
@@ -430,7 +436,14 @@ def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) 
                 },
             }
         out.validation = _validation(conn)
+        out.verified = read_points(conn)
     return out
+
+
+def read_points(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
+    from replicator.runtime.continuous import read_points as read
+
+    return read(conn)
 
 
 def _validation(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from connectors import pg
 from connectors.envelope import parse_lsn
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
-from replicator.status.overview import sides
+from replicator.status.overview import read_points, sides
 
 JOURNAL_ROWS = 80  # the latest journal rows read: the last run and a few before it
 RUNS_SHOWN = 5
@@ -29,6 +29,7 @@ def read_details(s: Settings, direction: str, sessions: pg.Sessions) -> dict[str
     out: dict[str, Any] = {
         "backfill_tables": [],
         "validation": None,
+        "verified": {},  # continuous validation's verified-through point per table
         "runs": [],
         "slot_confirmed_lsn": None,
         "problems": [],
@@ -44,6 +45,7 @@ def read_details(s: Settings, direction: str, sessions: pg.Sessions) -> dict[str
         with sessions.session(db.conninfo(), db.masked()) as conn:
             out["backfill_tables"] = _backfill_tables(conn)
             out["validation"] = _validation(conn)
+            out["verified"] = read_points(conn)
             out["runs"] = _runs(conn)
     except ReplicatorError as exc:
         out["problems"].append(f"target: {exc.message}")

@@ -183,3 +183,86 @@ def test_kill_9_during_a_full_validation_then_resume(loaded: Env, tmp_path: Path
     assert {t["table"] for t in out["tables"]} == set(MAPPING.forward.target_tables)
     again = run_cli(["validate", "--resume"], env.env_vars())
     assert again.returncode == 2 and "no interrupted full validation" in again.stdout + again.stderr
+
+
+def test_continuous_validation_catches_a_direct_target_write_and_marks_the_point(
+    env: Env,
+) -> None:
+    """`[validation] continuous = true`: every table gets a verified-through point, a walk of
+    clean tables stands in for a full validation; a row changed on the target behind the
+    replicator's back is found within the budgeted time, status, /metrics and the preflight
+    say so, and a repair makes the point move again."""
+    from replicator.cutover.switch import Cutover
+    from replicator.runtime.continuous import read_points
+    from replicator.status.metrics import StatusCollector
+    from replicator.status.overview import collect
+    from replicator.validate.report import last_validation
+
+    _schemas(env)
+    s = env.settings(validation={"continuous": True, "rows_per_s": 20_000})
+    pipeline = Pipeline(s, MAPPING)
+    pipeline.start()
+    try:
+        generate(_url(env.legacy), scale=1, seed=9, create_schema=False)
+        tables = set(MAPPING.forward.target_tables)
+        with env.target_conn() as c:
+            wait_for(
+                lambda: _one(c, "SELECT count(*) FROM audit_log") == 2000,
+                timeout=60,
+                what="generated rows applied",
+            )
+            # Every table checked clean after all rows were applied (a walk that began while
+            # they arrived may have found some still missing).
+            since = _one(c, "SELECT now()")
+
+            def verified() -> bool:
+                p = read_points(c)
+                return p.keys() == tables and all(
+                    v["outcome"] == "clean" and v["verified_at"] >= since.isoformat()
+                    for v in p.values()
+                )
+
+            wait_for(verified, timeout=90, what="every table verified")
+            wait_for(lambda: last_validation(c, scope="full") is not None, 60, what="a walk")
+            walk = last_validation(c, scope="full")
+            assert walk is not None and walk["outcome"] == "clean"
+            org = str(_one(c, "SELECT id FROM organization ORDER BY id LIMIT 1"))
+            before = read_points(c)["public.organization"]
+            assert before["verified_lsn"] and before["verified_at"]
+            c.execute("UPDATE organization SET slug = slug || '-x' WHERE id = %s", (org,))
+            wait_for(
+                lambda: read_points(c)["public.organization"]["outcome"] == "different",
+                timeout=30,
+                what="the direct write found",
+            )
+            after = read_points(c)["public.organization"]
+            assert after["keys"] == [
+                {"table": "public.organization", "kind": "differs", "key": {"id": org}}
+            ]
+            assert after["verified_at"] is not None  # the last clean point is kept
+            problems = Cutover(s, MAPPING)._validation_problems(c)
+            assert any("continuous validation finds public.organization" in p for p in problems)
+        st = collect(s)
+        assert st.target is not None and st.target.verified["public.organization"]["outcome"]
+        assert any("public.organization different" in r for r in st.reasons), st.reasons
+        metrics = {
+            (m.name, sample.labels.get("table")): sample.value
+            for m in StatusCollector(s).collect()
+            for sample in m.samples
+        }
+        assert metrics["replicator_verified_different", "public.organization"] == 1.0
+        assert ("replicator_verified_through_age_seconds", "public.apikey") in metrics
+
+        fixed = repair(s, MAPPING, validate(s, MAPPING, table="organization"))
+        assert {a.table for a in fixed.actions} == {"public.organization"}
+        check(fixed, validate(s, MAPPING))  # as `validate --repair` does: the full run after
+        assert {a.result for a in fixed.actions} == {"repaired"}
+        with env.target_conn() as c:
+            wait_for(
+                lambda: read_points(c)["public.organization"]["outcome"] == "clean",
+                timeout=30,
+                what="the point to move again",
+            )
+            assert Cutover(s, MAPPING)._validation_problems(c) == []
+    finally:
+        pipeline.shutdown()

@@ -110,6 +110,7 @@ function showState(data) {
   replaceChildren($("reasons"), st.reasons.map((x) => el("li", x)));
 
   showValidation(det.validation);
+  showVerified(det.verified || {});
   showBackfill(det.backfill_tables || [], t && t.backfill);
   const count = k ? num(k.dlq_messages) : "–";
   if (lettersShown && $("dlq-count").textContent !== count) showLetters();
@@ -128,6 +129,17 @@ function showValidation(v) {
   const when = " " + v.scope + " run, " + seconds(v.age_s) + " ago (" + new Date(v.finished_at).toLocaleString("en-GB", { hour12: false }) + "), " + num(v.rows_checked) + " rows checked, " + num(v.differences) + " differences";
   replaceChildren(box, [outcome, document.createTextNode(when)]);
   replaceChildren($("validation-tables"), v.tables.map((x) => el("li", x.table + (x.differences ? ": " + x.differences + " differences" : ": clean"), x.differences ? "bad" : "")));
+}
+
+// Continuous validation: each table's verified-through point, or its differing keys.
+function showVerified(points) {
+  replaceChildren($("verified"), Object.entries(points).map(([table, p]) => {
+    const through = p.verified_at ? "verified through " + timeOf(p.verified_at) + " (" + seconds(p.age_s) + " ago)" : "not verified yet";
+    if (p.outcome !== "different") return el("li", table + ": " + through);
+    const li = el("li", table + ": different (" + num(p.differences) + ") — " + through, "bad");
+    li.append(el("div", (p.keys || []).map((k) => JSON.stringify(k.key)).join(" "), "reason"));
+    return li;
+  }));
 }
 
 function showBackfill(tables, latest) {
