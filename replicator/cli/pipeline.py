@@ -219,7 +219,7 @@ def _repair(
     as_json: bool,
 ) -> None:
     from replicator.validate.print import print_report
-    from replicator.validate.repair import check, print_repair
+    from replicator.validate.repair import check, print_repair, store_repair
     from replicator.validate.repair import repair as run_repair
     from replicator.validate.run import validate as run_validation
 
@@ -228,6 +228,7 @@ def _repair(
     fixed = run_repair(s, mapping, report, dry_run=dry_run)
     if fixed.repair_id is not None:  # something was sent: the same scope checked again
         check(fixed, run_validation(s, mapping, table=table, fast=fast))
+        store_repair(s, fixed)
     if as_json:
         import json
 

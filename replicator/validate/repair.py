@@ -30,6 +30,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from connectors import pg
 from connectors.envelope import Envelope
@@ -455,3 +456,51 @@ def print_repair(out: RepairReport, console: Any) -> None:
             markup=False,
             highlight=False,
         )
+
+
+REPAIRS_SQL = """
+CREATE TABLE IF NOT EXISTS replicator.repairs (
+    id          text        PRIMARY KEY,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    direction   text        NOT NULL,
+    counts      jsonb       NOT NULL,
+    actions     jsonb       NOT NULL  -- the first 100, as in the JSON report
+)
+"""
+
+
+def store_repair(settings: Settings, out: RepairReport) -> None:
+    """Kept on the target for the web page's validation card (the last repair)."""
+    if out.repair_id is None:
+        return
+    body = out.to_json()
+    db = settings.target
+    with pg.connect(db.conninfo(), autocommit=True) as conn, pg.translated(db.masked()):
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.repairs'))")
+            conn.execute(REPAIRS_SQL)
+        conn.execute(
+            "INSERT INTO replicator.repairs (id, direction, counts, actions)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+            (out.repair_id, out.direction, Jsonb(body["counts"]), Jsonb(body["actions"][:100])),
+        )
+
+
+def last_repair(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
+    """The latest stored repair (id, finished_at, age_s, direction, counts, actions) or None."""
+    if conn.execute("SELECT to_regclass('replicator.repairs')").fetchone() in (None, (None,)):
+        return None
+    row = conn.execute(
+        "SELECT id, finished_at, extract(epoch FROM now() - finished_at)::float8, direction,"
+        " counts, actions FROM replicator.repairs ORDER BY finished_at DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None
+    return {
+        "id": row[0],
+        "finished_at": row[1].isoformat(),
+        "age_s": row[2],
+        "direction": row[3],
+        "counts": row[4],
+        "actions": row[5],
+    }

@@ -19,6 +19,7 @@ from connectors.envelope import parse_lsn
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
 from replicator.status.overview import read_points, sides
+from replicator.validate.repair import last_repair
 
 JOURNAL_ROWS = 80  # the latest journal rows read: the last run and a few before it
 RUNS_SHOWN = 5
@@ -30,6 +31,7 @@ def read_details(s: Settings, direction: str, sessions: pg.Sessions) -> dict[str
         "backfill_tables": [],
         "validation": None,
         "verified": {},  # continuous validation's verified-through point per table
+        "repair": None,  # the last `validate --repair`
         "runs": [],
         "slot_confirmed_lsn": None,
         "problems": [],
@@ -46,6 +48,7 @@ def read_details(s: Settings, direction: str, sessions: pg.Sessions) -> dict[str
             out["backfill_tables"] = _backfill_tables(conn)
             out["validation"] = _validation(conn)
             out["verified"] = read_points(conn)
+            out["repair"] = last_repair(conn)
             out["runs"] = _runs(conn)
     except ReplicatorError as exc:
         out["problems"].append(f"target: {exc.message}")

@@ -208,7 +208,42 @@ def test_the_backfill_table_fits_its_card_at_1400_px(browser: Any) -> None:
             "kafka": None,
             "target": None,
         },
-        "details": {"backfill_tables": tables, "runs": [], "problems": []},
+        "details": {
+            "backfill_tables": tables,
+            "runs": [],
+            "problems": [],
+            # The validation card: verified-through points, a table found different with its
+            # key, and the last repair with what it left.
+            "verified": {
+                "public.user": {
+                    "verified_at": "2026-12-07T10:00:00+00:00",
+                    "age_s": 30.0,
+                    "outcome": "clean",
+                    "differences": 0,
+                    "keys": [],
+                },
+                "public.organization": {
+                    "verified_at": None,
+                    "age_s": None,
+                    "outcome": "different",
+                    "differences": 1,
+                    "keys": [{"key": {"id": "org-7"}}],
+                },
+            },
+            "repair": {
+                "id": "repair-abc",
+                "age_s": 5.0,
+                "counts": {"repaired": 3, "still_different": 0, "refused": 1},
+                "actions": [
+                    {
+                        "result": "refused",
+                        "table": "public.user",
+                        "key": {"id": "u1"},
+                        "reason": "legacy rows collide",
+                    }
+                ],
+            },
+        },
     }
     app = WebApp(Settings())
     app.sampler._state = orjson.dumps(state)
@@ -231,6 +266,12 @@ def test_the_backfill_table_fits_its_card_at_1400_px(browser: Any) -> None:
         )
         assert overflow == [], f"cut off at 1400 px: {overflow}"
         assert "1,250,000" in (rows.nth(0).text_content() or "")
+        verified = page.locator("#verified").text_content() or ""
+        assert "public.user: verified through" in verified, verified
+        assert "public.organization: different (1)" in verified and "org-7" in verified
+        repaired = page.locator("#last-repair").text_content() or ""
+        assert "last repair repair-abc" in repaired and "repaired 3" in repaired, repaired
+        assert "refused: public.user" in repaired and "collide" in repaired
     finally:
         server.shutdown()
         server.server_close()

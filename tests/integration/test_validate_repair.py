@@ -12,10 +12,12 @@ from typing import Any
 
 import psycopg
 
+from connectors import pg
 from replicator.cutover.switch import Cutover
 from replicator.runtime.pipeline import Pipeline
-from replicator.validate.repair import check, repair
+from replicator.validate.repair import check, repair, store_repair
 from replicator.validate.run import validate
+from replicator.web.details import read_details
 from tests.e2e.cli import run_cli
 from tests.integration.test_cutover import synced  # noqa: F401 (a fixture)
 from tests.integration.test_validate import _schemas, _url, loaded  # noqa: F401 (a fixture)
@@ -98,6 +100,13 @@ def test_differences_of_each_kind_are_repaired_under_a_writer(env: Env) -> None:
         after = validate(s, MAPPING)
         check(fixed, after)
         assert after.outcome == "clean", after.to_json(limit=10)
+        store_repair(s, fixed)  # as the CLI does: the page's validation card shows it
+        sessions = pg.Sessions()
+        try:
+            shown = read_details(s, "fwd", sessions)["repair"]
+        finally:
+            sessions.close()
+        assert shown["id"] == fixed.repair_id and shown["counts"]["repaired"] == 3, shown
         assert {(a.table, a.result) for a in fixed.actions} == {
             ("public.member", "repaired"),
             ("public.organization", "repaired"),

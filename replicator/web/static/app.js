@@ -111,6 +111,7 @@ function showState(data) {
 
   showValidation(det.validation);
   showVerified(det.verified || {});
+  showRepair(det.repair);
   showBackfill(det.backfill_tables || [], t && t.backfill);
   const count = k ? num(k.dlq_messages) : "–";
   if (lettersShown && $("dlq-count").textContent !== count) showLetters();
@@ -140,6 +141,15 @@ function showVerified(points) {
     li.append(el("div", (p.keys || []).map((k) => JSON.stringify(k.key)).join(" "), "reason"));
     return li;
   }));
+}
+
+function showRepair(r) {
+  const box = $("last-repair");
+  if (!r) { box.textContent = ""; return; }
+  const c = r.counts || {};
+  box.textContent = "last repair " + r.id + " (" + seconds(r.age_s) + " ago): repaired " + num(c.repaired) + ", still different " + num(c.still_different) + ", refused " + num(c.refused);
+  const left = (r.actions || []).filter((a) => a.result !== "repaired");
+  box.append(...left.slice(0, 10).map((a) => el("div", a.result + ": " + a.table + " " + JSON.stringify(a.key) + (a.reason ? " — " + a.reason : ""), "reason")));
 }
 
 function showBackfill(tables, latest) {
