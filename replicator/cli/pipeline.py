@@ -23,7 +23,7 @@ from replicator.cli.app import (
     services_app,
     settings_from,
 )
-from replicator.errors import ReplicatorError
+from replicator.errors import PreconditionError, ReplicatorError
 
 
 @app.command()
@@ -193,6 +193,8 @@ def validate(
     from replicator.validate.print import print_report
     from replicator.validate.run import validate as run_validation
 
+    if dry_run and not repair:
+        raise PreconditionError("--dry-run goes with --repair", hint="validate --repair --dry-run")
     s = settings_from(config)
     mapping = mapping_of(s)
     tune_gc()  # a table read the Python way holds many rows at once, as a backfill does

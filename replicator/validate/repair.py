@@ -240,9 +240,13 @@ def repair(
                 "SELECT id FROM replicator.backfill WHERE reading OR status <> 'applied' LIMIT 1"
             ).fetchone()
             if busy is not None:
+                earlier = str(busy[0]).startswith(REPAIR_PREFIX)
                 raise PreconditionError(
-                    f"backfill {busy[0]} is under way: a repair waits until it is applied",
-                    hint="`replicator status` shows its progress; repair after it",
+                    f"{'repair' if earlier else 'backfill'} {busy[0]} is not applied yet:"
+                    " a repair waits for it",
+                    hint="start `replicator run` (apply loads it), then repair again"
+                    if earlier
+                    else "`replicator status` shows its progress; repair after it",
                 )
             sink.execute(
                 "INSERT INTO replicator.backfill (id, tables, truncate) VALUES (%s, %s, false)",
