@@ -5,6 +5,9 @@ mapped legacy table and every mapped target table, timed in the same run. Valida
 servers transform (compiled transforms), canonicalise and hash every row and sum the hashes per
 key bucket, so it is expected to be below the limit; the ratio says by how much. The same
 validation with every table on the Python path (``python_path_s``) is timed for comparison.
+Then continuous validation (``[validation] continuous``): one walk of the tables at the default
+budget (``continuous_cover_s``) and live throughput with it and without it
+(``continuous_overhead_ratio``, goal ≥ 0.9; bench/_continuous.py).
 
     python -m bench.validate [--quick] [--scale N] [--workload tpcb]
 """
@@ -17,6 +20,7 @@ from urllib.parse import quote
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from bench._continuous import measure
 from bench.harness import Timer, bench_env, emit, log, parse_args, peak_rss_mb, settle
 from connectors import pg
 from connectors.pgsink import Batch, Sink
@@ -138,6 +142,9 @@ def main() -> dict[str, Any]:
             by_python = validate(s, MAPPING, save=False, python_path=True)
         if by_python.outcome != "clean":
             raise SystemExit(f"the Python path disagrees: {by_python.to_json(limit=5)}")
+        # Continuous validation (bench/_continuous.py): a walk at the default budget, and its
+        # cost to live throughput.
+        continuous = measure(env, s, args.quick)
         rows = report.rows_checked
         rate = rows / validated.seconds
         limit = rows / counted.seconds
@@ -161,6 +168,7 @@ def main() -> dict[str, Any]:
             count_s=round(counted.seconds, 4),
             rows_counted=rows_counted,
             peak_rss_mb=round(peak_rss_mb(), 1),
+            **continuous,
         )
 
 

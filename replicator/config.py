@@ -369,6 +369,17 @@ class WebSettings(_Strict):
     )
 
 
+class ValidationSettings(_Strict):
+    continuous: bool = Field(
+        False,
+        description="`replicator run` keeps validating, table by table within the budget, and"
+        " records each table's verified-through point (docs/validation.md)",
+    )
+    rows_per_s: float = Field(
+        20_000.0, gt=0, description="continuous validation's budget: rows compared per second"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="REPLICATOR_",
@@ -416,6 +427,10 @@ class Settings(BaseSettings):
     )
     web: WebSettings = Field(
         default_factory=WebSettings, description="`replicator web`: the read-only page"
+    )
+    # [validation], not [validate]: a field named validate would shadow pydantic's method.
+    validation: ValidationSettings = Field(
+        default_factory=ValidationSettings, description="continuous validation in `replicator run`"
     )
 
     @classmethod

@@ -14,7 +14,7 @@ from connectors.envelope import Change, Envelope
 from connectors.pgsink import Batch
 from connectors.pgtypes import CANONICAL_TEXT_KEYS, RowPlan, TextLoader
 from replicator.errors import DataError, TransformError
-from transforms.api import Direction, RowChange, TableTransform, TargetOp
+from transforms.api import Delete, Direction, RowChange, TableTransform, TargetOp
 from transforms.reads import absent_reads
 
 _NONE: frozenset[str] = frozenset()
@@ -184,3 +184,17 @@ def _half(
         else:
             rest.append(op)
     return old if part == "old" else rest
+
+
+def repair_delete(direction: Direction, control: Mapping[str, Any]) -> Delete:
+    """A repair's delete of a row that validation found with no source row (a control message
+    on the snapshot topic, after the repair's marker: replicator.validate.repair). Only a
+    mapped table's row; anything else is refused, to the dead-letter queue."""
+    table, key = control.get("table"), control.get("key")
+    if table not in direction.target_tables or not isinstance(key, dict) or not key:
+        raise DataError(
+            f"a repair asked to delete a row of {table!r}, which is not a mapped table",
+            table=str(table),
+            hint="nothing was deleted; `replicator validate --repair` deletes rows of mapped tables only",
+        )
+    return Delete(str(table), key)

@@ -28,7 +28,7 @@ from replicator.apply.barrier import held_partitions, reach_marker, start_snapsh
 from replicator.apply.bulk import BulkLoader
 from replicator.apply.pacing import CommitPacer
 from replicator.apply.positions import ApplyStats, Partition, gap_hint
-from replicator.apply.rows import RowMapper
+from replicator.apply.rows import RowMapper, repair_delete
 from replicator.apply.session import connect_session
 from replicator.config import Settings
 from replicator.derived import prove_on_source
@@ -447,6 +447,11 @@ class ApplyWorker:
             store_heartbeat(self.conn, self.topic, partition, ctl.get("emitted_at"), env.commit_lsn)
         elif kind == "backfill_started" and self.topic == self.changes_topic:
             self._reach_backfill_marker(ctl, partition)
+        elif kind == "repair_delete" and self.topic == self.snapshot_topic:
+            try:  # a target row validation found without a source (validate/repair.py)
+                batch.add(repair_delete(self.direction, ctl))
+            except DataError as exc:
+                self._dead(exc, partition, self._current[1], None, ctl)
         elif kind == "snapshot_done" and ctl.get("backfill_id") == self._backfill_id:
             self.conn.execute(
                 "UPDATE replicator.backfill SET status = 'applied', finished_at = clock_timestamp()"

@@ -143,13 +143,15 @@ def wanted(settings: Settings, mapped: list[str]) -> tuple[bool, list[str] | Non
     ):
         ensure_schema(tgt)
         row = tgt.execute(
+            # A repair (validate --repair) is no backfill: its own command finishes it.
             "SELECT tables, truncate FROM replicator.backfill WHERE reading "
-            "ORDER BY started_at LIMIT 1"
+            "AND id NOT LIKE 'repair-%' ORDER BY started_at LIMIT 1"
         ).fetchone()
         if row is not None:
             return True, (list(row[0]) if row[1] else None)
         full = tgt.execute(
-            "SELECT 1 FROM replicator.backfill WHERE NOT truncate OR tables @> %s LIMIT 1",
+            "SELECT 1 FROM replicator.backfill WHERE (NOT truncate OR tables @> %s)"
+            " AND id NOT LIKE 'repair-%%' LIMIT 1",
             (mapped,),
         )
         return full.fetchone() is None, None

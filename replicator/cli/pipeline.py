@@ -23,7 +23,7 @@ from replicator.cli.app import (
     services_app,
     settings_from,
 )
-from replicator.errors import ReplicatorError
+from replicator.errors import PreconditionError, ReplicatorError
 
 
 @app.command()
@@ -178,17 +178,29 @@ def validate(
         bool, typer.Option(help="Only keys changed since the last clean full validation.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(help="Fix each difference through the pipeline, then check the keys again."),
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="With --repair: list what it would do.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted full validation where it stopped.")
+    ] = False,
 ) -> None:
     """Compare the target with the transformed legacy data; exit 1 on a difference, 3 if rows
-    were still changing."""
+    were still changing. --repair: exit 0 once every difference is repaired."""
     from replicator.runtime.gc_tuning import tune_gc
     from replicator.validate.print import print_report
     from replicator.validate.run import validate as run_validation
 
+    if dry_run and not repair:
+        raise PreconditionError("--dry-run goes with --repair", hint="validate --repair --dry-run")
     s = settings_from(config)
     mapping = mapping_of(s)
     tune_gc()  # a table read the Python way holds many rows at once, as a backfill does
-    report = run_validation(s, mapping, table=table, fast=fast)
+    report = run_validation(s, mapping, table=table, fast=fast, resume=resume)
+    if repair:
+        _repair(s, mapping, report, table=table, fast=fast, dry_run=dry_run, as_json=as_json)
     if as_json:
         import json
 
@@ -196,6 +208,38 @@ def validate(
     else:
         print_report(report, out)
     raise typer.Exit(report.exit_code)
+
+
+def _repair(
+    s: Any,
+    mapping: Any,
+    report: Any,
+    *,
+    table: str | None,
+    fast: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    from replicator.validate.print import print_report
+    from replicator.validate.repair import check, print_repair, store_repair
+    from replicator.validate.repair import repair as run_repair
+    from replicator.validate.run import validate as run_validation
+
+    if not as_json:
+        print_report(report, out)
+    fixed = run_repair(s, mapping, report, dry_run=dry_run)
+    if fixed.repair_id is not None:  # something was sent: the same scope checked again
+        check(fixed, run_validation(s, mapping, table=table, fast=fast))
+        store_repair(s, fixed)
+    if as_json:
+        import json
+
+        body = {"validation": report.to_json(), "repair": fixed.to_json()}
+        sys.stdout.write(json.dumps(body, ensure_ascii=False, default=str) + "\n")
+    else:
+        print_repair(fixed, out)
+    left = fixed.count("still_different") + fixed.count("refused") + fixed.count("planned")
+    raise typer.Exit(1 if left or report.mapping_errors else 0)
 
 
 @app.command()

@@ -133,10 +133,19 @@ class Preflight:
             from replicator.validate.report import last_validation
         except ImportError:
             return []
+        from replicator.runtime.continuous import read_points
+
+        # Continuous validation stores each walk that finds every table clean as a full run
+        # (so it stands in for a fresh one); a table it finds different refuses the cutover.
+        out = [
+            f"continuous validation finds {t} different (keys: {p['keys'][:3]}):"
+            " `replicator validate --repair`"
+            for t, p in read_points(conn).items()
+            if p["outcome"] == "different"
+        ]
         last = last_validation(conn, scope="full")
         if last is None:
-            return ["no validation has run: `replicator validate` first"]
-        out = []
+            return [*out, "no validation has run: `replicator validate` first"]
         if last.get("outcome") != "clean":
             out.append(f"the last validation found differences (outcome {last.get('outcome')})")
         if float(last.get("age_s") or 0) > self.validation_max_age_s:

@@ -199,6 +199,11 @@ class Pipeline:
                     worker = ApplyWorker(s, direction, dir_name=d, target=target)
                 self.workers.append(worker)
                 self._spawn(f"apply-{i}", worker.run, worker.health)
+        if run_apply and d == "fwd" and s.validation.continuous:
+            from replicator.runtime.continuous import ContinuousValidation
+
+            checker = ContinuousValidation(s, self.mapping)
+            self._spawn("validate", checker.run)  # no liveness: a large table takes a while
 
     def _stop_stages(self) -> None:
         self._stage_stop.set()

@@ -14,6 +14,9 @@ so the numbers on a dashboard and in the terminal are the same numbers. Series (
 - ``replicator_dlq_messages`` — dead letters neither replayed nor purged
 - ``replicator_backfill_complete`` / ``replicator_ready`` — 1 or 0
 - ``replicator_part_up{part}`` — 0 for a part that could not be reached
+- ``replicator_verified_through_age_seconds{table}`` — age of the table's verified-through
+  point (continuous validation); ``replicator_verified_different{table}`` — 1 while its
+  latest check found it different
 """
 
 from __future__ import annotations
@@ -85,6 +88,23 @@ class StatusCollector(Collector):
             for table, n in tgt.rows_applied.items():
                 c.add_metric([*values, table], float(n))
             yield c
+            age = GaugeMetricFamily(
+                "replicator_verified_through_age_seconds",
+                "Age of the table's verified-through point (continuous validation)",
+                labels=[*names, "table"],
+            )
+            diff = GaugeMetricFamily(
+                "replicator_verified_different",
+                "1 while continuous validation finds the table different",
+                labels=[*names, "table"],
+            )
+            for table, p in tgt.verified.items():
+                if p["age_s"] is not None:
+                    age.add_metric([*values, table], float(p["age_s"]))
+                diff.add_metric([*values, table], 1.0 if p["outcome"] == "different" else 0.0)
+            if tgt.verified:
+                yield age
+                yield diff
             done = tgt.backfill is not None and tgt.backfill["status"] == "applied"
             yield from gauge("replicator_backfill_complete", "1 when the backfill is applied", done)
         yield from gauge("replicator_ready", "1 when ready for cutover", st.ready)

@@ -73,6 +73,8 @@ class TargetStatus:
     parity: dict[str, Any] | None = (
         None  # latest parity run: outcome, age_s, pairs, differing, slow
     )
+    # Continuous validation's verified-through point per target table (runtime/continuous.py)
+    verified: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,6 +146,13 @@ def collect(
     applied = attempt("target", _applied, ss, tgt_db, topic)
     kafka = _kafka(topic, end, applied.parts if applied else {}) if end is not None else None
     target = attempt("target", _target, ss, s, tgt_db, direction) if applied is not None else None
+    if target is not None and direction != "fwd":
+        # Validation runs are stored on the target whichever way the pipeline runs (the web
+        # page's card reads them there): after a cutover the direction's target is legacy.
+        with _session(ss, s.target) as conn:
+            target.validation = _validation(conn)
+            target.verified = read_points(conn)
+            target.parity = _parity(conn)
     if target is not None and applied is not None:
         _lag(target, s, applied, end or {}, slot)
     if kafka is not None and target is not None:
@@ -198,18 +207,10 @@ def verdict(st: Status, max_lag_s: float) -> tuple[bool, list[str]]:
             reasons.append("end-to-end lag unknown: no heartbeat applied yet")
         elif lag > max_lag_s:
             reasons.append(f"end-to-end lag {lag:.1f} s is over the threshold {max_lag_s:g} s")
-        bf = tgt.backfill
-        if bf is None:
-            reasons.append("no backfill has run")
-        elif bf["status"] != "applied":
-            reasons.append(f"backfill {bf['id']} is incomplete ({bf['status']})")
-        val = tgt.validation
-        if val is None:
-            reasons.append("no validation has run (`replicator validate`)")
-        elif val["outcome"] != "clean":
-            reasons.append(f"last validation was {val['outcome']}")
-        elif (val.get("age_s") or 0) > VALIDATION_MAX_AGE_S:
-            reasons.append(f"last validation is stale ({val['age_s'] / 3600:.0f} h old)")
+        if st.direction == "fwd":
+            # A rollback's preflight checks neither: its verify re-checks every legacy row the
+            # reverse stream wrote.
+            reasons.extend(_cutover_reasons(tgt))
     if kafka is not None and kafka.dlq_messages:
         reasons.append(f"{kafka.dlq_messages} dead letter(s) in {st.pipeline}'s DLQ")
     for topic, how in (kafka.finite_retention if kafka is not None else {}).items():
@@ -218,6 +219,27 @@ def verdict(st: Status, max_lag_s: float) -> tuple[bool, list[str]]:
             "(`replicator check` prints the fix)"
         )
     return not reasons, reasons
+
+
+def _cutover_reasons(tgt: TargetStatus) -> list[str]:
+    """What a cutover's preflight wants beyond the lag: a complete backfill, a clean recent
+    validation."""
+    out = []
+    bf, val = tgt.backfill, tgt.validation
+    if bf is None:
+        out.append("no backfill has run")
+    elif bf["status"] != "applied":
+        out.append(f"backfill {bf['id']} is incomplete ({bf['status']})")
+    if val is None:
+        out.append("no validation has run (`replicator validate`)")
+    elif val["outcome"] != "clean":
+        out.append(f"last validation was {val['outcome']}")
+    elif (val.get("age_s") or 0) > VALIDATION_MAX_AGE_S:
+        out.append(f"last validation is stale ({val['age_s'] / 3600:.0f} h old)")
+    for table, p in tgt.verified.items():
+        if p["outcome"] == "different":
+            out.append(f"continuous validation finds {table} different ({p['differences']})")
+    return out
 
 
 # -- the parts -------------------------------------------------------------------------------
@@ -370,9 +392,6 @@ def _dlq_pending(
 
 
 def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) -> TargetStatus:
-    from replicator.parity.report import last_parity
-    from replicator.validate.report import last_validation
-
     out = TargetStatus()
     topic = s.topic(direction, "changes")
     with _session(ss, db) as conn:
@@ -400,7 +419,8 @@ def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) 
         bf = conn.execute(
             "SELECT b.id, b.status, coalesce(sum(p.rows_total), 0), coalesce(sum(p.rows_applied), 0)"
             " FROM replicator.backfill b LEFT JOIN replicator.backfill_progress p"
-            " ON p.backfill_id = b.id GROUP BY b.id, b.status, b.started_at"
+            " ON p.backfill_id = b.id WHERE b.id NOT LIKE 'repair-%'"  # validate --repair's
+            " GROUP BY b.id, b.status, b.started_at"
             " ORDER BY b.started_at DESC LIMIT 1"
         ).fetchone()
         if bf:
@@ -419,21 +439,42 @@ def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) 
                     ).fetchall()
                 },
             }
-        val = last_validation(conn)
-        if val:
-            out.validation = {
-                "outcome": val["outcome"],
-                "age_s": val["age_s"],
-                "differences": val["differences"],
-                # Which way each table was checked: "sql" (checksums in both databases) or
-                # "python" (older runs have no path: Python).
-                "paths": {
-                    str(t.get("table")): str(t.get("path", "python"))
-                    for t in (val.get("summary") or {}).get("tables", [])
-                    if isinstance(t, dict)
-                },
-            }
-        par = last_parity(conn)
-        if par:
-            out.parity = {k: par[k] for k in ("outcome", "age_s", "pairs", "differing", "slow")}
+        out.validation = _validation(conn)
+        out.verified = read_points(conn)
+        out.parity = _parity(conn)
     return out
+
+
+def _parity(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
+    from replicator.parity.report import last_parity
+
+    par = last_parity(conn)
+    if par is None:
+        return None
+    return {k: par[k] for k in ("outcome", "age_s", "pairs", "differing", "slow")}
+
+
+def read_points(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
+    from replicator.runtime.continuous import read_points as read
+
+    return read(conn)
+
+
+def _validation(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
+    from replicator.validate.report import last_validation
+
+    val = last_validation(conn)
+    if val is None:
+        return None
+    return {
+        "outcome": val["outcome"],
+        "age_s": val["age_s"],
+        "differences": val["differences"],
+        # Which way each table was checked: "sql" (checksums in both databases) or
+        # "python" (older runs have no path: Python).
+        "paths": {
+            str(t.get("table")): str(t.get("path", "python"))
+            for t in (val.get("summary") or {}).get("tables", [])
+            if isinstance(t, dict)
+        },
+    }

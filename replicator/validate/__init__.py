@@ -14,6 +14,8 @@
                 two session pairs, ``catalog`` each server's catalog, read once
 - ``orphans``   target rows whose foreign key points at a missing parent
 - ``report``    the report, its JSON, and the stored results; ``print`` renders it
+- ``repair``    ``--repair``: each difference fixed through the snapshot path, then checked
+- ``resume``    ``--resume``: the clean groups of an interrupted full run, re-used
 """
 
 from replicator.validate.report import Report

@@ -51,6 +51,12 @@ def print_report(report: Report, console: Console) -> None:
     for t in report.tables:
         table.add_row(_short(t.table), t.mode, f"{t.target_rows}/{t.expected_rows}", _result(t))
     console.print(table)
+    if report.resumed:
+        got = report.resumed
+        console.print(
+            f"resumed: {got['groups_reused']} table group(s) re-used from the interrupted run"
+            f" ({got['rows_reused']} rows), {got['groups_checked']} checked now"
+        )
     in_sql = [_short(t.table) for t in report.tables if t.path == "sql"]
     if in_sql:
         console.print(f"checked by checksums in both databases: {', '.join(in_sql)}")

@@ -106,6 +106,13 @@ class Report:
     log_offsets: dict[int, int] | None = None
     since_run_id: int | None = None
     run_id: int | None = None
+    # --resume: what the interrupted run had checked and this one re-used (validate/resume.py)
+    resumed: dict[str, Any] | None = None
+    # (table, key_text(key)) of each confirmed difference -> its legacy rows (source table,
+    # key): what `validate --repair` re-sends. Not part of the JSON report.
+    provenance: dict[tuple[str, str], set[tuple[str, tuple[Any, ...]]]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def difference_count(self) -> int:
@@ -147,6 +154,7 @@ class Report:
             "lagging": self.lagging,
             "rounds": self.rounds,
             "since_run_id": self.since_run_id,
+            "resumed": self.resumed,
             "counts": {
                 "rows_checked": self.rows_checked,
                 "differences": self.difference_count,
@@ -162,6 +170,11 @@ class Report:
             "orphans": [asdict(o) for o in self.orphans[:limit]],
             "truncated": max(len(self.differences), len(self.rejected), len(self.orphans)) > limit,
         }
+
+
+def key_text(key: dict[str, Any]) -> str:
+    """A difference's key as one stable text (its columns in order)."""
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def ensure_runs_table(conn: psycopg.Connection[Any]) -> None:

@@ -54,6 +54,7 @@ from replicator.validate.fast import Touched, end_offsets, touched_since
 from replicator.validate.insql.catalog import TableInfo, catalog
 from replicator.validate.insql.passes import (
     Pair,
+    Passed,
     full_sql_passes,
     keyed_sql_pass,
     spare_sessions,
@@ -68,9 +69,11 @@ from replicator.validate.report import (
     TableResult,
     ensure_runs_table,
     fast_baseline,
+    key_text,
     last_validation,
     store,
 )
+from replicator.validate.resume import Checkpoints, find_interrupted
 from replicator.validate.scope import (
     components,
     mapping_errors,
@@ -117,14 +120,26 @@ def _full_passes(
     report: Report,
     spare: Callable[[], Pair | None] = lambda: None,
     also: Callable[[Ctx], None] | None = None,
+    on_clean: Callable[[tuple[str, ...], list[TableResult]], None] | None = None,
 ) -> dict[str, Pending]:
-    """Every group in full: in SQL where it compiles, else read the Python way."""
-    done = full_sql_passes(ctx, groups, spare, also)
+    """Every group in full: in SQL where it compiles, else read the Python way. ``on_clean``
+    is told of each group found without a candidate difference (validate/resume.py)."""
+
+    def record(group: tuple[str, ...], got: Passed | str) -> None:
+        clean = not isinstance(got, str) and not any(got.pending.values()) and not got.rejected
+        if on_clean and clean and not isinstance(got, str):
+            on_clean(group, got.tables)
+
+    done = full_sql_passes(ctx, groups, spare, also, record)
     pending: dict[str, Pending] = {}
     for g in groups:
         got = done.get(tuple(g)) or sql_pass(ctx, g)
         if isinstance(got, str):
-            pending.update(_first_pass_python(ctx, g, report, None, dict.fromkeys(g, got)))
+            rejected = len(report.rejected)
+            found = _first_pass_python(ctx, g, report, None, dict.fromkeys(g, got))
+            pending.update(found)
+            if on_clean and not any(found.values()) and len(report.rejected) == rejected:
+                on_clean(tuple(g), [r for r in report.tables if r.table in g])
             continue
         report.tables.extend(got.tables)
         report.rejected.extend(got.rejected)
@@ -269,8 +284,10 @@ def validate(
     full_sources: Iterable[str] = (),
     read_ahead: Touched | None = None,
     python_path: bool = False,
+    resume: bool = False,
 ) -> Report:
     """Validate the target against the legacy data; the report is stored unless ``save=False``.
+    ``resume``: a full run continues an interrupted one, re-using the groups it found clean.
 
     ``keys`` (legacy table -> keys) narrows the run to those legacy rows, plus the legacy tables
     in ``full_sources`` in full: what a rollback re-checks (replicator.validate.reverse).
@@ -300,6 +317,7 @@ def validate(
             settings, mapping, legacy, target, spare, offsets.result, report, selected,
             table=table, keys=keys, fast=fast, rounds=rounds, marker_timeout_s=marker_timeout_s,
             save=save, full_sources=full_sources, read_ahead=read_ahead, python_path=python_path,
+            resume=resume,
         )  # fmt: skip
 
 
@@ -351,6 +369,7 @@ def _validate(
     full_sources: Iterable[str],
     read_ahead: Touched | None,
     python_path: bool,
+    resume: bool = False,
 ) -> Report:
     # Each server's share of the set-up at once: legacy's in a thread of its own.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -413,6 +432,80 @@ def _validate(
         )
     # Noted before any snapshot is taken: a later --fast re-checks every change from there.
     report.log_offsets = log_offsets()
+    groups = components(mapping.forward, full_tables)
+    checkpoints = None
+    if keys is None and not fast and save:
+        groups, checkpoints = _resumable(settings, target, report, groups, resume)
+    elif resume:
+        raise PreconditionError(
+            "--resume continues a full validation only", hint="leave out --fast"
+        )
+    try:
+        return _compare_all(
+            settings, mapping, ctx, report, selected, groups, full_tables, touched, spare,
+            rounds=rounds, live=live, save=save, target=target, checkpoints=checkpoints,
+        )  # fmt: skip
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
+
+
+def _resumable(
+    settings: Settings,
+    target: psycopg.Connection[Any],
+    report: Report,
+    groups: list[list[str]],
+    resume: bool,
+) -> tuple[list[list[str]], Checkpoints]:
+    """The groups left to check, and where this run records the clean ones."""
+    found = None
+    if resume:
+        with pg.translated(settings.target.masked()):
+            found = find_interrupted(target, report.tables_requested)
+        if found is None:
+            raise PreconditionError(
+                "no interrupted full validation to resume",
+                hint="run `replicator validate` without --resume",
+            )
+        # The interrupted run's start and offsets: its groups were read from then on.
+        report.started_at, report.log_offsets = found.started_at, found.log_offsets
+        reused = [g for g in groups if tuple(g) in found.done]
+        for g in reused:
+            report.tables.extend(found.done[tuple(g)])
+        report.resumed = {
+            "groups_reused": len(reused),
+            "groups_checked": len(groups) - len(reused),
+            "tables_reused": sorted(t for g in reused for t in g),
+            "rows_reused": sum(r.rows_checked for g in reused for r in found.done[tuple(g)]),
+        }
+        groups = [g for g in groups if tuple(g) not in found.done]
+    return groups, Checkpoints(
+        settings.target,
+        token=found.token if found else None,
+        tables=report.tables_requested,
+        started_at=report.started_at,
+        log_offsets=report.log_offsets,
+    )
+
+
+def _compare_all(
+    settings: Settings,
+    mapping: MappingSet,
+    ctx: Ctx,
+    report: Report,
+    selected: Mapping[str, Any],
+    groups: list[list[str]],
+    full_tables: list[str],
+    touched: dict[str, set[SourceKey]] | None,
+    spare: Callable[[], Pair | None],
+    *,
+    rounds: int,
+    live: bool,
+    save: bool,
+    target: psycopg.Connection[Any],
+    checkpoints: Checkpoints | None,
+) -> Report:
+    shapes = ctx.shapes
     ctx.sync()
     # Without live sync nothing moves: the orphan check runs beside the last groups.
     orphans: list[tuple[list[Orphan], int]] = []
@@ -421,8 +514,8 @@ def _validate(
         orphans.append(find_orphans(c.target, mapping.forward, selected, None))
 
     pending: dict[str, Pending] = {}
-    groups = components(mapping.forward, full_tables)
-    pending.update(_full_passes(ctx, groups, report, spare, None if live else find))
+    on_clean = checkpoints.clean if checkpoints is not None else None
+    pending.update(_full_passes(ctx, groups, report, spare, None if live else find, on_clean))
     if touched is not None:
         keyed = [t for t in selected if t not in full_tables]
         ctx.partial.update(keyed)
@@ -437,6 +530,8 @@ def _validate(
             d = _difference(shapes[t], k, a, e)
             setattr(results[t], d.kind, getattr(results[t], d.kind) + 1)
             report.differences.append(d)
+            # The legacy rows behind it: what `--repair` re-sends (validate/repair.py).
+            report.provenance[d.table, key_text(d.key)] = set(ctx.provenance.get(t, {}).get(k, ()))
     for t, p in pending.items():
         for k, (a, e) in p.items():
             results[t].unsettled += 1
@@ -452,4 +547,6 @@ def _validate(
     if save:
         with pg.translated(settings.target.masked()):
             report.run_id = store(target, report)
+        if checkpoints is not None:
+            checkpoints.finish()
     return report

@@ -18,7 +18,8 @@ from connectors import pg
 from connectors.envelope import parse_lsn
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError
-from replicator.status.overview import sides
+from replicator.status.overview import read_points, sides
+from replicator.validate.repair import last_repair
 
 JOURNAL_ROWS = 80  # the latest journal rows read: the last run and a few before it
 RUNS_SHOWN = 5
@@ -30,6 +31,8 @@ def read_details(s: Settings, direction: str, sessions: pg.Sessions) -> dict[str
         "backfill_tables": [],
         "validation": None,
         "parity": None,
+        "verified": {},  # continuous validation's verified-through point per table
+        "repair": None,  # the last `validate --repair`
         "runs": [],
         "slot_confirmed_lsn": None,
         "problems": [],
@@ -46,6 +49,8 @@ def read_details(s: Settings, direction: str, sessions: pg.Sessions) -> dict[str
             out["backfill_tables"] = _backfill_tables(conn)
             out["validation"] = _validation(conn)
             out["parity"] = _parity(conn)
+            out["verified"] = read_points(conn)
+            out["repair"] = last_repair(conn)
             out["runs"] = _runs(conn)
     except ReplicatorError as exc:
         out["problems"].append(f"target: {exc.message}")
@@ -73,7 +78,8 @@ def _backfill_tables(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         "SELECT p.table_name, p.rows_total, p.rows_read, p.rows_applied, p.chunks, p.done,"
         " b.status, b.id, coalesce(p.path, 'python') FROM replicator.backfill_progress p"
         " JOIN replicator.backfill b ON b.id = p.backfill_id"
-        " WHERE b.id = (SELECT id FROM replicator.backfill ORDER BY started_at DESC LIMIT 1)"
+        " WHERE b.id = (SELECT id FROM replicator.backfill WHERE id NOT LIKE 'repair-%'"
+        " ORDER BY started_at DESC LIMIT 1)"
         " ORDER BY p.table_name"
     ).fetchall()
     return [

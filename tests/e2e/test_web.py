@@ -145,6 +145,11 @@ def test_the_page_shows_lag_history_dead_letters_as_text_and_the_cutover(
             30,
             what="the new direction",
         )
+        # The rollback verdict agrees with the validation card beside it (it said "no
+        # validation has run" while the card said "clean").
+        reasons = page.locator("#reasons").text_content() or ""
+        assert "no validation" not in reasons and "no backfill" not in reasons, reasons
+        assert "clean" in (page.locator("#validation").text_content() or "")
         # The page follows the pipeline into the new direction; the replayed letter is gone.
         wait_for(lambda: re.fullmatch(r"[\d.]+ s", lag.text_content() or ""), 30, what="rev lag")
         assert (letters.text_content() or "").strip() == "none"
@@ -167,3 +172,106 @@ def _answers(port: int) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def test_the_backfill_table_fits_its_card_at_1400_px(browser: Any) -> None:
+    """The MCP mapping's tables, Python paths and million-row counts at 1400 px wide: every
+    column of the backfill table (name, path, numbers, bar) lies inside its card. No database:
+    the page is served over a state set by hand."""
+    import orjson
+
+    from replicator.config import Settings
+    from replicator.web.server import WebApp, _Handler, _Server
+
+    tables = [
+        {
+            "table": f"public.{n}",
+            "rows_total": 1_250_000,
+            "rows_applied": 1_250_000,
+            "status": "applied",
+            "path": "python: a per-row subquery",
+        }
+        for n in ("organization_member_invitation", "mcp_server_configuration", "user")
+    ]
+    state = {
+        "sampled_at": time.time(),
+        "sample_ms": 1.0,
+        "interval_s": 1.0,
+        "rates": {},
+        "status": {
+            "pipeline": "p",
+            "direction": "fwd",
+            "ready": False,
+            "reasons": [],
+            "unreachable": [],
+            "source": None,
+            "kafka": None,
+            "target": None,
+        },
+        "details": {
+            "backfill_tables": tables,
+            "runs": [],
+            "problems": [],
+            # The validation card: verified-through points, a table found different with its
+            # key, and the last repair with what it left.
+            "verified": {
+                "public.user": {
+                    "verified_at": "2026-12-07T10:00:00+00:00",
+                    "age_s": 30.0,
+                    "outcome": "clean",
+                    "differences": 0,
+                    "keys": [],
+                },
+                "public.organization": {
+                    "verified_at": None,
+                    "age_s": None,
+                    "outcome": "different",
+                    "differences": 1,
+                    "keys": [{"key": {"id": "org-7"}}],
+                },
+            },
+            "repair": {
+                "id": "repair-abc",
+                "age_s": 5.0,
+                "counts": {"repaired": 3, "still_different": 0, "refused": 1},
+                "actions": [
+                    {
+                        "result": "refused",
+                        "table": "public.user",
+                        "key": {"id": "u1"},
+                        "reason": "legacy rows collide",
+                    }
+                ],
+            },
+        },
+    }
+    app = WebApp(Settings())
+    app.sampler._state = orjson.dumps(state)
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.app = app
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        rows = page.locator("#backfill tbody tr")
+        wait_for(lambda: rows.count() == 3, 10, what="the backfill rows")
+        overflow = page.evaluate(
+            """() => {
+              const card = document.getElementById('backfill').closest('.card').getBoundingClientRect();
+              return [...document.querySelectorAll('#backfill td, #backfill th, #backfill .bar')]
+                .filter((c) => { const r = c.getBoundingClientRect();
+                                 return r.right > card.right + 0.5 || r.left < card.left - 0.5; })
+                .map((c) => c.textContent || c.className);
+            }"""
+        )
+        assert overflow == [], f"cut off at 1400 px: {overflow}"
+        assert "1,250,000" in (rows.nth(0).text_content() or "")
+        verified = page.locator("#verified").text_content() or ""
+        assert "public.user: verified through" in verified, verified
+        assert "public.organization: different (1)" in verified and "org-7" in verified
+        repaired = page.locator("#last-repair").text_content() or ""
+        assert "last repair repair-abc" in repaired and "repaired 3" in repaired, repaired
+        assert "refused: public.user" in repaired and "collide" in repaired
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -75,3 +75,20 @@ def test_status_says_how_many_tables_the_last_validation_checked_in_sql() -> Non
     console.print(render(st))
     text = console.export_text()
     assert "checked in SQL" in text and "1/2 tables" in text
+
+
+def test_after_a_cutover_the_verdict_asks_only_what_a_rollback_needs() -> None:
+    """A rollback's preflight wants no backfill and no validation (its verify re-checks every
+    row the reverse stream wrote): the rollback verdict must not say "no validation has run"
+    beside a validation card that says "clean"."""
+    st = _healthy()
+    st.direction = "rev"
+    assert st.target is not None
+    st.target.backfill = None
+    st.target.validation = None
+    assert verdict(st, 2.0) == (True, [])
+    st.direction = "fwd"
+    assert verdict(st, 2.0)[1] == [
+        "no backfill has run",
+        "no validation has run (`replicator validate`)",
+    ]

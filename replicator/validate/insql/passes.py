@@ -119,6 +119,7 @@ def full_sql_passes(
     groups: list[list[str]],
     spare: Callable[[], Pair | None],
     also: Callable[[Ctx], None] | None = None,
+    on_done: Callable[[tuple[str, ...], Passed | str], None] | None = None,
 ) -> dict[tuple[str, ...], Passed | str]:
     """Every group compared in SQL (or why it keeps the Python path), the largest first, on
     this context's sessions and on the ``spare`` pair once it is open. ``also`` (a check of
@@ -138,6 +139,8 @@ def full_sql_passes(
                 return
             if isinstance(item, list):
                 done[tuple(item)] = sql_pass(c, item)
+                if on_done is not None:  # a resumable run records it (validate/resume.py)
+                    on_done(tuple(item), done[tuple(item)])
             else:
                 item(c)
 

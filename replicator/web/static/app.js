@@ -111,6 +111,8 @@ function showState(data) {
 
   showValidation(det.validation);
   showParity(det.parity);
+  showVerified(det.verified || {});
+  showRepair(det.repair);
   showBackfill(det.backfill_tables || [], t && t.backfill);
   const count = k ? num(k.dlq_messages) : "–";
   if (lettersShown && $("dlq-count").textContent !== count) showLetters();
@@ -137,6 +139,26 @@ function showParity(p) {
   const outcome = el("strong", p.outcome, p.outcome === "pass" ? "good" : "bad");
   replaceChildren(box, [outcome, document.createTextNode(" " + p.pairs.length + " pairs, " + seconds(p.age_s) + " ago")]);
   replaceChildren($("parity-pairs"), p.pairs.map((x) => el("li", x.name + ": " + x.verdict + (x.target_p95_ms != null ? " (target p95 " + x.target_p95_ms + " ms)" : "") + (x.note ? " — " + x.note : ""), x.verdict === "agrees" ? "" : "bad")));
+}
+
+// Continuous validation: each table's verified-through point, or its differing keys.
+function showVerified(points) {
+  replaceChildren($("verified"), Object.entries(points).map(([table, p]) => {
+    const through = p.verified_at ? "verified through " + timeOf(p.verified_at) + " (" + seconds(p.age_s) + " ago)" : "not verified yet";
+    if (p.outcome !== "different") return el("li", table + ": " + through);
+    const li = el("li", table + ": different (" + num(p.differences) + ") — " + through, "bad");
+    li.append(el("div", (p.keys || []).map((k) => JSON.stringify(k.key)).join(" "), "reason"));
+    return li;
+  }));
+}
+
+function showRepair(r) {
+  const box = $("last-repair");
+  if (!r) { box.textContent = ""; return; }
+  const c = r.counts || {};
+  box.textContent = "last repair " + r.id + " (" + seconds(r.age_s) + " ago): repaired " + num(c.repaired) + ", still different " + num(c.still_different) + ", refused " + num(c.refused);
+  const left = (r.actions || []).filter((a) => a.result !== "repaired");
+  box.append(...left.slice(0, 10).map((a) => el("div", a.result + ": " + a.table + " " + JSON.stringify(a.key) + (a.reason ? " — " + a.reason : ""), "reason")));
 }
 
 function showBackfill(tables, latest) {
