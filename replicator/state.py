@@ -210,3 +210,15 @@ def add_snapshot_progress(
             "updated_at = now() WHERE backfill_id = %s AND table_name = %s",
             (n, backfill_id, table),
         )
+
+
+def store_marker(
+    conn: psycopg.Connection[Any], topic: str, partition: int, ctl: dict[str, Any], commit_lsn: int
+) -> None:
+    """A log marker (cutover, parity) applied on a partition, in the batch's transaction: whoever
+    emitted it waits for this row to know apply has passed that point."""
+    conn.execute(
+        "INSERT INTO replicator.markers (topic, marker_id, partition, kind, commit_lsn, emitted_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (topic, ctl.get("id"), partition, ctl.get("marker"), commit_lsn, ctl.get("emitted_at")),
+    )

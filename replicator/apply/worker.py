@@ -50,6 +50,7 @@ from replicator.state import (
     load_offsets,
     send_offset,
     store_heartbeat,
+    store_marker,
 )
 from transforms.api import Direction, Truncate
 
@@ -461,18 +462,7 @@ class ApplyWorker:
             self._switch = True
         elif kind == "marker":
             self._marker_waiting = True
-            self.conn.execute(
-                "INSERT INTO replicator.markers (topic, marker_id, partition, kind, commit_lsn, emitted_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (
-                    self.topic,
-                    ctl.get("id"),
-                    partition,
-                    ctl.get("marker"),
-                    env.commit_lsn,
-                    ctl.get("emitted_at"),
-                ),
-            )
+            store_marker(self.conn, self.topic, partition, ctl, env.commit_lsn)
 
     def _reach_backfill_marker(self, ctl: dict[str, Any], partition: int) -> None:
         """Hold this partition at the marker (replicator.apply.barrier)."""
