@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from connectors import pg
+from connectors.pgsource import emit_message
 from replicator.config import Settings
 from replicator.validate.canon import Key, TableShape
 from replicator.validate.expect import SourceKey
@@ -54,7 +55,7 @@ class Ctx:
         marker = str(uuid.uuid4())
         control = {"kind": "marker", "marker": "validate", "id": marker}
         self.legacy.execute(
-            "SELECT pg_logical_emit_message(true, 'replicator', %s)", (json.dumps(control),)
+            emit_message(self.legacy.info.server_version, True, "replicator", json.dumps(control))
         )
         topic = self.s.topic("fwd", "changes")
         deadline = time.monotonic() + self.marker_timeout_s

@@ -75,3 +75,14 @@ def test_status_says_how_many_tables_the_last_validation_checked_in_sql() -> Non
     console.print(render(st))
     text = console.export_text()
     assert "checked in SQL" in text and "1/2 tables" in text
+
+
+def test_a_slot_the_server_invalidated_is_named_with_its_reason() -> None:
+    st = _healthy()
+    assert st.source is not None
+    st.source.wal_status, st.source.invalidation_reason = "lost", "wal_removed"
+    ready, reasons = verdict(st, 2.0)
+    assert not ready and reasons == [
+        "slot p_fwd was invalidated by the server (wal_removed): it streams nothing more;"
+        " a new slot needs a new backfill"
+    ]
