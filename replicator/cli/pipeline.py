@@ -299,7 +299,10 @@ def services_status() -> None:
     table = Table("service", "running", "address", "log")
     for name, pg_ in st["postgres"].items():
         table.add_row(
-            f"postgres:{name}", str(pg_["running"]), f"127.0.0.1:{pg_['port']}", pg_["log"]
+            f"postgres:{name} ({pg_['version']})",
+            str(pg_["running"]),
+            f"127.0.0.1:{pg_['port']}",
+            pg_["log"],
         )
     if st["kafka"]:
         k = st["kafka"]

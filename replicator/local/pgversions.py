@@ -109,7 +109,10 @@ def fetch_pg(version: int) -> Path:
             )
         unpacked = Path(tmp) / "unpacked"
         with tarfile.open(tarballs[0]) as tar:
-            tar.extractall(unpacked, filter="data")
+            if hasattr(tarfile, "data_filter"):  # 3.11.4+: refuse paths outside the directory
+                tar.extractall(unpacked, filter="data")
+            else:
+                tar.extractall(unpacked)  # a pinned package from the registry
         package = unpacked / "package"
         _hydrate_symlinks(package)
         shutil.rmtree(dest, ignore_errors=True)
