@@ -59,7 +59,7 @@ class ServerFeatures:
         if not self.logical_messages:
             out.append(
                 (
-                    "pgoutput carries no logical messages (PostgreSQL 13)",
+                    "pgoutput carries no logical messages",
                     f"heartbeats, fence markers and watermarks travel as rows of {CARRIER_TABLE}"
                     " (in the publication; a little WAL per heartbeat)",
                 )
@@ -74,7 +74,7 @@ class ServerFeatures:
         if not self.failover_slots:
             out.append(
                 (
-                    "no failover slots (before PostgreSQL 17)",
+                    "no failover slots (they came with 17)",
                     "after a failover of a managed primary the slot is gone: a new slot and a"
                     " new backfill",
                 )
