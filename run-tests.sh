@@ -3,7 +3,8 @@
 # PostgreSQL and Kafka (started by the fixtures, stopped at the end).
 set -euo pipefail
 cd "$(dirname "$0")"
-bash deploy/local/bootstrap.sh
+# The version matrix (tests/e2e/test_version_matrix.py) runs PostgreSQL 13 to 18.
+REPLICATOR_PG_VERSIONS="${REPLICATOR_PG_VERSIONS-all}" bash deploy/local/bootstrap.sh
 echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
@@ -343,6 +343,56 @@ class _Spool:
 
 
 _LINE = orjson.OPT_APPEND_NEWLINE
+
+
+class CarrierRows:
+    """PostgreSQL 13: rows of ``replicator.wal_message`` back into the logical messages they
+    carry (its pgoutput drops ``pg_logical_emit_message``), fed on to the assembler.
+
+    A transaction of nothing but carrier rows (a heartbeat) is no transaction to the assembler,
+    as a non-transactional message is none on 14+: its Begin is held until a row of another
+    table arrives, and dropped with its Commit. Carrier deletes (pruning) are not relayed.
+    """
+
+    def __init__(self, feed: Callable[[po.Message], Iterable[Output]]) -> None:
+        self._feed = feed
+        self._relid: int | None = None
+        self._columns: tuple[str, ...] = ()
+        self._held: list[po.Message] = []
+        self.lsn = 0  # the current frame's WAL position, set by the caller before feed()
+
+    def feed(self, msg: po.Message) -> list[Output]:
+        if isinstance(msg, po.Relation) and (msg.namespace, msg.name) == CARRIER:
+            self._relid, self._columns = msg.relid, tuple(c.name for c in msg.columns)
+            return []
+        if isinstance(msg, po.Begin):
+            self._held = [msg]
+            return []
+        if isinstance(msg, po.Insert | po.Update | po.Delete) and msg.relid == self._relid:
+            if not isinstance(msg, po.Insert):
+                return []
+            row = dict(zip(self._columns, msg.new, strict=True))
+            transactional = row["transactional"] == "t"
+            content = str(row["content"]).encode()
+            message = po.LogicalMessage(transactional, self.lsn, str(row["prefix"]), content)
+            return list(self._feed(message)) if not transactional else self._release(message)
+        if self._held and isinstance(msg, po.Commit):
+            self._held = []  # carrier rows only: a heartbeat, already passed on
+            return []
+        if self._held and isinstance(msg, po.Origin):
+            self._held.append(msg)
+            return []
+        return self._release(msg)
+
+    def _release(self, msg: po.Message) -> list[Output]:
+        held, self._held = self._held, []
+        out: list[Output] = []
+        for m in [*held, msg]:
+            out.extend(self._feed(m))
+        return out
+
+
+CARRIER = ("replicator", "wal_message")
 
 
 _PLAIN = frozenset({str, type(None)})

@@ -27,6 +27,127 @@ from replicator.errors import (
 
 
 @dataclass(frozen=True)
+class ServerFeatures:
+    """What a source server's logical decoding offers, by major (``server_version_num``)."""
+
+    version: int  # e.g. 130023
+
+    @property
+    def major(self) -> int:
+        return self.version // 10000
+
+    @property
+    def max_proto(self) -> int:
+        # 1 (13); 2 streaming and logical messages (14); 3 two-phase (15); 4 parallel (16).
+        return min(4, max(1, self.major - 12))
+
+    @property
+    def logical_messages(self) -> bool:
+        """pgoutput sends ``pg_logical_emit_message`` (14+); on 13 a row of ours carries them."""
+        return self.major >= 14
+
+    @property
+    def failover_slots(self) -> bool:
+        return self.major >= 17
+
+    @property
+    def invalidation_reason(self) -> bool:
+        return self.major >= 17
+
+    def lacks(self) -> list[tuple[str, str]]:
+        """(what this server lacks, what that costs), for ``check``; empty from 17 on."""
+        out: list[tuple[str, str]] = []
+        if not self.logical_messages:
+            out.append(
+                (
+                    "pgoutput carries no logical messages",
+                    f"heartbeats, fence markers and watermarks travel as rows of {CARRIER_TABLE}"
+                    " (in the publication; a little WAL per heartbeat)",
+                )
+            )
+            out.append(
+                (
+                    "no streaming of in-progress transactions (pgoutput protocol 1)",
+                    "a large transaction spills to the source's pg_replslot and is sent at commit"
+                    " (capture.streaming is ignored)",
+                )
+            )
+        if not self.failover_slots:
+            out.append(
+                (
+                    "no failover slots (they came with 17)",
+                    "after a failover of a managed primary the slot is gone: a new slot and a"
+                    " new backfill",
+                )
+            )
+        return out
+
+
+# On PostgreSQL 13 pgoutput drops logical messages: the controls go as rows of this table,
+# published with the mapped tables; the capture turns them back into messages (CarrierRows).
+CARRIER_TABLE = "replicator.wal_message"
+CARRIER_DDL = """
+CREATE SCHEMA IF NOT EXISTS replicator;
+CREATE TABLE IF NOT EXISTS replicator.wal_message (
+    id bigserial PRIMARY KEY,
+    transactional boolean NOT NULL,
+    prefix text NOT NULL,
+    content text NOT NULL,
+    emitted_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+
+
+def features(conn: psycopg.Connection[Any]) -> ServerFeatures:
+    return ServerFeatures(conn.info.server_version)
+
+
+def emit_message(
+    server_version: int,
+    transactional: bool,
+    prefix: str,
+    content: str | sql.Composable,
+) -> sql.Composed:
+    """The statement that puts a logical message into the source's WAL, on every major."""
+    body = content if isinstance(content, sql.Composable) else sql.Literal(content)
+    args = (sql.Literal(transactional), sql.Literal(prefix), body)
+    if ServerFeatures(server_version).logical_messages:
+        return sql.SQL("SELECT pg_logical_emit_message({}, {}, {})").format(*args)
+    # A heartbeat also clears carrier rows older than an hour (their deletes are not relayed).
+    prune = sql.SQL(
+        "WITH pruned AS (DELETE FROM replicator.wal_message"
+        " WHERE emitted_at < now() - interval '1 hour') "
+        if not transactional
+        else ""
+    )
+    return sql.SQL(
+        "{}INSERT INTO replicator.wal_message (transactional, prefix, content) VALUES ({}, {}, {})"
+    ).format(prune, *args)
+
+
+def heartbeat_statement(server_version: int, prefix: str, origin: str) -> sql.Composed:
+    """A non-transactional heartbeat: the slot moves while idle, and lag is measured by it."""
+    content = sql.SQL(
+        "json_build_object('kind', 'heartbeat', 'emitted_at', clock_timestamp(),"
+        " 'origin', {}::text)::text"
+    ).format(sql.Literal(origin))
+    return emit_message(server_version, False, prefix, content)
+
+
+def stream_options(
+    server: ServerFeatures, publication: str, proto_version: int, streaming: bool
+) -> dict[str, str]:
+    """START_REPLICATION's options: what was asked for, within what the server offers."""
+    proto = min(proto_version, server.max_proto, 2)  # the decoder reads protocols 1 and 2
+    options = {"proto_version": str(proto), "publication_names": publication}
+    if server.logical_messages:
+        options["messages"] = "true"
+    if proto >= 2 and streaming:
+        options["streaming"] = "on"
+    return options
+
+
+@dataclass(frozen=True)
 class SlotInfo:
     name: str
     exists: bool
@@ -34,12 +155,15 @@ class SlotInfo:
     confirmed_flush_lsn: int | None = None
     restart_lsn: int | None = None
     wal_status: str | None = None
+    invalidation_reason: str | None = None  # 17+: why the server invalidated it
+    failover: bool | None = None  # 17+: a failover slot
 
 
 def slot_info(conn: psycopg.Connection[Any], slot: str) -> SlotInfo:
+    extra = "invalidation_reason, failover" if features(conn).invalidation_reason else "NULL, NULL"
     row = conn.execute(
-        "SELECT active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status "
-        "FROM pg_replication_slots WHERE slot_name = %s",
+        "SELECT active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status, "
+        f"{extra} FROM pg_replication_slots WHERE slot_name = %s",
         (slot,),
     ).fetchone()
     if row is None:
@@ -51,6 +175,8 @@ def slot_info(conn: psycopg.Connection[Any], slot: str) -> SlotInfo:
         confirmed_flush_lsn=parse_lsn(row[1]) if row[1] else None,
         restart_lsn=parse_lsn(row[2]) if row[2] else None,
         wal_status=row[3],
+        invalidation_reason=row[4],
+        failover=row[5],
     )
 
 
@@ -144,6 +270,9 @@ def ident(name: str) -> str:
 
 def ensure_publication(conn: psycopg.Connection[Any], name: str, tables: list[str]) -> None:
     """Create the publication, or add the mapped tables it lacks. Extra tables are kept."""
+    if not features(conn).logical_messages:
+        conn.execute(CARRIER_DDL)
+        tables = [*tables, CARRIER_TABLE]
     idents = [sql.Identifier(*t.split(".", 1)) for t in tables]
     exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
     if exists is None:
@@ -173,9 +302,20 @@ def create_slot(conninfo: str, slot: str) -> int:
     with pg.translated(pg.describe(conninfo)):
         conn = psycopg.connect(conninfo, replication="database", autocommit=True)
         try:
+            server = features(conn)
+            # From 17 a failover slot: a managed primary's standby keeps a synced copy
+            # (sync_replication_slots), so a failover does not lose the slot's position.
+            options = (
+                "(SNAPSHOT 'nothing', FAILOVER true)"
+                if server.failover_slots
+                # The parenthesised options are 15+; 13 and 14 know only the keyword.
+                else "(SNAPSHOT 'nothing')"
+                if server.major >= 15
+                else "NOEXPORT_SNAPSHOT"
+            )
             row = conn.execute(
-                sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')").format(
-                    sql.Identifier(slot)
+                sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {}").format(
+                    sql.Identifier(slot), sql.SQL(options)
                 )
             ).fetchone()
         finally:

@@ -21,16 +21,20 @@ from typing import Any
 import psycopg
 
 from connectors import pg, walframe
-from connectors.assembler import CONTROL_PREFIX, Assembler, Output
+from connectors.assembler import CONTROL_PREFIX, Assembler, CarrierRows, Output
 from connectors.envelope import Change, Envelope, RelationInfo, group_envelopes
 from connectors.kafka_io import Producer, Sent, ensure_topics
 from connectors.pgoutput import PgOutputDecodeError, PgOutputDecoder
 from connectors.pgsource import (
     ReplicationStream,
+    ServerFeatures,
     create_slot,
     ensure_publication,
+    features,
+    heartbeat_statement,
     slot_info,
     source_problems,
+    stream_options,
 )
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import (
@@ -56,11 +60,6 @@ GROUP_WAIT_S = 0.005
 # Inside a transaction, the per-frame loop looks at acknowledgements and clocks only once in
 # this many frames (a fraction of a millisecond of rows): per row, they cost as much as decoding.
 CHECK_EVERY_FRAMES = 256
-
-HEARTBEAT_SQL = (
-    "SELECT pg_logical_emit_message(false, %s, json_build_object("
-    "'kind', 'heartbeat', 'emitted_at', clock_timestamp(), 'origin', %s::text)::text)"
-)
 
 
 @dataclass
@@ -122,6 +121,8 @@ class Capture:
         self._kafka_down = False
         self.health = StageHealth()
         self._primary_keys: dict[int, tuple[str, ...]] = {}
+        self.server = ServerFeatures(0)  # learnt when a session starts
+        self.options: dict[str, str] = {}  # START_REPLICATION's, negotiated with the server
 
     def prepare(self) -> int | None:
         """Publication, slot and topics; returns the slot's LSN when this call created it."""
@@ -154,20 +155,19 @@ class Capture:
     # -- one replication session ---------------------------------------------------------------
 
     def _stream(self, stop: threading.Event) -> None:
-        options = {
-            "proto_version": str(self.s.capture.proto_version),
-            "publication_names": self.s.publication_for(self.direction),
-            "messages": "true",
-        }
-        if self.s.capture.proto_version >= 2 and self.s.capture.streaming:
-            options["streaming"] = "on"
         producer = Producer(
             self.s.kafka.bootstrap_servers,
             compression=self.s.kafka.compression,
             **self.s.kafka.client_options(),
         )
-        stream = ReplicationStream(self.db.conninfo(), self.s.slot(self.direction), options)
         heartbeat = pg.connect(self.db.conninfo(), autocommit=True)
+        self.server = features(heartbeat)
+        c = self.s.capture
+        options = stream_options(
+            self.server, self.s.publication_for(self.direction), c.proto_version, c.streaming
+        )
+        self.options = options
+        stream = ReplicationStream(self.db.conninfo(), self.s.slot(self.direction), options)
         try:
             with heartbeat, pg.translated(self.db.masked()):
                 info = slot_info(heartbeat, self.s.slot(self.direction))
@@ -190,7 +190,7 @@ class Capture:
     def _session(
         self, stream: ReplicationStream, producer: Producer, stop: threading.Event
     ) -> None:
-        decoder = PgOutputDecoder(proto_version=self.s.capture.proto_version)
+        decoder = PgOutputDecoder(proto_version=int(self.options["proto_version"]))
         asm = Assembler(
             self.s.name,
             slice_max_changes=self.s.capture.slice_max_changes,
@@ -206,6 +206,10 @@ class Capture:
             timings=CaptureTimings(timings_dir) if timings_dir else None,
             primary_keys=self._primary_keys,
         )
+        # PostgreSQL 13 sends no logical messages: our controls arrive as carrier rows.
+        carrier = None if self.server.logical_messages else CarrierRows(asm.feed)
+        feed = asm.feed if carrier is None else carrier.feed
+        heartbeat_sql = heartbeat_statement(self.server.version, CONTROL_PREFIX, self.s.name)
         inflight: deque[tuple[Sent, int | None]] = deque()
         pending_bytes = 0
         safe_end = self.stats.confirmed_lsn
@@ -237,7 +241,9 @@ class Capture:
                                 f"undecodable pgoutput message at {parsed.wal_start:X}: {exc}",
                                 hint="report this with the WAL position; the slot is not advanced",
                             ) from None
-                        for out in asm.feed(msg):
+                        if carrier is not None:
+                            carrier.lsn = parsed.wal_start
+                        for out in feed(msg):
                             pending_bytes += _hand_over(router.send(out), inflight)
                             self.stats.envelopes += 1
                             self.stats.changes += len(out.envelope.changes)
@@ -287,7 +293,7 @@ class Capture:
                     last_status = now
                 if now >= next_heartbeat:
                     with pg.translated(self.db.masked()):
-                        hb_conn.execute(HEARTBEAT_SQL, (CONTROL_PREFIX, self.s.name))
+                        hb_conn.execute(heartbeat_sql)
                     self.stats.heartbeats += 1
                     next_heartbeat = now + self.s.capture.heartbeat_interval_s
             # Orderly stop: wait for Kafka, confirm, say goodbye.

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from connectors import kafka_io, pg
-from connectors.pgsource import source_problems
+from connectors.pgsource import features, source_problems
 from replicator.capture import partition_key_problems, table_identities
 from replicator.check_mapping import check_mapping_sides, live_catalog
 from replicator.config import Settings
@@ -33,10 +33,21 @@ class Finding:
     retriable: bool = False  # a temporary problem (unreachable), not one of configuration
 
 
+def _version_notes(side: str, conn: psycopg.Connection[Any]) -> list[Finding]:
+    """What this server's major lacks and what that costs: notes, not failures (each side is a
+    source in one direction)."""
+    server = features(conn)
+    return [
+        Finding(side, True, f"PostgreSQL {server.major}: {lack}; {cost}")
+        for lack, cost in server.lacks()
+    ]
+
+
 def _source(s: Settings, mapping: MappingSet) -> list[Finding]:
     conn = pg.connect(s.source.conninfo(), autocommit=True)
     tables = mapping.forward.source_tables
     with conn, pg.translated(s.source.masked()):
+        notes = _version_notes("source", conn)
         problems: list[ReplicatorError] = list(source_problems(conn, tables))
         # Scale-out: every image of a row must name its partition (replicator.capture routes).
         identities = table_identities(conn, tables)
@@ -56,10 +67,13 @@ def _source(s: Settings, mapping: MappingSet) -> list[Finding]:
         return [
             Finding(
                 "source", True, f"{s.source.masked()}: wal_level=logical, privileges and keys fine"
-            )
+            ),
+            *notes,
         ]
-    return [Finding("source", False, p.message, p.hint) for p in problems] + [
-        Finding("grants", False, g.message, g.statement) for g in grants
+    return [
+        *(Finding("source", False, p.message, p.hint) for p in problems),
+        *(Finding("grants", False, g.message, g.statement) for g in grants),
+        *notes,
     ]
 
 
@@ -82,9 +96,10 @@ def _target(s: Settings, mapping: MappingSet) -> list[Finding]:
         reverse = table_identities(conn, mapping.reverse.source_tables)
         for p in partition_key_problems(reverse, s.apply.partition_key, s.kafka.partitions):
             findings.append(Finding("target", False, p.message, p.hint))
+        notes = _version_notes("target", conn)
     if not findings:
         findings.append(Finding("target", True, f"{s.target.masked()}: reachable, mapping fits"))
-    return findings
+    return [*findings, *notes]
 
 
 def _mapping_findings(conn: psycopg.Connection[Any], mapping: MappingSet) -> list[Finding]:

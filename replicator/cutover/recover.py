@@ -247,7 +247,9 @@ def restore(s: Settings, lock: SwitchLock, *, legacy_tables: list[str] | None = 
             with pg.translated(dbs[side].masked()):
                 orphans = conn.execute(
                     "SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_activity"
-                    " WHERE application_name = %s AND pid <> pg_backend_pid() AND pid <> %s",
+                    " WHERE application_name = %s AND pid <> pg_backend_pid() AND pid <> %s"
+                    # pg_stat_activity is the cluster's: legacy and target may share one.
+                    " AND datname = current_database()",
                     (session_name(s.name), lock.pid if side == "target" else -1),
                 ).fetchone()
                 pids = [int(p) for p in (orphans[0] if orphans else [])]

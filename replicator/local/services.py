@@ -1,11 +1,12 @@
-"""Local PostgreSQL 15 clusters and a Kafka 4 broker, without Docker.
+"""Local PostgreSQL clusters (15 by default, 13 to 18 on request) and a Kafka 4 broker.
 
 The same code serves the README's demo, the test fixtures and the benchmarks, so what a newcomer
 runs is what CI runs. State (data, logs, ports, pids) lives under a state directory inside the
 checkout (``.state/``, git-ignored). Starting what already runs is harmless and returns its
 address; ports are picked free on first start and kept.
 
-PostgreSQL comes from Debian's packages (``postgresql-15``); initdb and pg_ctl refuse to run as
+PostgreSQL 15 comes from Debian's packages (``postgresql-15``), other majors from the builds
+:mod:`replicator.local.pgversions` fetches; initdb and pg_ctl refuse to run as
 root, so as root they run through ``runuser -u postgres``. Kafka runs in KRaft mode from the
 Maven Central jars resolved by ``deploy/kafka/pom.xml``, with Java 17.
 """
@@ -28,15 +29,13 @@ from typing import Any
 
 from replicator.errors import PreconditionError
 from replicator.local.lock import exclusive
+from replicator.local.paths import REPO_ROOT as REPO_ROOT
+from replicator.local.paths import pg_root as _pg_root
+from replicator.local.paths import state_dir as state_dir
+from replicator.local.pgversions import DEFAULT_VERSION, bin_dir, require
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PG_BIN = Path(os.environ.get("REPLICATOR_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_PASSWORD = "local-dev-secret"  # local development clusters only; bound to 127.0.0.1
 KAFKA_POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
-
-
-def state_dir() -> Path:
-    return Path(os.environ.get("REPLICATOR_STATE_DIR", REPO_ROOT / ".state")).resolve()
 
 
 def _free_port() -> int:
@@ -83,6 +82,7 @@ class PgCluster:
     user: str = "postgres"
     password: str = PG_PASSWORD
     host: str = "127.0.0.1"
+    version: int = DEFAULT_VERSION  # the server's major
 
     def dsn(self, dbname: str = "postgres") -> str:
         return (
@@ -102,38 +102,11 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return cmd
 
 
-def _pg_root(name: str) -> Path:
-    """Where a cluster's files live: inside the checkout when the postgres user can reach it.
-
-    Running as root, a checkout under a private home directory is not traversable by the
-    ``postgres`` user; the cluster then lives in /var/tmp under a name derived from the checkout.
-    """
-    preferred = state_dir() / "pg" / name
-    state_dir().mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        return preferred
-    probe = subprocess.run(
-        ["runuser", "-u", "postgres", "--", "test", "-x", str(state_dir())],
-        capture_output=True,
-    )
-    if probe.returncode == 0:
-        return preferred
-    digest = hashlib.sha1(str(state_dir()).encode()).hexdigest()[:10]
-    return Path("/var/tmp") / f"replicator-{digest}" / name
-
-
-def _require_postgres() -> None:
-    if not (PG_BIN / "initdb").exists():
-        raise PreconditionError(
-            f"PostgreSQL 15 server binaries not found in {PG_BIN}",
-            hint="apt-get update && apt-get install -y postgresql-15 "
-            "(or set REPLICATOR_PG_BIN to the bin directory of a PostgreSQL 15 install)",
-        )
-
-
-def _pg_ctl(data: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _pg_ctl(
+    data: Path, *args: str, check: bool = True, version: int = DEFAULT_VERSION
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), *args]),
+        _as_postgres([str(bin_dir(version) / "pg_ctl"), "-D", str(data), *args]),
         capture_output=True,
         text=True,
         check=check,
@@ -142,15 +115,26 @@ def _pg_ctl(data: Path, *args: str, check: bool = True) -> subprocess.CompletedP
 
 def pg_running(cluster: PgCluster) -> bool:
     data = Path(cluster.data_dir)
-    return data.exists() and _pg_ctl(data, "status", check=False).returncode == 0
+    if not data.exists():
+        return False
+    return _pg_ctl(data, "status", check=False, version=cluster.version).returncode == 0
 
 
 @exclusive(state_dir)
-def start_postgres(name: str = "legacy", *, wal_level: str = "logical") -> PgCluster:
-    """Create (first time) and start the named cluster; return its address."""
-    _require_postgres()
+def start_postgres(
+    name: str = "legacy", *, wal_level: str = "logical", version: int = DEFAULT_VERSION
+) -> PgCluster:
+    """Create (first time) and start the named cluster of a major; return its address."""
+    pg_bin = require(version)
     reg = _load_registry()
     entry = reg.get("postgres", {}).get(name)
+    same = entry is not None and entry.get("version", DEFAULT_VERSION) == version
+    if entry is not None and not same:
+        raise PreconditionError(
+            f"local cluster {name!r} is PostgreSQL {entry.get('version', DEFAULT_VERSION)}, "
+            f"not {version}",
+            hint=f"replicator services destroy {name} first, or give this one another name",
+        )
     if entry is not None and entry.get("wal_level") == wal_level:
         cluster = PgCluster(**entry)
         if pg_running(cluster):
@@ -164,6 +148,7 @@ def start_postgres(name: str = "legacy", *, wal_level: str = "logical") -> PgClu
         data_dir=str(data),
         log_file=str(root / "postgres.log"),
         wal_level=wal_level,
+        version=version,
     )
     root.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
@@ -176,7 +161,7 @@ def start_postgres(name: str = "legacy", *, wal_level: str = "logical") -> PgClu
         subprocess.run(
             _as_postgres(
                 [
-                    str(PG_BIN / "initdb"),
+                    str(pg_bin / "initdb"),
                     "-D",
                     str(data),
                     "-U",
@@ -215,7 +200,17 @@ def start_postgres(name: str = "legacy", *, wal_level: str = "logical") -> PgClu
         ]
     )
     result = _pg_ctl(
-        data, "-l", cluster.log_file, "-o", options, "-w", "-t", "60", "start", check=False
+        data,
+        "-l",
+        cluster.log_file,
+        "-o",
+        options,
+        "-w",
+        "-t",
+        "60",
+        "start",
+        check=False,
+        version=version,
     )
     if result.returncode != 0:
         raise PreconditionError(
@@ -234,14 +229,17 @@ def stop_postgres(name: str, *, mode: str = "fast") -> None:
         return
     data = Path(entry["data_dir"])
     if data.exists():
-        _pg_ctl(data, "stop", "-m", mode, "-w", check=False)
+        version = entry.get("version", DEFAULT_VERSION)
+        _pg_ctl(data, "stop", "-m", mode, "-w", check=False, version=version)
 
 
 @exclusive(state_dir)
 def restart_postgres(name: str, *, mode: str = "fast") -> PgCluster:
     entry = _load_registry()["postgres"][name]
     stop_postgres(name, mode=mode)
-    return start_postgres(name, wal_level=entry["wal_level"])
+    return start_postgres(
+        name, wal_level=entry["wal_level"], version=entry.get("version", DEFAULT_VERSION)
+    )
 
 
 @exclusive(state_dir)
@@ -518,6 +516,7 @@ def status() -> dict[str, Any]:
             "port": cluster.port,
             "running": pg_running(cluster),
             "wal_level": cluster.wal_level,
+            "version": cluster.version,
             "log": cluster.log_file,
             "dsn": cluster.dsn().replace(f"password={cluster.password}", "password=***"),
         }

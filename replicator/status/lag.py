@@ -52,6 +52,7 @@ class SlotReading:
     unread_bytes: int | None  # WAL the capture has not read (see read_slot)
     now: float  # the source's clock, seconds since the epoch
     at: float  # time.monotonic() when read
+    invalidation_reason: str | None = None  # PostgreSQL 17+: why the server invalidated it
 
     @property
     def capture_behind(self) -> bool:
@@ -129,18 +130,20 @@ def read_slot(conn: psycopg.Connection[Any], slot: str) -> SlotReading:
     databases' too) when the slot is attached and pg_stat_replication shows it (superuser or
     pg_read_all_stats), else from the slot's confirmed position; up to the flushed WAL, which
     is all a walsender can read (a commit is flushed before it returns)."""
+    # The invalidation reason is a column from PostgreSQL 17 on.
+    reason = "s.invalidation_reason" if conn.info.server_version >= 170000 else "NULL::text"
     row = conn.execute(
         "SELECT extract(epoch FROM clock_timestamp())::float8, s.slot_name IS NOT NULL,"
         " coalesce(s.active, false), s.wal_status, pg_current_wal_lsn()::text,"
         " pg_current_wal_flush_lsn()::text, s.confirmed_flush_lsn::text, s.restart_lsn::text,"
-        " r.sent_lsn::text"
+        f" r.sent_lsn::text, {reason}"
         " FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots s ON s.slot_name = %s"
         " LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid",
         (slot,),
     ).fetchone()
     at = time.monotonic()
     assert row is not None  # one row whatever the slot
-    now, exists, active, wal_status, current, flushed, confirmed, restart, sent = row
+    now, exists, active, wal_status, current, flushed, confirmed, restart, sent, why = row
     read_to = sent if active and sent else confirmed
     unread = max(0, parse_lsn(flushed) - parse_lsn(read_to)) if exists and read_to else None
     return SlotReading(
@@ -153,6 +156,7 @@ def read_slot(conn: psycopg.Connection[Any], slot: str) -> SlotReading:
         unread_bytes=unread,
         now=float(now),
         at=at,
+        invalidation_reason=why,
     )
 
 

@@ -38,6 +38,7 @@ class SourceStatus:
     lag_bytes: int | None = None  # WAL written but not yet confirmed (in Kafka)
     retained_wal_bytes: int | None = None  # WAL the slot keeps on the source's disk
     unread_bytes: int | None = None  # WAL the capture has not read yet (status.lag.read_slot)
+    invalidation_reason: str | None = None  # PostgreSQL 17+: wal_removed, idle_timeout, …
 
 
 @dataclass
@@ -197,7 +198,12 @@ def verdict(st: Status, max_lag_s: float) -> tuple[bool, list[str]]:
             reasons.append(f"replication slot {src.slot} does not exist")
         elif not src.slot_active:
             reasons.append(f"replication slot {src.slot} has no capture attached")
-        if src.wal_status in ("unreserved", "lost"):
+        if src.invalidation_reason:
+            reasons.append(
+                f"slot {src.slot} was invalidated by the server ({src.invalidation_reason}):"
+                " it streams nothing more; a new slot needs a new backfill"
+            )
+        elif src.wal_status in ("unreserved", "lost"):
             reasons.append(f"slot {src.slot} is in danger: wal_status={src.wal_status}")
         if (src.retained_wal_bytes or 0) > WAL_DANGER_BYTES:
             reasons.append(f"slot {src.slot} retains {src.retained_wal_bytes} bytes of WAL")
@@ -308,6 +314,7 @@ def _source(slot: str, r: e2e.SlotReading) -> SourceStatus:
     if not r.exists:
         return out
     out.slot_exists, out.slot_active, out.wal_status = True, r.active, r.wal_status
+    out.invalidation_reason = r.invalidation_reason
     if r.confirmed_lsn is not None:
         out.lag_bytes = max(0, r.current_lsn - r.confirmed_lsn)
     if r.restart_lsn is not None:

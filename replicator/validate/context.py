@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from connectors import pg
+from connectors.pgsource import emit_message
 from replicator.config import Settings
 from replicator.validate.canon import Key, TableShape
 from replicator.validate.expect import SourceKey
@@ -68,7 +69,9 @@ def wait_marker_applied(
     rendezvous of a parity check (replicator.parity)."""
     marker = str(uuid.uuid4())
     control = {"kind": "marker", "marker": "validate", "id": marker}
-    legacy.execute("SELECT pg_logical_emit_message(true, 'replicator', %s)", (json.dumps(control),))
+    legacy.execute(
+        emit_message(legacy.info.server_version, True, "replicator", json.dumps(control))
+    )
     topic = s.topic("fwd", "changes")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -92,3 +92,14 @@ def test_after_a_cutover_the_verdict_asks_only_what_a_rollback_needs() -> None:
         "no backfill has run",
         "no validation has run (`replicator validate`)",
     ]
+
+
+def test_a_slot_the_server_invalidated_is_named_with_its_reason() -> None:
+    st = _healthy()
+    assert st.source is not None
+    st.source.wal_status, st.source.invalidation_reason = "lost", "wal_removed"
+    ready, reasons = verdict(st, 2.0)
+    assert not ready and reasons == [
+        "slot p_fwd was invalidated by the server (wal_removed): it streams nothing more;"
+        " a new slot needs a new backfill"
+    ]
