@@ -184,3 +184,15 @@ def _half(
         else:
             rest.append(op)
     return old if part == "old" else rest
+
+
+def exclusive_targets(direction: Direction) -> dict[str, list[str]]:
+    """Source table -> target tables it alone writes (safe to truncate with it)."""
+    writers: dict[str, int] = {}
+    for t in direction.tables.values():
+        for w in t.writes:
+            writers[w.name] = writers.get(w.name, 0) + 1
+    return {
+        src: [w.name for w in t.writes if writers[w.name] == 1]
+        for src, t in direction.tables.items()
+    }
