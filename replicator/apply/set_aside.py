@@ -30,6 +30,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator.errors import PreconditionError
+
 log = logging.getLogger(__name__)
 
 
@@ -193,7 +195,17 @@ def _restore_one(conn: psycopg.Connection[Any], o: SetAside) -> str | None:
                             sql.Identifier(o.tablespace)
                         )
                     )
-                conn.execute(o.definition.encode())
+                try:
+                    conn.execute(o.definition.encode())
+                except psycopg.DataError as exc:  # SQLSTATE class 22
+                    # An expression or predicate a loaded row breaks (with the index in place,
+                    # the row would have been refused): nothing is dropped, the record stays.
+                    raise PreconditionError(
+                        f"{o.table}: index {o.name}, set aside for the backfill's load, cannot be"
+                        f" rebuilt over the loaded rows: {str(exc).splitlines()[0]}",
+                        hint="fix those rows on the target; apply rebuilds it when it starts"
+                        " again (the definition is kept in replicator.set_aside)",
+                    ) from None
         else:
             exists = conn.execute(
                 "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",

@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from replicator.apply.set_aside import pending, restore, set_aside
+from replicator.errors import PreconditionError
 from replicator.state import ensure_schema
 from tests.support import Env
 
@@ -57,3 +58,21 @@ def _defs(conn: psycopg.Connection[object]) -> dict[str, tuple[str, bool]]:
         " WHERE conrelid = '\"Child\"'::regclass"
     ).fetchall()
     return {str(n): (str(d), bool(v)) for n, d, v in rows}
+
+
+def test_an_index_a_loaded_row_breaks_says_so_and_keeps_its_record(env: Env) -> None:
+    with env.target_conn() as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, n int)")
+        c.execute("CREATE INDEX t_inverse ON t ((100 / n))")
+    with psycopg.connect(env.target.conninfo()) as conn:
+        ensure_schema(conn)
+        assert [o.name for o in set_aside(conn, "b2", ["public.t"], keep=[])] == ["t_inverse"]
+        conn.execute("INSERT INTO t VALUES (1, 0)")  # the index would have refused it
+        conn.commit()
+        with pytest.raises(PreconditionError) as caught:
+            restore(conn, lambda: psycopg.connect(env.target.conninfo()), 1)
+        assert (
+            "index t_inverse" in caught.value.message and "division by zero" in caught.value.message
+        )
+        assert "fix those rows" in (caught.value.hint or "")
+        assert [o.name for o in pending(conn)] == ["t_inverse"]  # kept: nothing lost
