@@ -31,8 +31,12 @@ import psycopg
 from psycopg import sql
 
 from replicator.errors import PreconditionError
+from transforms.api import Direction
 
 log = logging.getLogger(__name__)
+
+# Source rows from which a table's load goes without its indexes (worth_setting_aside).
+MIN_ROWS = 20_000
 
 
 _INDEXES = """
@@ -94,6 +98,22 @@ def candidates(conn: psycopg.Connection[Any], table: str) -> list[SetAside]:
         )
         out.append(SetAside(table, "foreign_key", str(name), stmt.as_string(conn) + str(ddl)))
     return out
+
+
+def worth_setting_aside(
+    conn: psycopg.Connection[Any], backfill_id: str, direction: Direction
+) -> list[str]:
+    """The target tables a backfill writes from a source table of ``MIN_ROWS`` rows or more.
+    Below that a rebuild's fixed cost (a catalog change, a commit, a foreign key's scan of its
+    parent) is more than what the load saves: with every table's set aside, the quick MCP
+    backfill (tables of 0.8 to 80 k rows) took 0.6 to 1 s longer than with none."""
+    counted = conn.execute(
+        "SELECT table_name, rows_total FROM replicator.backfill_progress WHERE backfill_id = %s",
+        (backfill_id,),
+    ).fetchall()
+    big = {str(t) for t, n in counted if int(n) >= MIN_ROWS}
+    tables = direction.tables
+    return list(dict.fromkeys(w.name for t in tables if t in big for w in tables[t].writes))
 
 
 def set_aside(

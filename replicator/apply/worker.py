@@ -30,7 +30,7 @@ from replicator.apply.pacing import CommitPacer
 from replicator.apply.positions import ApplyStats, Partition, gap_hint
 from replicator.apply.rows import RowMapper, exclusive_targets
 from replicator.apply.session import connect_session
-from replicator.apply.set_aside import restore, set_aside
+from replicator.apply.set_aside import restore, set_aside, worth_setting_aside
 from replicator.config import Settings
 from replicator.dlq.letters import DeadLetter, DeadLetterWriter, dead_letter, truncate_refusal
 from replicator.errors import (
@@ -478,10 +478,8 @@ class ApplyWorker:
                 if owned:
                     self.sink.truncate(owned)
             elif started is not None:  # a first backfill: empty tables load without indexes
-                tables = [w.name for t in started[1] for w in self.direction.tables[t].writes]
-                set_aside(
-                    self.conn, started[2], dict.fromkeys(tables), self.s.backfill.keep_indexes
-                )
+                tables = worth_setting_aside(self.conn, started[2], self.direction)
+                set_aside(self.conn, started[2], tables, self.s.backfill.keep_indexes)
             self.conn.commit()
         return started is not None
 

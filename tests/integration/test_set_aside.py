@@ -7,10 +7,11 @@ import logging
 import psycopg
 import pytest
 
-from replicator.apply.set_aside import pending, restore, set_aside
+from replicator.apply.set_aside import MIN_ROWS, pending, restore, set_aside, worth_setting_aside
 from replicator.errors import PreconditionError
 from replicator.state import ensure_schema
 from tests.support import Env
+from transforms.loader import load_mapping
 
 SCHEMA = [
     "CREATE TABLE parent (id int PRIMARY KEY)",
@@ -76,3 +77,18 @@ def test_an_index_a_loaded_row_breaks_says_so_and_keeps_its_record(env: Env) -> 
         )
         assert "fix those rows" in (caught.value.hint or "")
         assert [o.name for o in pending(conn)] == ["t_inverse"]  # kept: nothing lost
+
+
+def test_only_tables_large_enough_to_gain_are_set_aside(env: Env) -> None:
+    with env.target_conn() as c:
+        c.execute("CREATE TABLE small (id int PRIMARY KEY)")
+        c.execute("CREATE TABLE large (id int PRIMARY KEY)")
+    direction = load_mapping("identity:public.small,public.large").forward
+    with psycopg.connect(env.target.conninfo()) as conn:
+        ensure_schema(conn)
+        conn.execute(
+            "INSERT INTO replicator.backfill_progress (backfill_id, table_name, rows_total)"
+            " VALUES ('b3', 'public.small', %s), ('b3', 'public.large', %s)",
+            (MIN_ROWS - 1, MIN_ROWS),
+        )
+        assert worth_setting_aside(conn, "b3", direction) == ["public.large"]
