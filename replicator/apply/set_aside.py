@@ -15,8 +15,8 @@ the record the next apply restores it from (``status`` lists the records meanwhi
 Kept in place: the primary key and unique or exclusion indexes (the upserts' arbiters; they are
 what refuses a duplicate row to the dead-letter queue), any index a constraint uses, check
 constraints (cheap per row, and they refuse bad rows), and anything the restore could not
-reproduce from its definition (a comment, a clustered index). A table that held a row keeps
-everything; so do the tables in ``backfill.keep_indexes``.
+reproduce from its definition (a comment, a clustered index, a column's statistics target). A
+table that held a row keeps everything; so do the tables in ``backfill.keep_indexes``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ WHERE i.indrelid = %s::regclass AND NOT i.indisunique AND NOT i.indisprimary
   AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
   AND NOT EXISTS (SELECT 1 FROM pg_description d WHERE d.objoid = i.indexrelid)
   AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = i.indexrelid AND e.deptype = 'e')
+  AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indexrelid
+                  AND a.attstattarget > 0)
 ORDER BY c.relname
 """
 

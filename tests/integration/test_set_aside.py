@@ -17,6 +17,11 @@ SCHEMA = [
     "CREATE TABLE parent (id int PRIMARY KEY)",
     'CREATE TABLE "Child" (id int PRIMARY KEY, pid int REFERENCES parent (id), "Note" text)',
     'CREATE INDEX "Child_note" ON "Child" (lower("Note")) WHERE pid > 0',
+    # What pg_get_indexdef does not say stays in place: a statistics target, a comment.
+    'CREATE INDEX "Child_twice" ON "Child" ((id * 2))',
+    'ALTER INDEX "Child_twice" ALTER COLUMN 1 SET STATISTICS 500',
+    'CREATE INDEX "Child_commented" ON "Child" (pid)',
+    """COMMENT ON INDEX "Child_commented" IS 'kept'""",
 ]
 
 
