@@ -22,11 +22,13 @@ its apply worker processes, not this benchmark process's.
 
     python -m bench.backfill [--quick] [--scale N]     (1 unit of scale ≈ 2,360 legacy rows)
     python -m bench.backfill --workload tpcb [--quick] [--scale N]   (pgbench scale: 100,000 accounts)
+    python -m bench.backfill --vs-pgcopydb [--quick] [--scale N]    (bench._pgcopydb: pgbench tables)
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,6 +47,7 @@ from replicator.validate.run import validate
 from tests.e2e.cli import Background
 from tests.support import Env, wait_for
 from transforms.api import MappingSet
+from transforms.loader import load_mapping
 from transforms.mcp_manager import MAPPING
 from transforms.mcp_manager.legacy import create_legacy_schema
 from transforms.mcp_manager.target_schema import apply_target_schema
@@ -176,14 +179,17 @@ def _status(env: Env) -> BackfillRun | None:
             row = c.execute(
                 "SELECT b.status, (SELECT coalesce(sum(p.rows_read), 0) FROM"
                 " replicator.backfill_progress p WHERE p.backfill_id = b.id),"
-                " extract(epoch FROM coalesce(b.finished_at, now()) - b.started_at), b.reading"
+                " extract(epoch FROM coalesce(b.finished_at, now()) - b.started_at), b.reading,"
+                # Applied once the indexes its load set aside are rebuilt too (issue 34).
+                " EXISTS (SELECT 1 FROM replicator.set_aside s WHERE s.backfill_id = b.id)"
                 " FROM replicator.backfill b LIMIT 1"
             ).fetchone()
         except psycopg.Error:
             return None  # the replicator schema is not there yet
     if row is None:
         return None
-    return BackfillRun(str(row[0]), int(row[1]), float(row[2]), bool(row[3]))
+    status = "rebuilding indexes" if row[0] == "applied" and row[4] else str(row[0])
+    return BackfillRun(status, int(row[1]), float(row[2]), bool(row[3]))
 
 
 def backfill(
@@ -195,6 +201,7 @@ def backfill(
     compression: str | None = None,
     mapping_ref: str = MAPPING_REF,
     mapping: MappingSet = MAPPING,
+    extra_vars: dict[str, str] | None = None,
 ) -> BackfillRun:
     """``replicator run`` on a fresh pipeline until its backfill is applied; then (``check``)
     a full validation while it still runs, so the benchmark also proves the result equal."""
@@ -204,6 +211,7 @@ def backfill(
         "REPLICATOR_CAPTURE__STATUS_INTERVAL_S": "0.5",
         "REPLICATOR_BACKFILL__CHUNK_ROWS": str(chunk_rows),
     }
+    vars_.update(extra_vars or {})
     if connections is not None:
         vars_["REPLICATOR_BACKFILL__APPLY_CONNECTIONS"] = str(connections)
     if compression is not None:
@@ -230,6 +238,8 @@ def backfill(
         if check:
             log("applied; validating the target against the transformed legacy data…")
             with Timer() as t:
+                if mapping is MAPPING and mapping_ref != MAPPING_REF:
+                    mapping = load_mapping(mapping_ref)
                 report = validate(env.settings(), mapping, save=False)
             outcome, validate_s = report.outcome, t.seconds
             if outcome != "clean":
@@ -251,6 +261,10 @@ def backfill(
 
 
 def main() -> dict[str, Any]:
+    if "--vs-pgcopydb" in sys.argv:
+        from bench._pgcopydb import main as vs_pgcopydb
+
+        return vs_pgcopydb()
     args = parse_args(
         "backfill",
         __doc__ or "",

@@ -14,6 +14,7 @@ import psycopg
 
 from connectors import kafka_io, pg
 from connectors.pgsource import features, source_problems
+from replicator.apply.set_aside import pending
 from replicator.capture import partition_key_problems, table_identities
 from replicator.check_mapping import check_mapping_sides, live_catalog
 from replicator.config import Settings
@@ -92,6 +93,15 @@ def _target(s: Settings, mapping: MappingSet) -> list[Finding]:
         )
         findings += [Finding("grants", False, g.message, g.statement) for g in grants]
         findings.extend(_mapping_findings(conn, mapping))
+        for table, names in _set_aside(conn).items():  # a rebuild a kill -9 interrupted
+            findings.append(
+                Finding(
+                    "target",
+                    False,
+                    f"{table} lacks {names}, set aside for a backfill's load that is over",
+                    "run `replicator run` (or `replicator apply`): it rebuilds them first",
+                )
+            )
         # The reverse stream (after a cutover) routes the target's tables the same way.
         reverse = table_identities(conn, mapping.reverse.source_tables)
         for p in partition_key_problems(reverse, s.apply.partition_key, s.kafka.partitions):
@@ -100,6 +110,16 @@ def _target(s: Settings, mapping: MappingSet) -> list[Finding]:
     if not findings:
         findings.append(Finding("target", True, f"{s.target.masked()}: reachable, mapping fits"))
     return [*findings, *notes]
+
+
+def _set_aside(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """Indexes and foreign keys whose backfill loaded its snapshot, not rebuilt yet."""
+    if conn.execute("SELECT to_regclass('replicator.set_aside')").fetchone() == (None,):
+        return {}
+    out: dict[str, list[str]] = {}
+    for o in pending(conn):
+        out.setdefault(o.table, []).append(o.name)
+    return {t: ", ".join(n) for t, n in out.items()}
 
 
 def _mapping_findings(conn: psycopg.Connection[Any], mapping: MappingSet) -> list[Finding]:

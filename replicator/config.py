@@ -281,6 +281,20 @@ class BackfillSettings(_Strict):
         default_factory=list,
         description="source tables kept on the Python path even if their transform compiles",
     )
+    max_read_sessions: int = Field(
+        0,
+        ge=0,
+        description="source sessions reading at once, over a level's tables and the key ranges"
+        " a large table is split into (0: backfill.parallel)",
+    )
+    max_rows_per_s: float = Field(
+        0, ge=0, description="rows read per second from the source, over every session (0: no cap)"
+    )
+    keep_indexes: list[str] = Field(
+        default_factory=list,
+        description="target tables (schema.table) whose secondary indexes and foreign keys stay"
+        " in place during a first backfill (the others' are rebuilt after the load)",
+    )
 
 
 class CutoverSettings(_Strict):

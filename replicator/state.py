@@ -96,6 +96,19 @@ DO $$ BEGIN
         ALTER TABLE replicator.backfill_progress ADD COLUMN path text;
     END IF;
 END $$;
+-- A large table read as key ranges side by side (replicator.backfill.ranges): each range's
+-- position; the table's row in backfill_progress sums them.
+CREATE TABLE IF NOT EXISTS replicator.backfill_ranges (
+    backfill_id text NOT NULL,
+    table_name  text NOT NULL,
+    range_no    integer NOT NULL,
+    last_key    jsonb,           -- where the range resumes (at first: the previous one's end)
+    end_key     jsonb,           -- its last key, included (null: the table's end)
+    rows_read   bigint NOT NULL DEFAULT 0,
+    chunks      integer NOT NULL DEFAULT 0,
+    done        boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (backfill_id, table_name, range_no)
+);
 -- Dead letters dealt with (replayed or purged); the rest are what `dlq list` shows.
 CREATE TABLE IF NOT EXISTS replicator.dlq_done (
     topic      text NOT NULL,
@@ -112,8 +125,22 @@ CREATE TABLE IF NOT EXISTS replicator.table_stats (
     PRIMARY KEY (topic, table_name)
 );
 """
-    + PARKED_SQL
-)  # patches waiting for their rows (connectors.pgsink)
+    + PARKED_SQL  # patches waiting for their rows (connectors.pgsink)
+    + """
+-- Indexes and foreign keys a first backfill's load goes without, until it rebuilds them
+-- (replicator.apply.set_aside).
+CREATE TABLE IF NOT EXISTS replicator.set_aside (
+    table_name   text NOT NULL,  -- schema.table on this database
+    kind         text NOT NULL,  -- index | foreign_key
+    name         text NOT NULL,
+    definition   text NOT NULL,  -- the statement that restores it
+    tablespace   text,           -- an index's, when not the database's default
+    backfill_id  text NOT NULL,  -- rebuilt once this backfill's snapshot is loaded
+    set_aside_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_name, kind, name)
+);
+"""
+)
 
 
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:

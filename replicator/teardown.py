@@ -108,8 +108,29 @@ def _database_items(
         drop_state
         and conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'replicator'").fetchone()
     ):
+        aside = (
+            conn.execute(
+                "SELECT string_agg(table_name || ' ' || name, ', ' ORDER BY table_name, name)"
+                " FROM replicator.set_aside"
+            ).fetchone()
+            if _has_set_aside(conn)
+            else None
+        )
+        if aside is not None and aside[0]:
+            # Their definitions live only in the state: dropping it would lose the indexes.
+            raise ReplicatorError(
+                f"{where} lacks indexes or foreign keys a backfill set aside: {aside[0]};"
+                " their definitions are in the replicator schema --drop-state would drop",
+                hint="run `replicator run` (or `replicator apply`) until `replicator status`"
+                " lists none set aside, then run teardown again",
+            )
         items.append(Item("schema", "replicator", where))
     return items
+
+
+def _has_set_aside(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regclass('replicator.set_aside') IS NOT NULL").fetchone()
+    return bool(row and row[0])
 
 
 # Per kind: the statement, and how the name goes into it.

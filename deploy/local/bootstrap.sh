@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks, idempotently (a second run takes seconds):
-#   PostgreSQL 15, Java 17, Maven, Node.js + npm, Chromium  (Debian packages, when missing)
+#   PostgreSQL 15, Java 17, Maven, Node.js + npm, Chromium, pgcopydb  (Debian packages, when missing)
 #   .venv with the replicator and its dev tools   (PyPI)
 #   the Drizzle schema's npm packages              (npm registry)
 #   Kafka 4's jars                                 (Maven Central, via deploy/kafka/pom.xml)
@@ -21,6 +21,8 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 # The web page's end-to-end test drives it headless (Playwright with the system browser).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# What a PostgreSQL user copies a database with: bench.backfill --vs-pgcopydb compares against it.
+command -v pgcopydb >/dev/null 2>&1 || missing+=(pgcopydb)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

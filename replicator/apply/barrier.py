@@ -40,14 +40,14 @@ def reach_marker(conn: psycopg.Connection[Any], control: dict[str, Any], partiti
     return True
 
 
-def start_snapshot_phase(conn: psycopg.Connection[Any]) -> tuple[bool, list[str]] | None:
+def start_snapshot_phase(conn: psycopg.Connection[Any]) -> tuple[bool, list[str], str] | None:
     """Start the snapshot phase of a backfill whose marker every partition has reached: (its
-    truncate flag, its source tables), or None. The status condition lets exactly one worker
+    truncate flag, its source tables, its id), or None. The status condition lets exactly one worker
     switch, whoever runs last."""
     row = conn.execute(
         "UPDATE replicator.backfill f SET status = 'snapshot' WHERE f.status = 'pending' "
         "AND (SELECT count(*) FROM replicator.backfill_barrier b WHERE b.backfill_id = f.id)"
         " >= (SELECT max(partitions) FROM replicator.backfill_barrier b "
-        "WHERE b.backfill_id = f.id) RETURNING f.truncate, f.tables"
+        "WHERE b.backfill_id = f.id) RETURNING f.truncate, f.tables, f.id"
     ).fetchone()
-    return None if row is None else (bool(row[0]), list(row[1]))
+    return None if row is None else (bool(row[0]), list(row[1]), str(row[2]))

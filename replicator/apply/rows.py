@@ -198,3 +198,15 @@ def repair_delete(direction: Direction, control: Mapping[str, Any]) -> Delete:
             hint="nothing was deleted; `replicator validate --repair` deletes rows of mapped tables only",
         )
     return Delete(str(table), key)
+
+
+def exclusive_targets(direction: Direction) -> dict[str, list[str]]:
+    """Source table -> target tables it alone writes (safe to truncate with it)."""
+    writers: dict[str, int] = {}
+    for t in direction.tables.values():
+        for w in t.writes:
+            writers[w.name] = writers.get(w.name, 0) + 1
+    return {
+        src: [w.name for w in t.writes if writers[w.name] == 1]
+        for src, t in direction.tables.items()
+    }

@@ -28,8 +28,9 @@ from replicator.apply.barrier import held_partitions, reach_marker, start_snapsh
 from replicator.apply.bulk import BulkLoader
 from replicator.apply.pacing import CommitPacer
 from replicator.apply.positions import ApplyStats, Partition, gap_hint
-from replicator.apply.rows import RowMapper, repair_delete
+from replicator.apply.rows import RowMapper, exclusive_targets, repair_delete
 from replicator.apply.session import connect_session
+from replicator.apply.set_aside import restore, set_aside, worth_setting_aside
 from replicator.config import Settings
 from replicator.derived import prove_on_source
 from replicator.dlq.letters import DeadLetter, DeadLetterWriter, dead_letter, truncate_refusal
@@ -96,7 +97,7 @@ class ApplyWorker:
         # Dead letters of the open batch: written to Kafka just before its commit, dropped
         # with it on a re-seek, so a replayed stretch never dead-letters a row twice.
         self._dead_pending: list[DeadLetter] = []
-        self._truncate_owned = self._exclusive_targets()
+        self._truncate_owned = exclusive_targets(direction)
         self._timings, self._read_at = apply_timings(settings.metrics.stage_timings_dir), 0.0
         self._pacer = CommitPacer()  # how long a poll may hold the open batch
 
@@ -109,17 +110,6 @@ class ApplyWorker:
         the next rows are prepared meanwhile; every other use of the session waits here."""
         self.sink.settle()
         return self._conn
-
-    def _exclusive_targets(self) -> dict[str, list[str]]:
-        """Source table -> target tables it alone writes (safe to truncate with it)."""
-        writers: dict[str, int] = {}
-        for t in self.direction.tables.values():
-            for w in t.writes:
-                writers[w.name] = writers.get(w.name, 0) + 1
-        return {
-            src: [w.name for w in t.writes if writers[w.name] == 1]
-            for src, t in self.direction.tables.items()
-        }
 
     def _positions(self, partitions: list[int]) -> dict[int, int]:
         """Where each assigned partition resumes: the offsets stored beside the rows (none: 0).
@@ -188,7 +178,7 @@ class ApplyWorker:
             change=self._change,
             dead=self._dead,
             count=self._count_bulk,
-            connect=lambda: connect_session(self.db, self.s.name, self.dir_name),
+            connect=self._connect,
             connections=self.s.backfill.apply_connections,
         )
         producer = Producer(
@@ -202,6 +192,9 @@ class ApplyWorker:
                 # A backfill in its snapshot phase is loaded before any later change.
                 self._backfill_id = self._pending_backfill()
                 snapshot = self._backfill_id is not None
+                if not snapshot:  # what a loaded snapshot set aside comes back before any change
+                    with pg.translated(self.db.masked()):
+                        restore(self.conn, self._connect, self.s.backfill.apply_connections)
                 self.topic = self.snapshot_topic if snapshot else self.changes_topic
                 # Until the new consumer's assignment, nothing is ours to commit: a failed
                 # session's dirty positions must not be stored by this one.
@@ -227,6 +220,9 @@ class ApplyWorker:
             with contextlib.suppress(psycopg.Error):
                 self._conn.rollback()
                 self._conn.close()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return connect_session(self.db, self.s.name, self.dir_name)
 
     def _pending_backfill(self) -> str | None:
         with pg.translated(self.db.masked()):
@@ -479,6 +475,9 @@ class ApplyWorker:
                 owned = [t for src in started[1] for t in self._truncate_owned.get(src, [])]
                 if owned:
                     self.sink.truncate(owned)
+            elif started is not None:  # a first backfill: empty tables load without indexes
+                tables = worth_setting_aside(self.conn, started[2], self.direction)
+                set_aside(self.conn, started[2], tables, self.s.backfill.keep_indexes)
             self.conn.commit()
         return started is not None
 

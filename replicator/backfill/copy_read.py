@@ -90,23 +90,26 @@ class CopyRead:
     last_key: list[str | None] | None
 
 
-def chunk_query(source: SourceTable, after: bool, *, as_text: bool = False) -> sql.Composed:
+def chunk_query(
+    source: SourceTable, after: bool, *, as_text: bool = False, upper: bool = False
+) -> sql.Composed:
     """One keyset page of ``source``; ``after``: past a key given as text parameters;
-    ``as_text``: every column cast to text (the Python path's rows). ORDER BY and WHERE name the
-    table's columns through the alias ``t``: a bare name would sort by the text output."""
+    ``upper``: up to and including a key given next (the end of a key range); ``as_text``:
+    every column cast to text (the Python path's rows). ORDER BY and WHERE name the table's
+    columns through the alias ``t``: a bare name would sort by the text output."""
     cast = "::text" if as_text else ""
     cols = sql.SQL(", ").join(
         sql.SQL("t.{}" + cast).format(sql.Identifier(c)) for c in source.columns
     )
     table = sql.Identifier(*source.table.split(".", 1))
     order = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in source.key)
-    if not after:
-        return sql.SQL("SELECT {} FROM {} t ORDER BY {} LIMIT %s").format(cols, table, order)
     types = dict(zip(source.columns, source.types, strict=True))
     bound = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(types[k])) for k in source.key)
-    return sql.SQL("SELECT {} FROM {} t WHERE ({}) > ({}) ORDER BY {} LIMIT %s").format(
-        cols, table, order, bound, order
-    )
+    where = [sql.SQL("({}) > ({})").format(order, bound)] if after else []
+    if upper:
+        where.append(sql.SQL("({}) <= ({})").format(order, bound))
+    cond = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
+    return sql.SQL("SELECT {} FROM {} t{} ORDER BY {} LIMIT %s").format(cols, table, cond, order)
 
 
 def prepare_reader(conn: psycopg.Connection[Any]) -> None:
@@ -127,17 +130,21 @@ def read_copy_chunk(
     message_bytes: int,
     *,
     binary: bool = False,
+    upper: Sequence[Any] | None = None,
 ) -> CopyRead:
     """The next ``chunk_rows`` rows after ``last_key`` as COPY chunk messages of at most about
     ``message_bytes`` each (a message always ends with a whole row; one row larger than the
     limit is a message of its own); ``binary``: in COPY's binary format (see
-    :func:`binary_format`)."""
-    query = chunk_query(source, last_key is not None)
+    :func:`binary_format`); ``upper``: the last key of the range being read."""
+    query = chunk_query(source, last_key is not None, upper=upper is not None)
     stmt = sql.SQL("COPY ({}) TO STDOUT" + (" (FORMAT binary)" if binary else "")).format(query)
     parts: list[tuple[bytes, int]] = []  # (data, rows)
     buf, held, first = bytearray(), 0, True
     last: bytes | bytearray | memoryview = b""
-    with conn.cursor() as cur, cur.copy(stmt, (*(last_key or ()), chunk_rows)) as cp:
+    with (
+        conn.cursor() as cur,
+        cur.copy(stmt, (*(last_key or ()), *(upper or ()), chunk_rows)) as cp,
+    ):
         # One block per row, as the server sends them: cut after a whole row only. In binary,
         # the first block also holds the file header and the last is the trailer alone.
         for block in cp:

@@ -43,6 +43,7 @@ from replicator.backfill.copy_read import (
     prepare_reader,
     read_copy_chunk,
 )
+from replicator.backfill.ranges import RateCap, boundaries, range_count
 from replicator.capture import prepare_source
 from replicator.config import Settings
 from replicator.derived import prove_direction
@@ -233,6 +234,9 @@ class Backfill:
         self.resync = tables is not None
         self.chunk_rows = chunk_rows or settings.backfill.chunk_rows
         self.parallel = settings.backfill.parallel
+        # Source sessions reading at once, over a level's tables and their key ranges.
+        self.sessions = settings.backfill.max_read_sessions or self.parallel
+        self.cap = RateCap(settings.backfill.max_rows_per_s)
         self.topic = settings.topic("fwd", "snapshot")
 
     def run(self, stop: threading.Event | None = None, progress: ProgressFn | None = None) -> str:
@@ -280,7 +284,7 @@ class Backfill:
         )
         try:
             for level in levels:
-                with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+                with ThreadPoolExecutor(max_workers=self.sessions) as pool:
                     futures = [
                         pool.submit(
                             self._read_table,
@@ -290,8 +294,9 @@ class Backfill:
                             producer,
                             stop,
                             progress,
+                            part,
                         )
-                        for t in level
+                        for t, part in self._parts(backfill_id, level)
                     ]
                     for f in futures:
                         f.result()
@@ -319,6 +324,30 @@ class Backfill:
                 (backfill_id,),
             )
         return backfill_id
+
+    def _parts(self, backfill_id: str, level: list[str]) -> list[tuple[str, int | None]]:
+        """What the level's sessions read: whole tables, or a split table's key ranges."""
+        with (
+            pg.connect(self.s.target.conninfo(), autocommit=True) as tgt,
+            pg.translated(self.s.target.masked()),
+        ):
+            split = tgt.execute(
+                "SELECT table_name, range_no FROM replicator.backfill_ranges"
+                " WHERE backfill_id = %s ORDER BY range_no",
+                (backfill_id,),
+            ).fetchall()
+        ranges: dict[str, list[int | None]] = {t: [] for t in level}
+        for t, k in split:
+            if t in ranges:
+                ranges[t].append(int(k))
+        # Ranges interleaved across tables: a level's sessions start on different tables.
+        width = max((len(v) for v in ranges.values()), default=0)
+        return [
+            (t, (v or [None])[k])
+            for k in range(max(width, 1))
+            for t, v in ranges.items()
+            if k < max(len(v), 1)
+        ]
 
     def _start(
         self,
@@ -364,6 +393,20 @@ class Backfill:
                         "VALUES (%s, %s, %s)",
                         (backfill_id, source.table, total[0] if total else 0),
                     )
+                    rows = total[0] if total else 0
+                    parts = range_count(rows, self.chunk_rows, self.sessions)
+                    ends = boundaries(src, source, rows, parts) if parts > 1 else []
+                    # Range k reads (end of k-1, end of k]; its start is its first position.
+                    for k, (start, end) in enumerate(
+                        zip([None, *ends], [*ends, None], strict=True)
+                    ):
+                        if ends:
+                            tgt.execute(
+                                "INSERT INTO replicator.backfill_ranges (backfill_id,"
+                                " table_name, range_no, last_key, end_key)"
+                                " VALUES (%s, %s, %s, %s::jsonb, %s::jsonb)",
+                                (backfill_id, t, k, json.dumps(start), json.dumps(end)),
+                            )
         self._mark(src, backfill_id, truncate)
         return backfill_id
 
@@ -418,7 +461,9 @@ class Backfill:
         producer: Producer,
         stop: threading.Event,
         progress: ProgressFn | None,
+        part: int | None = None,
     ) -> None:
+        """Read one table, or one key range ``part`` of a split table, from its stored position."""
         s = self.s
         with (
             pg.connect(s.source.conninfo(), autocommit=True) as src,
@@ -426,28 +471,34 @@ class Backfill:
         ):
             with pg.translated(s.target.masked()):
                 row = tgt.execute(
-                    "SELECT rows_total, rows_read, last_key, done, chunks FROM replicator.backfill_progress "
-                    "WHERE backfill_id = %s AND table_name = %s",
-                    (backfill_id, source.table),
+                    "SELECT rows_total, rows_read, last_key, done, chunks, NULL, rows_read, done"
+                    " FROM replicator.backfill_progress WHERE backfill_id = %s AND table_name = %s"
+                    if part is None
+                    else "SELECT p.rows_total, r.rows_read, r.last_key, r.done, r.chunks, r.end_key,"
+                    " p.rows_read, p.done FROM replicator.backfill_ranges r JOIN replicator.backfill_progress p"
+                    " USING (backfill_id, table_name) WHERE backfill_id = %s AND table_name = %s"
+                    " AND r.range_no = %s",
+                    (backfill_id, source.table)
+                    if part is None
+                    else (backfill_id, source.table, part),
                 ).fetchone()
             if row is None:
                 raise StateError(f"backfill {backfill_id} has no progress row for {source.table}")
-            total, read, last_key, done, chunks = (
+            total, read, last_key, done, chunks, end = (
                 int(row[0]),
                 int(row[1]),
                 row[2],
                 bool(row[3]),
                 int(row[4]),
+                row[5],
             )
-            if done:
+            if done:  # the table's own figures: a split table is done once every range is
                 if progress:
-                    progress(TableProgress(source.table, total, read, True, path=path))
+                    progress(
+                        TableProgress(source.table, total, int(row[6]), bool(row[7]), path=path)
+                    )
                 return
             started, started_rows = time.monotonic(), read
-            first, after = (
-                chunk_query(source, False, as_text=True),
-                chunk_query(source, True, as_text=True),
-            )
             bulk = path == SQL_PATH
             binary = bulk and binary_format(source, self.direction.transform_for(source.table))
             if bulk:
@@ -464,15 +515,21 @@ class Backfill:
                             self.chunk_rows,
                             SNAPSHOT_MESSAGE_BYTES,
                             binary=binary,
+                            upper=end,
                         )
                         messages, n, key = got.messages, got.rows, got.last_key
                     else:
-                        query = first if last_key is None else after
-                        rows = src.execute(query, (*(last_key or []), self.chunk_rows)).fetchall()
+                        query = chunk_query(
+                            source, last_key is not None, as_text=True, upper=end is not None
+                        )
+                        rows = src.execute(
+                            query, (*(last_key or []), *(end or []), self.chunk_rows)
+                        ).fetchall()
                         messages = list(snapshot_messages(s.name, source, rows)) if rows else []
                         n = len(rows)
                         key_idx = [source.columns.index(k) for k in source.key]
                         key = [rows[-1][i] for i in key_idx] if rows else None
+                self.cap.take(n, stop)
                 if n:
                     sent = [producer.send(self.topic, m, partition=0) for m in messages]
                     producer.flush()
@@ -483,24 +540,65 @@ class Backfill:
                     chunks += 1
                 finished = n < self.chunk_rows
                 with pg.translated(s.target.masked()):
-                    tgt.execute(
-                        "UPDATE replicator.backfill_progress SET rows_read = %s, last_key = %s::jsonb, chunks = %s, "
-                        "done = %s, rows_total = GREATEST(rows_total, %s), updated_at = now() "
-                        "WHERE backfill_id = %s AND table_name = %s",
-                        (
-                            read,
-                            json.dumps(last_key),
-                            chunks,
-                            finished,
-                            read,
+                    if part is None:
+                        table_read, table_total, table_done = read, max(total, read), finished
+                        tgt.execute(
+                            "UPDATE replicator.backfill_progress SET rows_read = %s, last_key = %s::jsonb, chunks = %s, "
+                            "done = %s, rows_total = GREATEST(rows_total, %s), updated_at = now() "
+                            "WHERE backfill_id = %s AND table_name = %s",
+                            (
+                                read,
+                                json.dumps(last_key),
+                                chunks,
+                                finished,
+                                read,
+                                backfill_id,
+                                source.table,
+                            ),
+                        )
+                    else:
+                        table_read, table_total, table_done = self._range_read(
+                            tgt,
                             backfill_id,
                             source.table,
-                        ),
-                    )
+                            part,
+                            (read, last_key, chunks, finished, n),
+                        )
                 if progress:
                     rate = (read - started_rows) / max(time.monotonic() - started, 1e-6)
                     progress(
-                        TableProgress(source.table, max(total, read), read, finished, rate, path)
+                        TableProgress(source.table, table_total, table_read, table_done, rate, path)
                     )
                 if finished:
                     return
+
+    @staticmethod
+    def _range_read(
+        tgt: psycopg.Connection[Any],
+        backfill_id: str,
+        table: str,
+        part: int,
+        at: tuple[int, Any, int, bool, int],
+    ) -> tuple[int, int, bool]:
+        """Store a range's position and add its chunk to the table's progress, in one
+        transaction: (the table's rows read, its total, whether every range is done)."""
+        read, last_key, chunks, finished, n = at
+        with tgt.transaction():
+            tgt.execute(
+                "UPDATE replicator.backfill_ranges SET rows_read = %s, last_key = %s::jsonb,"
+                " chunks = %s, done = %s WHERE backfill_id = %s AND table_name = %s"
+                " AND range_no = %s",
+                (read, json.dumps(last_key), chunks, finished, backfill_id, table, part),
+            )
+            row = tgt.execute(
+                "UPDATE replicator.backfill_progress SET rows_read = rows_read + %s,"
+                " chunks = chunks + %s, rows_total = GREATEST(rows_total, rows_read + %s),"
+                " done = NOT EXISTS (SELECT 1 FROM replicator.backfill_ranges r"
+                " WHERE r.backfill_id = %s AND r.table_name = %s AND NOT r.done),"
+                " updated_at = now() WHERE backfill_id = %s AND table_name = %s"
+                " RETURNING rows_read, rows_total, done",
+                (n, 1 if n else 0, n, backfill_id, table, backfill_id, table),
+            ).fetchone()
+        if row is None:
+            raise StateError(f"backfill {backfill_id} has no progress row for {table}")
+        return int(row[0]), int(row[1]), bool(row[2])

@@ -69,6 +69,8 @@ def render(st: Status, history: deque[float] | None = None) -> Table:
                 bf["id"],
                 f"{bf['status']} ({bf['rows_applied']:,}/{bf['rows_total']:,} rows)",
             )
+            for o in bf.get("set_aside", []):
+                t.add_row("backfill", f"set aside on {o['table']}", f"{o['kind']} {o['name']}")
         if tgt.validation:
             v = tgt.validation
             t.add_row("validation", "last run", f"{v['outcome']} ({v['age_s'] or 0:.0f} s ago)")

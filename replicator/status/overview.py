@@ -236,6 +236,11 @@ def _cutover_reasons(tgt: TargetStatus) -> list[str]:
         out.append("no backfill has run")
     elif bf["status"] != "applied":
         out.append(f"backfill {bf['id']} is incomplete ({bf['status']})")
+    for t, names in _set_aside_by_table(bf).items():
+        out.append(
+            f"{t} lacks {', '.join(names)}, set aside for the backfill's load: `replicator"
+            " run` (or `replicator apply`) rebuilds them once its snapshot is loaded"
+        )
     if val is None:
         out.append("no validation has run (`replicator validate`)")
     elif val["outcome"] != "clean":
@@ -446,6 +451,19 @@ def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) 
                     ).fetchall()
                 },
             }
+        # Indexes and foreign keys a first backfill's load set aside (replicator.apply.set_aside):
+        # what the target lacks until apply rebuilds them.
+        made = conn.execute("SELECT to_regclass('replicator.set_aside')").fetchone()
+        if out.backfill is not None and made is not None and made[0] is not None:
+            aside = conn.execute(
+                "SELECT s.table_name, s.kind, s.name, coalesce(b.status, 'gone')"
+                " FROM replicator.set_aside s LEFT JOIN replicator.backfill b"
+                " ON b.id = s.backfill_id ORDER BY 1, 2, 3"
+            ).fetchall()
+            out.backfill["set_aside"] = [
+                {"table": str(t), "kind": str(k), "name": str(n), "backfill_status": str(b)}
+                for t, k, n, b in aside
+            ]
         out.validation = _validation(conn)
         out.verified = read_points(conn)
         out.parity = _parity(conn)
@@ -485,3 +503,10 @@ def _validation(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
             if isinstance(t, dict)
         },
     }
+
+
+def _set_aside_by_table(backfill: dict[str, Any] | None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for o in (backfill or {}).get("set_aside", []):
+        out.setdefault(o["table"], []).append(o["name"])
+    return out

@@ -368,3 +368,37 @@ def test_a_backfill_whose_marker_never_reached_the_log_marks_it_when_resumed(
         assert _snapshot(env.target_conn()) == _snapshot(env.legacy_conn())
     finally:
         pipeline.shutdown()
+
+
+def test_a_large_table_is_read_as_key_ranges_side_by_side_under_a_rate_cap(env: Env) -> None:
+    # A composite key: the ranges' bounds compare rows, (a, b) > (x, y) AND (a, b) <= (z, w).
+    schema = "CREATE TABLE big (a int, b text, v int, PRIMARY KEY (a, b))"
+    with env.legacy_conn() as c:
+        c.execute(schema)
+        c.execute("INSERT INTO big SELECT g / 3, 'k' || g % 3, g FROM generate_series(0, 5999) g")
+    with env.target_conn() as c:
+        c.execute(schema)
+    s = env.settings(backfill={"chunk_rows": 250, "max_read_sessions": 3, "max_rows_per_s": 4_000})
+    pipeline = Pipeline(s, load_mapping("identity:public.big"))
+    pipeline.start()
+    try:
+        wait_for(lambda: _status(env) == "applied", 120, what="the backfill to be applied")
+        query = "SELECT count(*), md5(string_agg(a || b || v, ',' ORDER BY a, b)) FROM big"
+        with env.legacy_conn() as lc, env.target_conn() as tc:
+            assert tc.execute(query).fetchone() == lc.execute(query).fetchone()
+            ranges = tc.execute(
+                "SELECT range_no, rows_read, done FROM replicator.backfill_ranges ORDER BY 1"
+            ).fetchall()
+            table = tc.execute(
+                "SELECT p.rows_read, p.rows_applied, p.done,"
+                " extract(epoch FROM p.updated_at - b.started_at)::float8"
+                " FROM replicator.backfill_progress p JOIN replicator.backfill b ON b.id = p.backfill_id"
+            ).fetchone()
+    finally:
+        pipeline.shutdown()
+    # Three ranges of about a third each, every row read and applied once.
+    assert [(k, done) for k, _, done in ranges] == [(0, True), (1, True), (2, True)], ranges
+    assert sum(n for _, n, _ in ranges) == 6_000 and all(1_500 < n < 2_500 for _, n, _ in ranges)
+    assert table is not None and table[:3] == (6_000, 6_000, True), table
+    # 4,000 rows/s over the three sessions: the first chunk is free, the rest take >= 1.4 s.
+    assert table[3] >= (6_000 - 250 * 3) / 4_000, table
