@@ -25,7 +25,8 @@ import psycopg
 
 from connectors import pg
 from replicator.apply.worker import ApplyWorker
-from replicator.backfill.reader import Backfill, ProgressFn, slot_was_lost, wanted
+from replicator.backfill.needed import slot_was_lost, wanted
+from replicator.backfill.reader import Backfill, ProgressFn
 from replicator.capture import Capture
 from replicator.config import DatabaseSettings, Settings
 from replicator.errors import ReplicatorError

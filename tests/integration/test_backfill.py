@@ -308,7 +308,7 @@ def test_run_knows_which_backfill_it_owes(env: Env) -> None:
     (a first run stopped before it began), an interrupted re-sync is resumed with its own
     tables (not replaced by a backfill of everything at every restart), and a pipeline whose
     backfill of every table is recorded (a re-sync of them all counts) gets none."""
-    from replicator.backfill.reader import wanted
+    from replicator.backfill.needed import wanted
 
     s = env.settings()
     tables = ["public.parent", "public.child"]
