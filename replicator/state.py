@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from connectors.pgsink import PARKED_SQL
+from replicator.drift.store import SCHEMA_CHANGES_SQL
 
 SCHEMA_SQL = (
     """
@@ -112,8 +113,9 @@ CREATE TABLE IF NOT EXISTS replicator.table_stats (
     PRIMARY KEY (topic, table_name)
 );
 """
-    + PARKED_SQL
-)  # patches waiting for their rows (connectors.pgsink)
+    + PARKED_SQL  # patches waiting for their rows (connectors.pgsink)
+    + SCHEMA_CHANGES_SQL  # schema drift seen and judged (replicator.drift)
+)
 
 
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:

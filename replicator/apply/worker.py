@@ -32,6 +32,7 @@ from replicator.apply.rows import RowMapper
 from replicator.apply.session import connect_session
 from replicator.config import Settings
 from replicator.dlq.letters import DeadLetter, DeadLetterWriter, dead_letter, truncate_refusal
+from replicator.drift.recorder import record_ddl
 from replicator.errors import (
     DataError,
     ReplicatorError,
@@ -451,6 +452,8 @@ class ApplyWorker:
                 (self._backfill_id,),
             )
             self._switch = True
+        elif kind == "ddl":  # a schema change on the source, judged through the mapping
+            record_ddl(self, env, partition, ctl)
         elif kind == "marker":
             self._marker_waiting = True
             self.conn.execute(

@@ -70,6 +70,9 @@ class TargetStatus:
     rows_applied: dict[str, int] = field(default_factory=dict)
     backfill: dict[str, Any] | None = None  # latest: id, status, rows_total, rows_applied
     validation: dict[str, Any] | None = None  # latest: outcome, age_s, differences
+    # Schema changes seen on the source (replicator.drift): counts per verdict, and the
+    # unresolved ones that block a cutover, each with its fix.
+    schema_changes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -207,6 +210,8 @@ def verdict(st: Status, max_lag_s: float) -> tuple[bool, list[str]]:
             reasons.append(f"last validation was {val['outcome']}")
         elif (val.get("age_s") or 0) > VALIDATION_MAX_AGE_S:
             reasons.append(f"last validation is stale ({val['age_s'] / 3600:.0f} h old)")
+    if tgt is not None:
+        reasons.extend(tgt.schema_changes.get("blocking", []))
     if kafka is not None and kafka.dlq_messages:
         reasons.append(f"{kafka.dlq_messages} dead letter(s) in {st.pipeline}'s DLQ")
     for topic, how in (kafka.finite_retention if kafka is not None else {}).items():
@@ -367,6 +372,7 @@ def _dlq_pending(
 
 
 def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) -> TargetStatus:
+    from replicator.drift import store as drift_store
     from replicator.validate.report import last_validation
 
     out = TargetStatus()
@@ -415,6 +421,11 @@ def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) 
                     ).fetchall()
                 },
             }
+        out.schema_changes = {
+            "counts": drift_store.counts(conn),
+            "blocking": drift_store.blocking(conn),
+            "changes": drift_store.listed(conn)[-50:],  # the newest, for the drift panel
+        }
         val = last_validation(conn)
         if val:
             out.validation = {

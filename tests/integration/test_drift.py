@@ -1,0 +1,113 @@
+"""Schema drift through a running pipeline (issue #31, docs/drift.md): DDL on legacy reaches the
+target's ``replicator.schema_changes`` in-stream, judged through the MCP mapping; a rename of a
+column the mapping reads blocks the cutover and dead-letters the rows it affects (never NULLs)
+until the source (or mapping) is fixed and ``drift resolve`` accepts it; the replayed letter
+then lands and nothing is lost. One scenario, many assertions (CI budget)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.cli import Background, run_cli
+from tests.support import Env, wait_for
+
+USER = (
+    'INSERT INTO "user" (id, email, full_name, hashed_password, is_active, is_superuser,'
+    " created_at) VALUES (%s, %s, 'U', '$2b$10$x', true, false, now())"
+)
+USER_RENAMED = USER.replace("full_name", "display_name")
+
+
+def _changes(env: Env) -> list[tuple[Any, ...]]:
+    with env.target_conn() as c:
+        return c.execute(
+            "SELECT tag, table_name, verdict, reason, fix, resolved_at IS NOT NULL"
+            " FROM replicator.schema_changes ORDER BY commit_lsn, seq"
+        ).fetchall()
+
+
+def _status(vars_: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(run_cli(["status", "--json"], vars_).stdout)
+    return out
+
+
+def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> None:
+    env.mcp_schemas()
+    vars_ = {
+        **env.env_vars(),
+        "REPLICATOR_MAPPING": "transforms.mcp_manager:MAPPING",
+        "REPLICATOR_CAPTURE__HEARTBEAT_INTERVAL_S": "0.5",
+    }
+    good, renamed = str(uuid.uuid4()), str(uuid.uuid4())
+    with Background(["run"], vars_, tmp_path / "run.log"):
+        wait_for(
+            lambda: (_status(vars_).get("source") or {}).get("slot_active"), 60, what="the pipeline"
+        )
+        with env.legacy_conn() as c:
+            evts = c.execute("SELECT count(*) FROM pg_event_trigger").fetchone()
+            assert evts is not None and evts[0] == 2  # installed by the pipeline's setup
+            c.execute('ALTER TABLE "user" ADD COLUMN nickname text')
+            c.execute("CREATE TABLE public.newthing (id int PRIMARY KEY)")
+            c.execute("ALTER TABLE organization ALTER COLUMN name TYPE varchar(200)")
+            c.execute('ALTER TABLE "user" RENAME COLUMN full_name TO display_name')
+            c.execute(USER_RENAMED, (renamed, "r@example.com"))
+        seen = wait_for(lambda: len(_changes(env)) >= 4 and _changes(env), 30, what="4 changes")
+        verdicts = [(t, tbl, v) for t, tbl, v, *_ in seen]
+        assert verdicts == [
+            ("ALTER TABLE", "public.user", "safe"),
+            ("CREATE TABLE", "public.newthing", "safe"),
+            ("ALTER TABLE", "public.organization", "compatible"),
+            ("ALTER TABLE", "public.user", "needs_mapping_change"),
+        ], seen
+        assert "nickname" in seen[0][3]
+        assert "not mapped" in seen[1][3] and "map public.newthing" in seen[1][4]
+        assert "public.user.name reads public.user.full_name" in seen[3][3]
+        assert "display_name" in seen[3][4]  # the fix names the column it may read now
+        # The row written under the rename is a dead letter naming the column, not a NULL name.
+        letters = wait_for(
+            lambda: json.loads(run_cli(["dlq", "list", "--json"], vars_).stdout), 30, what="letter"
+        )
+        assert len(letters) == 1 and "full_name" in letters[0]["reason"]
+        with env.target_conn() as c:
+            assert c.execute('SELECT count(*) FROM "user"').fetchone() == (0,)
+        st = _status(vars_)
+        sc = st["target"]["schema_changes"]
+        assert sc["counts"] == {"safe": 2, "compatible": 1, "needs_mapping_change": 1}
+        assert len(sc["blocking"]) == 1 and any("schema change" in r for r in st["reasons"])
+        drift_list = run_cli(["drift", "list"], vars_)
+        assert "BLOCKS CUTOVER" in drift_list.stdout, drift_list.stdout + drift_list.stderr
+        r = run_cli(["cutover", "--dry-run", "--yes"], vars_)
+        assert r.returncode != 0 and "needs a mapping change" in r.stdout + r.stderr
+
+        # Not fixed yet: resolve refuses and says what is still wrong.
+        r = run_cli(["drift", "resolve"], vars_)
+        assert r.returncode == 2 and "full_name" in r.stdout + r.stderr
+        with env.legacy_conn() as c:
+            c.execute('ALTER TABLE "user" RENAME COLUMN display_name TO full_name')
+            c.execute(USER, (good, "g@example.com"))
+        wait_for(lambda: len(_changes(env)) >= 5, 30, what="the fix's own change")
+        assert _changes(env)[4][2] == "safe"
+        r = run_cli(["drift", "resolve"], vars_)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "dlq replay" in r.stdout
+        assert all(c[5] for c in _changes(env) if c[2] == "needs_mapping_change")
+        assert _status(vars_)["target"]["schema_changes"]["blocking"] == []
+        # The refused row is re-read from the source (`dlq replay` re-reads the letter's own
+        # column list, which the rename made stale): nothing lost; the letter is then done.
+        r = run_cli(["backfill", "--table", "public.user"], vars_)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: _count_users(env) == 2, 30, what="both users on the target")
+        assert run_cli(["dlq", "purge", letters[0]["position"], "--yes"], vars_).returncode == 0
+        r = run_cli(["validate", "--json"], vars_)
+        assert json.loads(r.stdout)["outcome"] == "clean", r.stdout + r.stderr
+    r = run_cli(["teardown", "--dry-run"], vars_)
+    assert "replicator_" in r.stdout and "ddl" in r.stdout, r.stdout + r.stderr
+
+
+def _count_users(env: Env) -> int:
+    with env.target_conn() as c:
+        row = c.execute('SELECT count(*) FROM "user"').fetchone()
+    return int(row[0]) if row else 0
