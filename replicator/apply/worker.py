@@ -32,7 +32,7 @@ from replicator.apply.rows import RowMapper
 from replicator.apply.session import connect_session
 from replicator.config import Settings
 from replicator.dlq.letters import DeadLetter, DeadLetterWriter, dead_letter, truncate_refusal
-from replicator.drift.recorder import record_ddl
+from replicator.drift.recorder import RelationWatch, record_ddl
 from replicator.errors import (
     DataError,
     ReplicatorError,
@@ -81,7 +81,7 @@ class ApplyWorker:
         self._batch_rows: dict[str, int] = {}  # rows written by the open batch, per table
         self._backfill_id: str | None = None
         self._snapshot_rows: dict[str, int] = {}
-        self._rows = RowMapper(direction)
+        self._rows = RowMapper(direction, on_relation=RelationWatch(self).see)
         self._on_commit = on_commit
         self._parts: dict[int, Partition] = {}
         self._reseeked = False

@@ -1,14 +1,21 @@
-"""What apply does with a DDL record from the log: judge it against the target as it is now,
-store it in the batch's transaction, and say so in the log (never silent)."""
+"""What apply does with a schema change: judge it against the target as it is now, store it in
+the batch's transaction, and say so in the log (never silent).
+
+Two ways in: a DDL record from the source's event trigger (:func:`record_ddl`, exact, at its
+position in the log), and, where no trigger could be installed, a relation whose columns
+changed since apply last saw it (:class:`RelationWatch`, seen when the table is next written:
+the fallback, blind to changes of tables nobody writes and to a type's length or precision).
+"""
 
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Any
 
 import psycopg
 
-from connectors.envelope import Envelope
+from connectors.envelope import Envelope, RelationInfo
 from replicator.check_mapping import live_catalog
 from replicator.drift.judge import NEEDS_CHANGE, Judgement, judge
 from replicator.drift.store import record
@@ -16,27 +23,87 @@ from transforms.api import Direction
 
 log = logging.getLogger("replicator.drift")
 
+# Type names of a relation's OIDs (pgoutput's Relation carries OIDs, not format_type's text).
+_TYPE_NAMES = {
+    16: "boolean", 20: "bigint", 21: "smallint", 23: "integer", 25: "text", 114: "json",
+    700: "real", 701: "double precision", 1042: "character", 1043: "character varying",
+    1082: "date", 1114: "timestamp without time zone", 1184: "timestamp with time zone",
+    1700: "numeric", 2950: "uuid", 3802: "jsonb",
+}  # fmt: skip
+
 
 def record_ddl(worker: Any, env: Envelope, partition: int, control: dict[str, Any]) -> Judgement:
-    """``worker`` is the apply worker (replicator.apply.worker): its target session, mapping
-    direction and topic; the record joins its open transaction."""
-    conn: psycopg.Connection[Any] = worker.conn
-    direction: Direction = worker.direction
+    """A DDL record from the log. ``worker`` is the apply worker (replicator.apply.worker):
+    its target session, mapping direction and topic; the record joins its open transaction."""
     ddl = control.get("ddl")
     if not isinstance(ddl, dict):
         ddl = {"tag": "unreadable", "query": str(ddl)}
+    watch = getattr(worker, "drift_watch", None)
+    if isinstance(watch, RelationWatch) and ddl.get("table") and ddl.get("columns") is not None:
+        watch.reported(str(ddl["table"]), ddl["columns"])
+    return _record(worker, env.commit_lsn, env.seq, partition, ddl, "event_trigger")
+
+
+def _record(
+    worker: Any, lsn: int, seq: int, partition: int, ddl: dict[str, Any], via: str
+) -> Judgement:
+    conn: psycopg.Connection[Any] = worker.conn
+    direction: Direction = worker.direction
     judged = judge(direction, ddl, live_catalog(conn))
     record(
         conn,
         topic=worker.topic,
         partition=partition,
-        commit_lsn=env.commit_lsn,
-        seq=env.seq,
+        commit_lsn=lsn,
+        seq=seq,
         side="legacy" if worker.dir_name == "fwd" else "target",
-        via="event_trigger",
+        via=via,
         ddl=ddl,
         judged=judged,
     )
     level = logging.WARNING if judged.verdict == NEEDS_CHANGE else logging.INFO
     log.log(level, "schema change (%s): %s", judged.verdict, "; ".join(judged.reasons))
     return judged
+
+
+class RelationWatch:
+    """The fallback: a table's relation (column names and types) compared with the last one
+    apply saw in this process; a difference no DDL record reported is recorded as ``via
+    relation``. Called once per relation per envelope (a tuple comparison)."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        worker.drift_watch = self
+        self._seen: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        self._reported: dict[str, frozenset[str]] = {}  # column names a DDL record gave
+
+    def reported(self, table: str, columns: dict[str, str]) -> None:
+        self._reported[table] = frozenset(columns)
+
+    def see(self, env: Envelope, info: RelationInfo) -> None:
+        table = info.qualname
+        now = (info.columns, info.type_oids)
+        before = self._seen.get(table)
+        if before == now:
+            return
+        self._seen[table] = now
+        if before is None or self._reported.pop(table, None) == frozenset(info.columns):
+            return  # first sight in this process, or the event trigger already said so
+        old = dict(zip(*before, strict=True))
+        types = {c: _TYPE_NAMES.get(o, f"oid {o}") for c, o in zip(*now, strict=True)}
+        # What changed, as DDL would say it, so the judgement reads it the same way.
+        said = [f"ADD COLUMN {c}" for c in info.columns if c not in old]
+        said += [f"ALTER COLUMN {c} TYPE {types[c]}" for c, o in zip(*now, strict=True)
+                 if c in old and old[c] != o]  # fmt: skip
+        said += [f"DROP COLUMN {c}" for c in old if c not in types]
+        ddl = {
+            "tag": "RELATION CHANGED",
+            "table": table,
+            "columns": types,
+            "query": f"ALTER TABLE {table} " + ", ".join(said) + " (seen in the stream)",
+        }
+        partition = self.worker._current[0]
+        # Below any DDL record's seq: unique per relation at this commit.
+        _record(
+            self.worker, env.commit_lsn, -1 - (zlib.crc32(table.encode()) & 0x3FFFFFFF), partition, ddl, "relation"
+        )

@@ -103,6 +103,18 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
         assert run_cli(["dlq", "purge", letters[0]["position"], "--yes"], vars_).returncode == 0
         r = run_cli(["validate", "--json"], vars_)
         assert json.loads(r.stdout)["outcome"] == "clean", r.stdout + r.stderr
+        # Without the event trigger (a role that may not create one): the fallback sees the
+        # changed relation when the table is next written.
+        with env.legacy_conn() as c:
+            c.execute(f"DROP EVENT TRIGGER replicator_{env.name}_ddl")
+            c.execute('ALTER TABLE "user" ADD COLUMN age int')
+            c.execute(USER, (str(uuid.uuid4()), "h@example.com"))
+        wait_for(lambda: len(_changes(env)) >= 6, 30, what="the relation's change")
+        with env.target_conn() as c:
+            via, verdict, reason = c.execute(
+                "SELECT via, verdict, reason FROM replicator.schema_changes ORDER BY id DESC LIMIT 1"
+            ).fetchone() or ("", "", "")
+        assert (via, verdict) == ("relation", "safe") and "age" in reason, reason
     r = run_cli(["teardown", "--dry-run"], vars_)
     assert "replicator_" in r.stdout and "ddl" in r.stdout, r.stdout + r.stderr
 
