@@ -17,6 +17,7 @@ from connectors.pgsource import source_problems
 from replicator.capture import partition_key_problems, table_identities
 from replicator.check_mapping import check_mapping_sides, live_catalog
 from replicator.config import Settings
+from replicator.drift.trigger import may_install
 from replicator.errors import ReplicatorError
 from transforms.api import MappingSet
 from transforms.schema_check import mapping_problems
@@ -41,13 +42,26 @@ def _source(s: Settings, mapping: MappingSet) -> list[Finding]:
         problems += partition_key_problems(
             identities, s.apply.partition_key, s.kafka.partitions, unused=True
         )
+        drift = [] if may_install(conn) else [_NO_DDL_TRIGGER]
     if not problems:
         return [
             Finding(
                 "source", True, f"{s.source.masked()}: wal_level=logical, privileges and keys fine"
-            )
+            ),
+            *drift,
         ]
-    return [Finding("source", False, p.message, p.hint) for p in problems]
+    return [Finding("source", False, p.message, p.hint) for p in problems] + drift
+
+
+# Optional (the pipeline runs without it), so not a failure: what is lost, and how to get it.
+_NO_DDL_TRIGGER = Finding(
+    "drift",
+    True,
+    "the source role may not create event triggers (a superuser's right): schema changes are"
+    " seen only when a changed table is next written, by its relation; DDL on a table nobody"
+    " writes, a dropped table and a type's length or precision go unseen (docs/drift.md)",
+    "run the pipeline's first start as a superuser, which installs the DDL event trigger",
+)
 
 
 def _target(s: Settings, mapping: MappingSet) -> list[Finding]:

@@ -105,5 +105,10 @@ class RelationWatch:
         partition = self.worker._current[0]
         # Below any DDL record's seq: unique per relation at this commit.
         _record(
-            self.worker, env.commit_lsn, -1 - (zlib.crc32(table.encode()) & 0x3FFFFFFF), partition, ddl, "relation"
+            self.worker,
+            env.commit_lsn,
+            -1 - (zlib.crc32(table.encode()) & 0x3FFFFFFF),
+            partition,
+            ddl,
+            "relation",
         )
