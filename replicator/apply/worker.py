@@ -81,7 +81,8 @@ class ApplyWorker:
         self._batch_rows: dict[str, int] = {}  # rows written by the open batch, per table
         self._backfill_id: str | None = None
         self._snapshot_rows: dict[str, int] = {}
-        self._rows = RowMapper(direction, on_relation=RelationWatch(self).see)
+        self._drift = RelationWatch(self)  # schema changes seen in relations and the catalog
+        self._rows = RowMapper(direction, on_relation=self._drift.see)
         self._on_commit = on_commit
         self._parts: dict[int, Partition] = {}
         self._reseeked = False
@@ -443,6 +444,7 @@ class ApplyWorker:
         kind = ctl.get("kind")
         if kind == "heartbeat":
             store_heartbeat(self.conn, self.topic, partition, ctl.get("emitted_at"), env.commit_lsn)
+            self._drift.target.tick(env.commit_lsn, partition)
         elif kind == "backfill_started" and self.topic == self.changes_topic:
             self._reach_backfill_marker(ctl, partition)
         elif kind == "snapshot_done" and ctl.get("backfill_id") == self._backfill_id:

@@ -78,7 +78,7 @@ def drift_resolve(
         ).fetchall()
         catalog = live_catalog(conn)
         for cid, ddl, table in rows:
-            if table in now_source and not ddl.get("dropped"):
+            if ddl.get("side") != "target" and table in now_source and not ddl.get("dropped"):
                 ddl = {**ddl, "columns": {c: v.type for c, v in now_source[table].items()}}
             now = judge(d, ddl, catalog)
             if now.verdict == NEEDS_CHANGE:

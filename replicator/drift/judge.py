@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transforms.api import Catalog, Direction
+from transforms.schema_check import mapping_problems
 
 SAFE, COMPATIBLE, NEEDS_CHANGE = "safe", "compatible", "needs_mapping_change"
 VERDICTS = (SAFE, COMPATIBLE, NEEDS_CHANGE)
@@ -71,6 +72,8 @@ def retyped(query: str, column: str) -> bool:
 def judge(direction: Direction, ddl: Mapping[str, Any], target: Catalog) -> Judgement:
     """The verdict on one DDL record (:mod:`replicator.drift.trigger`'s JSON) for the
     direction whose source it changed; ``target`` is the target's catalog now."""
+    if ddl.get("side") == "target":  # a target migration (replicator.drift.target_watch)
+        return judge_target(direction, ddl, target)
     tag = str(ddl.get("tag") or "DDL")
     table = ddl.get("table")
     what = f"{tag} {ddl.get('identity') or ''}".strip()
@@ -173,3 +176,20 @@ def _judge_copy(j: Judgement, name: str, cols: Mapping[str, str], target: Catalo
                 f"drop {name}.{col} on the target or give it a default;"
                 " then `replicator drift resolve`",
             )
+
+
+def judge_target(direction: Direction, ddl: Mapping[str, Any], target: Catalog) -> Judgement:
+    """A change of a target table the mapping writes (``ddl["table"]``), judged by what
+    ``replicator check`` asks of the target: every column written exists, and no NOT NULL
+    column without a default is left unwritten."""
+    table = str(ddl.get("table") or "")
+    what = str(ddl.get("query") or "the target's catalog changed")
+    j = Judgement(SAFE, table)
+    for p in mapping_problems(direction, target):
+        if p.message.startswith((f"{table}.", f"target table {table} ")):
+            j.worse(NEEDS_CHANGE, p.message, p.hint + "; then `replicator drift resolve`")
+    if j.verdict == SAFE and "ADD COLUMN" in what:
+        j.worse(COMPATIBLE, f"{what}: a new target column nothing writes, which takes its default")
+    elif j.verdict == SAFE:
+        j.reasons.append(f"{what}: nothing the mapping writes is affected")
+    return j

@@ -19,6 +19,7 @@ from connectors.envelope import Envelope, RelationInfo
 from replicator.check_mapping import live_catalog
 from replicator.drift.judge import NEEDS_CHANGE, Judgement, judge
 from replicator.drift.store import record
+from replicator.drift.target_watch import TargetWatch
 from transforms.api import Direction
 
 log = logging.getLogger("replicator.drift")
@@ -74,6 +75,7 @@ class RelationWatch:
     def __init__(self, worker: Any) -> None:
         self.worker = worker
         worker.drift_watch = self
+        self.target = TargetWatch(worker)  # the target's own migrations, on heartbeats
         self._seen: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
         self._reported: dict[str, frozenset[str]] = {}  # column names a DDL record gave
 

@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS replicator.schema_changes (
     resolution  text,
     UNIQUE (topic, partition, commit_lsn, seq)
 );
+CREATE TABLE IF NOT EXISTS replicator.catalog_seen (  -- replicator.drift.target_watch
+    name    text        PRIMARY KEY,
+    columns jsonb       NOT NULL,
+    seen_at timestamptz NOT NULL DEFAULT now()
+);
 """
 
 

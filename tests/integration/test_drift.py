@@ -25,8 +25,21 @@ def _changes(env: Env) -> list[tuple[Any, ...]]:
     with env.target_conn() as c:
         return c.execute(
             "SELECT tag, table_name, verdict, reason, fix, resolved_at IS NOT NULL"
-            " FROM replicator.schema_changes ORDER BY commit_lsn, seq"
+            " FROM replicator.schema_changes WHERE via <> 'catalog' ORDER BY commit_lsn, seq"
         ).fetchall()
+
+
+def _catalog_changes(env: Env) -> list[tuple[Any, ...]]:
+    with env.target_conn() as c:
+        return c.execute(
+            "SELECT table_name, verdict, reason, resolved_at IS NOT NULL"
+            " FROM replicator.schema_changes WHERE via = 'catalog' ORDER BY id"
+        ).fetchall()
+
+
+def _reference_taken(env: Env) -> bool:
+    with env.target_conn() as c:
+        return c.execute("SELECT count(*) FROM replicator.catalog_seen").fetchone() == (1,)
 
 
 def _status(vars_: dict[str, str]) -> dict[str, Any]:
@@ -54,6 +67,9 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
             c.execute("ALTER TABLE organization ALTER COLUMN name TYPE varchar(200)")
             c.execute('ALTER TABLE "user" RENAME COLUMN full_name TO display_name')
             c.execute(USER_RENAMED, (renamed, "r@example.com"))
+        wait_for(lambda: _reference_taken(env), 30, what="the target watch's first look")
+        with env.target_conn() as c:  # the Drizzle team's migration, while the stream runs
+            c.execute("ALTER TABLE member ADD COLUMN team_id text NOT NULL")
         seen = wait_for(lambda: len(_changes(env)) >= 4 and _changes(env), 30, what="4 changes")
         verdicts = [(t, tbl, v) for t, tbl, v, *_ in seen]
         assert verdicts == [
@@ -73,10 +89,15 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
         assert len(letters) == 1 and "full_name" in letters[0]["reason"]
         with env.target_conn() as c:
             assert c.execute('SELECT count(*) FROM "user"').fetchone() == (0,)
+        target_change = wait_for(lambda: _catalog_changes(env), 30, what="the target's change")
+        assert target_change[0][:2] == ("public.member", "needs_mapping_change"), target_change
+        assert "team_id is NOT NULL without a default" in target_change[0][2]
+        r = run_cli(["validate", "--json"], vars_)  # the refused user is missing: not clean
+        assert r.returncode != 0, r.stdout + r.stderr
         st = _status(vars_)
         sc = st["target"]["schema_changes"]
-        assert sc["counts"] == {"safe": 2, "compatible": 1, "needs_mapping_change": 1}
-        assert len(sc["blocking"]) == 1 and any("schema change" in r for r in st["reasons"])
+        assert sc["counts"] == {"safe": 2, "compatible": 1, "needs_mapping_change": 2}
+        assert len(sc["blocking"]) == 2 and any("schema change" in r for r in st["reasons"])
         drift_list = run_cli(["drift", "list"], vars_)
         assert "BLOCKS CUTOVER" in drift_list.stdout, drift_list.stdout + drift_list.stderr
         r = run_cli(["cutover", "--dry-run", "--yes"], vars_)
@@ -88,12 +109,16 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
         with env.legacy_conn() as c:
             c.execute('ALTER TABLE "user" RENAME COLUMN display_name TO full_name')
             c.execute(USER, (good, "g@example.com"))
+        with env.target_conn() as c:
+            c.execute("ALTER TABLE member ALTER COLUMN team_id SET DEFAULT 'none'")
+        wait_for(lambda: len(_catalog_changes(env)) == 2, 30, what="the target's fix")
         wait_for(lambda: len(_changes(env)) >= 5, 30, what="the fix's own change")
         assert _changes(env)[4][2] == "safe"
         r = run_cli(["drift", "resolve"], vars_)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "dlq replay" in r.stdout
         assert all(c[5] for c in _changes(env) if c[2] == "needs_mapping_change")
+        assert _catalog_changes(env)[0][3]  # the target's change is resolved too
         assert _status(vars_)["target"]["schema_changes"]["blocking"] == []
         # The refused row is re-read from the source (`dlq replay` re-reads the letter's own
         # column list, which the rename made stale): nothing lost; the letter is then done.
