@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from connectors.envelope import Envelope, RelationInfo
+from connectors.envelope import Envelope, RelationInfo, decode_envelopes
 from replicator.check_mapping import live_catalog
 from replicator.drift.judge import NEEDS_CHANGE, Judgement, judge
 from replicator.drift.store import record
@@ -114,3 +114,21 @@ class RelationWatch:
             ddl,
             "relation",
         )
+
+
+def ddl_in(value: bytes) -> list[str]:
+    """The DDL records in one Kafka message of the changes topic, as ``TAG table`` (the
+    cutover's verification refuses DDL in its window; a substring test first: the pause
+    decodes nothing twice)."""
+    if b'"ddl"' not in value:
+        return []
+    out = []
+    for env in decode_envelopes(value):
+        ctl = env.control or {}
+        if ctl.get("kind") == "ddl":
+            found = ctl.get("ddl")
+            ddl: dict[str, Any] = found if isinstance(found, dict) else {}
+            out.append(
+                f"{ddl.get('tag', 'DDL')} {ddl.get('table') or ddl.get('identity') or ''}".strip()
+            )
+    return out

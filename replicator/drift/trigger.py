@@ -41,7 +41,8 @@ BEGIN
     -- Our own state and temporary objects are nobody's mapping.
     CONTINUE WHEN r.schema_name IN ('replicator', 'pg_temp') OR r.in_extension;
     -- Privileges are not schema, and the cutover's fence triggers are the replicator's own.
-    CONTINUE WHEN r.command_tag IN ('GRANT', 'REVOKE')
+    -- Publications are replication's configuration (the pipeline's own), not schema.
+    CONTINUE WHEN r.command_tag IN ('GRANT', 'REVOKE') OR r.object_type LIKE 'publication%'
                OR (r.object_type = 'trigger' AND r.object_identity LIKE 'replicator\_%')
                -- A new table's own key index is part of its CREATE TABLE record.
                OR (r.object_type = 'index' AND new_table);

@@ -390,6 +390,26 @@ def test_cutover_verify_checks_changes_made_after_the_preflight(env: Env, synced
         c.execute("UPDATE mcp_server SET name = 'writable' WHERE id = %s", (sid,))
 
 
+def test_legacy_ddl_in_the_cutovers_window_stops_it_and_legacy_stays_the_writer(
+    env: Env, synced: Any
+) -> None:
+    """Issue #31: the preflight judged the mapping against the schema before it; DDL after it
+    (here a new index, even a safe change) stops the switch, which leaves legacy the writer."""
+    s, _pipeline = synced
+
+    def between_steps(step: Any) -> None:
+        if step.name == "catch-up":  # after the last check before the fence
+            with env.legacy_conn() as c:
+                c.execute("CREATE INDEX audit_action ON audit_log (action)")
+
+    with pytest.raises(CutoverAborted) as failed:
+        Cutover(s, _pipeline.mapping, report=between_steps).run()
+    assert failed.value.step == "verify", failed.value
+    assert "schema changed during the cutover's window: CREATE INDEX" in failed.value.message
+    with env.legacy_conn() as c:  # unfenced: still the writer
+        c.execute("INSERT INTO audit_log (action, created_at) VALUES ('after', now())")
+
+
 def _fenced(conn: psycopg.Connection[Any]) -> bool:
     with conn:
         row = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'replicator_fence'")

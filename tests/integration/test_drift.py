@@ -7,10 +7,14 @@ then lands and nothing is lost. One scenario, many assertions (CI budget)."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
+
+from replicator.status.metrics import StatusCollector
 from tests.e2e.cli import Background, run_cli
 from tests.support import Env, wait_for
 
@@ -40,6 +44,12 @@ def _catalog_changes(env: Env) -> list[tuple[Any, ...]]:
 def _reference_taken(env: Env) -> bool:
     with env.target_conn() as c:
         return c.execute("SELECT count(*) FROM replicator.catalog_seen").fetchone() == (1,)
+
+
+def _metrics(env: Env) -> str:
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(env.settings(mapping="transforms.mcp_manager:MAPPING")))
+    return generate_latest(registry).decode()
 
 
 def _status(vars_: dict[str, str]) -> dict[str, Any]:
@@ -98,6 +108,11 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
         sc = st["target"]["schema_changes"]
         assert sc["counts"] == {"safe": 2, "compatible": 1, "needs_mapping_change": 2}
         assert len(sc["blocking"]) == 2 and any("schema change" in r for r in st["reasons"])
+        metrics = _metrics(env)
+        assert re.search(
+            r'replicator_schema_changes_total\{[^}]*verdict="needs_mapping_change"\} 2\.0', metrics
+        )
+        assert re.search(r'replicator_schema_changes_total\{[^}]*verdict="safe"\} 2\.0', metrics)
         drift_list = run_cli(["drift", "list"], vars_)
         assert "BLOCKS CUTOVER" in drift_list.stdout, drift_list.stdout + drift_list.stderr
         r = run_cli(["cutover", "--dry-run", "--yes"], vars_)

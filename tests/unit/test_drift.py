@@ -134,3 +134,23 @@ def test_a_ddl_message_travels_as_a_control_in_its_place() -> None:
         (7, {"kind": "ddl", "ddl": {"tag": "ALTER TABLE", "table": "public.t"}}, False, None),
         (7, None, True, 108),
     ]
+
+
+def test_a_target_migration_is_judged_as_check_judges_the_target() -> None:
+    from replicator.drift.target_watch import describe, snapshot
+
+    member = FWD.target_tables["public.member"]
+    written = {c: ColumnSpec("text", True) for c in (*member.key, *member.columns)}
+    before = {"public.member": written}
+    not_null = {"public.member": {**written, "team_id": ColumnSpec("text", True)}}
+    nullable = {"public.member": {**written, "team_id": ColumnSpec("text")}}
+    tables, said = describe(snapshot(FWD, before), snapshot(FWD, not_null))
+    assert tables == ["public.member"]
+    assert said == ["ALTER TABLE public.member ADD COLUMN team_id text NOT NULL"]
+    ddl = {"side": "target", "table": "public.member", "query": said[0]}
+    # judge() sends a target record to judge_target: the same rules `check` applies.
+    j = judge(FWD, ddl, not_null)
+    assert j.verdict == NEEDS_CHANGE and "team_id is NOT NULL without a default" in j.reasons[0]
+    assert "drift resolve" in j.fixes[0]
+    ok = judge(FWD, {**ddl, "query": said[0].replace(" NOT NULL", "")}, nullable)
+    assert ok.verdict == COMPATIBLE
