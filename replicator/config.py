@@ -364,6 +364,14 @@ class WebSettings(_Strict):
     )
 
 
+class DriftSettings(_Strict):
+    apply_ddl: bool = Field(
+        False,
+        description="replay a legacy ALTER TABLE of an identity: table on the target, in order"
+        " (docs/drift.md)",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="REPLICATOR_",
@@ -411,6 +419,9 @@ class Settings(BaseSettings):
     )
     web: WebSettings = Field(
         default_factory=WebSettings, description="`replicator web`: the read-only page"
+    )
+    drift: DriftSettings = Field(
+        default_factory=DriftSettings, description="schema changes during the sync"
     )
 
     @classmethod

@@ -455,7 +455,7 @@ class ApplyWorker:
             )
             self._switch = True
         elif kind == "ddl":  # a schema change on the source, judged through the mapping
-            record_ddl(self, env, partition, ctl)
+            record_ddl(self, env, partition, ctl, batch)
         elif kind == "marker":
             self._marker_waiting = True
             self.conn.execute(

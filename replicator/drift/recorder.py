@@ -10,16 +10,19 @@ the fallback, blind to changes of tables nobody writes and to a type's length or
 from __future__ import annotations
 
 import logging
+import re
 import zlib
 from typing import Any
 
 import psycopg
 
+from connectors import pg
 from connectors.envelope import Envelope, RelationInfo, decode_envelopes
 from replicator.check_mapping import live_catalog
 from replicator.drift.judge import NEEDS_CHANGE, Judgement, judge
 from replicator.drift.store import record
 from replicator.drift.target_watch import TargetWatch
+from replicator.errors import ReplicatorError
 from transforms.api import Direction
 
 log = logging.getLogger("replicator.drift")
@@ -33,7 +36,9 @@ _TYPE_NAMES = {
 }  # fmt: skip
 
 
-def record_ddl(worker: Any, env: Envelope, partition: int, control: dict[str, Any]) -> Judgement:
+def record_ddl(
+    worker: Any, env: Envelope, partition: int, control: dict[str, Any], batch: Any
+) -> Judgement:
     """A DDL record from the log. ``worker`` is the apply worker (replicator.apply.worker):
     its target session, mapping direction and topic; the record joins its open transaction."""
     ddl = control.get("ddl")
@@ -42,15 +47,49 @@ def record_ddl(worker: Any, env: Envelope, partition: int, control: dict[str, An
     watch = getattr(worker, "drift_watch", None)
     if isinstance(watch, RelationWatch) and ddl.get("table") and ddl.get("columns") is not None:
         watch.reported(str(ddl["table"]), ddl["columns"])
-    return _record(worker, env.commit_lsn, env.seq, partition, ddl, "event_trigger")
+    replayed = _replay(worker, ddl, batch) if worker.s.drift.apply_ddl else None
+    return _record(worker, env.commit_lsn, env.seq, partition, ddl, "event_trigger", replayed)
+
+
+_ALTER = re.compile(r"\s*ALTER\s+TABLE\b", re.IGNORECASE)
+
+
+def _replay(worker: Any, ddl: dict[str, Any], batch: Any) -> str | None:
+    """``drift.apply_ddl``: an identity table's ALTER TABLE, run on the target at its place in
+    the stream (after the rows before it, before the rows after it). Only a statement that is
+    one ALTER TABLE alone: a multi-statement query would replay its other statements too."""
+    transform = worker.direction.tables.get(ddl.get("table"))
+    if transform is None or not transform.copies_rows:
+        return None  # a reshaping mapping: the mapping, not the DDL, decides the target
+    query = str(ddl.get("query") or "").strip().rstrip(";").strip()
+    if ddl.get("tag") != "ALTER TABLE" or ";" in query or not _ALTER.match(query):
+        return (
+            "not replayed on the target (drift.apply_ddl replays one ALTER TABLE statement alone)"
+        )
+    worker._flush(batch)  # the rows before it, in the table's old shape
+    try:
+        with pg.translated(worker.db.masked()), worker.conn.transaction():
+            worker.conn.execute(query)
+        worker.sink.forget_tables()  # its cached columns are the table's old shape
+    except ReplicatorError as exc:
+        return f"replaying it on the target failed ({exc.message}): run it there by hand"
+    return f"replayed on the target (drift.apply_ddl): {query}"
 
 
 def _record(
-    worker: Any, lsn: int, seq: int, partition: int, ddl: dict[str, Any], via: str
+    worker: Any,
+    lsn: int,
+    seq: int,
+    partition: int,
+    ddl: dict[str, Any],
+    via: str,
+    replayed: str | None = None,
 ) -> Judgement:
     conn: psycopg.Connection[Any] = worker.conn
     direction: Direction = worker.direction
     judged = judge(direction, ddl, live_catalog(conn))
+    if replayed:
+        judged.reasons.insert(0, replayed)
     record(
         conn,
         topic=worker.topic,
