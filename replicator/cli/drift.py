@@ -91,7 +91,7 @@ def drift_resolve(
     tables = sorted({t for _, _, t in done if t})
     if tables:
         out.print(
-            "rows the change refused are in the DLQ: `replicator dlq replay --table T`, or"
+            "rows the change refused are in the DLQ (`replicator dlq list --table T`): replay them, or"
             " re-read them with `replicator backfill --table T`, for " + ", ".join(tables),
             highlight=False,
         )

@@ -74,24 +74,26 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
             assert evts is not None and evts[0] == 2  # installed by the pipeline's setup
             c.execute('ALTER TABLE "user" ADD COLUMN nickname text')
             c.execute("CREATE TABLE public.newthing (id int PRIMARY KEY)")
+            c.execute("DROP TABLE public.newthing")  # the sql_drop trigger's record
             c.execute("ALTER TABLE organization ALTER COLUMN name TYPE varchar(200)")
             c.execute('ALTER TABLE "user" RENAME COLUMN full_name TO display_name')
             c.execute(USER_RENAMED, (renamed, "r@example.com"))
         wait_for(lambda: _reference_taken(env), 30, what="the target watch's first look")
         with env.target_conn() as c:  # the Drizzle team's migration, while the stream runs
             c.execute("ALTER TABLE member ADD COLUMN team_id text NOT NULL")
-        seen = wait_for(lambda: len(_changes(env)) >= 4 and _changes(env), 30, what="4 changes")
+        seen = wait_for(lambda: len(_changes(env)) >= 5 and _changes(env), 30, what="5 changes")
         verdicts = [(t, tbl, v) for t, tbl, v, *_ in seen]
         assert verdicts == [
             ("ALTER TABLE", "public.user", "safe"),
             ("CREATE TABLE", "public.newthing", "safe"),
+            ("DROP TABLE", "public.newthing", "safe"),
             ("ALTER TABLE", "public.organization", "compatible"),
             ("ALTER TABLE", "public.user", "needs_mapping_change"),
         ], seen
         assert "nickname" in seen[0][3]
         assert "not mapped" in seen[1][3] and "map public.newthing" in seen[1][4]
-        assert "public.user.name reads public.user.full_name" in seen[3][3]
-        assert "display_name" in seen[3][4]  # the fix names the column it may read now
+        assert "public.user.name reads public.user.full_name" in seen[4][3]
+        assert "display_name" in seen[4][4]  # the fix names the column it may read now
         # The row written under the rename is a dead letter naming the column, not a NULL name.
         letters = wait_for(
             lambda: json.loads(run_cli(["dlq", "list", "--json"], vars_).stdout), 30, what="letter"
@@ -106,13 +108,13 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
         assert r.returncode != 0, r.stdout + r.stderr
         st = _status(vars_)
         sc = st["target"]["schema_changes"]
-        assert sc["counts"] == {"safe": 2, "compatible": 1, "needs_mapping_change": 2}
+        assert sc["counts"] == {"safe": 3, "compatible": 1, "needs_mapping_change": 2}
         assert len(sc["blocking"]) == 2 and any("schema change" in r for r in st["reasons"])
         metrics = _metrics(env)
         assert re.search(
             r'replicator_schema_changes_total\{[^}]*verdict="needs_mapping_change"\} 2\.0', metrics
         )
-        assert re.search(r'replicator_schema_changes_total\{[^}]*verdict="safe"\} 2\.0', metrics)
+        assert re.search(r'replicator_schema_changes_total\{[^}]*verdict="safe"\} 3\.0', metrics)
         drift_list = run_cli(["drift", "list"], vars_)
         assert "BLOCKS CUTOVER" in drift_list.stdout, drift_list.stdout + drift_list.stderr
         r = run_cli(["cutover", "--dry-run", "--yes"], vars_)
@@ -127,11 +129,11 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
         with env.target_conn() as c:
             c.execute("ALTER TABLE member ALTER COLUMN team_id SET DEFAULT 'none'")
         wait_for(lambda: len(_catalog_changes(env)) == 2, 30, what="the target's fix")
-        wait_for(lambda: len(_changes(env)) >= 5, 30, what="the fix's own change")
-        assert _changes(env)[4][2] == "safe"
+        wait_for(lambda: len(_changes(env)) >= 6, 30, what="the fix's own change")
+        assert _changes(env)[5][2] == "safe"
         r = run_cli(["drift", "resolve"], vars_)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "dlq replay" in r.stdout
+        assert "dlq list --table" in r.stdout
         assert all(c[5] for c in _changes(env) if c[2] == "needs_mapping_change")
         assert _catalog_changes(env)[0][3]  # the target's change is resolved too
         assert _status(vars_)["target"]["schema_changes"]["blocking"] == []
@@ -149,7 +151,7 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
             c.execute(f"DROP EVENT TRIGGER replicator_{env.name}_ddl")
             c.execute('ALTER TABLE "user" ADD COLUMN age int')
             c.execute(USER, (str(uuid.uuid4()), "h@example.com"))
-        wait_for(lambda: len(_changes(env)) >= 6, 30, what="the relation's change")
+        wait_for(lambda: len(_changes(env)) >= 7, 30, what="the relation's change")
         with env.target_conn() as c:
             via, verdict, reason = c.execute(
                 "SELECT via, verdict, reason FROM replicator.schema_changes ORDER BY id DESC LIMIT 1"
