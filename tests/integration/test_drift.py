@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from replicator.status.metrics import StatusCollector
 from tests.e2e.cli import Background, run_cli
-from tests.support import Env, wait_for
+from tests.support import Env, mcp_writer, wait_for
 
 USER = (
     'INSERT INTO "user" (id, email, full_name, hashed_password, is_active, is_superuser,'
@@ -58,7 +59,7 @@ def _status(vars_: dict[str, str]) -> dict[str, Any]:
 
 
 def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> None:
-    env.mcp_schemas()
+    env.mcp_schemas(scale=1)
     vars_ = {
         **env.env_vars(),
         "REPLICATOR_MAPPING": "transforms.mcp_manager:MAPPING",
@@ -69,6 +70,17 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
         wait_for(
             lambda: (_status(vars_).get("source") or {}).get("slot_active"), 60, what="the pipeline"
         )
+        wait_for(
+            lambda: (
+                ((_status(vars_).get("target") or {}).get("backfill") or {}).get("status")
+                == "applied"
+            ),
+            60,
+            what="the backfill",
+        )
+        stop, counts = threading.Event(), {}  # the application keeps writing meanwhile
+        writer = threading.Thread(target=mcp_writer, args=(env, stop, counts), daemon=True)
+        writer.start()
         with env.legacy_conn() as c:
             evts = c.execute("SELECT count(*) FROM pg_event_trigger").fetchone()
             assert evts is not None and evts[0] == 2  # installed by the pipeline's setup
@@ -79,8 +91,11 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
             c.execute('ALTER TABLE "user" RENAME COLUMN full_name TO display_name')
             c.execute(USER_RENAMED, (renamed, "r@example.com"))
         wait_for(lambda: _reference_taken(env), 30, what="the target watch's first look")
-        with env.target_conn() as c:  # the Drizzle team's migration, while the stream runs
-            c.execute("ALTER TABLE member ADD COLUMN team_id text NOT NULL")
+        # The Drizzle team's migration, while the stream runs: existing rows get a value, new
+        # ones must bring one.
+        with env.target_conn() as c, c.transaction():
+            c.execute("ALTER TABLE member ADD COLUMN team_id text NOT NULL DEFAULT 'x'")
+            c.execute("ALTER TABLE member ALTER COLUMN team_id DROP DEFAULT")
         seen = wait_for(lambda: len(_changes(env)) >= 5 and _changes(env), 30, what="5 changes")
         verdicts = [(t, tbl, v) for t, tbl, v, *_ in seen]
         assert verdicts == [
@@ -100,7 +115,7 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
         )
         assert len(letters) == 1 and "full_name" in letters[0]["reason"]
         with env.target_conn() as c:
-            assert c.execute('SELECT count(*) FROM "user"').fetchone() == (0,)
+            assert _users_of(env, renamed, good) == 0  # not written with a NULL name
         target_change = wait_for(lambda: _catalog_changes(env), 30, what="the target's change")
         assert target_change[0][:2] == ("public.member", "needs_mapping_change"), target_change
         assert "team_id is NOT NULL without a default" in target_change[0][2]
@@ -133,6 +148,9 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
         assert _changes(env)[5][2] == "safe"
         r = run_cli(["drift", "resolve"], vars_)
         assert r.returncode == 0, r.stdout + r.stderr
+        stop.set()
+        writer.join()
+        assert counts["txns"] > 0
         assert "dlq list --table" in r.stdout
         assert all(c[5] for c in _changes(env) if c[2] == "needs_mapping_change")
         assert _catalog_changes(env)[0][3]  # the target's change is resolved too
@@ -141,7 +159,7 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
         # column list, which the rename made stale): nothing lost; the letter is then done.
         r = run_cli(["backfill", "--table", "public.user"], vars_)
         assert r.returncode == 0, r.stdout + r.stderr
-        wait_for(lambda: _count_users(env) == 2, 30, what="both users on the target")
+        wait_for(lambda: _users_of(env, renamed, good) == 2, 30, what="both users on the target")
         assert run_cli(["dlq", "purge", letters[0]["position"], "--yes"], vars_).returncode == 0
         r = run_cli(["validate", "--json"], vars_)
         assert json.loads(r.stdout)["outcome"] == "clean", r.stdout + r.stderr
@@ -157,13 +175,18 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
                 "SELECT via, verdict, reason FROM replicator.schema_changes ORDER BY id DESC LIMIT 1"
             ).fetchone() or ("", "", "")
         assert (via, verdict) == ("relation", "safe") and "age" in reason, reason
+        # Allowed now: the cutover the drift refused goes through.
+        r = run_cli(["cutover", "--yes"], vars_)
+        assert r.returncode == 0, r.stdout + r.stderr
     r = run_cli(["teardown", "--dry-run"], vars_)
     assert "replicator_" in r.stdout and "ddl" in r.stdout, r.stdout + r.stderr
 
 
-def _count_users(env: Env) -> int:
+def _users_of(env: Env, *ids: str) -> int:
     with env.target_conn() as c:
-        row = c.execute('SELECT count(*) FROM "user"').fetchone()
+        row = c.execute(
+            'SELECT count(*) FROM "user" WHERE id = ANY(%s::text[])', (list(ids),)
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
