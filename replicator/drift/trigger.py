@@ -28,8 +28,11 @@ CREATE SCHEMA IF NOT EXISTS replicator;
 CREATE OR REPLACE FUNCTION replicator.ddl_emit(payload jsonb) RETURNS void
 LANGUAGE sql AS $$ SELECT pg_logical_emit_message(true, 'replicator.ddl', payload::text) $$;
 
+-- SECURITY DEFINER: the application's migration role (no right on the replicator schema) runs
+-- its DDL as before; a capture that fails warns and never fails the application's DDL (the
+-- Relation fallback still sees the change).
 CREATE OR REPLACE FUNCTION replicator.ddl_capture() RETURNS event_trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   r record;
   tbl text;
@@ -62,10 +65,13 @@ BEGIN
       'table', tbl, 'columns', cols, 'query', left(current_query(), 2000),
       'at', clock_timestamp()));
   END LOOP;
+EXCEPTION WHEN OTHERS THEN
+  RAISE WARNING 'replicator: this DDL was not captured (%); the replicator sees it only when'
+                ' the table is next written', SQLERRM;
 END $$;
 
 CREATE OR REPLACE FUNCTION replicator.ddl_capture_drop() RETURNS event_trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   r record;
 BEGIN
@@ -77,7 +83,10 @@ BEGIN
       'table', r.schema_name || '.' || r.object_name, 'columns', NULL, 'dropped', true,
       'query', left(current_query(), 2000), 'at', clock_timestamp()));
   END LOOP;
+EXCEPTION WHEN OTHERS THEN
+  RAISE WARNING 'replicator: this DROP TABLE was not captured (%)', SQLERRM;
 END $$;
+REVOKE ALL ON FUNCTION replicator.ddl_emit(jsonb) FROM PUBLIC;
 """
 
 

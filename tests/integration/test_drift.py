@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from prometheus_client import CollectorRegistry, generate_latest
 
 from replicator.status.metrics import StatusCollector
@@ -232,3 +233,33 @@ def _changes_of(env: Env) -> list[tuple[Any, ...]]:
         return c.execute(
             "SELECT verdict, reason FROM replicator.schema_changes ORDER BY id"
         ).fetchall()
+
+
+def test_the_applications_own_role_runs_its_ddl_as_before(env: Env) -> None:
+    """The trigger never stands in the application's way: its migration role (no right on the
+    replicator schema) alters its table as before, and a capture that fails only warns."""
+    from psycopg.conninfo import make_conninfo
+
+    from replicator.drift.trigger import install
+
+    role = f"app_{env.name}"
+    with env.legacy_conn() as c:
+        assert install(c, env.name)
+        c.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+        c.execute(f"CREATE TABLE owned (id int PRIMARY KEY); ALTER TABLE owned OWNER TO {role}")
+    try:
+        app = make_conninfo(env.legacy.conninfo(), user=role, password="pw")
+        with psycopg.connect(app, autocommit=True) as a:
+            a.execute("ALTER TABLE owned ADD COLUMN x text")
+        with env.legacy_conn() as c:
+            c.execute("DROP FUNCTION replicator.ddl_emit(jsonb)")  # the capture now fails
+        warnings: list[str] = []
+        with psycopg.connect(app, autocommit=True) as a:
+            a.add_notice_handler(lambda d: warnings.append(d.message_primary or ""))
+            a.execute("ALTER TABLE owned ADD COLUMN y text")
+            a.execute("DROP TABLE owned")
+        assert any("not captured" in w for w in warnings), warnings
+    finally:
+        with env.legacy_conn() as c:
+            c.execute("DROP TABLE IF EXISTS owned")
+            c.execute(f"DROP ROLE {role}")
