@@ -131,6 +131,8 @@ def test_ddl_is_judged_blocks_cutover_and_resolves(env: Env, tmp_path: Path) -> 
             r'replicator_schema_changes_total\{[^}]*verdict="needs_mapping_change"\} 2\.0', metrics
         )
         assert re.search(r'replicator_schema_changes_total\{[^}]*verdict="safe"\} 3\.0', metrics)
+        shown = run_cli(["status"], vars_).stdout  # the table an operator reads
+        assert "drift" in shown and "needs_mapping_change" in shown, shown
         drift_list = run_cli(["drift", "list"], vars_)
         assert "BLOCKS CUTOVER" in drift_list.stdout, drift_list.stdout + drift_list.stderr
         r = run_cli(["cutover", "--dry-run", "--yes"], vars_)
@@ -262,4 +264,31 @@ def test_the_applications_own_role_runs_its_ddl_as_before(env: Env) -> None:
     finally:
         with env.legacy_conn() as c:
             c.execute("DROP TABLE IF EXISTS owned")
+            c.execute(f"DROP ROLE {role}")
+
+
+def test_check_says_what_is_lost_without_the_event_trigger(env: Env) -> None:
+    """A source role that may not create event triggers: the pipeline runs on the Relation
+    fallback, and `check` names what that loses (a finding, not a failure)."""
+    from replicator.check import _source
+    from transforms.identity import identity_mapping
+
+    role = f"rep_{env.name}"
+    with env.legacy_conn() as c:
+        c.execute("CREATE TABLE item (id int PRIMARY KEY)")
+        c.execute(f"CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'pw'")
+        c.execute(f"GRANT SELECT ON item TO {role}")
+    try:
+        from pydantic import SecretStr
+
+        src = env.legacy.model_copy(update={"user": role, "password": SecretStr("pw")})
+        s = env.settings(source=src)
+        findings = _source(s, identity_mapping(["public.item"]))
+        drift = [f for f in findings if f.check == "drift"]
+        assert len(drift) == 1 and drift[0].ok, findings
+        assert "seen only when a changed table is next written" in drift[0].message
+        assert "superuser" in (drift[0].hint or "")
+    finally:
+        with env.legacy_conn() as c:
+            c.execute(f"DROP OWNED BY {role}")
             c.execute(f"DROP ROLE {role}")
