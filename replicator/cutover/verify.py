@@ -267,11 +267,17 @@ class PauseVerification:
         tail = ReverseKeys(self.mapping, self.s.source, offsets=dict(rk.offsets))
         tail._oids = rk._oids
         tail._conn = self.check.legacy  # for the types of a legacy table not seen yet
+        ddl = self._tail_ddl
+
+        def collect(v: bytes) -> None:
+            ddl.extend(ddl_in(v))  # target DDL after the preflight (replicator.drift)
+            tail._collect(v)
+
         self._tail = Tail(
             self.s.kafka.bootstrap_servers,
             topic,
             rk.offsets,
-            tail._collect,
+            collect,
             **self.s.kafka.client_options(),
         )
         self._tail_keys = lambda: (tail.keys, tail.full)
@@ -285,7 +291,7 @@ class PauseVerification:
             start = time.monotonic()
             self._tail.read_to(self._tail.end_offsets())
             _refuse_refused(self._tail_refused, "catch-up")
-            _refuse_ddl(self._tail_ddl, "catch-up")
+            _refuse_ddl(self._tail_ddl, "catch-up", self.action)
             keys, full = self._take_tail()
             # The rows carried so far are compared again: those applied meanwhile are proven
             # now (a later change sits after this round's end), so only what is still in
@@ -306,7 +312,7 @@ class PauseVerification:
         assert self._tail is not None
         self._tail.read_to(applied)
         _refuse_refused(self._tail_refused, "verify")
-        _refuse_ddl(self._tail_ddl, "verify")
+        _refuse_ddl(self._tail_ddl, "verify", self.action)
         keys, full = self._take_tail()
         for t, k in self.carried.keys.items():
             keys.setdefault(t, set()).update(k)
@@ -359,14 +365,15 @@ def _refuse_rejected(found: Mismatch, step: str) -> None:
         )
 
 
-def _refuse_ddl(ddl: list[str], step: str) -> None:
+def _refuse_ddl(ddl: list[str], step: str, action: str) -> None:
     """Legacy DDL between the preflight and the switch: the preflight judged the mapping
     against the schema before it, so the switch stops (the old writer stays) until it is seen
     and judged (docs/drift.md)."""
     if ddl:
         raise CutoverAborted(
-            f"legacy schema changed during the cutover's window: {'; '.join(ddl)}",
+            f"{'legacy' if action == 'cutover' else 'target'} schema changed during the"
+            f" {action}'s window: {'; '.join(ddl)}",
             step=step,
-            hint="`replicator drift list` shows its verdict; run the cutover again (no schema"
+            hint=f"`replicator drift list` shows its verdict; run the {action} again (no schema"
             " change during it)",
         )

@@ -281,6 +281,16 @@ def test_cutover_rollback_cutover_round_trip(env: Env, synced: Any) -> None:
             )
 
     wait_for(legacy_caught_up, 60, what="legacy to receive the target's writes")
+
+    def ddl_in_window(step: Any) -> None:  # issue #31: the target's DDL after the preflight
+        if step.name == "catch-up":
+            with env.target_conn() as c:
+                c.execute("CREATE INDEX audit_target ON audit_log (target)")
+
+    with pytest.raises(CutoverAborted, match="target schema changed during the rollback's"):
+        Cutover(s, pipeline.mapping, action="rollback", report=ddl_in_window).run()
+    with env.target_conn() as c:  # still the writer
+        c.execute("INSERT INTO audit_log (action, created_at) VALUES ('kept', now())")
     back = Cutover(s, pipeline.mapping, action="rollback").run()
     assert back.switched
     with env.target_conn() as c, pytest.raises(psycopg.Error, match="fenced"):
