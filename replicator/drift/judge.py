@@ -62,6 +62,11 @@ def fits(source: str, target: str) -> bool:
     return False
 
 
+def _base(typ: str) -> str:
+    """A type without its length or precision: ``character varying(10)`` → ``character varying``."""
+    return typ.split("(", 1)[0].strip()
+
+
 def retyped(query: str, column: str) -> bool:
     """``query`` changes ``column``'s type (``ALTER [COLUMN] c [SET DATA] TYPE``)."""
     name = re.escape(column)
@@ -99,7 +104,7 @@ def judge(direction: Direction, ddl: Mapping[str, Any], target: Catalog) -> Judg
     cols: Mapping[str, str] = ddl.get("columns") or {}
     query = str(ddl.get("query") or "")
     if transform.reads is None:
-        _judge_copy(j, transform.writes[0].name if transform.writes else table, cols, target)
+        _judge_copy(j, transform.writes[0].name if transform.writes else table, cols, query, target)
     else:
         _judge_reads(j, transform.reads, table, cols, query, target)
     if not j.reasons:
@@ -147,11 +152,16 @@ def _judge_reads(
         )
 
 
-def _judge_copy(j: Judgement, name: str, cols: Mapping[str, str], target: Catalog) -> None:
+def _judge_copy(
+    j: Judgement, name: str, cols: Mapping[str, str], query: str, target: Catalog
+) -> None:
     """The identity: every source column goes to the target column of the same name."""
     tcols = target.get(name, {})
     for col, typ in cols.items():
         spec = tcols.get(col)
+        if spec is not None and _base(typ) == _base(spec.type) and not retyped(query, col):
+            # Untouched by this change; a relation's types carry no length or precision.
+            continue
         if spec is None:
             j.worse(
                 NEEDS_CHANGE,

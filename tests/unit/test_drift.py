@@ -95,6 +95,11 @@ def test_identity_tables_compare_the_source_with_the_target() -> None:
     assert j.verdict == NEEDS_CHANGE
     assert any("ADD COLUMN note text" in f for f in j.fixes)
     assert any("ALTER COLUMN id TYPE bigint" in f for f in j.fixes)
+    # A relation's types lack lengths (the Relation fallback): an untouched varchar(n) is no change.
+    sized = {"public.item": {**target["public.item"], "code": ColumnSpec("character varying(8)")}}
+    fallback = {"id": "integer", "sku": "text", "code": "character varying"}
+    added = judge(d, _ddl("public.item", "ALTER TABLE item ADD COLUMN sku", fallback), sized)
+    assert added.verdict == SAFE, added
     gone = judge(d, _ddl("public.item", "ALTER TABLE item DROP sku", {"id": "integer"}), target)
     assert gone.verdict == NEEDS_CHANGE and "NOT NULL without a default" in gone.reasons[0]
 
