@@ -24,6 +24,10 @@ from connectors import pgoutput as po
 from connectors.envelope import Change, Envelope, RelationInfo
 
 CONTROL_PREFIX = "replicator"
+# A DDL command from the source's event trigger (replicator.drift.trigger): travels as a control
+# message of kind "ddl", at its place in its transaction.
+DDL_PREFIX = "replicator.ddl"
+_PREFIXES = (CONTROL_PREFIX, DDL_PREFIX)
 pg_time = po.pg_timestamp_iso
 
 
@@ -207,7 +211,7 @@ class Assembler:
     # -- logical messages: heartbeats and markers ----------------------------------------------
 
     def _message(self, msg: po.LogicalMessage) -> list[Output]:
-        if msg.prefix != CONTROL_PREFIX:
+        if msg.prefix not in _PREFIXES:
             return []
         control = _control(msg)
         if msg.transactional and self._txn is not None:
@@ -246,7 +250,7 @@ class Assembler:
         elif isinstance(msg, po.LogicalMessage):
             if not msg.transactional:
                 return self._message(msg)  # belongs to no transaction: passes at once
-            if msg.prefix == CONTROL_PREFIX:
+            if msg.prefix in _PREFIXES:
                 # A fence marker or watermark inside the transaction keeps its place among its
                 # changes. pgoutput tags it with the top-level xid, not its subtransaction's.
                 sub = msg.xid if msg.xid is not None else self._stream_xid
@@ -403,6 +407,8 @@ def _control(msg: po.LogicalMessage) -> dict[str, Any]:
     """A control message's JSON object; an unreadable one is kept as text, never dropped."""
     try:
         control = json.loads(bytes(msg.content).decode())
+        if msg.prefix == DDL_PREFIX:
+            control = {"kind": "ddl", "ddl": control}
         if not isinstance(control, dict):
             raise ValueError("not an object")
     except ValueError:

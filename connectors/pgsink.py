@@ -188,6 +188,7 @@ class Sink:
         self.where = where  # names the database in a deferred statement's error
         self._tables: dict[str, TableInfo] = {}
         self._stages: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._stage_n = 0  # stage tables named so far in this session
         self._defer = False
         # The pipeline holding merges sent and not yet waited for.
         self._pending: contextlib.ExitStack | None = None
@@ -246,7 +247,10 @@ class Sink:
         all in one round trip, not one each.
         """
         key = (info.name, columns)
-        name = self._stages.setdefault(key, f"_stage_{len(self._stages)}")
+        name = self._stages.get(key)
+        if name is None:  # never a name used before: forget_tables leaves the old ones behind
+            self._stage_n += 1
+            name = self._stages[key] = f"_stage_{self._stage_n}"
         self.hold()
         self.conn.execute(
             sql.SQL(

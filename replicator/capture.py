@@ -37,6 +37,7 @@ from connectors.pgsource import (
     stream_options,
 )
 from replicator.config import DatabaseSettings, Settings
+from replicator.drift import trigger as drift_trigger
 from replicator.errors import (
     ConnectionFailed,
     KafkaUnavailable,
@@ -88,6 +89,12 @@ def prepare_source(
                 "the source cannot be captured:\n  " + "\n  ".join(str(p) for p in problems)
             )
         ensure_publication(conn, s.publication_for(direction), tables)
+        if not drift_trigger.install(conn, s.name):  # schema changes then show only in rows
+            log.warning(
+                "no DDL event trigger on %s (needs a superuser): schema changes are seen only"
+                " when a changed table is next written (docs/drift.md)",
+                db.masked(),
+            )
         info = slot_info(conn, s.slot(direction))
     if not info.exists:
         if direction == "rev":

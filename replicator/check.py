@@ -19,6 +19,7 @@ from replicator.capture import partition_key_problems, table_identities
 from replicator.check_mapping import check_mapping_sides, live_catalog
 from replicator.config import Settings
 from replicator.derived import placements_text, prove_direction
+from replicator.drift.trigger import may_install
 from replicator.errors import ReplicatorError
 from replicator.roles.grants import missing_grants
 from transforms.api import MappingSet
@@ -64,18 +65,32 @@ def _source(s: Settings, mapping: MappingSet) -> list[Finding]:
             capture_tables=tables,
             apply_tables=list(mapping.reverse.target_tables),
         )
+        drift = [] if may_install(conn) else [_NO_DDL_TRIGGER]
     if not problems and not grants:
         return [
             Finding(
                 "source", True, f"{s.source.masked()}: wal_level=logical, privileges and keys fine"
             ),
             *notes,
+            *drift,
         ]
     return [
         *(Finding("source", False, p.message, p.hint) for p in problems),
         *(Finding("grants", False, g.message, g.statement) for g in grants),
         *notes,
+        *drift,
     ]
+
+
+# Optional (the pipeline runs without it), so not a failure: what is lost, and how to get it.
+_NO_DDL_TRIGGER = Finding(
+    "drift",
+    True,
+    "the source role may not create event triggers (a superuser's right): schema changes are"
+    " seen only when a changed table is next written, by its relation; DDL on a table nobody"
+    " writes, a dropped table and a type's length or precision go unseen (docs/drift.md)",
+    "run the pipeline's first start as a superuser, which installs the DDL event trigger",
+)
 
 
 def _target(s: Settings, mapping: MappingSet) -> list[Finding]:

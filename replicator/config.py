@@ -396,6 +396,14 @@ class ValidationSettings(_Strict):
     )
 
 
+class DriftSettings(_Strict):
+    apply_ddl: bool = Field(
+        False,
+        description="replay a legacy ALTER TABLE of an identity: table on the target, in order"
+        " (docs/drift.md)",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="REPLICATOR_",
@@ -447,6 +455,9 @@ class Settings(BaseSettings):
     # [validation], not [validate]: a field named validate would shadow pydantic's method.
     validation: ValidationSettings = Field(
         default_factory=ValidationSettings, description="continuous validation in `replicator run`"
+    )
+    drift: DriftSettings = Field(
+        default_factory=DriftSettings, description="schema changes during the sync"
     )
 
     @classmethod

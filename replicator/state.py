@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from connectors.pgsink import PARKED_SQL
+from replicator.drift.store import SCHEMA_CHANGES_SQL
 
 SCHEMA_SQL = (
     """
@@ -140,6 +141,7 @@ CREATE TABLE IF NOT EXISTS replicator.set_aside (
     PRIMARY KEY (table_name, kind, name)
 );
 """
+    + SCHEMA_CHANGES_SQL  # schema drift seen and judged (replicator.drift)
 )
 
 

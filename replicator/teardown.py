@@ -25,6 +25,7 @@ from connectors import pg
 from connectors.pgsource import ident
 from replicator.apply.session import ORIGIN_PREFIX
 from replicator.config import DatabaseSettings, Settings
+from replicator.drift.trigger import trigger_names
 from replicator.errors import ReplicatorError
 
 
@@ -32,7 +33,7 @@ from replicator.errors import ReplicatorError
 class Item:
     """One thing a teardown removes (or, in a dry run, would remove)."""
 
-    kind: str  # slot, publication, origin, schema, topic
+    kind: str  # slot, publication, origin, event_trigger, schema, topic
     name: str
     where: str  # "legacy", "target" or "kafka"
 
@@ -97,6 +98,11 @@ def _database_items(
             "SELECT 1 FROM pg_publication WHERE pubname = %s", (s.publication_for(d),)
         ).fetchone():
             items.append(Item("publication", s.publication_for(d), where))
+    for (name,) in conn.execute(
+        "SELECT evtname FROM pg_event_trigger WHERE evtname = ANY(%s) ORDER BY evtname",
+        (list(trigger_names(s.name)),),
+    ).fetchall():
+        items.append(Item("event_trigger", name, where))  # the DDL capture (replicator.drift)
     own = re.compile(re.escape(f"{ORIGIN_PREFIX}{s.name}_") + r"(fwd|rev)_\d+")
     for (name,) in conn.execute(
         "SELECT roname FROM pg_replication_origin WHERE starts_with(roname, %s) ORDER BY roname",
@@ -144,6 +150,7 @@ _DROP: dict[str, tuple[str, Callable[[str], sql.Composable]]] = {
         "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = {}",
         sql.Literal,
     ),
+    "event_trigger": ("DROP EVENT TRIGGER IF EXISTS {}", sql.Identifier),
     "schema": ("DROP SCHEMA IF EXISTS {} CASCADE", sql.Identifier),
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from connectors.envelope import Change, Envelope
+from connectors.envelope import Change, Envelope, RelationInfo
 from connectors.pgsink import Batch
 from connectors.pgtypes import CANONICAL_TEXT_KEYS, RowPlan, TextLoader
 from replicator.errors import DataError, TransformError
@@ -54,8 +54,15 @@ def _refuse(reason: tuple[str, str | None, str], key_columns: tuple[str, ...]) -
 
 
 class RowMapper:
-    def __init__(self, direction: Direction) -> None:
+    def __init__(
+        self,
+        direction: Direction,
+        on_relation: Callable[[Envelope, RelationInfo], None] | None = None,
+    ) -> None:
         self.direction = direction
+        # Told of each relation once per envelope: replicator.drift's fallback sees a changed
+        # column list there when no DDL record came (no event trigger on the source).
+        self.on_relation = on_relation
         self._loader = TextLoader()
         self._env: Envelope | None = None
         self._rels: dict[int, _Relation] = {}
@@ -70,6 +77,8 @@ class RowMapper:
         found = self._rels.get(relid)
         if found is None:
             info = env.relations[relid]
+            if self.on_relation is not None:
+                self.on_relation(env, info)
             table = info.qualname
             # Planned with the first row, where a malformed relation is dead-lettered.
             found = self._rels[relid] = _Relation(

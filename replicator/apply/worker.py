@@ -34,6 +34,7 @@ from replicator.apply.set_aside import restore, set_aside, worth_setting_aside
 from replicator.config import Settings
 from replicator.derived import prove_on_source
 from replicator.dlq.letters import DeadLetter, DeadLetterWriter, dead_letter, truncate_refusal
+from replicator.drift.recorder import RelationWatch, record_ddl
 from replicator.errors import (
     DataError,
     ReplicatorError,
@@ -83,7 +84,8 @@ class ApplyWorker:
         self._batch_rows: dict[str, int] = {}  # rows written by the open batch, per table
         self._backfill_id: str | None = None
         self._snapshot_rows: dict[str, int] = {}
-        self._rows = RowMapper(direction)
+        self._drift = RelationWatch(self)  # schema changes seen in relations and the catalog
+        self._rows = RowMapper(direction, on_relation=self._drift.see)
         self._on_commit = on_commit
         self._parts: dict[int, Partition] = {}
         self._reseeked = False
@@ -442,6 +444,7 @@ class ApplyWorker:
         kind = ctl.get("kind")
         if kind == "heartbeat":
             store_heartbeat(self.conn, self.topic, partition, ctl.get("emitted_at"), env.commit_lsn)
+            self._drift.target.tick(env.commit_lsn, partition)
         elif kind == "backfill_started" and self.topic == self.changes_topic:
             self._reach_backfill_marker(ctl, partition)
         elif kind == "repair_delete" and self.topic == self.snapshot_topic:
@@ -456,6 +459,8 @@ class ApplyWorker:
                 (self._backfill_id,),
             )
             self._switch = True
+        elif kind == "ddl":  # a schema change on the source, judged through the mapping
+            record_ddl(self, env, partition, ctl, batch)
         elif kind == "marker":
             self._marker_waiting = True
             store_marker(self.conn, self.topic, partition, ctl, env.commit_lsn)

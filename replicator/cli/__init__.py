@@ -15,6 +15,7 @@ from rich.markup import escape
 
 # Importing the verb modules registers their commands on `app`.
 from replicator.cli import cutover as _cutover
+from replicator.cli import drift as _drift
 from replicator.cli import ops as _ops
 from replicator.cli import pipeline as _pipeline
 from replicator.cli import web as _web
@@ -22,7 +23,7 @@ from replicator.cli.app import _State, app, console
 from replicator.errors import ReplicatorError
 
 __all__ = ["app", "main"]
-_REGISTERED = (_cutover, _ops, _pipeline, _web)
+_REGISTERED = (_cutover, _drift, _ops, _pipeline, _web)
 
 
 def main() -> None:

@@ -86,6 +86,15 @@ def render(st: Status, history: deque[float] | None = None) -> Table:
                 f"{q['outcome']} ({q['pairs']} pairs, {q['differing']} differ, {q['slow']} slow;"
                 f" {q['age_s'] or 0:.0f} s ago)",
             )
+        for c in (tgt.schema_changes or {}).get("changes", []):
+            if (c["resolved_at"] is None and c["verdict"] != "safe") or c["blocks_cutover"]:
+                colour = "red" if c["blocks_cutover"] else "yellow"
+                t.add_row(
+                    "drift",
+                    f"{c['id']} {c['tag']} {c['table'] or ''} at {c['lsn']}",
+                    f"[{colour}]{c['verdict']}[/]: {c['reason']}"
+                    + (f" — fix: {c['fix']}" if c["fix"] else ""),
+                )
     if st.writer is not None:
         w = st.writer.get("writer")
         t.add_row(

@@ -16,6 +16,7 @@ from connectors.pgsource import source_problems
 from replicator.config import DatabaseSettings, Settings
 from replicator.cutover import fence as fencing
 from replicator.cutover.plan import Plan
+from replicator.drift.store import blocking as drift_blocking
 from replicator.errors import ReplicatorError
 from replicator.state import ensure_schema
 from transforms.api import MappingSet
@@ -67,6 +68,7 @@ class Preflight:
                     problems.extend(self._validation_problems(conn))
                     if self.s.cutover.require_parity:
                         problems.extend(self._parity_problems(conn))
+                    problems.extend(drift_blocking(conn))  # schema changes (replicator.drift)
                 problems.extend(self._direction_problems())
         except ReplicatorError as exc:
             problems.append(f"state database unreachable: {exc.message}")

@@ -25,6 +25,7 @@ from kafka import TopicPartition
 from connectors import kafka_io, pg
 from connectors.pgtypes import TextLoader
 from replicator.config import Settings
+from replicator.drift.recorder import ddl_in
 from replicator.errors import CutoverAborted, KafkaUnavailable
 from replicator.validate.context import Ctx
 from replicator.validate.expect import SourceKey
@@ -196,6 +197,7 @@ class PauseVerification:
         self._tail: Tail | None = None
         self._tail_keys: Callable[[], tuple[dict[str, set[SourceKey]], set[str]]] | None = None
         self._tail_refused: list[str] = []
+        self._tail_ddl: list[str] = []  # DDL records read in the window (replicator.drift)
         self.carried = Mismatch()
 
     def before_fence(self) -> None:
@@ -220,11 +222,19 @@ class PauseVerification:
             )
         tail = Touched()
         loader = TextLoader()
+        ddl = self._tail_ddl
+
+        def collect(v: bytes) -> None:
+            ddl.extend(
+                ddl_in(v)
+            )  # legacy DDL after the preflight: the mapping was judged before it
+            _collect(v, self.mapping.forward, loader, tail)
+
         self._tail = Tail(
             self.s.kafka.bootstrap_servers,
             self.s.topic("fwd", "changes"),
             touched.end_offsets,
-            lambda v: _collect(v, self.mapping.forward, loader, tail),
+            collect,
             **self.s.kafka.client_options(),
         )
         self._tail_keys = lambda: (tail.keys, tail.truncated)
@@ -257,11 +267,17 @@ class PauseVerification:
         tail = ReverseKeys(self.mapping, self.s.source, offsets=dict(rk.offsets))
         tail._oids = rk._oids
         tail._conn = self.check.legacy  # for the types of a legacy table not seen yet
+        ddl = self._tail_ddl
+
+        def collect(v: bytes) -> None:
+            ddl.extend(ddl_in(v))  # target DDL after the preflight (replicator.drift)
+            tail._collect(v)
+
         self._tail = Tail(
             self.s.kafka.bootstrap_servers,
             topic,
             rk.offsets,
-            tail._collect,
+            collect,
             **self.s.kafka.client_options(),
         )
         self._tail_keys = lambda: (tail.keys, tail.full)
@@ -275,6 +291,7 @@ class PauseVerification:
             start = time.monotonic()
             self._tail.read_to(self._tail.end_offsets())
             _refuse_refused(self._tail_refused, "catch-up")
+            _refuse_ddl(self._tail_ddl, "catch-up", self.action)
             keys, full = self._take_tail()
             # The rows carried so far are compared again: those applied meanwhile are proven
             # now (a later change sits after this round's end), so only what is still in
@@ -295,6 +312,7 @@ class PauseVerification:
         assert self._tail is not None
         self._tail.read_to(applied)
         _refuse_refused(self._tail_refused, "verify")
+        _refuse_ddl(self._tail_ddl, "verify", self.action)
         keys, full = self._take_tail()
         for t, k in self.carried.keys.items():
             keys.setdefault(t, set()).update(k)
@@ -344,4 +362,18 @@ def _refuse_rejected(found: Mismatch, step: str) -> None:
             f"{found.rejected} legacy row(s) are refused by the forward mapping",
             step=step,
             hint="`replicator validate` lists them; nothing was fenced",
+        )
+
+
+def _refuse_ddl(ddl: list[str], step: str, action: str) -> None:
+    """Legacy DDL between the preflight and the switch: the preflight judged the mapping
+    against the schema before it, so the switch stops (the old writer stays) until it is seen
+    and judged (docs/drift.md)."""
+    if ddl:
+        raise CutoverAborted(
+            f"{'legacy' if action == 'cutover' else 'target'} schema changed during the"
+            f" {action}'s window: {'; '.join(ddl)}",
+            step=step,
+            hint=f"`replicator drift list` shows its verdict; run the {action} again (no schema"
+            " change during it)",
         )

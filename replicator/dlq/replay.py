@@ -146,6 +146,7 @@ def _replay_one(
         transform = direction.transform_for(rel.qualname)
         if transform is None:
             raise DataError(f"no mapping for source table {rel.qualname}", table=rel.qualname)
+        rel = _as_now(src, rel)
         current = _read_row(src, rel, key)
         read.append((rel, key, current))
         new = loader.row(current, rel.columns, rel.type_oids) if current is not None else None
@@ -226,6 +227,25 @@ def _as_change(ch: Change, rel: RelationInfo) -> RowChange:
         old=old,
         unchanged=unchanged,
         key_columns=rel.key_columns,
+    )
+
+
+_COLUMNS_SQL = (
+    "SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = format('%%I.%%I', %s::text, %s::text)"
+    "::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+)
+
+
+def _as_now(conn: psycopg.Connection[Any], rel: RelationInfo) -> RelationInfo:
+    """The letter's table as the source has it now: a letter logged before a column was renamed
+    or added re-reads the row with today's columns (docs/drift.md), never the logged list."""
+    with pg.translated("source"):
+        cols = conn.execute(_COLUMNS_SQL, (rel.schema, rel.table)).fetchall()
+    names = tuple(str(c[0]) for c in cols)
+    if not names or not set(rel.key_columns) <= set(names):
+        return rel  # gone, or its key changed: the logged relation says what to read
+    return RelationInfo(
+        rel.schema, rel.table, names, tuple(int(c[1]) for c in cols), rel.key_columns
     )
 
 

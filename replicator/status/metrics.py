@@ -12,6 +12,7 @@ so the numbers on a dashboard and in the terminal are the same numbers. Series (
 - ``replicator_apply_last_commit_age_seconds``
 - ``replicator_apply_rows_total{table}`` — rows applied per target table (counter)
 - ``replicator_dlq_messages`` — dead letters neither replayed nor purged
+- ``replicator_schema_changes_total{verdict}`` — schema changes seen (replicator.drift)
 - ``replicator_backfill_complete`` / ``replicator_ready`` — 1 or 0
 - ``replicator_part_up{part}`` — 0 for a part that could not be reached
 - ``replicator_verified_through_age_seconds{table}`` — age of the table's verified-through
@@ -105,6 +106,14 @@ class StatusCollector(Collector):
             if tgt.verified:
                 yield age
                 yield diff
+            sc = CounterMetricFamily(
+                "replicator_schema_changes",
+                "Schema changes seen on the source, per verdict (docs/drift.md)",
+                labels=[*names, "verdict"],
+            )
+            for verdict, n in (tgt.schema_changes.get("counts") or {}).items():
+                sc.add_metric([*values, verdict], float(n))
+            yield sc
             done = tgt.backfill is not None and tgt.backfill["status"] == "applied"
             yield from gauge("replicator_backfill_complete", "1 when the backfill is applied", done)
         yield from gauge("replicator_ready", "1 when ready for cutover", st.ready)

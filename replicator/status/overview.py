@@ -76,6 +76,9 @@ class TargetStatus:
     )
     # Continuous validation's verified-through point per target table (runtime/continuous.py)
     verified: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Schema changes seen on the source (replicator.drift): counts per verdict, and the
+    # unresolved ones that block a cutover, each with its fix.
+    schema_changes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -217,6 +220,8 @@ def verdict(st: Status, max_lag_s: float) -> tuple[bool, list[str]]:
             # A rollback's preflight checks neither: its verify re-checks every legacy row the
             # reverse stream wrote.
             reasons.extend(_cutover_reasons(tgt))
+    if tgt is not None:
+        reasons.extend(tgt.schema_changes.get("blocking", []))
     if kafka is not None and kafka.dlq_messages:
         reasons.append(f"{kafka.dlq_messages} dead letter(s) in {st.pipeline}'s DLQ")
     for topic, how in (kafka.finite_retention if kafka is not None else {}).items():
@@ -404,6 +409,8 @@ def _dlq_pending(
 
 
 def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) -> TargetStatus:
+    from replicator.drift import store as drift_store
+
     out = TargetStatus()
     topic = s.topic(direction, "changes")
     with _session(ss, db) as conn:
@@ -464,6 +471,11 @@ def _target(ss: pg.Sessions, s: Settings, db: DatabaseSettings, direction: str) 
                 {"table": str(t), "kind": str(k), "name": str(n), "backfill_status": str(b)}
                 for t, k, n, b in aside
             ]
+        out.schema_changes = {
+            "counts": drift_store.counts(conn),
+            "blocking": drift_store.blocking(conn),
+            "changes": drift_store.listed(conn)[-50:],  # the newest, for the drift panel
+        }
         out.validation = _validation(conn)
         out.verified = read_points(conn)
         out.parity = _parity(conn)

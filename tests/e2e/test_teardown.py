@@ -68,6 +68,7 @@ def test_teardown_refuses_a_running_pipeline_then_removes_what_it_left(
         f"{env.name}_pub",
         f"replicator_{env.name}_fwd_0",
         f"{env.name}.fwd.changes",
+        f"replicator_{env.name}_ddl_drop",  # the DDL capture's event triggers (docs/drift.md)
     ):
         assert expected in dry.stdout
     assert other not in dry.stdout
@@ -81,6 +82,7 @@ def test_teardown_refuses_a_running_pipeline_then_removes_what_it_left(
     assert done.returncode == 0, done.stdout + done.stderr
     assert _count(env.legacy_conn, slots, slot) == 0
     assert _count(env.legacy_conn, "SELECT count(*) FROM pg_publication") == 0
+    assert _count(env.legacy_conn, "SELECT count(*) FROM pg_event_trigger") == 0  # DDL capture
     assert _count(env.target_conn, origins, [f"replicator_{env.name}_fwd_0"]) == 0
     assert _count(env.target_conn, origins, [other]) == 1
     for conn in (env.legacy_conn, env.target_conn):

@@ -111,6 +111,21 @@ def test_the_page_shows_lag_history_dead_letters_as_text_and_the_cutover(
         # its letter, validate; cut over.
         stop.set()
         writer.join()
+        # A rename of a column the mapping reads: the drift panel says it blocks the cutover and
+        # how to fix it; renamed back, `drift resolve` clears it (docs/drift.md).
+        with env.legacy_conn() as c:
+            c.execute("ALTER TABLE item RENAME COLUMN title TO heading")
+        drift = page.locator("#drift tbody")
+        wait_for(lambda: "BLOCKS CUTOVER" in (drift.text_content() or ""), 30, what="drift")
+        shown = drift.text_content() or ""
+        assert "needs_mapping_change" in shown and "public.item.title reads" in shown, shown
+        assert "heading" in shown  # the fix names the column it may read now
+        with env.legacy_conn() as c:
+            c.execute("ALTER TABLE item RENAME COLUMN heading TO title")
+        wait_for(lambda: drift.locator("tr").count() == 2, 30, what="the rename back")
+        r = run_cli(["drift", "resolve"], vars_)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: "resolved" in (drift.text_content() or ""), 30, what="resolved")
         with env.target_conn() as c:
             c.execute("ALTER TABLE item DROP CONSTRAINT no_markup")
         for args in (["dlq", "replay", "--all"], ["validate"]):

@@ -281,6 +281,16 @@ def test_cutover_rollback_cutover_round_trip(env: Env, synced: Any) -> None:
             )
 
     wait_for(legacy_caught_up, 60, what="legacy to receive the target's writes")
+
+    def ddl_in_window(step: Any) -> None:  # issue #31: the target's DDL after the preflight
+        if step.name == "catch-up":
+            with env.target_conn() as c:
+                c.execute("CREATE INDEX audit_target ON audit_log (target)")
+
+    with pytest.raises(CutoverAborted, match="target schema changed during the rollback's"):
+        Cutover(s, pipeline.mapping, action="rollback", report=ddl_in_window).run()
+    with env.target_conn() as c:  # still the writer
+        c.execute("INSERT INTO audit_log (action, created_at) VALUES ('kept', now())")
     back = Cutover(s, pipeline.mapping, action="rollback").run()
     assert back.switched
     with env.target_conn() as c, pytest.raises(psycopg.Error, match="fenced"):
@@ -388,6 +398,26 @@ def test_cutover_verify_checks_changes_made_after_the_preflight(env: Env, synced
     assert failed.value.step == "verify", failed.value
     with env.legacy_conn() as c:  # unfenced: still the writer
         c.execute("UPDATE mcp_server SET name = 'writable' WHERE id = %s", (sid,))
+
+
+def test_legacy_ddl_in_the_cutovers_window_stops_it_and_legacy_stays_the_writer(
+    env: Env, synced: Any
+) -> None:
+    """Issue #31: the preflight judged the mapping against the schema before it; DDL after it
+    (here a new index, even a safe change) stops the switch, which leaves legacy the writer."""
+    s, _pipeline = synced
+
+    def between_steps(step: Any) -> None:
+        if step.name == "catch-up":  # after the last check before the fence
+            with env.legacy_conn() as c:
+                c.execute("CREATE INDEX audit_action ON audit_log (action)")
+
+    with pytest.raises(CutoverAborted) as failed:
+        Cutover(s, _pipeline.mapping, report=between_steps).run()
+    assert failed.value.step == "verify", failed.value
+    assert "schema changed during the cutover's window: CREATE INDEX" in failed.value.message
+    with env.legacy_conn() as c:  # unfenced: still the writer
+        c.execute("INSERT INTO audit_log (action, created_at) VALUES ('after', now())")
 
 
 def _fenced(conn: psycopg.Connection[Any]) -> bool:

@@ -118,6 +118,7 @@ function showState(data) {
   if (lettersShown && $("dlq-count").textContent !== count) showLetters();
   text("dlq-count", count);
   showRuns(det.runs || []);
+  showDrift(t && t.schema_changes);
 
   const problems = [...st.unreachable.map((u) => u.part + ": " + u.message + (u.hint ? " — " + u.hint : "")), ...(det.problems || [])];
   $("unreachable").classList.toggle("hidden", problems.length === 0);
@@ -182,6 +183,23 @@ function showBackfill(tables, latest) {
     rows.push(tr);
   }
   replaceChildren($("backfill").tBodies[0], rows);
+}
+
+// Schema changes on the source, judged through the mapping (docs/drift.md); newest first.
+function showDrift(sc) {
+  const changes = (sc && sc.changes) || [];
+  const blocking = changes.filter((c) => c.blocks_cutover).length;
+  const counts = sc && sc.counts ? Object.entries(sc.counts).map(([v, n]) => n + " " + v).join(", ") : "";
+  text("drift-summary", changes.length ? counts + (blocking ? " — " + blocking + " block(s) the cutover" : "") : "no schema change seen")
+    .className = blocking ? "bad" : "muted";
+  replaceChildren($("drift").tBodies[0], changes.slice().reverse().map((c) => {
+    const tr = el("tr");
+    const state = c.resolved_at ? "resolved: " + c.resolution : (c.blocks_cutover ? "BLOCKS CUTOVER" : "open");
+    tr.append(el("td", String(c.id)), el("td", c.lsn + " " + timeOf(c.seen_at)), el("td", c.tag + " " + (c.table || "") + " (" + c.via + ")"),
+      el("td", c.verdict, c.verdict === "needs_mapping_change" ? "bad" : (c.verdict === "compatible" ? "" : "good")),
+      el("td", c.reason + (c.fix ? " — fix: " + c.fix : "")), el("td", state, c.blocks_cutover ? "bad" : ""));
+    return tr;
+  }));
 }
 
 function showRuns(runs) {
