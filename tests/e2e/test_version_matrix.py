@@ -151,6 +151,14 @@ def _scenario(env: Env, tmp_path: Path, legacy_major: int) -> None:
                     f" WHERE slot_name = '{env.name}_fwd'"
                 )
                 wait_for(lambda: (_one(c, streamed) or 0) > 0, 30, what="a streamed transaction")
+        with env.legacy_conn() as c:  # DDL in the stream: a logical message, a carrier row on 13
+            c.execute("ALTER TABLE audit_log ADD COLUMN matrix_note text")
+        with env.target_conn() as c:
+            seen = (
+                "SELECT verdict FROM replicator.schema_changes WHERE via = 'event_trigger'"
+                " AND table_name = 'public.audit_log'"
+            )
+            wait_for(lambda: _one(c, seen) == "safe", 60, what="the DDL judged on the target")
         r = run_cli(["validate"], vars_)  # the TOASTed config kept, every row equal
         assert r.returncode == 0, r.stdout + r.stderr
 
