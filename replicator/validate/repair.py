@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -46,6 +46,9 @@ from replicator.validate.insql.plan import SESSION_SQL
 from replicator.validate.report import Difference, Report, key_text
 from replicator.validate.scope import shapes_from
 from transforms.api import Direction, MappingSet
+
+if TYPE_CHECKING:
+    from replicator.cutover.recover import SwitchLock
 
 REPAIR_PREFIX = "repair-"  # replicator.backfill ids of repairs (status and the page skip them)
 RESENT = ("missing", "differs")  # their legacy rows are sent again
@@ -207,6 +210,39 @@ def repair(
     if dry_run or not todo:
         out.seconds = time.monotonic() - started
         return out
+    lock = _one_writer(s, direction)
+    try:
+        _send(s, mapping, out, todo, direction)
+    finally:
+        lock.release()
+    out.seconds = time.monotonic() - started
+    return out
+
+
+def _one_writer(s: Settings, direction: str) -> SwitchLock:
+    """The switch lock, held while the repair is sent and applied, once the records show the
+    direction's source as the one writer. A repair during a switch (a fence, a decision not
+    finished: the application may write to the new side already) would load the old writer's
+    rows, or delete rows, over the new writer's later writes."""
+    from replicator.cutover.recover import SIDE_NAMES, SwitchLock, read_state
+
+    lock = SwitchLock.take(s)  # a switch cannot start until the repair is applied
+    state = read_state(s)
+    if state.writer != SIDE_NAMES[direction] or state.problems or state.direction != direction:
+        lock.release()
+        why = "; ".join(state.problems) or f"the writer is {state.writer or 'unknown'}"
+        raise PreconditionError(
+            f"a repair from {SIDE_NAMES[direction]} needs it to be the one writer, with no"
+            f" switch under way: {why}",
+            hint="finish or recover the switch first (`replicator status` says how), then"
+            " `replicator validate --repair` again",
+        )
+    return lock
+
+
+def _send(
+    s: Settings, mapping: MappingSet, out: RepairReport, todo: list[Action], direction: str
+) -> None:
     fwd = direction == "fwd"
     # Rows are re-read on the direction's source and loaded by its apply into its sink, whose
     # replicator schema holds that apply's backfill records.
@@ -297,8 +333,6 @@ def repair(
                 "UPDATE replicator.backfill SET reading = false WHERE id = %s", (repair_id,)
             )
             _wait_applied(sink, repair_id)
-    out.seconds = time.monotonic() - started
-    return out
 
 
 def _deleted_rows(a: Action, reverse: Direction | None) -> list[tuple[str, dict[str, Any]]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from connectors import pg
 from replicator.cutover.switch import Cutover
@@ -277,3 +278,37 @@ def test_continuous_validation_catches_a_direct_target_write_and_marks_the_point
             assert Cutover(s, MAPPING)._validation_problems(c) == []
     finally:
         pipeline.shutdown()
+
+
+def test_a_repair_refuses_while_a_switch_decision_is_pending(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cutover stopped in its hook: the application may write to the target already, the
+    pipeline still reads "fwd". A forward repair then would load legacy's older rows (and
+    delete target rows) over the target's newer writes: it refuses, and sends nothing."""
+    from datetime import UTC, datetime
+
+    from replicator.capture import prepare_source
+    from replicator.cutover import decision
+    from replicator.errors import PreconditionError
+    from replicator.state import ensure_schema
+    from replicator.validate import repair as repair_mod
+    from replicator.validate.report import Difference, Report, key_text
+
+    _schemas(env)
+    s = env.settings()
+    prepare_source(s, s.source, MAPPING.forward.source_tables, "fwd")  # live sync's slot
+    for conn in (env.legacy_conn(), env.target_conn()):
+        with conn:
+            ensure_schema(conn)
+            decision.ensure_table(conn)
+            conn.execute(decision.record(s.name, "cutover", "run-1", "fwd", "rev"))
+    report = Report("full", None, datetime.now(UTC))
+    report.differences = [Difference("public.audit_log", "extra", {"id": "7"})]
+    report.provenance = {("public.audit_log", key_text({"id": "7"})): set()}
+    monkeypatch.setattr(repair_mod, "WAIT_APPLIED_S", 2.0)  # without the guard: no apply runs
+    with pytest.raises(PreconditionError, match="switch") as err:
+        repair(s, MAPPING, report, direction="fwd")
+    assert "stopped after its point of no return" in err.value.message
+    with env.target_conn() as c:
+        assert _one(c, "SELECT count(*) FROM replicator.backfill WHERE id LIKE 'repair-%%'") == 0
