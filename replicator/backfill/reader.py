@@ -46,7 +46,7 @@ from replicator.backfill.copy_read import (
 from replicator.capture import prepare_source
 from replicator.config import Settings
 from replicator.derived import prove_direction
-from replicator.errors import SchemaError, StateError
+from replicator.errors import PreconditionError, SchemaError, StateError
 from replicator.state import ensure_schema, load_offsets
 from transforms.api import Direction
 
@@ -173,6 +173,37 @@ def slot_was_lost(settings: Settings) -> bool:
         return row is not None
 
 
+def _refuse_after_cutover(settings: Settings) -> None:
+    """A backfill loads legacy into the target: never once the target is the writer (a
+    cutover recorded there, or decided and not finished). After a cutover the forward slot is
+    gone, so a backfill would also take itself for a lost slot's re-sync, one that empties the
+    tables first."""
+    with (
+        pg.connect(settings.target.conninfo(), autocommit=True) as tgt,
+        pg.translated(settings.target.masked()),
+    ):
+        ensure_schema(tgt)
+        row = tgt.execute(
+            "SELECT (SELECT desired_direction FROM replicator.pipeline WHERE name = %s),"
+            " to_regclass('replicator.switch_decision') IS NOT NULL",
+            (settings.name,),
+        ).fetchone()
+        assert row is not None
+        pending = (
+            row[1]
+            and tgt.execute(
+                "SELECT 1 FROM replicator.switch_decision WHERE name = %s AND to_dir = 'rev'",
+                (settings.name,),
+            ).fetchone()
+        )
+    if row[0] == "rev" or pending:
+        raise PreconditionError(
+            "the target is the writer (after a cutover): a backfill from legacy would load"
+            " legacy's older rows over its writes",
+            hint="`replicator status` shows the writer; after a rollback, backfill again",
+        )
+
+
 # A chunk's rows are split over several messages above this (before compression): wide rows —
 # TOASTed JSON configs — must not make a message the broker refuses (kafka_io.MAX_MESSAGE_BYTES)
 # or one the apply worker has to hold whole.
@@ -239,6 +270,7 @@ class Backfill:
         """Read every table into the snapshot topic (resuming an interrupted run); returns its id."""
         stop = stop or threading.Event()
         s = self.s
+        _refuse_after_cutover(s)
         created = prepare_source(s, s.source, self.direction.source_tables, "fwd")
         if created is not None and set(self.tables) == set(self.direction.source_tables):
             # A lost slot (slot_was_lost): only tables emptied first drop the gap's deletes.

@@ -368,3 +368,28 @@ def test_a_backfill_whose_marker_never_reached_the_log_marks_it_when_resumed(
         assert _snapshot(env.target_conn()) == _snapshot(env.legacy_conn())
     finally:
         pipeline.shutdown()
+
+
+def test_no_backfill_once_the_target_is_the_writer(env: Env) -> None:
+    """After a cutover (the forward slot dropped, the target recorded as the writer) a
+    `replicator backfill` took itself for a lost slot's re-sync: the target's tables emptied
+    and loaded with legacy's older rows. It refuses, and records and marks nothing."""
+    from replicator.backfill.reader import Backfill
+    from replicator.cutover import decision
+    from replicator.errors import PreconditionError
+    from replicator.state import ensure_schema
+
+    _setup(env, 10)
+    s = env.settings()
+    with env.target_conn() as c:
+        ensure_schema(c)
+        decision.ensure_table(c)
+        c.execute(
+            "INSERT INTO replicator.backfill (id, tables, reading, status) "
+            "VALUES ('full', '{public.parent,public.child}', false, 'applied')"
+        )
+        c.execute(decision.finish(s.name, "rev"))  # a cutover finished
+    with pytest.raises(PreconditionError, match="the target is the writer"):
+        Backfill(s, load_mapping(TABLES).forward).run()
+    with env.target_conn() as c:
+        assert c.execute("SELECT count(*) FROM replicator.backfill").fetchone() == (1,)
