@@ -312,3 +312,50 @@ def test_a_repair_refuses_while_a_switch_decision_is_pending(
     assert "stopped after its point of no return" in err.value.message
     with env.target_conn() as c:
         assert _one(c, "SELECT count(*) FROM replicator.backfill WHERE id LIKE 'repair-%%'") == 0
+
+
+def test_an_interrupted_repair_does_not_hold_live_sync(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repair that stops after its marker (a source read failing, Ctrl-C, Kafka): apply holds
+    every change after the marker until the repair's snapshot_done, and a repair is not resumed
+    like a backfill — live sync stopped for good. Its end is sent as it stops."""
+    from datetime import UTC, datetime
+
+    from replicator.validate import repair as repair_mod
+    from replicator.validate.context import wait_marker_applied
+    from replicator.validate.report import Difference, Report, key_text
+
+    _schemas(env)
+    s = env.settings()
+    pipeline = Pipeline(s, MAPPING)
+    pipeline.start()
+    try:
+        with env.target_conn() as c:
+            wait_for(
+                lambda: (
+                    _one(
+                        c,
+                        "SELECT count(*) FROM replicator.backfill WHERE reading OR status <> 'applied'",
+                    )
+                    == 0
+                ),
+                timeout=60,
+                what="the first backfill applied",
+            )
+        report = Report("full", None, datetime.now(UTC))
+        report.differences = [Difference("public.organization", "differs", {"id": "o1"})]
+        report.provenance = {
+            ("public.organization", key_text({"id": "o1"})): {("public.organization", ("o1",))}
+        }
+
+        def read_fails(*args: Any, **kwargs: Any) -> list[bytes]:
+            raise KeyboardInterrupt  # after the marker went into the log
+
+        monkeypatch.setattr(repair_mod, "_rows", read_fails)
+        with pytest.raises(KeyboardInterrupt):
+            repair(s, MAPPING, report, direction="fwd")
+        with env.legacy_conn() as legacy, env.target_conn() as target:
+            assert wait_marker_applied(s, legacy, target, 30.0), "apply still held"
+    finally:
+        pipeline.shutdown()
