@@ -355,7 +355,8 @@ class CarrierRows:
 
     A transaction of nothing but carrier rows (a heartbeat) is no transaction to the assembler,
     as a non-transactional message is none on 14+: its Begin is held until a row of another
-    table arrives, and dropped with its Commit. Carrier deletes (pruning) are not relayed.
+    table arrives, and dropped with its Commit. Carrier deletes (pruning) and truncates are not
+    relayed.
     """
 
     def __init__(self, feed: Callable[[po.Message], Iterable[Output]]) -> None:
@@ -372,6 +373,13 @@ class CarrierRows:
         if isinstance(msg, po.Begin):
             self._held = [msg]
             return []
+        if isinstance(msg, po.Truncate) and self._relid in msg.relids:
+            # Emptied by hand: not relayed, as its deletes are not (the assembler never saw
+            # its relation); the other tables of the statement go on.
+            rest = tuple(r for r in msg.relids if r != self._relid)
+            if not rest:
+                return []
+            msg = po.Truncate(rest, msg.cascade, msg.restart_identity, msg.xid)
         if isinstance(msg, po.Insert | po.Update | po.Delete) and msg.relid == self._relid:
             if not isinstance(msg, po.Insert):
                 return []

@@ -206,6 +206,14 @@ def repair_delete(direction: Direction, control: Mapping[str, Any]) -> Delete:
             table=str(table),
             hint="nothing was deleted; `replicator validate --repair` deletes rows of mapped tables only",
         )
+    # The sink deletes by the columns named: a part of the key would delete every row sharing it.
+    wanted = direction.target_tables[table].key
+    if set(key) != set(wanted):
+        raise DataError(
+            f"a repair asked to delete a row of {table} by {sorted(key)}, not by its key {list(wanted)}",
+            table=str(table),
+            hint="nothing was deleted; validate again and repair that row by hand",
+        )
     return Delete(str(table), key)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from connectors import pg
 from replicator.config import Settings
+from replicator.errors import PreconditionError
 from replicator.state import ensure_schema
 
 
@@ -50,3 +51,34 @@ def slot_was_lost(settings: Settings) -> bool:
         ensure_schema(tgt)
         row = tgt.execute("SELECT 1 FROM replicator.backfill WHERE NOT reading LIMIT 1").fetchone()
         return row is not None
+
+
+def refuse_after_cutover(settings: Settings) -> None:
+    """A backfill loads legacy into the target: never once the target is the writer (a
+    cutover recorded there, or decided and not finished). After a cutover the forward slot is
+    gone, so a backfill would also take itself for a lost slot's re-sync, one that empties the
+    tables first."""
+    with (
+        pg.connect(settings.target.conninfo(), autocommit=True) as tgt,
+        pg.translated(settings.target.masked()),
+    ):
+        ensure_schema(tgt)
+        row = tgt.execute(
+            "SELECT (SELECT desired_direction FROM replicator.pipeline WHERE name = %s),"
+            " to_regclass('replicator.switch_decision') IS NOT NULL",
+            (settings.name,),
+        ).fetchone()
+        assert row is not None
+        pending = (
+            row[1]
+            and tgt.execute(
+                "SELECT 1 FROM replicator.switch_decision WHERE name = %s AND to_dir = 'rev'",
+                (settings.name,),
+            ).fetchone()
+        )
+    if row[0] == "rev" or pending:
+        raise PreconditionError(
+            "the target is the writer (after a cutover): a backfill from legacy would load"
+            " legacy's older rows over its writes",
+            hint="`replicator status` shows the writer; after a rollback, backfill again",
+        )

@@ -43,7 +43,7 @@ from replicator.backfill.copy_read import (
     prepare_reader,
     read_copy_chunk,
 )
-from replicator.backfill.needed import slot_was_lost
+from replicator.backfill.needed import refuse_after_cutover, slot_was_lost
 from replicator.backfill.ranges import RateCap, boundaries, range_count
 from replicator.capture import prepare_source
 from replicator.config import Settings
@@ -200,6 +200,7 @@ class Backfill:
         """Read every table into the snapshot topic (resuming an interrupted run); returns its id."""
         stop = stop or threading.Event()
         s = self.s
+        refuse_after_cutover(s)
         created = prepare_source(s, s.source, self.direction.source_tables, "fwd")
         if created is not None and set(self.tables) == set(self.direction.source_tables):
             # A lost slot (slot_was_lost): only tables emptied first drop the gap's deletes.

@@ -89,7 +89,7 @@ class SwitchLock:
                         f" (session {held[0]} from {held[1]}, since {held[2][:19]})" if held else ""
                     )
                     raise PreconditionError(
-                        f"another cutover, rollback or recover of pipeline {s.name} is running{who}",
+                        f"another cutover, rollback, recover or repair of pipeline {s.name} is running{who}",
                         hint="wait for it to end (or stop it), then run this again",
                     )
         except BaseException:

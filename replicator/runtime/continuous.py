@@ -130,6 +130,8 @@ class ContinuousValidation:
             walk.orphans.extend(got.orphans)
             walk.orphan_count += got.orphan_count
             walk.rejected_count += got.rejected_count
+            # A mapping that reads columns legacy lacks: the table was not compared, never clean.
+            walk.mapping_errors.extend(got.mapping_errors)
             # The budget: on average at most rows_per_s rows compared per second.
             spent = time.monotonic() - started
             stop.wait(max(0.0, got.rows_checked / self.s.validation.rows_per_s - spent))

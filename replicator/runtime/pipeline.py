@@ -154,8 +154,14 @@ class Pipeline:
         self._supervisor.start()
 
     def _start_stages(
-        self, backfill: bool | None = None, progress: ProgressFn | None = None
+        self,
+        backfill: bool | None = None,
+        progress: ProgressFn | None = None,
+        *,
+        switched: bool = False,
     ) -> None:
+        """``switched``: started for a direction a switch recorded (no first backfill; a
+        forward slot found lost is still re-synced)."""
         s, d = self.settings, self.direction
         run_capture, run_apply, workers = self._options
         direction = self.mapping.forward if d == "fwd" else self.mapping.reverse
@@ -177,15 +183,18 @@ class Pipeline:
                 needed, tables = (
                     (True, None) if created is not None else wanted(s, direction.source_tables)
                 )
-                if created is not None and slot_was_lost(s):
-                    log.error(
-                        "pipeline %s: the forward slot %s was gone and is created anew; changes"
-                        " made on legacy while it was missing were never captured: re-syncing"
-                        " every table (emptied first, so deletes in the gap are not kept)",
-                        s.name,
-                        s.slot(d),
-                    )
-                    tables = list(direction.source_tables)  # a re-sync: truncate, then load
+            # After a rollback the forward slot was armed by it: one created as the pipeline
+            # follows the switch replaces a lost one, as at a start.
+            lost = d == "fwd" and created is not None and (backfill is None or switched)
+            if lost and slot_was_lost(s):
+                log.error(
+                    "pipeline %s: the forward slot %s was gone and is created anew; changes"
+                    " made on legacy while it was missing were never captured: re-syncing"
+                    " every table (emptied first, so deletes in the gap are not kept)",
+                    s.name,
+                    s.slot(d),
+                )
+                needed, tables = True, list(direction.source_tables)  # truncate, then load
             if d == "fwd" and needed:
                 self.backfill = Backfill(s, direction, tables=tables)
                 bf = self.backfill
@@ -231,7 +240,7 @@ class Pipeline:
                 if self.stop.is_set():
                     return  # shut down meanwhile: starting the new stages would orphan them
                 self.direction = wanted
-                self._start_stages(backfill=False)
+                self._start_stages(backfill=False, switched=True)
             except BaseException as exc:
                 self._fail("reconcile", exc)
                 return

@@ -22,11 +22,13 @@ again only if re-sent; fix it, then `replicator dlq replay`), rows still changin
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -46,6 +48,11 @@ from replicator.validate.insql.plan import SESSION_SQL
 from replicator.validate.report import Difference, Report, key_text
 from replicator.validate.scope import shapes_from
 from transforms.api import Direction, MappingSet
+
+if TYPE_CHECKING:
+    from replicator.cutover.recover import SwitchLock
+
+log = logging.getLogger(__name__)
 
 REPAIR_PREFIX = "repair-"  # replicator.backfill ids of repairs (status and the page skip them)
 RESENT = ("missing", "differs")  # their legacy rows are sent again
@@ -207,6 +214,39 @@ def repair(
     if dry_run or not todo:
         out.seconds = time.monotonic() - started
         return out
+    lock = _one_writer(s, direction)
+    try:
+        _send(s, mapping, out, todo, direction)
+    finally:
+        lock.release()
+    out.seconds = time.monotonic() - started
+    return out
+
+
+def _one_writer(s: Settings, direction: str) -> SwitchLock:
+    """The switch lock, held while the repair is sent and applied, once the records show the
+    direction's source as the one writer. A repair during a switch (a fence, a decision not
+    finished: the application may write to the new side already) would load the old writer's
+    rows, or delete rows, over the new writer's later writes."""
+    from replicator.cutover.recover import SIDE_NAMES, SwitchLock, read_state
+
+    lock = SwitchLock.take(s)  # a switch cannot start until the repair is applied
+    state = read_state(s)
+    if state.writer != SIDE_NAMES[direction] or state.problems or state.direction != direction:
+        lock.release()
+        why = "; ".join(state.problems) or f"the writer is {state.writer or 'unknown'}"
+        raise PreconditionError(
+            f"a repair from {SIDE_NAMES[direction]} needs it to be the one writer, with no"
+            f" switch under way: {why}",
+            hint="finish or recover the switch first (`replicator status` says how), then"
+            " `replicator validate --repair` again",
+        )
+    return lock
+
+
+def _send(
+    s: Settings, mapping: MappingSet, out: RepairReport, todo: list[Action], direction: str
+) -> None:
     fwd = direction == "fwd"
     # Rows are re-read on the direction's source and loaded by its apply into its sink, whose
     # replicator schema holds that apply's backfill records.
@@ -237,10 +277,13 @@ def repair(
         with pg.translated(sink_db.masked()):
             ensure_schema(sink)
             busy = sink.execute(
-                "SELECT id FROM replicator.backfill WHERE reading OR status <> 'applied' LIMIT 1"
+                "SELECT id, reading FROM replicator.backfill WHERE reading OR status <> 'applied'"
+                " LIMIT 1"
             ).fetchone()
             if busy is not None:
                 earlier = str(busy[0]).startswith(REPAIR_PREFIX)
+                if earlier and busy[1]:  # interrupted, and its end not sent then: sent now
+                    _close_out(s, s.topic(direction, "snapshot"), str(busy[0]), sink)
                 raise PreconditionError(
                     f"{'repair' if earlier else 'backfill'} {busy[0]} is not applied yet:"
                     " a repair waits for it",
@@ -252,53 +295,86 @@ def repair(
                 "INSERT INTO replicator.backfill (id, tables, truncate) VALUES (%s, %s, false)",
                 (repair_id, sorted(resend)),
             )
-        with pg.translated(src_db.masked()):
-            src.execute(SESSION_SQL)  # key texts as validation wrote them (instants in UTC)
-            emit_marker(
-                src,
-                {
-                    "kind": "backfill_started",
-                    "backfill_id": repair_id,
-                    "tables": sorted(resend),
-                    "truncate": False,
-                },
-            )
-            # One snapshot of the source, taken after the marker committed: the rows re-sent
-            # and the check that what is deleted still has no source row.
-            deletes = [a for a in todo if a.action == "delete"]
-            with snapshot(src, src_db.masked()):
-                messages = _rows(src, s.name, dmap, resend, as_text=not fwd)
-                if fwd:
-                    gone = _still_extra(src, sink, s, mapping, deletes)
-                else:
-                    gone = _still_missing(src, deletes)
-        for a in deletes:
-            if key_text(a.key) not in gone.get(a.table, set()):
-                a.action, a.reason = "keep", "a source row writes this key now: it stays"
-                continue
-            for table, row_key in _deleted_rows(a, dmap if not fwd else None):
-                messages.append(
-                    _control(s.name, {"kind": "repair_delete", "table": table, "key": row_key})
-                )
-        messages.append(_control(s.name, {"kind": "snapshot_done", "backfill_id": repair_id}))
         topic = s.topic(direction, "snapshot")
-        producer = Producer(
-            s.kafka.bootstrap_servers, compression=s.kafka.compression, **s.kafka.client_options()
-        )
         try:
-            sent = [producer.send(topic, m, partition=0) for m in messages]
-            producer.flush()
-            for one in sent:
-                one.check()
-        finally:
-            producer.close()
+            with pg.translated(src_db.masked()):
+                src.execute(SESSION_SQL)  # key texts as validation wrote them (instants in UTC)
+                emit_marker(
+                    src,
+                    {
+                        "kind": "backfill_started",
+                        "backfill_id": repair_id,
+                        "tables": sorted(resend),
+                        "truncate": False,
+                    },
+                )
+                # One snapshot of the source, taken after the marker committed: the rows re-sent
+                # and the check that what is deleted still has no source row.
+                deletes = [a for a in todo if a.action == "delete"]
+                with snapshot(src, src_db.masked()):
+                    messages = _rows(src, s.name, dmap, resend, as_text=not fwd)
+                    if fwd:
+                        gone = _still_extra(src, sink, s, mapping, deletes)
+                    else:
+                        gone = _still_missing(src, deletes)
+            for a in deletes:
+                if key_text(a.key) not in gone.get(a.table, set()):
+                    a.action, a.reason = "keep", "a source row writes this key now: it stays"
+                    continue
+                for table, row_key in _deleted_rows(a, dmap if not fwd else None):
+                    messages.append(
+                        _control(s.name, {"kind": "repair_delete", "table": table, "key": row_key})
+                    )
+            messages.append(_control(s.name, {"kind": "snapshot_done", "backfill_id": repair_id}))
+            producer = Producer(
+                s.kafka.bootstrap_servers,
+                compression=s.kafka.compression,
+                **s.kafka.client_options(),
+            )
+            try:
+                sent = [producer.send(topic, m, partition=0) for m in messages]
+                producer.flush()
+                for one in sent:
+                    one.check()
+            finally:
+                producer.close()
+        except BaseException:
+            # Its marker may be in the log: apply holds every later change until this
+            # repair's snapshot_done, and nothing else would send it (a repair is not
+            # resumed like a backfill). Sent now, the rows that did go are loaded, no more.
+            _close_out(s, topic, repair_id, sink)
+            raise
         with pg.translated(sink_db.masked()):
             sink.execute(
                 "UPDATE replicator.backfill SET reading = false WHERE id = %s", (repair_id,)
             )
             _wait_applied(sink, repair_id)
-    out.seconds = time.monotonic() - started
-    return out
+
+
+def _close_out(s: Settings, topic: str, repair_id: str, sink: psycopg.Connection[Any]) -> None:
+    """Best effort: an interrupted repair's snapshot_done sent, so that apply stops holding,
+    and the repair no longer read (the next repair waits only until apply has loaded it)."""
+    try:
+        producer = Producer(
+            s.kafka.bootstrap_servers, compression=s.kafka.compression, **s.kafka.client_options()
+        )
+        try:
+            done = _control(s.name, {"kind": "snapshot_done", "backfill_id": repair_id})
+            sent = producer.send(topic, done, partition=0)
+            producer.flush()
+            sent.check()
+        finally:
+            producer.close()
+    except Exception as exc:  # the original error is the one raised; this one is said
+        log.error(
+            "repair %s stopped and its end could not be sent (%s): apply holds the changes"
+            " after its marker until `replicator validate --repair` runs again",
+            repair_id,
+            exc,
+        )
+        return
+    with contextlib.suppress(Exception):
+        sink.execute("UPDATE replicator.backfill SET reading = false WHERE id = %s", (repair_id,))
 
 
 def _deleted_rows(a: Action, reverse: Direction | None) -> list[tuple[str, dict[str, Any]]]:

@@ -402,3 +402,28 @@ def test_a_large_table_is_read_as_key_ranges_side_by_side_under_a_rate_cap(env: 
     assert table is not None and table[:3] == (6_000, 6_000, True), table
     # 4,000 rows/s over the three sessions: the first chunk is free, the rest take >= 1.4 s.
     assert table[3] >= (6_000 - 250 * 3) / 4_000, table
+
+
+def test_no_backfill_once_the_target_is_the_writer(env: Env) -> None:
+    """After a cutover (the forward slot dropped, the target recorded as the writer) a
+    `replicator backfill` took itself for a lost slot's re-sync: the target's tables emptied
+    and loaded with legacy's older rows. It refuses, and records and marks nothing."""
+    from replicator.backfill.reader import Backfill
+    from replicator.cutover import decision
+    from replicator.errors import PreconditionError
+    from replicator.state import ensure_schema
+
+    _setup(env, 10)
+    s = env.settings()
+    with env.target_conn() as c:
+        ensure_schema(c)
+        decision.ensure_table(c)
+        c.execute(
+            "INSERT INTO replicator.backfill (id, tables, reading, status) "
+            "VALUES ('full', '{public.parent,public.child}', false, 'applied')"
+        )
+        c.execute(decision.finish(s.name, "rev"))  # a cutover finished
+    with pytest.raises(PreconditionError, match="the target is the writer"):
+        Backfill(s, load_mapping(TABLES).forward).run()
+    with env.target_conn() as c:
+        assert c.execute("SELECT count(*) FROM replicator.backfill").fetchone() == (1,)

@@ -209,3 +209,60 @@ def test_a_lost_forward_slot_is_recreated_with_a_resync_that_keeps_no_deleted_ro
             ).fetchone() == (True,)
     finally:
         again.shutdown()
+
+
+def test_a_forward_slot_lost_before_the_pipeline_follows_a_rollback_is_re_synced(
+    env: Env,
+) -> None:
+    """A rollback armed the forward slot; it is gone when the running pipeline follows the
+    switch (a failover, a cleanup). The slot created then starts at the current WAL: what the
+    application wrote on legacy meanwhile — a delete too — was kept off the target for good.
+    Following the switch re-syncs as a start does."""
+    from connectors.pgsource import create_slot
+    from replicator.capture import prepare_source
+    from replicator.cutover import decision
+    from replicator.state import ensure_schema
+
+    for conn in (env.legacy_conn(), env.target_conn()):
+        with conn as c:
+            c.execute(ITEM)
+    with env.legacy_conn() as c:
+        c.execute("INSERT INTO item SELECT g, 'first ' || g FROM generate_series(1, 50) g")
+    s = env.settings()
+    mapping = load_mapping("identity:public.item")
+    pipeline = Pipeline(s, mapping)
+    pipeline.start()
+    try:
+        wait_for(lambda: _rows(env.target_conn()) == _rows(env.legacy_conn()), 60, what="sync")
+    finally:
+        pipeline.shutdown()
+    # After a cutover: the reverse stream armed on the target, the target the writer.
+    create_slot(s.target.conninfo(), s.slot("rev"))
+    prepare_source(s, s.target, mapping.reverse.source_tables, "rev")
+    for conn in (env.legacy_conn(), env.target_conn()):
+        with conn as c:
+            ensure_schema(c)
+            decision.ensure_table(c)
+            c.execute(decision.finish(s.name, "rev"))
+    with env.legacy_conn() as c:
+        c.execute("SELECT pg_drop_replication_slot(%s)", (s.slot("fwd"),))
+    again = Pipeline(s, mapping)
+    again.start()
+    try:
+        assert again.direction == "rev"
+        # The rollback's records, its armed forward slot lost, legacy written since.
+        with env.legacy_conn() as c:
+            c.execute("DELETE FROM item WHERE id BETWEEN 40 AND 45")
+            c.execute("UPDATE item SET title = 'gap' WHERE id <= 5")
+        for conn in (env.legacy_conn(), env.target_conn()):
+            with conn as c:
+                c.execute(decision.finish(s.name, "fwd"))
+        wait_for(lambda: again.direction == "fwd", 30, what="the pipeline following")
+        wait_for(
+            lambda: _rows(env.target_conn()) == _rows(env.legacy_conn()) or again.stop.is_set(),
+            40,
+            what="the target re-synced",
+        )
+        assert not again.stop.is_set(), again.error
+    finally:
+        again.shutdown()

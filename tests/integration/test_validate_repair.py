@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from connectors import pg
 from replicator.cutover.switch import Cutover
@@ -275,5 +276,86 @@ def test_continuous_validation_catches_a_direct_target_write_and_marks_the_point
                 what="the point to move again",
             )
             assert Cutover(s, MAPPING)._validation_problems(c) == []
+    finally:
+        pipeline.shutdown()
+
+
+def test_a_repair_refuses_while_a_switch_decision_is_pending(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cutover stopped in its hook: the application may write to the target already, the
+    pipeline still reads "fwd". A forward repair then would load legacy's older rows (and
+    delete target rows) over the target's newer writes: it refuses, and sends nothing."""
+    from datetime import UTC, datetime
+
+    from replicator.capture import prepare_source
+    from replicator.cutover import decision
+    from replicator.errors import PreconditionError
+    from replicator.state import ensure_schema
+    from replicator.validate import repair as repair_mod
+    from replicator.validate.report import Difference, Report, key_text
+
+    _schemas(env)
+    s = env.settings()
+    prepare_source(s, s.source, MAPPING.forward.source_tables, "fwd")  # live sync's slot
+    for conn in (env.legacy_conn(), env.target_conn()):
+        with conn:
+            ensure_schema(conn)
+            decision.ensure_table(conn)
+            conn.execute(decision.record(s.name, "cutover", "run-1", "fwd", "rev"))
+    report = Report("full", None, datetime.now(UTC))
+    report.differences = [Difference("public.audit_log", "extra", {"id": "7"})]
+    report.provenance = {("public.audit_log", key_text({"id": "7"})): set()}
+    monkeypatch.setattr(repair_mod, "WAIT_APPLIED_S", 2.0)  # without the guard: no apply runs
+    with pytest.raises(PreconditionError, match="switch") as err:
+        repair(s, MAPPING, report, direction="fwd")
+    assert "stopped after its point of no return" in err.value.message
+    with env.target_conn() as c:
+        assert _one(c, "SELECT count(*) FROM replicator.backfill WHERE id LIKE 'repair-%%'") == 0
+
+
+def test_an_interrupted_repair_does_not_hold_live_sync(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repair that stops after its marker (a source read failing, Ctrl-C, Kafka): apply holds
+    every change after the marker until the repair's snapshot_done, and a repair is not resumed
+    like a backfill — live sync stopped for good. Its end is sent as it stops."""
+    from datetime import UTC, datetime
+
+    from replicator.validate import repair as repair_mod
+    from replicator.validate.context import wait_marker_applied
+    from replicator.validate.report import Difference, Report, key_text
+
+    _schemas(env)
+    s = env.settings()
+    pipeline = Pipeline(s, MAPPING)
+    pipeline.start()
+    try:
+        with env.target_conn() as c:
+            wait_for(
+                lambda: (
+                    _one(
+                        c,
+                        "SELECT count(*) FROM replicator.backfill WHERE reading OR status <> 'applied'",
+                    )
+                    == 0
+                ),
+                timeout=60,
+                what="the first backfill applied",
+            )
+        report = Report("full", None, datetime.now(UTC))
+        report.differences = [Difference("public.organization", "differs", {"id": "o1"})]
+        report.provenance = {
+            ("public.organization", key_text({"id": "o1"})): {("public.organization", ("o1",))}
+        }
+
+        def read_fails(*args: Any, **kwargs: Any) -> list[bytes]:
+            raise KeyboardInterrupt  # after the marker went into the log
+
+        monkeypatch.setattr(repair_mod, "_rows", read_fails)
+        with pytest.raises(KeyboardInterrupt):
+            repair(s, MAPPING, report, direction="fwd")
+        with env.legacy_conn() as legacy, env.target_conn() as target:
+            assert wait_marker_applied(s, legacy, target, 30.0), "apply still held"
     finally:
         pipeline.shutdown()

@@ -79,3 +79,22 @@ def test_after_a_cutover_legacy_is_repaired_from_the_target() -> None:
     assert missing.action == "delete"
     assert missing.sources == [{"table": "public.api_key", "key": ["k1"]}]
     assert got["public.user", "collides"].action == "refuse"
+
+
+def test_a_repair_delete_names_the_whole_key_of_a_mapped_table() -> None:
+    """The sink deletes by the columns a delete names: a key short of the table's (a reverse
+    repair's provenance key zipped onto other key columns) would delete every row sharing
+    that value. Refused, to the dead-letter queue, with nothing deleted."""
+    import pytest
+
+    from replicator.apply.rows import repair_delete
+    from replicator.errors import DataError
+    from transforms.api import Delete
+
+    ok = repair_delete(MAPPING.forward, {"table": "public.organization", "key": {"id": "o1"}})
+    assert ok == Delete("public.organization", {"id": "o1"})
+    for key in ({"slug": "acme"}, {"id": "o1", "slug": "acme"}):
+        with pytest.raises(DataError, match="key"):
+            repair_delete(MAPPING.forward, {"table": "public.organization", "key": key})
+    with pytest.raises(DataError, match="not a mapped table"):
+        repair_delete(MAPPING.forward, {"table": "public.secrets", "key": {"id": "1"}})
