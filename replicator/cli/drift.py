@@ -54,9 +54,17 @@ def drift_resolve(
     ] = None,
     config: ConfigOpt = None,
     direction: DirOpt = "fwd",
+    replay_letters: Annotated[
+        bool,
+        typer.Option(
+            "--replay/--no-replay",
+            help="Replay the dead letters of the resolved changes' tables (on by default).",
+        ),
+    ] = True,
 ) -> None:
     """After the mapping (or the target) is fixed: judge each open change again with the
-    mapping and target as they are now; resolve those that no longer need a change."""
+    mapping and target as they are now; resolve those that no longer need a change, and replay
+    the rows they refused (dead letters of their tables, re-read from the source as it is)."""
     from replicator.check_mapping import live_catalog
     from replicator.drift.judge import NEEDS_CHANGE, judge
     from replicator.drift.store import resolve
@@ -89,7 +97,9 @@ def drift_resolve(
     for cid, verdict, _ in done:
         out.print(f"resolved {cid}: now {verdict}", highlight=False)
     tables = sorted({t for _, _, t in done if t})
-    if tables:
+    if tables and replay_letters:
+        _replay_refused(config, direction, tables, [cid for cid, _, _ in done])
+    elif tables:
         out.print(
             "rows the change refused are in the DLQ (`replicator dlq list --table T`): replay them, or"
             " re-read them with `replicator backfill --table T`, for " + ", ".join(tables),
@@ -100,3 +110,37 @@ def drift_resolve(
             "still needing a mapping change:\n  " + "\n  ".join(still),
             hint="fix the mapping (or the target) as each says, then run `drift resolve` again",
         )
+
+
+def _replay_refused(config: Any, direction: str, tables: list[str], ids: list[int]) -> None:
+    """The dead letters of ``tables`` replayed as `dlq replay` does (each re-read from the
+    source row as it is now); what resolved each change recorded with it. A letter that fails
+    again stays pending and is named: the change stays resolved (its judgement holds), the row
+    is the DLQ's to settle."""
+    from replicator.cli.ops import _letters
+    from replicator.dlq.letters import mark_done
+    from replicator.dlq.replay import replay
+
+    s, topic, letters = _letters(config, direction)
+    chosen = [x for x in letters if x.letter.table in tables]
+    mapping = mapping_of(s)
+    source, target = sides(s, direction)
+    d = mapping.forward if direction == "fwd" else mapping.reverse
+    results = replay(s, d, source, target, chosen) if chosen else []
+    ok = [r.letter for r in results if r.error is None]
+    had = ", ".join(sorted({str(x.letter.table) for x in chosen})) or "their tables"
+    with pg.connect(target.conninfo(), autocommit=True) as conn, pg.translated(target.masked()):
+        mark_done(conn, topic, ok, "replayed")
+        conn.execute(
+            "UPDATE replicator.schema_changes SET resolution = resolution || %s"
+            " WHERE id = ANY(%s::bigint[])",
+            (f"; {len(ok)} dead letter(s) of {had} replayed", ids),
+        )
+    for r in results:
+        verdict = "replayed" if r.error is None else f"failed again: {r.error}"
+        out.print(f"letter {r.letter.position} {r.letter.letter.table}: {verdict}", highlight=False)
+    out.print(
+        f"{len(ok)} dead letter(s) of {had} replayed,"
+        f" {len(results) - len(ok)} still failing (`replicator dlq list`)",
+        highlight=False,
+    )
