@@ -106,8 +106,12 @@ def installed(conn: psycopg.Connection[Any], pipeline: str) -> bool:
 
 
 def may_install(conn: psycopg.Connection[Any]) -> bool:
-    """Event triggers need a superuser on PostgreSQL 15."""
-    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    """Event triggers need a superuser — or, on RDS/Aurora, a member of rds_superuser."""
+    row = conn.execute(
+        "SELECT rolsuper OR (to_regrole('rds_superuser') IS NOT NULL"
+        " AND pg_has_role(current_user, 'rds_superuser', 'MEMBER'))"
+        " FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
     return bool(row and row[0])
 
 

@@ -99,6 +99,28 @@ def test_rds_replication_membership_is_what_check_asks_for_on_rds(env: Env, role
                 c.execute(f"REVOKE rds_replication FROM {role}")
 
 
+def test_an_rds_superuser_member_may_install_the_ddl_trigger(env: Env, role: str) -> None:
+    """RDS gives event triggers to rds_superuser's members, not to superusers alone."""
+    from replicator.drift.trigger import may_install
+
+    with env.legacy_conn() as c:
+        made = not c.execute("SELECT 1 FROM pg_roles WHERE rolname = 'rds_superuser'").fetchone()
+        if made:  # this server imitates RDS for the test's length
+            c.execute("CREATE ROLE rds_superuser NOLOGIN")
+    try:
+        with psycopg.connect(_as(env, role).conninfo(), autocommit=True) as c:
+            assert not may_install(c)
+        with env.legacy_conn() as c:
+            c.execute(f"GRANT rds_superuser TO {role}")
+        with psycopg.connect(_as(env, role).conninfo(), autocommit=True) as c:
+            assert may_install(c)
+    finally:
+        with env.legacy_conn() as c:
+            c.execute(f"REVOKE rds_superuser FROM {role}")
+            if made:
+                c.execute("DROP ROLE rds_superuser")
+
+
 def test_missing_grants_names_ownership_sequences_the_parameter_and_origins(
     env: Env, role: str
 ) -> None:
