@@ -265,7 +265,11 @@ def test_managed_roles_check_then_the_whole_scenario(managed: Managed, tmp_path:
     mon.stop.set()
     mon.thread.join()
     out = run.output()
-    assert "Traceback" not in out and "WARNING" not in out, out
+    assert "Traceback" not in out, out
+    # The one warning a managed role earns: no DDL event trigger (a superuser's right), the
+    # documented degraded mode of docs/drift.md; every grant the scenario needs was given.
+    warned = [line for line in out.splitlines() if "WARNING" in line]
+    assert all("no DDL event trigger" in line for line in warned), warned
 
     # I1
     assert mon.error is None and mon.samples > 10, (mon.samples, mon.error)
