@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,13 @@ from tests.support import Env, Services, isolated_env, start_services
 # busy two-core machine (a fault matrix beside the unit tests) trips at random.
 hypothesis_settings.register_profile("replicator", deadline=None)
 hypothesis_settings.load_profile("replicator")
+
+# A non-interactive shell starts a background job with SIGINT ignored, and Python keeps that (so
+# does every CLI it starts): run-tests.sh runs the fault matrix so, and CI may run the whole
+# script so. The tests (and the switch's signal handling they exercise) expect Python's usual
+# handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
