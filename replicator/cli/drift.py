@@ -117,20 +117,15 @@ def _replay_refused(config: Any, direction: str, tables: list[str], ids: list[in
     source row as it is now); what resolved each change recorded with it. A letter that fails
     again stays pending and is named: the change stays resolved (its judgement holds), the row
     is the DLQ's to settle."""
-    from replicator.cli.ops import _letters
-    from replicator.dlq.letters import mark_done
-    from replicator.dlq.replay import replay
+    from replicator.cli.ops import _letters, replay_letters
 
     s, topic, letters = _letters(config, direction)
     chosen = [x for x in letters if x.letter.table in tables]
-    mapping = mapping_of(s)
-    source, target = sides(s, direction)
-    d = mapping.forward if direction == "fwd" else mapping.reverse
-    results = replay(s, d, source, target, chosen) if chosen else []
-    ok = [r.letter for r in results if r.error is None]
+    results = replay_letters(s, topic, direction, chosen)
+    ok = [r for r in results if r.error is None]
     had = ", ".join(sorted({str(x.letter.table) for x in chosen})) or "their tables"
+    _, target = sides(s, direction)
     with pg.connect(target.conninfo(), autocommit=True) as conn, pg.translated(target.masked()):
-        mark_done(conn, topic, ok, "replayed")
         conn.execute(
             "UPDATE replicator.schema_changes SET resolution = resolution || %s"
             " WHERE id = ANY(%s::bigint[])",

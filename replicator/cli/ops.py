@@ -16,6 +16,7 @@ from rich.table import Table
 
 from connectors import pg
 from replicator.cli.app import ConfigOpt, app, mapping_of, out, settings_from
+from replicator.config import Settings
 from replicator.errors import ReplicatorError
 from replicator.status.overview import Status, collect, sides
 
@@ -230,19 +231,9 @@ def dlq_replay(
     direction: DirOpt = "fwd",
 ) -> None:
     """Apply letters again from the source row's current state (see docs/dlq.md)."""
-    from replicator.dlq.letters import mark_done
-    from replicator.dlq.replay import replay
-
     s, topic, letters = _letters(config, direction)
-    chosen = _pick(letters, positions or [], every)
-    mapping = mapping_of(s)
-    source, target = sides(s, direction)
-    results = replay(
-        s, mapping.forward if direction == "fwd" else mapping.reverse, source, target, chosen
-    )
-    ok = [r.letter for r in results if r.error is None]
-    with pg.connect(target.conninfo(), autocommit=True) as conn, pg.translated(target.masked()):
-        mark_done(conn, topic, ok, "replayed")
+    results = replay_letters(s, topic, direction, _pick(letters, positions or [], every))
+    ok = [r for r in results if r.error is None]
     for r in results:
         status_ = "[green]applied[/]" if r.error is None else f"[red]failed again:[/] {r.error}"
         out.print(f"{r.letter.position} {r.letter.letter.table}: {status_}")
@@ -250,6 +241,22 @@ def dlq_replay(
     out.print(f"{len(ok)} replayed, {failed} still failing")
     if failed:
         raise typer.Exit(1)
+
+
+def replay_letters(s: Settings, topic: str, direction: str, chosen: list) -> list:  # type: ignore[type-arg]
+    """Replay ``chosen`` letters (each re-read from its source row as it is now) and mark the
+    ones applied done; every result, applied or failed again (`dlq replay`, `drift resolve`)."""
+    from replicator.dlq.letters import mark_done
+    from replicator.dlq.replay import replay
+
+    mapping = mapping_of(s)
+    source, target = sides(s, direction)
+    d = mapping.forward if direction == "fwd" else mapping.reverse
+    results = replay(s, d, source, target, chosen) if chosen else []
+    ok = [r.letter for r in results if r.error is None]
+    with pg.connect(target.conninfo(), autocommit=True) as conn, pg.translated(target.masked()):
+        mark_done(conn, topic, ok, "replayed")
+    return results
 
 
 @dlq_app.command("purge")

@@ -34,22 +34,9 @@ STEPS = [
 BEFORE_THE_HOOK = [*STEPS[:8], "decide:new", "switch"]
 
 
-def _url(env: Env, side: str) -> str:
-    db = env.legacy if side == "legacy" else env.target
-    return (
-        f"postgresql://{db.user}:{db.password.get_secret_value()}@{db.host}:{db.port}/{db.dbname}"
-    )
-
-
 @pytest.fixture
 def synced(env: Env) -> Iterator[tuple[Any, Pipeline]]:
-    from transforms.mcp_manager.generate import generate
-    from transforms.mcp_manager.legacy import create_legacy_schema
-    from transforms.mcp_manager.target_schema import apply_target_schema
-
-    create_legacy_schema(_url(env, "legacy"))
-    generate(_url(env, "legacy"), scale=1, seed=3)
-    apply_target_schema(_url(env, "target"))
+    env.mcp_schemas(scale=1, seed=3)
     s = env.settings(cutover={"max_lag_s": 5.0, "drain_timeout_s": 20.0})
     pipeline = Pipeline(s, load_mapping("transforms.mcp_manager:MAPPING"))
     pipeline.start()
