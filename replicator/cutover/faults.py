@@ -10,27 +10,32 @@ begins) or a point inside one (``fence:locking``, ``decide:new``, ``finish:sourc
 - ``drop-old`` / ``drop-new``: the server ends the session the switch holds on that side
   (a network cut, a failover), and the step goes on until it meets the dead connection.
 
-At ``fence:locking`` the fault lands a moment later, while the fence waits for its locks (a
-test holds one), not before it asks.
+At ``fence:locking`` another session first takes a lock that conflicts with the fence's (on
+the first table it fences), then the fault lands a moment later, while the fence waits for its
+locks, not before it asks; the lock is let go a while after. Taking it here, rather than in the
+test, is what makes the fault land in the wait every time: the fence asks within milliseconds.
 
 Nothing here runs unless the variable (or ``fail_at``) names a point.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
+import psycopg.sql
 
 from replicator.errors import CutoverAborted
 
 ENV = "REPLICATOR_CUTOVER_FAULT"
 KINDS = ("raise", "sigkill", "sigterm", "drop-old", "drop-new")
 DURING_S = 0.15  # how far into a wait (``…:locking``) a fault lands
+HOLD_S = 2.0  # how long after the fault the conflicting lock is let go
 
 
 def parse(text: str | None) -> dict[str, str]:
@@ -59,7 +64,14 @@ class Faults:
     def __bool__(self) -> bool:
         return bool(self._pending)
 
-    def strike(self, point: str, conn_of: Callable[[str], Any] | None = None) -> None:
+    def strike(
+        self,
+        point: str,
+        conn_of: Callable[[str], Any] | None = None,
+        tables: Sequence[str] = (),
+    ) -> None:
+        """The fault for ``point``, if one is pending. ``conn_of(side)`` gives the switch's held
+        session on a side; ``tables`` are what a ``…:locking`` point's statement will lock."""
         kind = self._pending.pop(point, None)
         if kind is None:
             return
@@ -67,9 +79,22 @@ class Faults:
         conn = conn_of(side) if conn_of is not None and side is not None else None
         if point.endswith(":locking") and kind != "raise":
             # Into the lock wait that follows: the fault lands while the statement waits.
-            threading.Timer(DURING_S, self._deliver, (point, kind, conn)).start()
+            held = conn_of("old") if conn_of is not None else None
+            holder = _conflicting_lock(held, tables[0]) if held is not None and tables else None
+            threading.Timer(
+                DURING_S, self._deliver_then_let_go, (point, kind, conn, holder)
+            ).start()
             return
         self._deliver(point, kind, conn)
+
+    def _deliver_then_let_go(
+        self, point: str, kind: str, conn: Any, holder: psycopg.Connection[Any] | None
+    ) -> None:
+        try:
+            self._deliver(point, kind, conn)
+        finally:
+            if holder is not None:
+                threading.Timer(HOLD_S, _let_go, (holder,)).start()
 
     def _deliver(self, point: str, kind: str, conn: Any) -> None:
         if kind == "raise":
@@ -83,9 +108,32 @@ class Faults:
             _terminate(conn)
 
 
+def _conflicting_lock(held: psycopg.Connection[Any], table: str) -> psycopg.Connection[Any]:
+    """A session of its own, on the server of ``held``, holding ``table`` in ROW EXCLUSIVE
+    mode (what any writer holds) until :func:`_let_go`: the fence's EXCLUSIVE lock waits."""
+    params = held.info.get_parameters()
+    params["password"] = held.info.password or ""
+    params["application_name"] = "replicator-fault-lock"
+    holder = psycopg.connect(**params)  # type: ignore[arg-type]
+    ident = psycopg.sql.Identifier(*table.split(".", 1))
+    holder.execute(psycopg.sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(ident))
+    return holder
+
+
+def _let_go(holder: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(psycopg.Error):
+        holder.rollback()
+    with contextlib.suppress(psycopg.Error):
+        holder.close()
+
+
 def _terminate(conn: psycopg.Connection[Any]) -> None:
-    """End ``conn``'s session from the server's side, as a network cut would."""
-    pid = conn.info.backend_pid
+    """End ``conn``'s session from the server's side, as a network cut would (a session
+    already gone — the step met an error first — has nothing left to cut)."""
+    try:
+        pid = conn.info.backend_pid
+    except psycopg.OperationalError:
+        return
     params = conn.info.get_parameters()
     params["password"] = conn.info.password or ""
     with psycopg.connect(**params, autocommit=True) as other:  # type: ignore[arg-type]

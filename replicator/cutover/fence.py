@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +74,7 @@ def fence(
     run_id: str = "",
     marker: dict[str, Any] | None = None,
     conn: psycopg.Connection[Any] | None = None,
-    strike: Callable[[str], None] | None = None,
+    strike: Callable[[str, Sequence[str]], None] | None = None,
     calm: Callable[[], AbstractContextManager[None]] | None = None,
 ) -> Fence:
     """Fence ``tables`` on ``db``; returns what was done. Raises if the locks cannot be had.
@@ -97,7 +97,7 @@ def fence(
             # so one waiting for the lock below fails even before it meets the trigger.
             f.revoked = _revoke(c, app_roles, tables, run_id)
         if strike is not None:
-            strike("fence:locking")
+            strike("fence:locking", tables)
         control = {"kind": "marker", "marker": "fence", "id": f.marker_id, **(marker or {})}
         quoted = sql.Literal([_quoted(t) for t in tables])
         locked = sql.SQL("; ").join(

@@ -58,8 +58,13 @@ class SignalGuard:
         raise Interrupted(name)
 
     def check(self) -> None:
-        """At a step's start: a signal noted while calm stops the switch now."""
-        if self.fired and not self._raised and not self._calm:
+        """At a step's start: a signal noted while calm stops the switch now. So does one whose
+        :class:`Interrupted` was raised already: a step that begins while no abort is under
+        way means a handler on the way (one that turns an error into a fallback) swallowed
+        it, and the stop that was asked for must not turn into a switch that goes on."""
+        if self.fired and not self._calm:
+            if self._raised:
+                log.warning("%s was asked for earlier: the switch stops now", self.fired[0])
             self._raised = True
             raise Interrupted(self.fired[0])
 

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -495,10 +495,10 @@ class Cutover(Preflight):
                 self._conn(side).execute(sql.SQL("; ").join(statements))
             self._strike("finish:source")
 
-    def _strike(self, point: str) -> None:
+    def _strike(self, point: str, tables: Sequence[str] = ()) -> None:
         """Test hook: the fault named for this point (faults.py), if any."""
         if self._faults:
-            self._faults.strike(point, self._conns.get)
+            self._faults.strike(point, self._conns.get, tables)
 
     def _app_name(self) -> dict[str, str]:
         """Every session of a switch is named, so that ``recover`` can end one left behind,

@@ -5,7 +5,7 @@ refuses a side the apply could not write into once fenced."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import psycopg
 import pytest
@@ -137,7 +137,7 @@ def test_a_fence_stopped_before_its_commit_leaves_nothing_behind(env: Env) -> No
     blocker = psycopg.connect(env.legacy.conninfo())
     blocker.execute("LOCK TABLE item IN ROW EXCLUSIVE MODE")
 
-    def boom(point: str) -> None:
+    def boom(point: str, tables: Sequence[str]) -> None:
         if point == "fence:locking":
             raise KeyboardInterrupt  # what SIGINT is, at the worst moment
 

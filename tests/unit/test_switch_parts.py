@@ -93,8 +93,24 @@ def test_the_first_signal_raises_later_ones_are_noted() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
             signal.sigtimedwait([], 0)  # let the handler run here
         assert first.value.signame == "SIGTERM" and isinstance(first.value, KeyboardInterrupt)
-        os.kill(os.getpid(), signal.SIGTERM)  # ignored: an abort must not be cut in half
-        guard.check()  # raised already: nothing more
+        with guard.calm():
+            os.kill(os.getpid(), signal.SIGTERM)  # ignored: an abort must not be cut in half
+            signal.sigtimedwait([], 0)
+            guard.check()  # an abort's own steps go on
+
+
+def test_a_stop_that_a_handler_swallowed_still_stops_the_next_step() -> None:
+    """A step's code that turns errors into a fallback may catch the Interrupted (it is a
+    ReplicatorError too); the switch must not go on as if no stop had been asked for."""
+    guard = SignalGuard()
+    with guard.armed():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0)
+        except Interrupted:
+            pass  # swallowed, as an `except ReplicatorError: fall back` would
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            guard.check()
 
 
 def test_a_signal_while_calm_stops_the_switch_at_the_next_step() -> None:
