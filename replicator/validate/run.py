@@ -61,12 +61,14 @@ from replicator.validate.insql.passes import (
     sql_pass,
 )
 from replicator.validate.insql.plan import SESSION_SQL, choose_hashing
+from replicator.validate.insql.ranges import RangeAsk
 from replicator.validate.orphans import find_orphans
 from replicator.validate.report import (
     Difference,
     Orphan,
     Report,
     TableResult,
+    clear_flags,
     ensure_runs_table,
     fast_baseline,
     key_text,
@@ -285,9 +287,12 @@ def validate(
     read_ahead: Touched | None = None,
     python_path: bool = False,
     resume: bool = False,
+    key_range: RangeAsk | None = None,
 ) -> Report:
     """Validate the target against the legacy data; the report is stored unless ``save=False``.
     ``resume``: a full run continues an interrupted one, re-using the groups it found clean.
+    ``key_range``: one key range of each group only (continuous validation; ``report.ranges``
+    says which, or why a group was checked whole).
 
     ``keys`` (legacy table -> keys) narrows the run to those legacy rows, plus the legacy tables
     in ``full_sources`` in full: what a rollback re-checks (replicator.validate.reverse).
@@ -317,8 +322,13 @@ def validate(
             settings, mapping, legacy, target, spare, offsets.result, report, selected,
             table=table, keys=keys, fast=fast, rounds=rounds, marker_timeout_s=marker_timeout_s,
             save=save, full_sources=full_sources, read_ahead=read_ahead, python_path=python_path,
-            resume=resume,
+            resume=resume, key_range=key_range,
         )  # fmt: skip
+
+
+def _last_range(ctx: Ctx) -> bool:
+    """Not a check by range, or one whose ranges (or whole groups) reach every table's end."""
+    return all(isinstance(r, str) or r.hi is None for r, _ in ctx.ranges.values())
 
 
 def _log_offsets(s: Settings, wanted: bool) -> dict[int, int] | None:
@@ -370,6 +380,7 @@ def _validate(
     read_ahead: Touched | None,
     python_path: bool,
     resume: bool = False,
+    key_range: RangeAsk | None = None,
 ) -> Report:
     # Each server's share of the set-up at once: legacy's in a thread of its own.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -391,6 +402,7 @@ def _validate(
     report.mapping_errors = mapping_errors(legacy_catalog, writers)
     ctx = Ctx(settings, mapping.forward, legacy, target, shapes, live, marker_timeout_s)
     ctx.force_python = python_path
+    ctx.range_ask = key_range
     ctx.legacy_catalog, ctx.target_catalog = legacy_catalog, target_catalog
     ctx.hashing = choose_hashing(legacy, target)
     report.live = live
@@ -515,7 +527,8 @@ def _compare_all(
 
     pending: dict[str, Pending] = {}
     on_clean = checkpoints.clean if checkpoints is not None else None
-    pending.update(_full_passes(ctx, groups, report, spare, None if live else find, on_clean))
+    beside = None if live or ctx.range_ask is not None else find
+    pending.update(_full_passes(ctx, groups, report, spare, beside, on_clean))
     if touched is not None:
         keyed = [t for t in selected if t not in full_tables]
         ctx.partial.update(keyed)
@@ -539,14 +552,18 @@ def _compare_all(
     report.orphans, report.orphan_count = (
         orphans[0]
         if orphans
+        else ([], 0)
+        if not _last_range(ctx)  # a table's orphans are looked for with its last range
         else find_orphans(ctx.target, mapping.forward, selected, ctx.sync if live else None)
     )
     report.rejected_count = len(report.rejected)
+    report.ranges = dict(ctx.ranges)
     report.lagging = ctx.lagging
     report.finished_at = datetime.now(UTC)
     if save:
         with pg.translated(settings.target.masked()):
             report.run_id = store(target, report)
+            report.cleared_flags = clear_flags(target, report)
         if checkpoints is not None:
             checkpoints.finish()
     return report

@@ -28,7 +28,8 @@ from replicator.validate.expect import Rejected, SourceKey
 from replicator.validate.insql.catalog import MISSING, catalog
 from replicator.validate.insql.groups import Pending, run_group
 from replicator.validate.insql.keys import check_keys
-from replicator.validate.insql.plan import SESSION_SQL, GroupPlan, plan_group
+from replicator.validate.insql.plan import SESSION_SQL, GroupPlan, KeyRange, plan_group
+from replicator.validate.insql.ranges import RangeAsk, probe, range_source, whole
 from replicator.validate.report import Report, TableResult
 from replicator.validate.scope import components, read_target
 
@@ -61,7 +62,47 @@ def load_catalogs(ctx: Ctx) -> None:
 
 
 def group_plan(ctx: Ctx, group: list[str]) -> GroupPlan | str:
-    """The SQL plan of a group of target tables, or why it keeps the Python path."""
+    """The SQL plan of a group of target tables, or why it keeps the Python path; in a check of
+    one key range (``ctx.range_ask``), the plan of that range where the group allows one."""
+    plan = _whole_plan(ctx, group)
+    if ctx.range_ask is None:
+        return plan
+    got = ctx.ranges.get(tuple(group))
+    if got is None:
+        got = ctx.ranges[tuple(group)] = _range_plan(ctx, group, plan, ctx.range_ask)
+    return got[1]
+
+
+def _range_plan(
+    ctx: Ctx, group: list[str], plan: GroupPlan | str, ask: RangeAsk
+) -> tuple[KeyRange | str, GroupPlan | str]:
+    if not isinstance(plan, GroupPlan):
+        whole(group, f"it is compared the Python way ({plan})")
+        return plan, plan
+    src = range_source(plan, group)
+    if isinstance(src, str):
+        whole(group, src)
+        return src, plan
+    with pg.translated(ctx.s.source.masked()):
+        rng = probe(ctx.legacy, *src, ask)
+    legacy, target = ctx.legacy_catalog or {}, ctx.target_catalog or {}
+    ranged = plan_group(
+        ctx.direction,
+        group,
+        ctx.shapes,
+        lambda s: legacy.get(s, MISSING).categories(),
+        lambda t: target.get(t, MISSING).enums(),
+        ctx.hashing,
+        rng,
+    )
+    if isinstance(ranged, str):
+        whole(group, ranged)
+        return ranged, plan
+    ranged.key_types.update(plan.key_types)
+    return rng, ranged
+
+
+def _whole_plan(ctx: Ctx, group: list[str]) -> GroupPlan | str:
     if ctx.force_python:
         return "the Python path was asked for"
     known = ctx.plans.get(tuple(group))
