@@ -10,14 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import pytest
 
 from replicator.runtime.continuous import ContinuousValidation, ensure, read_points
+from replicator.runtime.pipeline import Pipeline
 from replicator.state import ensure_schema
 from replicator.validate.insql.ranges import RangeAsk
 from replicator.validate.report import Report
 from replicator.validate.run import validate
 from tests.integration.test_validate import loaded  # noqa: F401 (a fixture)
-from tests.support import Env
+from tests.support import Env, wait_for
 from transforms.mcp_manager import MAPPING
 
 AUDIT = "public.audit_log"  # 2,000 rows, keyed by an integer id copied as is
@@ -155,3 +157,48 @@ def test_a_direct_target_write_in_a_range_is_found_and_a_clean_validate_clears_i
         assert again.check(legacy, target, AUDIT).outcome == "clean"
         assert again.checked[0][1:] == ("900", "1200") and again.checked[-1][2] is None
         assert read_points(target)[AUDIT]["verified_lsn"] is not None
+
+
+def test_a_row_in_flight_during_a_range_is_not_reported(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live sync runs; a legacy row of the range is changed after the range's target snapshot
+    was taken and before its legacy one (the row is in flight): the range's candidate is checked
+    again once apply has caught up, converges, and the pass ends clean."""
+    from replicator.validate.insql import passes
+
+    env.mcp_schemas(scale=1, seed=9)
+    s = env.settings(validation={"rows_per_s": 1_000_000, "range_rows": 300})
+    pipeline = Pipeline(s, MAPPING)
+    pipeline.start()
+    try:
+        with env.target_conn() as c:
+            wait_for(
+                lambda: _one(c, "SELECT count(*) FROM audit_log") == 2000,
+                timeout=90,
+                what="the backfill applied",
+            )
+        real = passes.run_group
+        changed: list[bool] = []
+
+        def run_group(plan: Any, *args: Any) -> Any:
+            legacy_sql = next(iter(plan.tables.values())).legacy_sql
+            if not changed and '"id" > 900 AND "id" <= 1200' in legacy_sql:
+                changed.append(True)
+                with env.legacy_conn() as lc:
+                    lc.execute("UPDATE audit_log SET action = 'in-flight' WHERE id = 1000")
+                    lc.commit()
+            return real(plan, *args)
+
+        monkeypatch.setattr(passes, "run_group", run_group)
+        checker = ContinuousValidation(s, MAPPING)
+        with env.legacy_conn() as legacy, env.target_conn() as target:
+            target.autocommit = True
+            ensure(target)
+            got = checker.check(legacy, target, AUDIT)
+            assert changed, "the range holding id 1000 was never checked"
+            assert got.outcome == "clean", got.to_json(limit=3)["differences"]
+            assert got.tables[0].in_flight == 1
+            assert read_points(target)[AUDIT]["verified_lsn"] is not None
+    finally:
+        pipeline.shutdown()
