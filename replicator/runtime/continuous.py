@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +37,7 @@ from replicator.config import Settings
 from replicator.errors import ReplicatorError
 from replicator.validate.insql.plan import KeyRange
 from replicator.validate.insql.ranges import RangeAsk, range_rows
-from replicator.validate.report import Report, ensure_runs_table
+from replicator.validate.report import Report, add_counts, ensure_runs_table
 from transforms.api import MappingSet
 
 log = logging.getLogger(__name__)
@@ -120,11 +120,8 @@ def _merge(into: Report, got: Report) -> None:
         mine = have.get(r.table)
         if mine is None:
             into.tables.append(r)
-            continue
-        for f in fields(r):
-            v = getattr(r, f.name)
-            if isinstance(v, int) and not isinstance(v, bool):
-                setattr(mine, f.name, getattr(mine, f.name) + v)
+        else:
+            add_counts(mine, r)
     into.differences.extend(got.differences)
     into.orphans.extend(got.orphans)
     into.orphan_count += got.orphan_count

@@ -48,6 +48,10 @@ class Ctx:
     # A check of one key range per group (validate/insql/ranges.py): what was asked, and per
     # group the range checked or why the group was checked whole, and the plan used.
     range_ask: RangeAsk | None = None
+    # A resumable full run checks each group in ranges of this many legacy rows (0: whole), the
+    # interrupted run's groups from after the key it had reached: (key, results, ranges).
+    full_range_rows: int = 0
+    range_start: dict[tuple[str, ...], tuple[str, list[Any], int]] = field(default_factory=dict)
     ranges: dict[tuple[str, ...], tuple[KeyRange | str, GroupPlan | str]] = field(
         default_factory=dict
     )

@@ -8,7 +8,7 @@ schema (``version`` 1) is documented in docs/validation.md; fields are only ever
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -84,6 +84,14 @@ class TableResult:
     @property
     def differences(self) -> int:
         return self.missing + self.extra + self.differs + self.collides
+
+
+def add_counts(into: TableResult, more: TableResult) -> None:
+    """``more``'s counts added to ``into`` (two key ranges of one table)."""
+    for f in fields(more):
+        v = getattr(more, f.name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            setattr(into, f.name, getattr(into, f.name) + v)
 
 
 @dataclass

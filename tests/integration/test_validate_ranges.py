@@ -7,6 +7,7 @@ validation clears the flag."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -18,6 +19,7 @@ from replicator.state import ensure_schema
 from replicator.validate.insql.ranges import RangeAsk
 from replicator.validate.report import Report
 from replicator.validate.run import validate
+from tests.e2e.cli import run_cli
 from tests.integration.test_validate import loaded  # noqa: F401 (a fixture)
 from tests.support import Env, wait_for
 from transforms.mcp_manager import MAPPING
@@ -202,3 +204,33 @@ def test_a_row_in_flight_during_a_range_is_not_reported(
             assert read_points(target)[AUDIT]["verified_lsn"] is not None
     finally:
         pipeline.shutdown()
+
+
+def test_kill_9_during_a_full_validation_then_resume_continues_within_the_table(
+    loaded: Env,  # noqa: F811
+) -> None:
+    """A full validation checks audit_log (2,000 rows) in ranges of 400 and is killed with
+    SIGKILL once three ranges are recorded clean: `validate --resume` continues audit_log after
+    the third range (not from its start) and says how much it re-used."""
+    env = loaded
+    small = {**env.env_vars(), "REPLICATOR_VALIDATION__RANGE_ROWS": "400"}
+    killed = run_cli(
+        ["validate", "--json"], {**small, "REPLICATOR_VALIDATE_FAULT": "sigkill-after-ranges:3"}
+    )
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    with env.target_conn() as c:
+        through = c.execute(
+            "SELECT through, ranges FROM replicator.validation_progress WHERE grp = %s", (AUDIT,)
+        ).fetchall()
+        assert through == [("1200", 3)]
+    done = run_cli(["validate", "--resume", "--json"], small)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert out["outcome"] == "clean"
+    resumed = out["resumed"]
+    assert resumed["ranges_reused"] == 3 and resumed["tables_resumed_in_range"] == [AUDIT]
+    assert resumed["rows_reused"] >= 1200
+    audit = next(t for t in out["tables"] if t["table"] == AUDIT)
+    assert audit["rows_checked"] == 2000  # 1,200 re-used, the last 800 checked now
+    text = run_cli(["validate", "--resume"], small)  # nothing left: the run finished
+    assert text.returncode == 2

@@ -27,6 +27,11 @@ from transforms.sql_twins import TEXT, ident
 log = logging.getLogger(__name__)
 
 RANGE_S = 5.0  # a range is what the budget compares in this many seconds
+# A resumable full run (`validate`, `--resume`) checks a group in ranges of this many rows
+# (``[validation] range_rows`` when set): an interrupted run of a large table then continues
+# from its last clean range. Larger than the walk's: each range of a text-keyed target table
+# scans that table (its index follows the database's collation, the ranges byte order).
+FULL_RANGE_ROWS = 1_000_000
 _warned: set[tuple[str, ...]] = set()
 
 
@@ -76,10 +81,14 @@ def probe(
     return KeyRange(ask.after, None if row is None else str(row[0]), cat)
 
 
-def whole(group: list[str], reason: str) -> None:
-    """A group checked whole instead of by range: said once per process."""
+def whole(group: list[str], reason: str, *, quiet: bool = False) -> None:
+    """A group checked whole instead of by range: said once per process (a warning from
+    continuous validation, where a pass over a large table is then one long check)."""
     if tuple(group) not in _warned:
         _warned.add(tuple(group))
-        log.warning(
-            "continuous validation checks %s whole, not by key range: %s", ", ".join(group), reason
+        log.log(
+            logging.INFO if quiet else logging.WARNING,
+            "validation checks %s whole, not by key range: %s",
+            ", ".join(group),
+            reason,
         )
