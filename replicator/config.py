@@ -394,6 +394,7 @@ class ValidationSettings(_Strict):
     rows_per_s: float = Field(
         20_000.0, gt=0, description="continuous validation's budget: rows compared per second"
     )
+    range_rows: int = Field(0, ge=0, description="rows per key range (0: the budget's 5 s)")
 
 
 class DriftSettings(_Strict):

@@ -1,17 +1,23 @@
 """Continuous validation in `replicator run` (``[validation] continuous = true``).
 
-A stage of its own walks the mapped target tables in turn, validating each one in full by the
-in-database checksums (replicator.validate.run, ``--table``: its catch-up marker, then the
-re-checks of rows changed meanwhile), and paces itself to ``rows_per_s`` rows compared per
-second on average. Each table's result is recorded in ``replicator.verified_through`` on the
-target: the **verified-through point** — every row of the table written on legacy before
-``verified_lsn`` (at ``verified_at``, legacy's clock) equals its transform. The point is read
-before the table's catch-up marker is emitted, so every change before it was applied when the
-table was compared. A table found different keeps its last clean point and records
-``outcome = 'different'`` with the keys; the cutover preflight refuses then, and accepts the
-points in place of a fresh full validation when every mapped table has a clean, recent one.
+A stage of its own walks the mapped target tables in turn, each one in key ranges of about
+``range_rows`` legacy rows (replicator.validate.insql.ranges; a table whose group cannot be
+restricted is checked whole), each range by the in-database checksums (replicator.validate.run:
+its catch-up marker, then the re-checks of rows that differ once apply has caught up, so a row
+in flight is not reported), paced to ``rows_per_s`` rows compared per second on average.
 
-The walk restarts from the table checked longest ago, so a restart resumes it.
+A **pass** over a table begins by noting legacy's position (LSN and time) and checks its ranges
+in key order; the cursor (the last key checked, the pass's start) is kept in
+``replicator.verified_through`` on the target after each range, so a restart continues from the
+range where it stopped. When the last range is clean, the table's **verified-through point**
+becomes the pass's start: every row of the table written on legacy before ``verified_lsn`` (at
+``verified_at``, legacy's clock) equals its transform (each range was compared after that point
+was applied). A range found different records ``outcome = 'different'`` with its keys and holds
+the cursor: the table keeps its last clean point, the cutover preflight refuses, and the walk's
+next visit checks that range again. The preflight accepts the points in place of a fresh full
+validation when every mapped table has a clean, recent one.
+
+The walk starts with tables whose pass is open, then the one checked longest ago.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +35,9 @@ from psycopg.types.json import Jsonb
 from connectors import pg
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
-from replicator.validate.report import Report, ensure_runs_table
+from replicator.validate.insql.plan import KeyRange
+from replicator.validate.insql.ranges import RangeAsk, range_rows
+from replicator.validate.report import Report, add_counts, ensure_runs_table
 from transforms.api import MappingSet
 
 log = logging.getLogger(__name__)
@@ -45,6 +54,15 @@ CREATE TABLE IF NOT EXISTS replicator.verified_through (
     rows_checked bigint      NOT NULL DEFAULT 0
 )
 """
+# The pass under way (added to tables made before ranges): its start, and the last key checked.
+CURSOR_SQL = """
+ALTER TABLE replicator.verified_through
+    ADD COLUMN IF NOT EXISTS pass_lsn    pg_lsn,
+    ADD COLUMN IF NOT EXISTS pass_at     timestamptz,
+    ADD COLUMN IF NOT EXISTS cursor_key  text,
+    ADD COLUMN IF NOT EXISTS pass_ranges integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS pass_rows   bigint  NOT NULL DEFAULT 0
+"""
 KEYS_KEPT = 20
 ERROR_WAIT_S = 5.0
 
@@ -53,6 +71,7 @@ def ensure(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.verified_through'))")
         conn.execute(VERIFIED_SQL)
+        conn.execute(CURSOR_SQL)
 
 
 def read_points(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
@@ -83,14 +102,47 @@ def read_points(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+@dataclass
+class Pass:
+    """A table's pass under way: where it began on legacy and the last key checked clean."""
+
+    lsn: str
+    at: datetime
+    after: str | None
+    ranges: int
+    rows: int
+
+
+def _merge(into: Report, got: Report) -> None:
+    """One range's report added to its table's (counts summed per table)."""
+    have = {r.table: r for r in into.tables}
+    for r in got.tables:
+        mine = have.get(r.table)
+        if mine is None:
+            into.tables.append(r)
+        else:
+            add_counts(mine, r)
+    into.differences.extend(got.differences)
+    into.orphans.extend(got.orphans)
+    into.orphan_count += got.orphan_count
+    into.rejected.extend(got.rejected)
+    into.rejected_count += got.rejected_count
+    into.mapping_errors.extend(e for e in got.mapping_errors if e not in into.mapping_errors)
+
+
 class ContinuousValidation:
     def __init__(self, settings: Settings, mapping: MappingSet) -> None:
         self.s = settings
         self.mapping = mapping
         self.tables = sorted(mapping.forward.target_tables)
+        self.stop = threading.Event()
+        # (table, after, up to) of each range checked (None: open-ended); what tests look at.
+        self.checked: list[tuple[str, str | None, str | None]] = []
+        self._resumed = False  # a pass this walk continued began before the walk
 
     def run(self, stop: threading.Event) -> None:
         s = self.s
+        self.stop = stop
         with (
             pg.connect(s.source.conninfo(), autocommit=True) as legacy,
             pg.connect(s.target.conninfo(), autocommit=True) as target,
@@ -106,93 +158,148 @@ class ContinuousValidation:
         target: psycopg.Connection[Any],
         stop: threading.Event,
     ) -> None:
-        """Every table once. A walk that finds every table clean is stored as a clean full
-        validation (its start, and the changes topic's offsets noted before its first table,
-        as `validate --resume` does): the cutover preflight's freshness check and the verify
-        step's `--fast` build on it as on a full run."""
+        """Every table once, each one a whole pass. A walk that finds every table clean is
+        stored as a clean full validation (its start, and the changes topic's offsets noted
+        before its first table, as `validate --resume` does): the cutover preflight's freshness
+        check and the verify step's `--fast` build on it as on a full run. Not a walk that
+        continued a pass begun before it: its offsets are later than that pass's first ranges."""
         from replicator.validate.report import store
         from replicator.validate.run import _log_offsets
 
+        self.stop = stop
+        self._resumed = False
         walk = Report("full", None, datetime.now(UTC))
         walk.log_offsets = _log_offsets(self.s, True)
         for table in self._order(target):
             if stop.is_set():
                 return
-            started = time.monotonic()
             try:
                 got = self.check(legacy, target, table)
             except ReplicatorError as exc:  # a server gone: the next walk tries again
                 log.warning("continuous validation of %s: %s", table, exc.message)
                 stop.wait(ERROR_WAIT_S)
                 return
-            walk.tables.extend(got.tables)
-            walk.differences.extend(got.differences)
-            walk.orphans.extend(got.orphans)
-            walk.orphan_count += got.orphan_count
-            walk.rejected_count += got.rejected_count
+            if stop.is_set():
+                return  # the table's pass was cut short: it is not in this walk
             # A mapping that reads columns legacy lacks: the table was not compared, never clean.
-            walk.mapping_errors.extend(got.mapping_errors)
-            # The budget: on average at most rows_per_s rows compared per second.
-            spent = time.monotonic() - started
-            stop.wait(max(0.0, got.rows_checked / self.s.validation.rows_per_s - spent))
+            _merge(walk, got)
         walk.finished_at = datetime.now(UTC)
-        if walk.outcome == "clean" and walk.log_offsets is not None:
+        if walk.outcome == "clean" and walk.log_offsets is not None and not self._resumed:
             with pg.translated(self.s.target.masked()):
                 ensure_runs_table(target)
                 store(target, walk)
 
     def _order(self, target: psycopg.Connection[Any]) -> list[str]:
-        """Tables never checked first, then the one checked longest ago."""
+        """Tables with a pass under way first, then those never checked, then the one checked
+        longest ago."""
         with pg.translated(self.s.target.masked()):
             seen = {
-                str(t): c
-                for t, c in target.execute(
-                    "SELECT table_name, checked_at FROM replicator.verified_through"
+                str(t): (0 if p is not None else 2, c)
+                for t, c, p in target.execute(
+                    "SELECT table_name, checked_at, pass_lsn FROM replicator.verified_through"
                 ).fetchall()
             }
-        return sorted(self.tables, key=lambda t: (t in seen, seen.get(t) or 0))
+        return sorted(self.tables, key=lambda t: seen.get(t, (1, None)))
+
+    def _pass(
+        self, legacy: psycopg.Connection[Any], target: psycopg.Connection[Any], table: str
+    ) -> Pass:
+        """The table's pass under way, or a new one beginning now."""
+        with pg.translated(self.s.target.masked()):
+            row = target.execute(
+                "SELECT pass_lsn::text, pass_at, cursor_key, pass_ranges, pass_rows"
+                " FROM replicator.verified_through WHERE table_name = %s AND pass_lsn IS NOT NULL",
+                (table,),
+            ).fetchone()
+        if row is not None:
+            self._resumed = True
+            return Pass(str(row[0]), row[1], row[2], int(row[3]), int(row[4]))
+        with pg.translated(self.s.source.masked()):
+            got = legacy.execute("SELECT pg_current_wal_lsn()::text, now()").fetchone()
+        assert got is not None
+        with pg.translated(self.s.target.masked()):
+            target.execute(
+                "INSERT INTO replicator.verified_through AS v (table_name, outcome, pass_lsn,"
+                " pass_at) VALUES (%s, 'unchecked', %s, %s) ON CONFLICT (table_name) DO UPDATE"
+                " SET pass_lsn = %s, pass_at = %s, cursor_key = NULL, pass_ranges = 0,"
+                " pass_rows = 0",
+                (table, got[0], got[1], got[0], got[1]),
+            )
+        return Pass(str(got[0]), got[1], None, 0, 0)
 
     def check(
         self, legacy: psycopg.Connection[Any], target: psycopg.Connection[Any], table: str
     ) -> Report:
-        """Validate one table and record its point."""
+        """The rest of the table's pass, range by range (until a range differs or the walk is
+        stopped); records the cursor after each range and the point when the pass ends clean."""
+        p = self._pass(legacy, target, table)
+        out = Report("full", [table], datetime.now(UTC))
+        rows = range_rows(self.s.validation.rows_per_s, self.s.validation.range_rows)
+        while True:
+            started = time.monotonic()
+            got = self.check_range(table, RangeAsk(p.after, rows))
+            _merge(out, got)
+            rng = next(iter(got.ranges.values()), (None, None))[0]
+            hi = rng.hi if isinstance(rng, KeyRange) else None
+            self.checked.append((table, p.after, hi))
+            self._record(target, table, got, p, hi)
+            if got.outcome != "clean" or hi is None:
+                return out
+            p.after, p.ranges, p.rows = hi, p.ranges + 1, p.rows + got.rows_checked
+            # The budget: on average at most rows_per_s rows compared per second.
+            spent = time.monotonic() - started
+            if self.stop.wait(max(0.0, got.rows_checked / self.s.validation.rows_per_s - spent)):
+                return out
+
+    def check_range(self, table: str, ask: RangeAsk) -> Report:
         from replicator.validate.run import validate
 
-        with pg.translated(self.s.source.masked()):
-            row = legacy.execute("SELECT pg_current_wal_lsn()::text, now()").fetchone()
-        assert row is not None
-        lsn, at = row
-        report = validate(self.s, self.mapping, table=table, save=False)
+        return validate(self.s, self.mapping, table=table, save=False, key_range=ask)
+
+    def _record(
+        self,
+        target: psycopg.Connection[Any],
+        table: str,
+        report: Report,
+        p: Pass,
+        hi: str | None,
+    ) -> None:
+        """One range's result. Clean: the cursor moves on, and past the last range the point
+        becomes the pass's start. Otherwise the range's keys are kept and the cursor stays."""
+        outcome = report.outcome
         keys = [{"table": d.table, "kind": d.kind, "key": d.key} for d in report.differences][
             :KEYS_KEPT
         ]
-        outcome = report.outcome
+        ended = outcome == "clean" and hi is None
         with pg.translated(self.s.target.masked()):
             target.execute(
-                "INSERT INTO replicator.verified_through AS v (table_name, verified_lsn,"
-                " verified_at, checked_at, outcome, differences, keys, rows_checked)"
-                " VALUES (%(t)s, %(lsn)s, %(at)s, now(), %(o)s, %(n)s, %(k)s, %(rows)s)"
-                " ON CONFLICT (table_name) DO UPDATE SET checked_at = now(),"
-                " outcome = %(o)s, differences = %(n)s, keys = %(k)s, rows_checked = %(rows)s,"
-                # Only a clean check moves the point; a different one keeps the last clean.
-                " verified_lsn = CASE WHEN %(o)s = 'clean' THEN %(lsn)s::pg_lsn"
-                " ELSE v.verified_lsn END,"
-                " verified_at = CASE WHEN %(o)s = 'clean' THEN %(at)s ELSE v.verified_at END",
+                "UPDATE replicator.verified_through SET checked_at = now(), outcome = %(o)s,"
+                " differences = %(n)s, keys = %(k)s,"
+                " cursor_key = CASE WHEN %(o)s = 'clean' THEN %(hi)s ELSE cursor_key END,"
+                " pass_ranges = pass_ranges + (%(o)s = 'clean')::int,"
+                " pass_rows = pass_rows + CASE WHEN %(o)s = 'clean' THEN %(rows)s ELSE 0 END,"
+                # Only a pass clean to its end moves the point; it keeps the last one until then.
+                " verified_lsn = CASE WHEN %(end)s THEN pass_lsn ELSE verified_lsn END,"
+                " verified_at = CASE WHEN %(end)s THEN pass_at ELSE verified_at END,"
+                " rows_checked = CASE WHEN %(end)s THEN pass_rows + %(rows)s ELSE rows_checked END,"
+                " pass_lsn = CASE WHEN %(end)s THEN NULL ELSE pass_lsn END,"
+                " pass_at = CASE WHEN %(end)s THEN NULL ELSE pass_at END"
+                " WHERE table_name = %(t)s",
                 {
                     "t": table,
-                    "lsn": lsn if outcome == "clean" else None,
-                    "at": at if outcome == "clean" else None,
                     "o": outcome,
                     "n": report.difference_count,
                     "k": Jsonb(keys),
+                    "hi": hi,
                     "rows": report.rows_checked,
+                    "end": ended,
                 },
             )
         if outcome != "clean":
             log.warning(
-                "continuous validation: %s is %s (%d differences)",
+                "continuous validation: %s is %s (%d differences) in the key range after %s",
                 table,
                 outcome,
                 report.difference_count,
+                p.after or "its start",
             )
-        return report

@@ -18,7 +18,8 @@ from replicator.config import Settings
 from replicator.validate.canon import Key, TableShape
 from replicator.validate.expect import SourceKey
 from replicator.validate.insql.catalog import TableInfo
-from replicator.validate.insql.plan import GroupPlan, Hashing
+from replicator.validate.insql.plan import GroupPlan, Hashing, KeyRange
+from replicator.validate.insql.ranges import RangeAsk
 from transforms.api import Direction, TableTransform
 
 __all__ = ["Ctx", "snapshot", "wait_marker_applied"]
@@ -44,6 +45,16 @@ class Ctx:
     # The SQL plan of each group, or why it keeps the Python path (a cutover's verify keeps
     # them across its checks: none is made in the write pause).
     plans: dict[tuple[str, ...], GroupPlan | str] = field(default_factory=dict)
+    # A check of one key range per group (validate/insql/ranges.py): what was asked, and per
+    # group the range checked or why the group was checked whole, and the plan used.
+    range_ask: RangeAsk | None = None
+    # A resumable full run checks each group in ranges of this many legacy rows (0: whole), the
+    # interrupted run's groups from after the key it had reached: (key, results, ranges).
+    full_range_rows: int = 0
+    range_start: dict[tuple[str, ...], tuple[str, list[Any], int]] = field(default_factory=dict)
+    ranges: dict[tuple[str, ...], tuple[KeyRange | str, GroupPlan | str]] = field(
+        default_factory=dict
+    )
 
     def writers(self, table: str) -> list[TableTransform]:
         return [t for t in self.direction.tables.values() if any(w.name == table for w in t.writes)]

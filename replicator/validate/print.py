@@ -57,6 +57,15 @@ def print_report(report: Report, console: Console) -> None:
             f"resumed: {got['groups_reused']} table group(s) re-used from the interrupted run"
             f" ({got['rows_reused']} rows), {got['groups_checked']} checked now"
         )
+        if got.get("ranges_reused"):
+            console.print(
+                f"resumed within {', '.join(map(_short, got['tables_resumed_in_range']))}:"
+                f" {got['ranges_reused']} key range(s) re-used, the rest checked now"
+            )
+    for name in report.cleared_flags:
+        console.print(
+            f"{_short(name)}: clean now; continuous validation's 'different' flag cleared"
+        )
     in_sql = [_short(t.table) for t in report.tables if t.path == "sql"]
     if in_sql:
         console.print(f"checked by checksums in both databases: {', '.join(in_sql)}")

@@ -8,7 +8,7 @@ schema (``version`` 1) is documented in docs/validation.md; fields are only ever
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -86,6 +86,14 @@ class TableResult:
         return self.missing + self.extra + self.differs + self.collides
 
 
+def add_counts(into: TableResult, more: TableResult) -> None:
+    """``more``'s counts added to ``into`` (two key ranges of one table)."""
+    for f in fields(more):
+        v = getattr(more, f.name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            setattr(into, f.name, getattr(into, f.name) + v)
+
+
 @dataclass
 class Report:
     scope: str  # full | fast
@@ -108,6 +116,12 @@ class Report:
     run_id: int | None = None
     # --resume: what the interrupted run had checked and this one re-used (validate/resume.py)
     resumed: dict[str, Any] | None = None
+    # Tables continuous validation had found different that this stored run found clean: their
+    # flag is cleared (:func:`clear_flags`).
+    cleared_flags: list[str] = field(default_factory=list)
+    # A check by key range: per group, the range checked (KeyRange) or why it was checked whole.
+    # Not part of the JSON report.
+    ranges: dict[tuple[str, ...], tuple[Any, Any]] = field(default_factory=dict, repr=False)
     # (table, key_text(key)) of each confirmed difference -> its legacy rows (source table,
     # key): what `validate --repair` re-sends. Not part of the JSON report.
     provenance: dict[tuple[str, str], set[tuple[str, tuple[Any, ...]]]] = field(
@@ -155,6 +169,7 @@ class Report:
             "rounds": self.rounds,
             "since_run_id": self.since_run_id,
             "resumed": self.resumed,
+            "cleared_flags": self.cleared_flags,
             "counts": {
                 "rows_checked": self.rows_checked,
                 "differences": self.difference_count,
@@ -205,6 +220,28 @@ def store(conn: psycopg.Connection[Any], report: Report) -> int:
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def clear_flags(conn: psycopg.Connection[Any], report: Report) -> list[str]:
+    """A stored full run that finds a table clean clears the 'different' flag continuous
+    validation left on it (replicator.runtime.continuous): the cutover preflight no longer waits
+    for the walk to come back to that range. The verified-through point does not move (only
+    a walk's pass sets it). Returns the tables cleared."""
+    clean = [
+        t.table for t in report.tables if t.mode == "full" and not t.differences and not t.unsettled
+    ]
+    if report.scope != "full" or report.mapping_errors or not clean:
+        return []
+    row = conn.execute("SELECT to_regclass('replicator.verified_through') IS NOT NULL").fetchone()
+    if not (row and row[0]):
+        return []
+    rows = conn.execute(
+        "UPDATE replicator.verified_through SET outcome = 'clean', differences = 0,"
+        " keys = '[]', checked_at = now() WHERE table_name = ANY(%s) AND outcome = 'different'"
+        " RETURNING table_name",
+        (clean,),
+    ).fetchall()
+    return sorted(str(r[0]) for r in rows)
 
 
 def _exists(conn: psycopg.Connection[Any]) -> bool:

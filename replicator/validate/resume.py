@@ -1,6 +1,7 @@
 """Resumable full validation: each table group found clean is recorded as it finishes, so that
 `validate --resume` after an interruption (Ctrl-C, kill -9, a restart) checks only the groups
-the interrupted run had not finished.
+the interrupted run had not finished; a group checked in key ranges records how far it was
+found clean after each range, and is continued from there.
 
 Why re-using a group is sound: a group found clean at time t proves its target tables equalled
 the transformed legacy data at t; live sync keeps them so. The resumed run keeps the
@@ -12,7 +13,8 @@ Records live in ``replicator.validation_progress`` on the target, one row per fi
 plus one (``grp = ''``) for the run itself; a run that stores its report deletes its rows.
 
 Tests only: ``REPLICATOR_VALIDATE_FAULT=sigkill-after:<n>`` kills the process with SIGKILL once
-``n`` groups are recorded (what kill -9 does mid-run, at a known point; as
+``n`` groups are recorded, ``sigkill-after-ranges:<n>`` once ``n`` key ranges are (what kill -9
+does mid-run, at a known point; as
 replicator.cutover.faults does for a switch). Nothing happens unless the variable is set.
 """
 
@@ -47,6 +49,13 @@ CREATE TABLE IF NOT EXISTS replicator.validation_progress (
     PRIMARY KEY (token, grp)
 )
 """
+# A group checked in part (key ranges, validate/insql/passes.ranged_pass): clean through this
+# key after so many ranges; NULL for a group checked to its end.
+THROUGH_SQL = """
+ALTER TABLE replicator.validation_progress
+    ADD COLUMN IF NOT EXISTS through text,
+    ADD COLUMN IF NOT EXISTS ranges  integer NOT NULL DEFAULT 0
+"""
 
 
 @dataclass
@@ -57,6 +66,8 @@ class Interrupted:
     started_at: datetime
     log_offsets: dict[int, int] | None
     done: dict[tuple[str, ...], list[TableResult]] = field(default_factory=dict)
+    # groups found clean through a key: (key, results so far, ranges checked)
+    partial: dict[tuple[str, ...], tuple[str, list[TableResult], int]] = field(default_factory=dict)
 
 
 def find_interrupted(conn: psycopg.Connection[Any], tables: list[str] | None) -> Interrupted | None:
@@ -76,11 +87,16 @@ def find_interrupted(conn: psycopg.Connection[Any], tables: list[str] | None) ->
         row[1],
         None if offsets is None else {int(p): int(o) for p, o in offsets.items()},
     )
-    for grp, results in conn.execute(
-        "SELECT grp, results FROM replicator.validation_progress WHERE token = %s AND grp <> ''",
+    for grp, results, through, ranges in conn.execute(
+        "SELECT grp, results, through, ranges FROM replicator.validation_progress"
+        " WHERE token = %s AND grp <> ''",
         (found.token,),
     ).fetchall():
-        found.done[tuple(str(grp).split(","))] = [TableResult(**r) for r in results]
+        got = [TableResult(**r) for r in results]
+        if through is None:
+            found.done[tuple(str(grp).split(","))] = got
+        else:
+            found.partial[tuple(str(grp).split(","))] = (str(through), got, int(ranges))
     return found
 
 
@@ -88,6 +104,7 @@ def ensure(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.validation_progress'))")
         conn.execute(PROGRESS_SQL)
+        conn.execute(THROUGH_SQL)
 
 
 class Checkpoints:
@@ -107,6 +124,7 @@ class Checkpoints:
         self.token = token or uuid.uuid4().hex[:16]
         self._lock = threading.Lock()
         self._recorded = 0
+        self._ranges = 0
         self._fault = os.environ.get(FAULT_ENV, "")
         self._conn = pg.connect(db.conninfo(), autocommit=True)
         with pg.translated(db.masked()):
@@ -128,11 +146,28 @@ class Checkpoints:
         with self._lock, pg.translated(self.db.masked()):
             self._conn.execute(
                 "INSERT INTO replicator.validation_progress (token, grp, started_at, results)"
-                " VALUES (%s, %s, now(), %s) ON CONFLICT DO NOTHING",
+                " VALUES (%s, %s, now(), %s) ON CONFLICT (token, grp) DO UPDATE"
+                " SET results = excluded.results, through = NULL, checked_at = now()",
                 (self.token, ",".join(group), Jsonb([asdict(r) for r in results])),
             )
             self._recorded += 1
             if self._fault == f"sigkill-after:{self._recorded}":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def range_clean(
+        self, group: tuple[str, ...], through: str, results: list[TableResult], ranges: int
+    ) -> None:
+        """The group is clean through the key ``through`` (its ranges so far)."""
+        with self._lock, pg.translated(self.db.masked()):
+            self._conn.execute(
+                "INSERT INTO replicator.validation_progress (token, grp, started_at, results,"
+                " through, ranges) VALUES (%s, %s, now(), %s, %s, %s) ON CONFLICT (token, grp)"
+                " DO UPDATE SET results = excluded.results, through = excluded.through,"
+                " ranges = excluded.ranges, checked_at = now()",
+                (self.token, ",".join(group), Jsonb([asdict(r) for r in results]), through, ranges),
+            )
+            self._ranges += 1
+            if self._fault == f"sigkill-after-ranges:{self._ranges}":
                 os.kill(os.getpid(), signal.SIGKILL)
 
     def finish(self) -> None:

@@ -53,6 +53,7 @@ from replicator.validate.expect import SourceKey, fold_all, fold_keys
 from replicator.validate.fast import Touched, end_offsets, touched_since
 from replicator.validate.insql.catalog import TableInfo, catalog
 from replicator.validate.insql.passes import (
+    OnRange,
     Pair,
     Passed,
     full_sql_passes,
@@ -61,12 +62,14 @@ from replicator.validate.insql.passes import (
     sql_pass,
 )
 from replicator.validate.insql.plan import SESSION_SQL, choose_hashing
+from replicator.validate.insql.ranges import FULL_RANGE_ROWS, RangeAsk
 from replicator.validate.orphans import find_orphans
 from replicator.validate.report import (
     Difference,
     Orphan,
     Report,
     TableResult,
+    clear_flags,
     ensure_runs_table,
     fast_baseline,
     key_text,
@@ -121,6 +124,7 @@ def _full_passes(
     spare: Callable[[], Pair | None] = lambda: None,
     also: Callable[[Ctx], None] | None = None,
     on_clean: Callable[[tuple[str, ...], list[TableResult]], None] | None = None,
+    on_range: OnRange | None = None,
 ) -> dict[str, Pending]:
     """Every group in full: in SQL where it compiles, else read the Python way. ``on_clean``
     is told of each group found without a candidate difference (validate/resume.py)."""
@@ -130,7 +134,7 @@ def _full_passes(
         if on_clean and clean and not isinstance(got, str):
             on_clean(group, got.tables)
 
-    done = full_sql_passes(ctx, groups, spare, also, record)
+    done = full_sql_passes(ctx, groups, spare, also, record, on_range)
     pending: dict[str, Pending] = {}
     for g in groups:
         got = done.get(tuple(g)) or sql_pass(ctx, g)
@@ -285,9 +289,12 @@ def validate(
     read_ahead: Touched | None = None,
     python_path: bool = False,
     resume: bool = False,
+    key_range: RangeAsk | None = None,
 ) -> Report:
     """Validate the target against the legacy data; the report is stored unless ``save=False``.
     ``resume``: a full run continues an interrupted one, re-using the groups it found clean.
+    ``key_range``: one key range of each group only (continuous validation; ``report.ranges``
+    says which, or why a group was checked whole).
 
     ``keys`` (legacy table -> keys) narrows the run to those legacy rows, plus the legacy tables
     in ``full_sources`` in full: what a rollback re-checks (replicator.validate.reverse).
@@ -317,8 +324,13 @@ def validate(
             settings, mapping, legacy, target, spare, offsets.result, report, selected,
             table=table, keys=keys, fast=fast, rounds=rounds, marker_timeout_s=marker_timeout_s,
             save=save, full_sources=full_sources, read_ahead=read_ahead, python_path=python_path,
-            resume=resume,
+            resume=resume, key_range=key_range,
         )  # fmt: skip
+
+
+def _last_range(ctx: Ctx) -> bool:
+    """Not a check by range, or one whose ranges (or whole groups) reach every table's end."""
+    return all(isinstance(r, str) or r.hi is None for r, _ in ctx.ranges.values())
 
 
 def _log_offsets(s: Settings, wanted: bool) -> dict[int, int] | None:
@@ -370,6 +382,7 @@ def _validate(
     read_ahead: Touched | None,
     python_path: bool,
     resume: bool = False,
+    key_range: RangeAsk | None = None,
 ) -> Report:
     # Each server's share of the set-up at once: legacy's in a thread of its own.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -391,6 +404,7 @@ def _validate(
     report.mapping_errors = mapping_errors(legacy_catalog, writers)
     ctx = Ctx(settings, mapping.forward, legacy, target, shapes, live, marker_timeout_s)
     ctx.force_python = python_path
+    ctx.range_ask = key_range
     ctx.legacy_catalog, ctx.target_catalog = legacy_catalog, target_catalog
     ctx.hashing = choose_hashing(legacy, target)
     report.live = live
@@ -435,7 +449,7 @@ def _validate(
     groups = components(mapping.forward, full_tables)
     checkpoints = None
     if keys is None and not fast and save:
-        groups, checkpoints = _resumable(settings, target, report, groups, resume)
+        groups, checkpoints = _resumable(settings, target, report, groups, resume, ctx)
     elif resume:
         raise PreconditionError(
             "--resume continues a full validation only", hint="leave out --fast"
@@ -456,8 +470,11 @@ def _resumable(
     report: Report,
     groups: list[list[str]],
     resume: bool,
+    ctx: Ctx,
 ) -> tuple[list[list[str]], Checkpoints]:
-    """The groups left to check, and where this run records the clean ones."""
+    """The groups left to check (a group the interrupted run had checked part of from after the
+    last key it found clean), and where this run records the clean ones."""
+    ctx.full_range_rows = settings.validation.range_rows or FULL_RANGE_ROWS
     found = None
     if resume:
         with pg.translated(settings.target.masked()):
@@ -472,11 +489,15 @@ def _resumable(
         reused = [g for g in groups if tuple(g) in found.done]
         for g in reused:
             report.tables.extend(found.done[tuple(g)])
+        ctx.range_start = {g: v for g, v in found.partial.items() if g not in found.done}
         report.resumed = {
             "groups_reused": len(reused),
             "groups_checked": len(groups) - len(reused),
             "tables_reused": sorted(t for g in reused for t in g),
-            "rows_reused": sum(r.rows_checked for g in reused for r in found.done[tuple(g)]),
+            "rows_reused": sum(r.rows_checked for g in reused for r in found.done[tuple(g)])
+            + sum(r.rows_checked for _, rs, _ in ctx.range_start.values() for r in rs),
+            "ranges_reused": sum(n for _, _, n in ctx.range_start.values()),
+            "tables_resumed_in_range": sorted(t for g in ctx.range_start for t in g),
         }
         groups = [g for g in groups if tuple(g) not in found.done]
     return groups, Checkpoints(
@@ -515,7 +536,9 @@ def _compare_all(
 
     pending: dict[str, Pending] = {}
     on_clean = checkpoints.clean if checkpoints is not None else None
-    pending.update(_full_passes(ctx, groups, report, spare, None if live else find, on_clean))
+    on_range = checkpoints.range_clean if checkpoints is not None else None
+    beside = None if live or ctx.range_ask is not None else find
+    pending.update(_full_passes(ctx, groups, report, spare, beside, on_clean, on_range))
     if touched is not None:
         keyed = [t for t in selected if t not in full_tables]
         ctx.partial.update(keyed)
@@ -539,14 +562,18 @@ def _compare_all(
     report.orphans, report.orphan_count = (
         orphans[0]
         if orphans
+        else ([], 0)
+        if not _last_range(ctx)  # a table's orphans are looked for with its last range
         else find_orphans(ctx.target, mapping.forward, selected, ctx.sync if live else None)
     )
     report.rejected_count = len(report.rejected)
+    report.ranges = dict(ctx.ranges)
     report.lagging = ctx.lagging
     report.finished_at = datetime.now(UTC)
     if save:
         with pg.translated(settings.target.masked()):
             report.run_id = store(target, report)
+            report.cleared_flags = clear_flags(target, report)
         if checkpoints is not None:
             checkpoints.finish()
     return report

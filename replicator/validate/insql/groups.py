@@ -164,13 +164,14 @@ def bucket_rows(
 
 
 def flagged_keys(
-    conn: psycopg.Connection[Any], compiled: CompiledTable, froms: LegacyFrom
+    conn: psycopg.Connection[Any], compiled: CompiledTable, froms: LegacyFrom, in_range: str = ""
 ) -> list[tuple[Any, ...]]:
     """Source keys of the rows the SQL form leaves to Python."""
     keys = ", ".join(ident(k) for k in compiled.source_key)
     return conn.execute(
         *froms.query(
             f"SELECT {keys} FROM {source_from(compiled)} s WHERE ({compiled.reject_sql}) IS NOT NULL"
+            + (f" AND {in_range}" if in_range else "")
         )
     ).fetchall()
 
@@ -313,7 +314,9 @@ def run_group(
                 flagged[p.owner_flags] = set()  # its scan found none: no second scan
         for s, c in plan.compiled.items():
             if c.checks and s not in flagged:  # some to list, or a source that only patches
-                flagged[s] = {tuple(k) for k in flagged_keys(legacy, c, froms)}
+                flagged[s] = {
+                    tuple(k) for k in flagged_keys(legacy, c, froms, plan.source_range.get(s, ""))
+                }
         return sums, flagged
 
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -23,13 +23,15 @@ from connectors import pg
 from replicator.config import Settings
 from replicator.derived import prove_direction
 from replicator.errors import ReplicatorError
+from replicator.validate.canon import Key
 from replicator.validate.context import Ctx, snapshot
 from replicator.validate.expect import Rejected, SourceKey
 from replicator.validate.insql.catalog import MISSING, catalog
 from replicator.validate.insql.groups import Pending, run_group
 from replicator.validate.insql.keys import check_keys
-from replicator.validate.insql.plan import SESSION_SQL, GroupPlan, plan_group
-from replicator.validate.report import Report, TableResult
+from replicator.validate.insql.plan import SESSION_SQL, GroupPlan, KeyRange, plan_group
+from replicator.validate.insql.ranges import RangeAsk, probe, range_source, whole
+from replicator.validate.report import Report, TableResult, add_counts
 from replicator.validate.scope import components, read_target
 
 __all__ = ["Passed", "full_sql_passes", "group_plan", "keyed_sql_pass", "spare_sessions"]
@@ -61,7 +63,48 @@ def load_catalogs(ctx: Ctx) -> None:
 
 
 def group_plan(ctx: Ctx, group: list[str]) -> GroupPlan | str:
-    """The SQL plan of a group of target tables, or why it keeps the Python path."""
+    """The SQL plan of a group of target tables, or why it keeps the Python path; in a check of
+    one key range (``ctx.range_ask``), the plan of that range where the group allows one."""
+    plan = _whole_plan(ctx, group)
+    if ctx.range_ask is None:
+        return plan
+    got = ctx.ranges.get(tuple(group))
+    if got is None:
+        got = ctx.ranges[tuple(group)] = _range_plan(ctx, group, plan, ctx.range_ask)
+    return got[1]
+
+
+def _range_plan(
+    ctx: Ctx, group: list[str], plan: GroupPlan | str, ask: RangeAsk
+) -> tuple[KeyRange | str, GroupPlan | str]:
+    quiet = ctx.full_range_rows > 0  # a full run: the whole group is what it checks anyway
+    if not isinstance(plan, GroupPlan):
+        whole(group, f"it is compared the Python way ({plan})", quiet=quiet)
+        return plan, plan
+    src = range_source(plan, group)
+    if isinstance(src, str):
+        whole(group, src, quiet=quiet)
+        return src, plan
+    with pg.translated(ctx.s.source.masked()):
+        rng = probe(ctx.legacy, *src, ask)
+    legacy, target = ctx.legacy_catalog or {}, ctx.target_catalog or {}
+    ranged = plan_group(
+        ctx.direction,
+        group,
+        ctx.shapes,
+        lambda s: legacy.get(s, MISSING).categories(),
+        lambda t: target.get(t, MISSING).enums(),
+        ctx.hashing,
+        rng,
+    )
+    if isinstance(ranged, str):
+        whole(group, ranged, quiet=quiet)
+        return ranged, plan
+    ranged.key_types.update(plan.key_types)
+    return rng, ranged
+
+
+def _whole_plan(ctx: Ctx, group: list[str]) -> GroupPlan | str:
     if ctx.force_python:
         return "the Python path was asked for"
     known = ctx.plans.get(tuple(group))
@@ -114,12 +157,57 @@ def sql_pass(ctx: Ctx, group: list[str]) -> Passed | str:
     return Passed(out, tables, got.rejected)
 
 
+# A resumable run told of a group clean through a key: group, key, its tables' results so far,
+# ranges checked so far.
+OnRange = Callable[[tuple[str, ...], str, list[TableResult], int], None]
+
+
+def ranged_pass(ctx: Ctx, group: list[str], on_range: OnRange | None) -> Passed | str:
+    """A group of a resumable full run, key range by key range of ``ctx.full_range_rows``
+    legacy rows (validate/insql/ranges.py), from after the key where an interrupted run had
+    found it clean (``ctx.range_start``). ``on_range`` is told after each range while every
+    range so far is without a candidate difference: `--resume` then starts after it. Each range
+    is read in snapshots of its own, as each group is: live sync keeps a range found clean so."""
+    if isinstance(group_plan(ctx, group), str):
+        return sql_pass(ctx, group)  # the Python path: read whole
+    after, reused, ranges = ctx.range_start.get(tuple(group), (None, [], 0))
+    tables = {r.table: dataclasses.replace(r) for r in reused}
+    pending: dict[str, Pending] = {t: {} for t in group}
+    rejected: list[Rejected] = []
+    prov: dict[str, dict[Key, set[tuple[str, SourceKey]]]] = {t: {} for t in group}
+    while True:
+        c = dataclasses.replace(ctx, range_ask=RangeAsk(after, ctx.full_range_rows), ranges={})
+        got = sql_pass(c, group)
+        if isinstance(got, str):
+            return got
+        rng = c.ranges[tuple(group)][0]
+        ranges += 1
+        for r in got.tables:
+            if r.table in tables:
+                add_counts(tables[r.table], r)
+            else:
+                tables[r.table] = r
+        for t, p in got.pending.items():
+            pending[t].update(p)
+            prov[t].update(ctx.provenance.get(t, {}))  # each range's candidates' sources
+        rejected.extend(got.rejected)
+        hi = rng.hi if isinstance(rng, KeyRange) else None
+        if hi is None:
+            break
+        if on_range is not None and not rejected and not any(pending.values()):
+            on_range(tuple(group), hi, list(tables.values()), ranges)
+        after = hi
+    ctx.provenance.update(prov)
+    return Passed(pending, [tables[t] for t in group if t in tables], rejected)
+
+
 def full_sql_passes(
     ctx: Ctx,
     groups: list[list[str]],
     spare: Callable[[], Pair | None],
     also: Callable[[Ctx], None] | None = None,
     on_done: Callable[[tuple[str, ...], Passed | str], None] | None = None,
+    on_range: OnRange | None = None,
 ) -> dict[tuple[str, ...], Passed | str]:
     """Every group compared in SQL (or why it keeps the Python path), the largest first, on
     this context's sessions and on the ``spare`` pair once it is open. ``also`` (a check of
@@ -138,7 +226,9 @@ def full_sql_passes(
             except IndexError:
                 return
             if isinstance(item, list):
-                done[tuple(item)] = sql_pass(c, item)
+                done[tuple(item)] = (
+                    ranged_pass(c, item, on_range) if c.full_range_rows else sql_pass(c, item)
+                )
                 if on_done is not None:  # a resumable run records it (validate/resume.py)
                     on_done(tuple(item), done[tuple(item)])
             else:

@@ -10,6 +10,8 @@ two servers disagree on a probe). Run by :mod:`replicator.validate.insql.groups`
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +109,85 @@ def choose_hashing(*conns: psycopg.Connection[Any]) -> Hashing:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyRange:
+    """The rows whose range column is above ``lo`` and at most ``hi`` (None: unbounded), on
+    both sides, ``cat`` the category of the legacy column the bounds were read from. Integers
+    compare as numbers, uuids as uuids, and text byte by byte (``COLLATE "C"``, the same on both
+    servers, where each database's own collation may differ); a uuid's canonical text (lower-case
+    hex) orders as the uuid does, so a uuid copied into a text key is cut alike on both sides.
+    Bounds are the server's text of a key, inlined as literals (parsed or quoted here)."""
+
+    lo: str | None
+    hi: str | None
+    cat: str  # INT, UUID or TEXT
+
+    def literal(self, v: str, cat: str) -> str:
+        if cat == INT:
+            return str(int(v))
+        if cat == UUID:
+            return f"'{uuid.UUID(v)}'::uuid"
+        if "\x00" in v:
+            raise NotCompilable("a key holds a NUL")
+        return "'" + v.replace("'", "''") + "'"  # standard_conforming_strings (SESSION_SQL)
+
+    def pred(self, column: str, cat: str) -> str:
+        """The condition on ``column`` (of category ``cat`` on its side)."""
+        col = f'{column} COLLATE "C"' if cat == TEXT else column
+        terms = [f"{col} > {self.literal(self.lo, cat)}"] if self.lo is not None else []
+        if self.hi is not None:
+            terms.append(f"{col} <= {self.literal(self.hi, cat)}")
+        return " AND ".join(terms) or "true"
+
+    def fits(self, cat: str) -> bool:
+        """Whether a column of category ``cat`` orders as this range's bounds do."""
+        return cat == self.cat or (self.cat == UUID and cat == TEXT)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeColumn:
+    """A target key column copied from one source column (as is, or a uuid as its text)."""
+
+    target: str
+    target_cat: str
+    source: str
+    source_cat: str
+
+
+# A uuid's text, as transforms.sql_twins writes uuid_to_text and a plain cast.
+_AS_TEXT = re.compile(
+    r'^(?:\(CASE WHEN \((?P<a>"(?:[^"]|"")+")\) IS NOT NULL THEN \((?P=a)\)::text END\)'
+    r'|\(?(?P<b>"(?:[^"]|"")+")\)?::text)$'
+)
+
+
+def range_column(
+    shape: TableShape, tgt: CompiledTarget, enums: set[str], src_cats: Mapping[str, str]
+) -> RangeColumn | None:
+    """The first key column of the target table that one source column is copied into, as is
+    (an integer, uuid or text of the same category on both sides) or as a uuid's canonical text:
+    the rows a legacy key range writes are then the target rows in the same range of that
+    column. None when there is none (every key computed from the source, say)."""
+    for k in shape.key:
+        e = dict(tgt.key).get(k)
+        cat = _cat(shape, k, enums)
+        if e is None or cat not in (INT, UUID, TEXT) or k in enums:
+            continue
+        name = e.sql if re.fullmatch(r'"(?:[^"]|"")+"', e.sql) else None
+        if name is not None and src_cats.get(_unquote(name)) == cat:
+            return RangeColumn(k, cat, _unquote(name), cat)
+        m = _AS_TEXT.match(e.sql)
+        if m and cat == TEXT:
+            src = _unquote(m.group("a") or m.group("b"))
+            if src_cats.get(src) == UUID:
+                return RangeColumn(k, cat, src, UUID)
+    return None
+
+
+def _unquote(name: str) -> str:
+    return name[1:-1].replace('""', '"')
+
+
+@dataclass(frozen=True, slots=True)
 class PartPlan:
     """One writer of a target table on its own: for a check by source key (``--fast``, the
     cutover's verify), the target key and the columns this writer writes, over its source row
@@ -149,6 +230,9 @@ class GroupPlan:
     columns: dict[str, dict[str, str]] = field(default_factory=dict)  # source -> categories
     # source -> format_type() of its key columns (a check by key lists keys of these types)
     key_types: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # A plan of one key range: source -> the condition on its rows (the rows left to Python
+    # are listed in the range too).
+    source_range: dict[str, str] = field(default_factory=dict)
 
 
 def plan_group(
@@ -158,8 +242,10 @@ def plan_group(
     legacy_columns: Callable[[str], dict[str, str]],
     target_enums: Callable[[str], set[str]],
     h: Hashing,
+    rng: KeyRange | None = None,
 ) -> GroupPlan | str:
-    """The SQL plan of a group of target tables, or why it keeps the Python path."""
+    """The SQL plan of a group of target tables, or why it keeps the Python path; with ``rng``,
+    of the rows in that key range on both sides, or why the group cannot be restricted."""
     writers = {
         t.source: t for name in group for t in direction.tables.values()
         if any(w.name == name for w in t.writes)
@@ -177,15 +263,34 @@ def plan_group(
         compiled[source] = c
     try:
         tables = {
-            name: _table_plan(shapes[name], compiled, target_enums(name), h) for name in group
+            name: _table_plan(shapes[name], compiled, target_enums(name), h, rng, legacy_columns)
+            for name in group
         }
     except NotCompilable as e:
         return e.reason
-    return GroupPlan(tables, compiled, {s: legacy_columns(s) for s in compiled})
+    plan = GroupPlan(tables, compiled, {s: legacy_columns(s) for s in compiled})
+    if rng is not None:
+        src_cats = {source: legacy_columns(source) for source in compiled}
+        for source, c in compiled.items():
+            conds = set()
+            for name in group:
+                for tgt in c.writing(name):
+                    got = range_column(shapes[name], tgt, target_enums(name), src_cats[source])
+                    assert got is not None  # _table_plan refused otherwise
+                    conds.add(rng.pred(ident(got.source), got.source_cat))
+            if len(conds) != 1:
+                return f"{source}: its target tables are keyed by different columns of it"
+            plan.source_range[source] = conds.pop()
+    return plan
 
 
 def _table_plan(
-    shape: TableShape, compiled: Mapping[str, CompiledTable], enums: set[str], h: Hashing
+    shape: TableShape,
+    compiled: Mapping[str, CompiledTable],
+    enums: set[str],
+    h: Hashing,
+    rng: KeyRange | None = None,
+    legacy_columns: Callable[[str], dict[str, str]] = lambda s: {},
 ) -> TablePlan:
     owners = [(c, t) for c in compiled.values() for t in c.writing(shape.name) if not t.patch]
     patchers = [(c, t) for c in compiled.values() for t in c.writing(shape.name) if t.patch]
@@ -202,6 +307,18 @@ def _table_plan(
 
     parts: list[tuple[CompiledTable, CompiledTarget, str]] = [(*owners[0], "o")]
     parts += [(c, t, f"p{i}") for i, (c, t) in enumerate(patchers)]
+    # A key range restricts every writer's source rows and the target rows by the same key
+    # column: the target key column each writer copies from one of its columns.
+    ranged: RangeColumn | None = None
+    if rng is not None:
+        cols = [range_column(shape, t, enums, legacy_columns(c.source)) for c, t, _ in parts]
+        ranged = cols[0]
+        if ranged is None or any(
+            c is None or c.target != ranged.target or not rng.fits(c.source_cat) for c in cols
+        ):
+            raise NotCompilable(f"{shape.name}: no key column copied from the source as is")
+        if not rng.fits(ranged.target_cat):
+            raise NotCompilable(f"{shape.name}.{ranged.target} does not order as the range")
     where: dict[str, str] = {}  # column -> alias.column that supplies it
     owner_flags: str | None = None
     subqueries: list[str] = []
@@ -228,13 +345,19 @@ def _table_plan(
             mine.append((text, fingerprint(stored, shape.types[c], enum=c in enums, h=h)))
         skey = tuple(f"{alias}_s{i}" for i in range(len(comp.source_key)))
         outs += [f"{ident(k)} AS {n}" for k, n in zip(comp.source_key, skey, strict=True)]
+        rcond = ""
+        if rng is not None:
+            got = range_column(shape, tgt, enums, legacy_columns(comp.source))
+            assert got is not None
+            rcond = f" AND {rng.pred(ident(got.source), got.source_cat)}"
         if alias == "o" and tgt.when is None:
             # The owner's rows the SQL form leaves to Python are found in this same scan.
             outs.append(f"{comp.reject_sql} AS rej")
-            cond = "true"
+            cond = "true" + rcond
             owner_flags = comp.source
         else:
             cond = f"({comp.reject_sql}) IS NULL" + (f" AND ({tgt.when})" if tgt.when else "")
+            cond += rcond
             if alias == "o":
                 outs.append("NULL::text AS rej")
         if mine or not tgt.patch:  # a patch of no columns writes nothing
@@ -294,7 +417,9 @@ def _table_plan(
     target_sql = (
         f"SELECT {', '.join(f'k{i}' for i in range(len(target_keys)))},"
         f" {row_text([v for v, _ in target_values])} AS r, {row_hash(target_values, h)} AS rh"
-        f" FROM (SELECT {inner} FROM {qualified(shape.name)}) t"
+        f" FROM (SELECT {inner} FROM {qualified(shape.name)}"
+        + (f" WHERE {rng.pred(ident(ranged.target), ranged.target_cat)}" if rng and ranged else "")
+        + ") t"
     )
     per_row = any(
         "SELECT" in e.sql or "SELECT" in comp.reject_sql
