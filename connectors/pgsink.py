@@ -189,6 +189,8 @@ class Sink:
         self._tables: dict[str, TableInfo] = {}
         self._stages: dict[tuple[str, tuple[str, ...]], str] = {}
         self._stage_n = 0  # stage tables named so far in this session
+        # Stages written since the session's transaction last committed (see _stage).
+        self._filled: set[str] = set()
         self._defer = False
         # The pipeline holding merges sent and not yet waited for.
         self._pending: contextlib.ExitStack | None = None
@@ -242,9 +244,12 @@ class Sink:
         """An empty temporary table shaped like ``columns`` of the target table.
 
         Created on every use if missing: a rolled-back (sub)transaction takes a table created
-        inside it along, so a cache of names alone would go stale. Both statements go out in
-        pipeline mode, behind any merge still running: the COPY that follows waits for them
-        all in one round trip, not one each.
+        inside it along, so a cache of names alone would go stale. Emptied only if written
+        since the last commit (:meth:`committed`; ON COMMIT DELETE ROWS empties it at every
+        commit): a TRUNCATE gives the table a new file and catalog row, and five of them cost
+        the target more than a small batch's merges. The statements go out in pipeline mode,
+        behind any merge still running: the COPY that follows waits for them all in one round
+        trip, not one each.
         """
         key = (info.name, columns)
         name = self._stages.get(key)
@@ -262,8 +267,15 @@ class Sink:
                 info.ident,
             )
         )
-        self.conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
+        if name in self._filled:
+            self.conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
+        self._filled.add(name)
         return name
+
+    def committed(self) -> None:
+        """The caller's transaction on this session committed: every stage is empty again.
+        Only a caller that knows it committed says so; without it stages are emptied on use."""
+        self._filled.clear()
 
     def _copy(self, stage: str, columns: tuple[str, ...], rows: Iterable[Sequence[Any]]) -> None:
         stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
