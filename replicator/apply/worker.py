@@ -538,6 +538,7 @@ class ApplyWorker:
                 self.dlq.write(letter)
             with pg.translated(self.db.masked()):
                 self.conn.commit()
+            self.sink.committed()
             self.stats.dead_letters += len(self._dead_pending)
             self._dead_pending = []
             self._bulk.committed()

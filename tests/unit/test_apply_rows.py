@@ -113,3 +113,25 @@ def test_inserts_put_straight_into_the_batch_equal_what_the_transform_makes() ->
     # No key; a value that is not text; a moved row whose value was not sent.
     assert size == 3 and len(dead) == 3
     assert states[("2",)] == ("upsert", True, {"id": "2", "v": "again"}, {})
+
+
+def test_a_relation_is_planned_once_across_envelopes_and_again_when_it_changes() -> None:
+    """Most envelopes carry one small transaction: a relation's plan outlives its envelope
+    (planning per envelope was a tenth of apply's CPU), and a changed relation is a new plan."""
+    dead: list[str] = []
+    w, batch = _worker(dead), Batch()
+    rel = RelationInfo("public", "a", ("id", "v"), (20, 25), ("id",))
+    wider = RelationInfo("public", "a", ("id", "v", "w"), (20, 25, 25), ("id",))
+    envs = [
+        _envelope(rel, {"id": "1", "v": "x"}),
+        _envelope(dataclasses.replace(rel), {"id": "2", "v": "y"}),  # equal, not the same object
+        _envelope(wider, {"id": "3", "v": "z", "w": "new"}),
+    ]
+    planned = []
+    for env in envs:
+        for change in env.changes:
+            w._change(env, change, 0, 0, batch)
+        planned.append(w._rows._rels[1])
+    assert planned[0] is planned[1] and planned[2] is not planned[0]
+    assert dead == []
+    assert batch.tables["public.a"][("3",)].values == {"id": "3", "v": "z", "w": "new"}

@@ -9,7 +9,7 @@ from typing import Any
 from connectors.assembler import Output
 from connectors.envelope import Change, Envelope, RelationInfo, decode_envelopes
 from connectors.kafka_io import Sent
-from replicator.capture import GROUP_TRANSACTIONS, _Router
+from replicator.capture import GROUP_TRANSACTIONS, GROUP_WAIT_S, _Router
 
 REL = RelationInfo("public", "t", ("id",), (23,), ("id",))
 
@@ -68,3 +68,17 @@ def test_a_group_getting_old_is_sent() -> None:
     now[0] = 1.0
     assert router.overdue
     assert len(router.send(_txn(20))) == 1 and not router.pending
+
+
+def test_a_held_group_lingers_for_company_until_it_gets_old() -> None:
+    """Under a steady writer the stream pauses between commits: the capture waits on it for the
+    group's remaining age (a message per transaction costs more than its rows), never longer."""
+    kafka, now = _Recorder(), [0.0]
+    router = _Router(kafka, "changes", 1, "", clock=lambda: now[0])  # type: ignore[arg-type]
+    assert router.linger() == 0.0  # nothing held: nothing to wait for
+    router.send(_txn(10))
+    assert router.linger() == GROUP_WAIT_S
+    now[0] = GROUP_WAIT_S / 2
+    assert router.linger() == GROUP_WAIT_S / 2
+    now[0] = 1.0
+    assert router.linger() == 0.0 and router.overdue

@@ -165,3 +165,15 @@ def test_column_names_must_be_text() -> None:
     )
     with pytest.raises(MalformedMessage, match="not all text"):
         decode_envelope(raw)
+
+
+def test_relations_read_from_the_log_are_shared_between_envelopes() -> None:
+    """Every envelope repeats its relations: equal ones are read into one object (apply plans
+    per relation object), a changed one into its own."""
+    one, two, wider = (
+        Envelope("o", x, 10 * x, None, relations={5: r}, changes=[Change("delete", 5, old={})])
+        for x, r in ((1, REL), (2, REL), (3, RelationInfo("public", "t", ("id",), (23,), ("id",))))
+    )
+    read = [decode_envelope(e.encode()).relations[5] for e in (one, two, wider)]
+    assert read[0] is read[1] and read[0] == REL
+    assert read[2] is not read[0] and read[2].columns == ("id",)
