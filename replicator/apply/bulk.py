@@ -5,8 +5,9 @@ one source table. It is copied as it is into a temporary staging table shaped li
 and every target of the table's mapping is written with one statement over it, whose expressions
 are the compiled transform (transforms.compile): an ``INSERT … SELECT … ON CONFLICT`` per target
 (a plain ``INSERT`` while the target was empty when this worker first wrote it, falling back to
-the upsert on a duplicate key), an ``UPDATE … FROM`` per N→1 patch. No row passes through
-Python, except:
+the upsert on a duplicate key), an ``UPDATE … FROM`` per N→1 patch. A chunk whose one target
+takes its columns as they are (``identity:``, a rename) skips the staging table while that
+target was empty: COPY writes it directly. No row passes through Python, except:
 
 - rows the SQL form cannot vouch for (the compiled reject expression names why): read back as
   text and handed to the Python transform, which maps or dead-letters them as for any change;
@@ -92,6 +93,9 @@ class _Plan:
     # Target table -> column -> type, read on apply's session when planning (the sessions
     # loading chunks at once must not share it).
     target_types: dict[str, dict[str, str]]
+    # The one target's columns, in the chunk's column order, when every one is a source
+    # column as it is, of the same type: the chunk can be COPYed into the target directly.
+    direct: tuple[str, ...] | None = None
 
 
 class BulkLoader:
@@ -335,11 +339,16 @@ class BulkLoader:
             f"_bulk_{n}_keys" if compiled.derived else None,
             key_types,
             target_types,
+            _direct_columns(compiled, chunk, target_types, as_text=transform.copies_rows),
         )
 
     # -- loading ---------------------------------------------------------------------------
 
     def _run(self, conn: psycopg.Connection[Any], plan: _Plan, chunk: CopyChunk) -> _Result:
+        if plan.direct is not None:
+            done = self._copy_direct(conn, plan, plan.direct, chunk)
+            if done is not None:
+                return done
         stage = sql.Identifier(plan.stage)
         cols = ", ".join(f"{ident(c)} {t}" for c, t in plan.stage_columns)
         # Created on every use if missing: a rolled-back transaction takes it along.
@@ -370,6 +379,46 @@ class BulkLoader:
                 f"SELECT {as_text} FROM {source} WHERE ({c.reject_sql}) IS NOT NULL"
             ).fetchall()
         return touched, flagged
+
+    def _copy_direct(
+        self,
+        conn: psycopg.Connection[Any],
+        plan: _Plan,
+        names: tuple[str, ...],
+        chunk: CopyChunk,
+    ) -> _Result | None:
+        """The chunk COPYed straight into its one target while that was empty when this
+        loader first wrote it: staging it and ``INSERT … SELECT`` would write every row twice
+        (half the target's work in an identity backfill). A key already there (a chunk sent
+        twice) takes the savepoint back, and the staged upsert loads the chunk instead."""
+        (t,) = plan.compiled.targets
+        if not self._is_fresh(conn, t.table):
+            return None
+        cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+        how = "FORMAT binary" if chunk.binary else "ENCODING 'UTF8'"
+        target = sql.Identifier(*t.table.split(".", 1))
+        try:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(
+                    sql.SQL("COPY {} ({}) FROM STDIN (" + how + ")").format(target, cols)
+                ) as cp,
+            ):
+                cp.write(chunk.copy_data())
+        except psycopg.errors.UniqueViolation:
+            self._fresh[t.table] = False
+            return None
+        return {t.table: chunk.rows}, []
+
+    def _is_fresh(self, conn: psycopg.Connection[Any], table: str) -> bool:
+        """Whether ``table`` was empty when this loader first wrote it (and no key of a
+        chunk has met a row there since)."""
+        fresh = self._fresh.get(table)
+        if fresh is None:
+            empty = conn.execute(f"SELECT NOT EXISTS (SELECT FROM {qualified(table)})").fetchone()
+            fresh = self._fresh[table] = empty == (True,)
+        return fresh
 
     def _derive(self, conn: psycopg.Connection[Any], plan: _Plan) -> str:
         """Key columns computed in Python from the source key (no SQL twin), joined in."""
@@ -418,7 +467,9 @@ class BulkLoader:
             sets = [n for n, _ in t.columns if n not in dict(t.key)]
             if not sets:
                 return 0, False
-            inner = ", ".join(f"({e.sql})::{types[n]} AS {ident(n)}" for n, e in t.key + t.columns)
+            inner = ", ".join(
+                f"({e.sql})::{_unsized(types[n])} AS {ident(n)}" for n, e in t.key + t.columns
+            )
             assign = ", ".join(f"{ident(n)} = p.{ident(n)}" for n in sets)
             match = " AND ".join(f"x.{ident(n)} = p.{ident(n)}" for n, _ in t.key)
             n = conn.execute(
@@ -428,13 +479,9 @@ class BulkLoader:
             return n, False
         written = t.key + t.columns + t.insert_only
         names = ", ".join(ident(n) for n, _ in written)
-        values = ", ".join(f"({e.sql})::{types[n]}" for n, e in written)
+        values = ", ".join(f"({e.sql})::{_unsized(types[n])}" for n, e in written)
         insert = f"INSERT INTO {table} ({names}) SELECT {values} FROM {source} WHERE {where}"
-        fresh = self._fresh.get(t.table)
-        if fresh is None:
-            empty = conn.execute(f"SELECT NOT EXISTS (SELECT FROM {table})").fetchone()
-            fresh = self._fresh[t.table] = empty == (True,)
-        if fresh:
+        if self._is_fresh(conn, t.table):
             # Nothing was in the table when this worker began writing it: a plain insert
             # (a third cheaper than the upsert) unless a key repeats (a chunk sent twice).
             try:
@@ -447,6 +494,62 @@ class BulkLoader:
         action = f"DO UPDATE SET {update}" if update else "DO NOTHING"
         n = conn.execute(f"{insert} ON CONFLICT ({keys}) {action}").rowcount
         return n, t.when is None and bool(update)
+
+
+def _direct_columns(
+    c: CompiledTable,
+    chunk: CopyChunk,
+    target_types: dict[str, dict[str, str]],
+    *,
+    as_text: bool,
+) -> tuple[str, ...] | None:
+    """The target columns that take the chunk's columns in order, when its one target is
+    written with each source column as it is (what an ``identity:`` mapping or a pure rename
+    does); else None.
+
+    The staged path casts each staged value to the target column's type. COPY does what that
+    cast does where the staged value is text (``as_text``: the identity stages the log's text,
+    and COPY's input is the cast's, except that a too-long ``varchar(n)`` is refused instead of
+    cut, as the live path's insert refuses it); otherwise only where both types are the same.
+    A binary chunk only of built-in scalar types: binary COPY checks an array's or a user
+    type's oid, which differ between two databases."""
+    if len(c.targets) != 1 or c.checks or c.derived:
+        return None
+    t = c.targets[0]
+    if t.patch or t.when is not None:
+        return None
+    by_source: dict[str, list[str]] = {}
+    for name, e in t.key + t.columns + t.insert_only:
+        by_source.setdefault(e.sql, []).append(name)
+    types = target_types[t.table]
+    names: list[str] = []
+    r = chunk.relation
+    for col, typ, oid in zip(r.columns, chunk.types, r.type_oids, strict=True):
+        found = by_source.pop(ident(col), [])
+        if len(found) != 1 or found[0] not in types:
+            return None
+        if not (as_text and not chunk.binary) and types[found[0]] != typ:
+            return None
+        if chunk.binary and oid not in BINARY_TEXT_OIDS:
+            return None
+        names.append(found[0])
+    return tuple(names) if not by_source else None  # nothing else computed into the target
+
+
+# An explicit cast to varchar(n), char(n) or bit(n) cuts a value to size without a word; the
+# store into the column (an assignment) refuses it, as COPY and the live path's insert do.
+_SIZED = re.compile(r"^(character varying|character|bit varying|bit)\(\d+\)")
+_UNSIZED = {"character varying": "varchar", "character": "bpchar", "bit varying": "varbit"}
+
+
+def _unsized(type_: str) -> str:
+    """``type_`` for the cast into a column of that type: without a string's or bit string's
+    length, so the column refuses a value too long instead of the cast cutting it."""
+    m = _SIZED.match(type_)
+    if m is None:
+        return type_
+    base = m.group(1)
+    return _UNSIZED.get(base, "varbit") + type_[m.end() :]
 
 
 _REFUSED = (ValueError, TypeError, KeyError, DataError)
