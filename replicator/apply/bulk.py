@@ -38,6 +38,7 @@ from connectors import pg
 from connectors.copy_chunk import BINARY_TEXT_OIDS, CopyChunk, decode_copy_chunk
 from connectors.envelope import Change, Envelope
 from connectors.pgsink import Batch, Sink
+from replicator.apply.direct_copy import cast_types, direct_columns
 from replicator.errors import DataError, MalformedMessage, ReplicatorError, SchemaError
 from transforms.api import Direction
 from transforms.compile import (
@@ -93,6 +94,9 @@ class _Plan:
     # Target table -> column -> type, read on apply's session when planning (the sessions
     # loading chunks at once must not share it).
     target_types: dict[str, dict[str, str]]
+    # What a staged value is cast to per target column: its type, a domain as its base type,
+    # without a length (direct_copy.cast_types: the column then refuses a value too long).
+    cast_types: dict[str, dict[str, str]]
     # The one target's columns, in the chunk's column order, when every one is a source
     # column as it is, of the same type: the chunk can be COPYed into the target directly.
     direct: tuple[str, ...] | None = None
@@ -131,6 +135,7 @@ class BulkLoader:
         self._plans: dict[tuple[Any, ...], _Plan | str] = {}
         # Target table -> it was empty when this loader first wrote it (try plain inserts).
         self._fresh: dict[str, bool] = {}
+        self._no_direct: set[str] = set()  # target tables COPY turned out unable to write
         self._pool = ThreadPoolExecutor(connections, "bulk") if connections > 1 else None
         self._limit = connections
         self._local = threading.local()
@@ -324,6 +329,8 @@ class BulkLoader:
             types[s] for s in dict.fromkeys(s for d in compiled.derived for s in d.sources)
         )
         target_types = {t.table: dict(self.sink.table(t.table).columns) for t in compiled.targets}
+        self.sink.settle()
+        casts = {t.table: cast_types(self.sink.conn, t.table) for t in compiled.targets}
         for t in compiled.targets:
             written = t.key + t.columns + t.insert_only
             missing = [n for n, _ in written if n not in target_types[t.table]]
@@ -339,7 +346,10 @@ class BulkLoader:
             f"_bulk_{n}_keys" if compiled.derived else None,
             key_types,
             target_types,
-            _direct_columns(compiled, chunk, target_types, as_text=transform.copies_rows),
+            casts,
+            direct_columns(
+                self.sink.conn, compiled, chunk, target_types, as_text=transform.copies_rows
+            ),
         )
 
     # -- loading ---------------------------------------------------------------------------
@@ -368,7 +378,7 @@ class BulkLoader:
         touched: dict[str, int] = {}
         vouched: int | None = None  # rows the SQL form took, when a statement counted them
         for target in c.targets:
-            n, counted = self._write(conn, target, plan.target_types[target.table], c, source)
+            n, counted = self._write(conn, target, plan.cast_types[target.table], c, source)
             touched[target.table] = touched.get(target.table, 0) + n
             if counted:
                 vouched = n  # one row written per row the reject expression let through
@@ -392,7 +402,7 @@ class BulkLoader:
         (half the target's work in an identity backfill). A key already there (a chunk sent
         twice) takes the savepoint back, and the staged upsert loads the chunk instead."""
         (t,) = plan.compiled.targets
-        if not self._is_fresh(conn, t.table):
+        if t.table in self._no_direct or not self._is_fresh(conn, t.table):
             return None
         cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
         how = "FORMAT binary" if chunk.binary else "ENCODING 'UTF8'"
@@ -408,6 +418,12 @@ class BulkLoader:
                 cp.write(chunk.copy_data())
         except psycopg.errors.UniqueViolation:
             self._fresh[t.table] = False
+            return None
+        except (psycopg.errors.FeatureNotSupported, psycopg.errors.WrongObjectType) as exc:
+            # Something planning did not foresee that COPY cannot write (INSERT can): the
+            # staged path from now on (the savepoint took the attempt back).
+            log.info("%s: no direct COPY (%s)", t.table, str(exc).splitlines()[0])
+            self._no_direct.add(t.table)
             return None
         return {t.table: chunk.rows}, []
 
@@ -467,9 +483,7 @@ class BulkLoader:
             sets = [n for n, _ in t.columns if n not in dict(t.key)]
             if not sets:
                 return 0, False
-            inner = ", ".join(
-                f"({e.sql})::{_unsized(types[n])} AS {ident(n)}" for n, e in t.key + t.columns
-            )
+            inner = ", ".join(f"({e.sql})::{types[n]} AS {ident(n)}" for n, e in t.key + t.columns)
             assign = ", ".join(f"{ident(n)} = p.{ident(n)}" for n in sets)
             match = " AND ".join(f"x.{ident(n)} = p.{ident(n)}" for n, _ in t.key)
             n = conn.execute(
@@ -479,7 +493,7 @@ class BulkLoader:
             return n, False
         written = t.key + t.columns + t.insert_only
         names = ", ".join(ident(n) for n, _ in written)
-        values = ", ".join(f"({e.sql})::{_unsized(types[n])}" for n, e in written)
+        values = ", ".join(f"({e.sql})::{types[n]}" for n, e in written)
         insert = f"INSERT INTO {table} ({names}) SELECT {values} FROM {source} WHERE {where}"
         if self._is_fresh(conn, t.table):
             # Nothing was in the table when this worker began writing it: a plain insert
@@ -494,62 +508,6 @@ class BulkLoader:
         action = f"DO UPDATE SET {update}" if update else "DO NOTHING"
         n = conn.execute(f"{insert} ON CONFLICT ({keys}) {action}").rowcount
         return n, t.when is None and bool(update)
-
-
-def _direct_columns(
-    c: CompiledTable,
-    chunk: CopyChunk,
-    target_types: dict[str, dict[str, str]],
-    *,
-    as_text: bool,
-) -> tuple[str, ...] | None:
-    """The target columns that take the chunk's columns in order, when its one target is
-    written with each source column as it is (what an ``identity:`` mapping or a pure rename
-    does); else None.
-
-    The staged path casts each staged value to the target column's type. COPY does what that
-    cast does where the staged value is text (``as_text``: the identity stages the log's text,
-    and COPY's input is the cast's, except that a too-long ``varchar(n)`` is refused instead of
-    cut, as the live path's insert refuses it); otherwise only where both types are the same.
-    A binary chunk only of built-in scalar types: binary COPY checks an array's or a user
-    type's oid, which differ between two databases."""
-    if len(c.targets) != 1 or c.checks or c.derived:
-        return None
-    t = c.targets[0]
-    if t.patch or t.when is not None:
-        return None
-    by_source: dict[str, list[str]] = {}
-    for name, e in t.key + t.columns + t.insert_only:
-        by_source.setdefault(e.sql, []).append(name)
-    types = target_types[t.table]
-    names: list[str] = []
-    r = chunk.relation
-    for col, typ, oid in zip(r.columns, chunk.types, r.type_oids, strict=True):
-        found = by_source.pop(ident(col), [])
-        if len(found) != 1 or found[0] not in types:
-            return None
-        if not (as_text and not chunk.binary) and types[found[0]] != typ:
-            return None
-        if chunk.binary and oid not in BINARY_TEXT_OIDS:
-            return None
-        names.append(found[0])
-    return tuple(names) if not by_source else None  # nothing else computed into the target
-
-
-# An explicit cast to varchar(n), char(n) or bit(n) cuts a value to size without a word; the
-# store into the column (an assignment) refuses it, as COPY and the live path's insert do.
-_SIZED = re.compile(r"^(character varying|character|bit varying|bit)\(\d+\)")
-_UNSIZED = {"character varying": "varchar", "character": "bpchar", "bit varying": "varbit"}
-
-
-def _unsized(type_: str) -> str:
-    """``type_`` for the cast into a column of that type: without a string's or bit string's
-    length, so the column refuses a value too long instead of the cast cutting it."""
-    m = _SIZED.match(type_)
-    if m is None:
-        return type_
-    base = m.group(1)
-    return _UNSIZED.get(base, "varbit") + type_[m.end() :]
 
 
 _REFUSED = (ValueError, TypeError, KeyError, DataError)
