@@ -16,7 +16,8 @@ settled (VACUUM ANALYZE, CHECKPOINT):
 
 ``ratio_vs_pgcopydb`` is our rows/s ÷ copy table-data's rows/s, ``ratio_vs_pgcopydb_clone`` the
 same against clone (both from pgcopydb's wall time, a process start included; ``_wall`` ratios
-use ours from launch too). Without a ``pgcopydb`` on PATH it says so and prints a JSON line with
+use ours from launch too). The snapshot's trip through Kafka is then timed on its own
+(``bench._kafka_trip``): ``kafka_round_trip_s`` and its share of our backfill time. Without a ``pgcopydb`` on PATH it says so and prints a JSON line with
 ``skipped``.
 """
 
@@ -33,6 +34,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from bench._kafka_trip import kafka_round_trip
 from bench.backfill import backfill
 from bench.harness import Timer, bench_env, emit, log, parse_args, settle
 from replicator.config import DatabaseSettings
@@ -166,6 +168,9 @@ def main() -> dict[str, Any]:
             run.validation = "clean" if _digest(env.legacy) == _digest(env.target) else "differs"
             if run.validation != "clean":
                 raise SystemExit("the backfilled target differs from legacy")
+        settle(env, (), "target")
+        log("the snapshot's trip through Kafka, on its own…")
+        trip = kafka_round_trip(env.settings())
         ours, theirs, clone = run.rows / run.seconds, rows / copy_s, clone_rows / clone_s
         log(
             f"replicator: {run.rows} rows in {run.seconds:.2f}s ({run.wall_s:.2f}s from launch);"
@@ -191,6 +196,8 @@ def main() -> dict[str, Any]:
             ratio_vs_pgcopydb_clone_wall=round(run.rows / run.wall_s / clone, 3),
             generate_s=round(gen.seconds, 1),
             validation=run.validation,
+            **trip,
+            kafka_round_trip_share=round(trip["kafka_round_trip_s"] / run.seconds, 3),
             paths=run.paths,
             **(run.cpu or {}),
         )

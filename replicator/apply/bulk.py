@@ -5,8 +5,9 @@ one source table. It is copied as it is into a temporary staging table shaped li
 and every target of the table's mapping is written with one statement over it, whose expressions
 are the compiled transform (transforms.compile): an ``INSERT … SELECT … ON CONFLICT`` per target
 (a plain ``INSERT`` while the target was empty when this worker first wrote it, falling back to
-the upsert on a duplicate key), an ``UPDATE … FROM`` per N→1 patch. No row passes through
-Python, except:
+the upsert on a duplicate key), an ``UPDATE … FROM`` per N→1 patch. A chunk whose one target
+takes its columns as they are (``identity:``, a rename) skips the staging table while that
+target was empty: COPY writes it directly. No row passes through Python, except:
 
 - rows the SQL form cannot vouch for (the compiled reject expression names why): read back as
   text and handed to the Python transform, which maps or dead-letters them as for any change;
@@ -37,6 +38,7 @@ from connectors import pg
 from connectors.copy_chunk import BINARY_TEXT_OIDS, CopyChunk, decode_copy_chunk
 from connectors.envelope import Change, Envelope
 from connectors.pgsink import Batch, Sink
+from replicator.apply.direct_copy import cast_types, direct_columns
 from replicator.errors import DataError, MalformedMessage, ReplicatorError, SchemaError
 from transforms.api import Direction
 from transforms.compile import (
@@ -92,6 +94,12 @@ class _Plan:
     # Target table -> column -> type, read on apply's session when planning (the sessions
     # loading chunks at once must not share it).
     target_types: dict[str, dict[str, str]]
+    # What a staged value is cast to per target column: its type, a domain as its base type,
+    # without a length (direct_copy.cast_types: the column then refuses a value too long).
+    cast_types: dict[str, dict[str, str]]
+    # The one target's columns, in the chunk's column order, when every one is a source
+    # column as it is, of the same type: the chunk can be COPYed into the target directly.
+    direct: tuple[str, ...] | None = None
 
 
 class BulkLoader:
@@ -127,6 +135,7 @@ class BulkLoader:
         self._plans: dict[tuple[Any, ...], _Plan | str] = {}
         # Target table -> it was empty when this loader first wrote it (try plain inserts).
         self._fresh: dict[str, bool] = {}
+        self._no_direct: set[str] = set()  # target tables COPY turned out unable to write
         self._pool = ThreadPoolExecutor(connections, "bulk") if connections > 1 else None
         self._limit = connections
         self._local = threading.local()
@@ -320,6 +329,8 @@ class BulkLoader:
             types[s] for s in dict.fromkeys(s for d in compiled.derived for s in d.sources)
         )
         target_types = {t.table: dict(self.sink.table(t.table).columns) for t in compiled.targets}
+        self.sink.settle()
+        casts = {t.table: cast_types(self.sink.conn, t.table) for t in compiled.targets}
         for t in compiled.targets:
             written = t.key + t.columns + t.insert_only
             missing = [n for n, _ in written if n not in target_types[t.table]]
@@ -335,11 +346,19 @@ class BulkLoader:
             f"_bulk_{n}_keys" if compiled.derived else None,
             key_types,
             target_types,
+            casts,
+            direct_columns(
+                self.sink.conn, compiled, chunk, target_types, as_text=transform.copies_rows
+            ),
         )
 
     # -- loading ---------------------------------------------------------------------------
 
     def _run(self, conn: psycopg.Connection[Any], plan: _Plan, chunk: CopyChunk) -> _Result:
+        if plan.direct is not None:
+            done = self._copy_direct(conn, plan, plan.direct, chunk)
+            if done is not None:
+                return done
         stage = sql.Identifier(plan.stage)
         cols = ", ".join(f"{ident(c)} {t}" for c, t in plan.stage_columns)
         # Created on every use if missing: a rolled-back transaction takes it along.
@@ -359,7 +378,7 @@ class BulkLoader:
         touched: dict[str, int] = {}
         vouched: int | None = None  # rows the SQL form took, when a statement counted them
         for target in c.targets:
-            n, counted = self._write(conn, target, plan.target_types[target.table], c, source)
+            n, counted = self._write(conn, target, plan.cast_types[target.table], c, source)
             touched[target.table] = touched.get(target.table, 0) + n
             if counted:
                 vouched = n  # one row written per row the reject expression let through
@@ -370,6 +389,52 @@ class BulkLoader:
                 f"SELECT {as_text} FROM {source} WHERE ({c.reject_sql}) IS NOT NULL"
             ).fetchall()
         return touched, flagged
+
+    def _copy_direct(
+        self,
+        conn: psycopg.Connection[Any],
+        plan: _Plan,
+        names: tuple[str, ...],
+        chunk: CopyChunk,
+    ) -> _Result | None:
+        """The chunk COPYed straight into its one target while that was empty when this
+        loader first wrote it: staging it and ``INSERT … SELECT`` would write every row twice
+        (half the target's work in an identity backfill). A key already there (a chunk sent
+        twice) takes the savepoint back, and the staged upsert loads the chunk instead."""
+        (t,) = plan.compiled.targets
+        if t.table in self._no_direct or not self._is_fresh(conn, t.table):
+            return None
+        cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+        how = "FORMAT binary" if chunk.binary else "ENCODING 'UTF8'"
+        target = sql.Identifier(*t.table.split(".", 1))
+        try:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(
+                    sql.SQL("COPY {} ({}) FROM STDIN (" + how + ")").format(target, cols)
+                ) as cp,
+            ):
+                cp.write(chunk.copy_data())
+        except psycopg.errors.UniqueViolation:
+            self._fresh[t.table] = False
+            return None
+        except (psycopg.errors.FeatureNotSupported, psycopg.errors.WrongObjectType) as exc:
+            # Something planning did not foresee that COPY cannot write (INSERT can): the
+            # staged path from now on (the savepoint took the attempt back).
+            log.info("%s: no direct COPY (%s)", t.table, str(exc).splitlines()[0])
+            self._no_direct.add(t.table)
+            return None
+        return {t.table: chunk.rows}, []
+
+    def _is_fresh(self, conn: psycopg.Connection[Any], table: str) -> bool:
+        """Whether ``table`` was empty when this loader first wrote it (and no key of a
+        chunk has met a row there since)."""
+        fresh = self._fresh.get(table)
+        if fresh is None:
+            empty = conn.execute(f"SELECT NOT EXISTS (SELECT FROM {qualified(table)})").fetchone()
+            fresh = self._fresh[table] = empty == (True,)
+        return fresh
 
     def _derive(self, conn: psycopg.Connection[Any], plan: _Plan) -> str:
         """Key columns computed in Python from the source key (no SQL twin), joined in."""
@@ -430,11 +495,7 @@ class BulkLoader:
         names = ", ".join(ident(n) for n, _ in written)
         values = ", ".join(f"({e.sql})::{types[n]}" for n, e in written)
         insert = f"INSERT INTO {table} ({names}) SELECT {values} FROM {source} WHERE {where}"
-        fresh = self._fresh.get(t.table)
-        if fresh is None:
-            empty = conn.execute(f"SELECT NOT EXISTS (SELECT FROM {table})").fetchone()
-            fresh = self._fresh[t.table] = empty == (True,)
-        if fresh:
+        if self._is_fresh(conn, t.table):
             # Nothing was in the table when this worker began writing it: a plain insert
             # (a third cheaper than the upsert) unless a key repeats (a chunk sent twice).
             try:

@@ -221,7 +221,19 @@ def test_the_backfill_table_fits_its_card_at_1400_px(browser: Any) -> None:
             "unreachable": [],
             "source": None,
             "kafka": None,
-            "target": None,
+            "target": {
+                "backfill": {
+                    "status": "loading",
+                    "set_aside": [
+                        {
+                            "table": "public.user",
+                            "kind": "index",
+                            "name": "user_email_idx",
+                            "backfill_status": "loading",
+                        }
+                    ],
+                }
+            },
         },
         "details": {
             "backfill_tables": tables,
@@ -287,6 +299,8 @@ def test_the_backfill_table_fits_its_card_at_1400_px(browser: Any) -> None:
         repaired = page.locator("#last-repair").text_content() or ""
         assert "last repair repair-abc" in repaired and "repaired 3" in repaired, repaired
         assert "refused: public.user" in repaired and "collide" in repaired
+        aside = page.locator("#set-aside").text_content() or ""
+        assert "set aside on public.user: index user_email_idx" in aside, aside
     finally:
         server.shutdown()
         server.server_close()

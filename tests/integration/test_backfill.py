@@ -404,6 +404,59 @@ def test_a_large_table_is_read_as_key_ranges_side_by_side_under_a_rate_cap(env: 
     assert table[3] >= (6_000 - 250 * 3) / 4_000, table
 
 
+def test_key_ranges_read_side_by_side_resume_each_from_its_own_position_after_kill_9(
+    env: Env, tmp_path: Path
+) -> None:
+    """Each range keeps its own position: after a kill -9 in the middle of three ranges read
+    at once, each goes on from its last chunk (at most that one chunk is read again)."""
+    schema = "CREATE TABLE big (id int PRIMARY KEY, v text)"
+    with env.legacy_conn() as c:
+        c.execute(schema)
+        c.execute("INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 12000) g")
+    with env.target_conn() as c:
+        c.execute(schema)
+    vars_ = {
+        **env.env_vars(),
+        "REPLICATOR_MAPPING": "identity:public.big",
+        "REPLICATOR_BACKFILL__CHUNK_ROWS": "250",
+        "REPLICATOR_BACKFILL__MAX_READ_SESSIONS": "3",
+        "REPLICATOR_BACKFILL__MAX_ROWS_PER_S": "3000",
+    }
+    proc = Background(["run"], vars_, tmp_path / "run1.log")
+    wait_for(lambda: _rows_read(env) >= 3_000, 120, what="part of every range to be read")
+    proc.kill9()
+    with env.target_conn() as c:
+        at_kill = c.execute(
+            "SELECT range_no, rows_read, done FROM replicator.backfill_ranges ORDER BY 1"
+        ).fetchall()
+    assert len(at_kill) == 3 and not all(done for _, _, done in at_kill), at_kill
+    proc = Background(["run"], vars_, tmp_path / "run2.log")
+    try:
+        wait_for(lambda: _status(env) == "applied", 180, what="the resumed backfill")
+        query = "SELECT count(*), md5(string_agg(id || v, ',' ORDER BY id)) FROM big"
+        with env.legacy_conn() as lc, env.target_conn() as tc:
+            wait_for(
+                lambda: tc.execute(query).fetchone() == lc.execute(query).fetchone(),
+                60,
+                what="target == legacy",
+            )
+            ranges = tc.execute(
+                "SELECT range_no, rows_read, done FROM replicator.backfill_ranges ORDER BY 1"
+            ).fetchall()
+    finally:
+        proc.stop()
+    assert [(k, done) for k, _, done in ranges] == [(0, True), (1, True), (2, True)], ranges
+    s = env.settings()
+    chunks = [
+        m
+        for m in read_topic(s.kafka.bootstrap_servers, s.topic("fwd", "snapshot"), 60)
+        if is_copy_chunk(m)
+    ]
+    # 48 chunks, and at most the one in flight in each of the three ranges at the kill again.
+    assert 12_000 // 250 <= len(chunks) <= 12_000 // 250 + 3, len(chunks)
+    assert "Traceback" not in proc.output()
+
+
 def test_no_backfill_once_the_target_is_the_writer(env: Env) -> None:
     """After a cutover (the forward slot dropped, the target recorded as the writer) a
     `replicator backfill` took itself for a lost slot's re-sync: the target's tables emptied

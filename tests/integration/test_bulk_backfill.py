@@ -274,3 +274,109 @@ def test_a_target_gone_while_a_chunk_is_planned_is_a_retriable_error(env: Env) -
     finally:
         loader.close()
         conn.close()
+
+
+def _loader(
+    env: Env, mapping: str, conn: psycopg.Connection[Any], change: Any = lambda *a: None
+) -> Any:
+    from connectors.pgsink import Sink
+    from replicator.apply.bulk import BulkLoader
+
+    return BulkLoader(
+        load_mapping(mapping).forward,
+        Sink(conn, "target"),
+        "target",
+        flush=lambda batch: None,
+        change=change,
+        dead=lambda *a: None,
+        count=lambda *a: None,
+        connect=lambda: psycopg.connect(env.target.conninfo()),
+    )
+
+
+def _chunk(data: bytes, types: tuple[str, str] = ("integer", "text")) -> bytes:
+    from connectors.copy_chunk import CopyChunk
+    from connectors.envelope import RelationInfo
+
+    relation = RelationInfo("public", "t", ("id", "v"), (23, 25), ("id",))
+    return CopyChunk("p", 1, relation, types, (), data.count(b"\n"), data).encode()
+
+
+def _staged(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the loader's session made its staging table (the direct COPY makes none)."""
+    row = conn.execute("SELECT to_regclass('pg_temp._bulk_0') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def test_an_identity_chunk_is_copied_straight_into_an_empty_target_and_a_replay_upserts(
+    env: Env,
+) -> None:
+    """The direct COPY skips the staging table (half an identity load's work); the same chunk
+    again (a replay after a crash) meets its keys, and the staged upsert loads it instead of
+    failing or duplicating a row."""
+    from connectors.pgsink import Batch
+
+    with env.target_conn() as c:
+        c.execute("CREATE TABLE t (v text, id int PRIMARY KEY, note text DEFAULT 'kept')")
+    conn = psycopg.connect(env.target.conninfo())
+    loader = _loader(env, "identity:public.t", conn)
+    try:
+        loader.load(0, 0, _chunk(b"1\ta\n2\tb\n"), Batch())
+        assert not _staged(conn)
+        conn.commit()
+        loader.load(0, 1, _chunk(b"2\tB\n3\tc\n"), Batch())  # key 2 again: a replayed chunk
+        assert _staged(conn)
+        conn.commit()
+        rows = conn.execute("SELECT id, v, note FROM t ORDER BY id").fetchall()
+        assert rows == [(1, "a", "kept"), (2, "B", "kept"), (3, "c", "kept")]
+    finally:
+        loader.close()
+        conn.close()
+
+
+def test_a_value_the_target_refuses_in_a_direct_copy_sends_the_chunk_row_by_row(
+    env: Env,
+) -> None:
+    """Identity text into wider types is COPYed as it is; a value too long for a varchar(n)
+    is refused by COPY (as the live path's insert refuses it), and the chunk goes the Python
+    way, where the worker dead-letters that row alone."""
+    from connectors.pgsink import Batch
+
+    with env.target_conn() as c:
+        c.execute("CREATE TABLE t (id bigint PRIMARY KEY, v varchar(2))")
+    conn = psycopg.connect(env.target.conninfo())
+    changes: list[Any] = []
+    loader = _loader(env, "identity:public.t", conn, change=lambda *a: changes.append(a[1]))
+    try:
+        loader.load(0, 0, _chunk(b"1\ta\n"), Batch())
+        assert not _staged(conn)
+        loader.load(0, 1, _chunk(b"2\tb\n3\tlong\n"), Batch())
+        conn.commit()
+        assert conn.execute("SELECT id, v FROM t").fetchall() == [(1, "a")]
+        assert [ch.new for ch in changes] == [{"id": "2", "v": "b"}, {"id": "3", "v": "long"}]
+    finally:
+        loader.close()
+        conn.close()
+
+
+def test_a_staged_cast_never_cuts_a_value_to_the_column_size(env: Env) -> None:
+    """A target that held a row takes the staged upsert, whose cast to varchar(n) used to
+    cut 'long' to 'lo' without a word: the column's own check refuses it now, and the chunk
+    goes the Python way as a direct COPY's refusal does."""
+    from connectors.pgsink import Batch
+
+    with env.target_conn() as c:
+        c.execute(
+            "CREATE TABLE t (id bigint PRIMARY KEY, v varchar(2)); INSERT INTO t VALUES (0, 'z')"
+        )
+    conn = psycopg.connect(env.target.conninfo())
+    changes: list[Any] = []
+    loader = _loader(env, "identity:public.t", conn, change=lambda *a: changes.append(a[1]))
+    try:
+        loader.load(0, 0, _chunk(b"3\tlong\n"), Batch())
+        conn.commit()
+        assert conn.execute("SELECT id, v FROM t").fetchall() == [(0, "z")]
+        assert [ch.new for ch in changes] == [{"id": "3", "v": "long"}]
+    finally:
+        loader.close()
+        conn.close()

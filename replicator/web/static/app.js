@@ -183,6 +183,10 @@ function showBackfill(tables, latest) {
     rows.push(tr);
   }
   replaceChildren($("backfill").tBodies[0], rows);
+  // Indexes and foreign keys a first backfill set aside while it loads (docs/status.md): the
+  // target lacks them until apply rebuilds them, once the table's snapshot is loaded.
+  const aside = (latest && latest.set_aside) || [];
+  replaceChildren($("set-aside"), aside.map((o) => el("li", "set aside on " + o.table + ": " + o.kind + " " + o.name + " — `replicator run` rebuilds it once the table's snapshot is loaded", "reason")));
 }
 
 // Schema changes on the source, judged through the mapping (docs/drift.md); newest first.
