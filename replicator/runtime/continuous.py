@@ -82,10 +82,14 @@ def read_points(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
         (None,),
     ):
         return {}
+    # The pass columns through to_jsonb: a table made before them (not yet ensured by a
+    # `replicator run` of this version) reads as having no pass under way.
     rows = conn.execute(
         "SELECT table_name, verified_lsn::text, verified_at,"
         " extract(epoch FROM now() - verified_at)::float8, checked_at, outcome, differences,"
-        " keys, rows_checked FROM replicator.verified_through ORDER BY table_name"
+        " keys, rows_checked, to_jsonb(v) ->> 'pass_at', (to_jsonb(v) ->> 'pass_ranges')::int,"
+        " (to_jsonb(v) ->> 'pass_rows')::bigint, to_jsonb(v) ->> 'cursor_key'"
+        " FROM replicator.verified_through v ORDER BY table_name"
     ).fetchall()
     return {
         str(r[0]): {
@@ -97,6 +101,11 @@ def read_points(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
             "differences": int(r[6]),
             "keys": r[7],
             "rows_checked": int(r[8]),
+            # The pass under way: when it began, the ranges and rows checked clean so far
+            # and the last key they reached (None between passes).
+            "pass": None
+            if r[9] is None
+            else {"began_at": r[9], "ranges": r[10] or 0, "rows": r[11] or 0, "after": r[12]},
         }
         for r in rows
     }

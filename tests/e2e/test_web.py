@@ -248,6 +248,7 @@ def test_the_backfill_table_fits_its_card_at_1400_px(browser: Any) -> None:
                     "outcome": "clean",
                     "differences": 0,
                     "keys": [],
+                    "pass": {"began_at": "x", "ranges": 4, "rows": 1_200, "after": "u9"},
                 },
                 "public.organization": {
                     "verified_at": None,
@@ -295,6 +296,7 @@ def test_the_backfill_table_fits_its_card_at_1400_px(browser: Any) -> None:
         assert "1,250,000" in (rows.nth(0).text_content() or "")
         verified = page.locator("#verified").text_content() or ""
         assert "public.user: verified through" in verified, verified
+        assert "pass under way: 4 ranges, 1,200 rows checked" in verified, verified
         assert "public.organization: different (1)" in verified and "org-7" in verified
         repaired = page.locator("#last-repair").text_content() or ""
         assert "last repair repair-abc" in repaired and "repaired 3" in repaired, repaired

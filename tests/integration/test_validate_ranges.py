@@ -82,6 +82,10 @@ def test_a_table_is_walked_in_ranges_and_a_restart_continues_from_the_cursor(
         ]
         cursor, pass_lsn, ranges, verified = _cursor(target, AUDIT)
         assert (cursor, ranges, verified) == ("900", 3, None) and pass_lsn is not None
+        # What status and the page show of the pass under way.
+        shown = read_points(target)[AUDIT]["pass"]
+        assert shown is not None and (shown["ranges"], shown["after"]) == (3, "900"), shown
+        assert shown["rows"] > 0 and shown["began_at"]
         # A restart: a new walker, the same table first (its pass is open), from the cursor.
         again = _checker(env)
         assert again._order(target)[0] == AUDIT
@@ -97,6 +101,7 @@ def test_a_table_is_walked_in_ranges_and_a_restart_continues_from_the_cursor(
         assert (cursor, now_pass, verified) == (None, None, pass_lsn)
         assert read_points(target)[AUDIT]["outcome"] == "clean"
         assert read_points(target)[AUDIT]["rows_checked"] == 2000
+        assert read_points(target)[AUDIT]["pass"] is None
 
 
 def test_a_1_to_2_split_is_checked_by_range_on_both_target_tables(loaded: Env) -> None:  # noqa: F811

@@ -146,7 +146,8 @@ function showParity(p) {
 function showVerified(points) {
   replaceChildren($("verified"), Object.entries(points).map(([table, p]) => {
     const through = p.verified_at ? "verified through " + timeOf(p.verified_at) + " (" + seconds(p.age_s) + " ago)" : "not verified yet";
-    if (p.outcome !== "different") return el("li", table + ": " + through);
+    const pass = p.pass ? "; pass under way: " + num(p.pass.ranges) + " ranges, " + num(p.pass.rows) + " rows checked" : "";
+    if (p.outcome !== "different") return el("li", table + ": " + through + pass);
     const li = el("li", table + ": different (" + num(p.differences) + ") — " + through, "bad");
     li.append(el("div", (p.keys || []).map((k) => JSON.stringify(k.key)).join(" "), "reason"));
     return li;
