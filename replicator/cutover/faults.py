@@ -11,8 +11,8 @@ begins) or a point inside one (``fence:locking``, ``decide:new``, ``finish:sourc
   (a network cut, a failover), and the step goes on until it meets the dead connection.
 
 At ``fence:locking`` another session first takes a lock that conflicts with the fence's (on
-the first table it fences), then the fault lands a moment later, while the fence waits for its
-locks, not before it asks; the lock is let go a while after. Taking it here, rather than in the
+the first table it fences), then the fault lands as soon as the fence is seen waiting for it
+(pg_locks), not before it asks; the lock is let go a while after. Taking it here, rather than in the
 test, is what makes the fault land in the wait every time: the fence asks within milliseconds.
 
 Nothing here runs unless the variable (or ``fail_at``) names a point.
@@ -21,9 +21,11 @@ Nothing here runs unless the variable (or ``fail_at``) names a point.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,7 +36,11 @@ from replicator.errors import CutoverAborted
 
 ENV = "REPLICATOR_CUTOVER_FAULT"
 KINDS = ("raise", "sigkill", "sigterm", "drop-old", "drop-new")
-DURING_S = 0.15  # how far into a wait (``…:locking``) a fault lands
+DURING_S = 0.02  # how long the fence's session is given to ask for its locks, at least
+WAIT_S = 5.0  # how long a ``…:locking`` fault waits to see the fence wait for its lock
+WAITED = "landed while the fence waited for its lock"
+LANDED: list[str] = []  # where each ``…:locking`` fault of this process landed
+log = logging.getLogger(__name__)
 HOLD_S = 2.0  # how long after the fault the conflicting lock is let go
 
 
@@ -91,6 +97,10 @@ class Faults:
         self, point: str, kind: str, conn: Any, holder: psycopg.Connection[Any] | None
     ) -> None:
         try:
+            # Said (and kept in LANDED) so that the matrix can assert where the fault landed.
+            where = WAITED if holder is not None and _fence_waits(holder) else "no lock wait seen"
+            LANDED.append(where)
+            log.warning("induced %s at %s: %s", kind, point, where)
             self._deliver(point, kind, conn)
         finally:
             if holder is not None:
@@ -118,6 +128,21 @@ def _conflicting_lock(held: psycopg.Connection[Any], table: str) -> psycopg.Conn
     ident = psycopg.sql.Identifier(*table.split(".", 1))
     holder.execute(psycopg.sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(ident))
     return holder
+
+
+def _fence_waits(holder: psycopg.Connection[Any]) -> bool:
+    """Whether a session waits for a lock ``holder`` holds, within :data:`WAIT_S` (pg_locks
+    is read afresh on every call; pg_stat_activity would be the transaction's snapshot)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        row = holder.execute(
+            "SELECT count(*) FROM pg_locks w JOIN pg_locks h ON h.relation = w.relation"
+            " WHERE NOT w.granted AND h.granted AND h.pid = pg_backend_pid()"
+        ).fetchone()
+        if row is not None and row[0]:
+            return True
+        time.sleep(0.005)
+    return False
 
 
 def _let_go(holder: psycopg.Connection[Any]) -> None:

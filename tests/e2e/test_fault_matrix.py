@@ -42,7 +42,7 @@ import psycopg
 import pytest
 
 from replicator.config import Settings
-from replicator.cutover import recover
+from replicator.cutover import faults, recover
 from replicator.cutover.switch import Cutover
 from replicator.errors import ReplicatorError
 from replicator.runtime.pipeline import Pipeline
@@ -385,24 +385,29 @@ def _run_faulty(w: World, cell: Cell, hook: str) -> str:
             "REPLICATOR_CUTOVER_FAULT": f"{cell.point}={cell.kind}",
         }
         r = run_cli([cell.action, "--yes", "--switch-hook", hook], env, timeout=120)
+        if cell.point.endswith(":locking"):
+            assert faults.WAITED in r.stderr, r.stderr  # the fault hit the wait it names
         if cell.kind == "sigkill":
             assert r.returncode == -signal.SIGKILL, (r.returncode, r.stdout, r.stderr)
         else:
             assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
         return f"exit {r.returncode}"
-    faults = (
+    fault_env = (
         {}
         if cell.kind.startswith("hook-")
         else {"REPLICATOR_CUTOVER_FAULT": f"{cell.point}={cell.kind}"}
     )
-    old = {k: os.environ.get(k) for k in faults}
-    os.environ.update(faults)
+    old = {k: os.environ.get(k) for k in fault_env}
+    os.environ.update(fault_env)
+    landed = len(faults.LANDED)
     try:
         out = Cutover(w.s, w.pipeline.mapping, action=cell.action, switch_hook=hook).run()
         return "switched" if out.switched else "not switched"
     except ReplicatorError as exc:
         return f"error at {getattr(exc, 'step', '?')}"
     finally:
+        if cell.point.endswith(":locking") and cell.kind != "raise":
+            assert faults.LANDED[landed:] == [faults.WAITED], faults.LANDED
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
