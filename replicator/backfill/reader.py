@@ -542,6 +542,14 @@ class Backfill:
         transaction: (the table's rows read, its total, whether every range is done)."""
         read, last_key, chunks, finished, n = at
         with tgt.transaction():
+            # The table's row first: two ranges finishing at once would each read the other's
+            # range as not done (a statement's snapshot predates the other's commit), and the
+            # table would stay not done. Locked first, the second waits, then reads afresh.
+            tgt.execute(
+                "SELECT 1 FROM replicator.backfill_progress WHERE backfill_id = %s"
+                " AND table_name = %s FOR UPDATE",
+                (backfill_id, table),
+            )
             tgt.execute(
                 "UPDATE replicator.backfill_ranges SET rows_read = %s, last_key = %s::jsonb,"
                 " chunks = %s, done = %s WHERE backfill_id = %s AND table_name = %s"
