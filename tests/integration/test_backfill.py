@@ -110,7 +110,9 @@ def test_backfill_under_concurrent_writes_converges(env: Env) -> None:
             progress = c.execute(
                 "SELECT table_name, rows_read, rows_applied, done FROM replicator.backfill_progress ORDER BY 1"
             ).fetchall()
-        assert all(done and read > 0 and applied == read for _, read, applied, done in progress), progress
+        assert all(done and read > 0 and applied == read for _, read, applied, done in progress), (
+            progress
+        )
     finally:
         pipeline.shutdown()
 
