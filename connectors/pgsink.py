@@ -24,6 +24,7 @@ for it and raises what it raised. A caller that defers settles before any other 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,6 +181,10 @@ def _adapt(v: Any) -> Any:
     return v
 
 
+# Unique in the process: a second Sink on a session must not reuse the first's stage unemptied.
+_STAGE_IDS = itertools.count(1)
+
+
 class Sink:
     """Writes batches into one target database over the caller's connection."""
 
@@ -188,7 +193,6 @@ class Sink:
         self.where = where  # names the database in a deferred statement's error
         self._tables: dict[str, TableInfo] = {}
         self._stages: dict[tuple[str, tuple[str, ...]], str] = {}
-        self._stage_n = 0  # stage tables named so far in this session
         # Stages written since the session's transaction last committed (see _stage).
         self._filled: set[str] = set()
         self._sql: dict[tuple[Any, ...], bytes] = {}  # statements by what they depend on
@@ -263,8 +267,7 @@ class Sink:
         key = (info.name, columns)
         name = self._stages.get(key)
         if name is None:  # never a name used before: forget_tables leaves the old ones behind
-            self._stage_n += 1
-            name = self._stages[key] = f"_stage_{self._stage_n}"
+            name = self._stages[key] = f"_stage_{next(_STAGE_IDS)}"
         self.hold()
         create = "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA"
         ident = sql.Identifier(name)

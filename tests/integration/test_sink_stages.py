@@ -20,10 +20,11 @@ def _upsert(sink: Sink, key: int, title: str) -> None:
     sink.flush(batch)
 
 
-def _file(conn: psycopg.Connection[Any]) -> int:
-    """The staging table's file: a TRUNCATE gives it a new one."""
+def _file(conn: psycopg.Connection[Any], sink: Sink) -> int:
+    """The sink's (one) staging table's file: a TRUNCATE gives it a new one."""
+    (stage,) = set(sink._stages.values())
     row = conn.execute(
-        "SELECT relfilenode FROM pg_class WHERE oid = '_stage_1'::regclass"
+        "SELECT relfilenode FROM pg_class WHERE oid = %s::regclass", (stage,)
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -38,18 +39,18 @@ def test_a_stage_is_truncated_only_when_written_since_the_last_commit(env: Env) 
         _upsert(sink, 1, "one")
         conn.commit()
         sink.committed()
-        before = _file(conn)
+        before = _file(conn, sink)
         _upsert(sink, 2, "two")  # first use since the commit: empty already, not truncated
-        assert _file(conn) == before
+        assert _file(conn, sink) == before
         # Written in this transaction: the next flush must not merge its rows again.
         conn.execute("UPDATE item SET title = 'changed' WHERE id = 2")
         _upsert(sink, 3, "three")
-        assert _file(conn) != before  # truncated
+        assert _file(conn, sink) != before  # truncated
         conn.commit()
         # A caller that does not say it committed gets a TRUNCATE on every use.
-        before = _file(conn)
+        before = _file(conn, sink)
         _upsert(sink, 4, "four")
-        assert _file(conn) != before
+        assert _file(conn, sink) != before
         conn.commit()
     with env.target_conn() as c:
         got = c.execute("SELECT id, title FROM item ORDER BY id").fetchall()
@@ -80,3 +81,21 @@ def test_statements_are_composed_once_per_shape(env: Env, monkeypatch: Any) -> N
         conn.commit()
     with env.target_conn() as c:
         assert c.execute("SELECT count(*) FROM item").fetchone() == (4,)
+
+
+def test_two_sinks_on_one_session_never_share_a_stage(env: Env) -> None:
+    """Temporary tables belong to the session: a second Sink there must not take the first's
+    stage (written this transaction, so not empty) for one of its own and merge its rows."""
+    with env.target_conn() as c:
+        c.execute("CREATE TABLE item (id int PRIMARY KEY, title text)")
+        c.execute("CREATE TABLE other (id int PRIMARY KEY, title text)")
+    with env.target_conn() as conn:
+        conn.autocommit = False
+        a, b = Sink(conn), Sink(conn)
+        _upsert(a, 1, "item-1")
+        batch = Batch()
+        batch.add(Upsert("public.other", {"id": 2}, {"title": "other-2"}))
+        b.flush(batch)
+        conn.commit()
+    with env.target_conn() as c:
+        assert c.execute("SELECT id, title FROM other").fetchall() == [(2, "other-2")]
