@@ -355,7 +355,7 @@ class BulkLoader:
     # -- loading ---------------------------------------------------------------------------
 
     def _run(self, conn: psycopg.Connection[Any], plan: _Plan, chunk: CopyChunk) -> _Result:
-        if plan.direct is not None:
+        if plan.direct is not None:  # one target, taking the chunk's columns as they are
             done = self._copy_direct(conn, plan, plan.direct, chunk)
             if done is not None:
                 return done
@@ -391,11 +391,7 @@ class BulkLoader:
         return touched, flagged
 
     def _copy_direct(
-        self,
-        conn: psycopg.Connection[Any],
-        plan: _Plan,
-        names: tuple[str, ...],
-        chunk: CopyChunk,
+        self, conn: psycopg.Connection[Any], plan: _Plan, names: tuple[str, ...], chunk: CopyChunk
     ) -> _Result | None:
         """The chunk COPYed straight into its one target while that was empty when this
         loader first wrote it: staging it and ``INSERT … SELECT`` would write every row twice

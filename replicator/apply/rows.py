@@ -71,7 +71,7 @@ class RowMapper:
         # changed (a column added, a type changed) is another key, so it is planned afresh.
         self._known: dict[tuple[int, RelationInfo], _Relation] = {}
         # Per source table and column list: what the mapping reads that the relation lacks
-        # (planning is per envelope; the answer changes only with the relation).
+        # (the answer changes only with the relation).
         self._absent: dict[tuple[str, tuple[str, ...]], tuple[str, str | None, str] | None] = {}
 
     def relation(self, env: Envelope, relid: int) -> tuple[str, TableTransform | None]:

@@ -8,7 +8,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.live import Live
@@ -19,6 +19,10 @@ from replicator.cli.app import ConfigOpt, app, mapping_of, out, settings_from
 from replicator.config import Settings
 from replicator.errors import ReplicatorError
 from replicator.status.overview import Status, collect, sides
+
+if TYPE_CHECKING:
+    from replicator.dlq.letters import Letter
+    from replicator.dlq.replay import ReplayResult
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: list, show, replay, purge.")
 app.add_typer(dlq_app, name="dlq")
@@ -243,7 +247,9 @@ def dlq_replay(
         raise typer.Exit(1)
 
 
-def replay_letters(s: Settings, topic: str, direction: str, chosen: list) -> list:  # type: ignore[type-arg]
+def replay_letters(
+    s: Settings, topic: str, direction: str, chosen: list[Letter]
+) -> list[ReplayResult]:
     """Replay ``chosen`` letters (each re-read from its source row as it is now) and mark the
     ones applied done; every result, applied or failed again (`dlq replay`, `drift resolve`)."""
     from replicator.dlq.letters import mark_done

@@ -87,8 +87,18 @@ def _range_plan(
         return src, plan
     with pg.translated(ctx.s.source.masked()):
         rng = probe(ctx.legacy, *src, ask)
+    ranged = _plan_from_catalogs(ctx, group, rng)
+    if isinstance(ranged, str):
+        whole(group, ranged, quiet=quiet)
+        return ranged, plan
+    ranged.key_types.update(plan.key_types)
+    return rng, ranged
+
+
+def _plan_from_catalogs(ctx: Ctx, group: list[str], rng: KeyRange | None = None) -> GroupPlan | str:
+    """plan_group over the catalogs ``ctx`` has read (load_catalogs), of ``rng`` if given."""
     legacy, target = ctx.legacy_catalog or {}, ctx.target_catalog or {}
-    ranged = plan_group(
+    return plan_group(
         ctx.direction,
         group,
         ctx.shapes,
@@ -97,11 +107,6 @@ def _range_plan(
         ctx.hashing,
         rng,
     )
-    if isinstance(ranged, str):
-        whole(group, ranged, quiet=quiet)
-        return ranged, plan
-    ranged.key_types.update(plan.key_types)
-    return rng, ranged
 
 
 def _whole_plan(ctx: Ctx, group: list[str]) -> GroupPlan | str:
@@ -111,15 +116,8 @@ def _whole_plan(ctx: Ctx, group: list[str]) -> GroupPlan | str:
     if known is not None:
         return known
     load_catalogs(ctx)
-    legacy, target = ctx.legacy_catalog or {}, ctx.target_catalog or {}
-    plan = plan_group(
-        ctx.direction,
-        group,
-        ctx.shapes,
-        lambda s: legacy.get(s, MISSING).categories(),
-        lambda t: target.get(t, MISSING).enums(),
-        ctx.hashing,
-    )
+    legacy = ctx.legacy_catalog or {}
+    plan = _plan_from_catalogs(ctx, group)
     if isinstance(plan, GroupPlan):
         for s, c in plan.compiled.items():  # the keys are listed as arrays of these types
             plan.key_types.setdefault(s, legacy.get(s, MISSING).types(c.source_key))
