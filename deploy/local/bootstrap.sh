@@ -48,6 +48,11 @@ if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stam
   .venv/bin/pip install -q -e '.[dev]'
   touch "$stamp"
 fi
+# The editable install leaves our own modules uncompiled, and where PYTHONDONTWRITEBYTECODE is
+# set (this machine's shells) every process start compiled them again: 0.3 s of CPU for each
+# apply worker process and CLI call. Compiled here once; an edited module is compiled in memory
+# until the next run of this script.
+.venv/bin/python -m compileall -q replicator connectors transforms >/dev/null
 
 drizzle=transforms/mcp_manager/drizzle
 if [ -f "$drizzle/package-lock.json" ]; then

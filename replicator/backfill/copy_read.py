@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
+from psycopg.abc import PQGen
+from psycopg.pq.abc import PGconn
+from psycopg.waiting import Wait
 
 from connectors.copy_chunk import (
     BINARY_TEXT_OIDS,
@@ -121,6 +124,57 @@ def prepare_reader(conn: psycopg.Connection[Any]) -> None:
     )
 
 
+def _drain(
+    pgconn: PGconn, binary: bool, message_bytes: int, encoding: str
+) -> PQGen[tuple[list[tuple[bytes, int]], bytes]]:
+    """Every row of the COPY in progress on ``pgconn``, cut into parts of about
+    ``message_bytes`` after a whole row: ([(data, rows)], the last row's block). The server
+    sends one block per row; in binary, the first block also holds the file header and the
+    last is the trailer alone."""
+    parts: list[tuple[bytes, int]] = []  # (data, rows)
+    buf, held, first = bytearray(), 0, True
+    last: bytes | memoryview = b""
+    get = pgconn.get_copy_data
+    while True:
+        nbytes, data = get(1)
+        if nbytes > 0:
+            block: bytes | memoryview = data
+            if binary:
+                if first:
+                    first = False
+                    if not (block := strip_binary_header(bytes(data))):
+                        continue
+                if block == TRAILER:
+                    continue  # the end follows
+                last = block
+            buf += block
+            held += 1
+            if len(buf) >= message_bytes and (binary or buf.endswith(b"\n")):
+                parts.append((bytes(buf), held if binary else buf.count(b"\n")))
+                buf, held = bytearray(), 0
+        elif nbytes == 0:  # nothing buffered: wait for the socket
+            while not (yield Wait.R):
+                pass
+            pgconn.consume_input()
+        else:  # -1: the COPY is over; its result says whether it succeeded
+            break
+    if buf:
+        parts.append((bytes(buf), held if binary else buf.count(b"\n")))
+    results = []  # every one read before raising, or the session is left mid-protocol
+    while True:
+        while pgconn.is_busy():
+            while not (yield Wait.R):
+                pass
+            pgconn.consume_input()
+        if (result := pgconn.get_result()) is None:
+            break
+        results.append(result)
+    for result in results:
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            raise psycopg.errors.error_from_result(result, encoding=encoding)
+    return parts, bytes(last)
+
+
 def read_copy_chunk(
     conn: psycopg.Connection[Any],
     origin: str,
@@ -138,31 +192,11 @@ def read_copy_chunk(
     :func:`binary_format`); ``upper``: the last key of the range being read."""
     query = chunk_query(source, last_key is not None, upper=upper is not None)
     stmt = sql.SQL("COPY ({}) TO STDOUT" + (" (FORMAT binary)" if binary else "")).format(query)
-    parts: list[tuple[bytes, int]] = []  # (data, rows)
-    buf, held, first = bytearray(), 0, True
-    last: bytes | bytearray | memoryview = b""
-    with (
-        conn.cursor() as cur,
-        cur.copy(stmt, (*(last_key or ()), *(upper or ()), chunk_rows)) as cp,
-    ):
-        # One block per row, as the server sends them: cut after a whole row only. In binary,
-        # the first block also holds the file header and the last is the trailer alone.
-        for block in cp:
-            if binary:
-                if first:
-                    block, first = strip_binary_header(bytes(block)), False
-                    if not block:
-                        continue
-                if block == TRAILER:
-                    continue  # the iteration ends after it (leaving early would not)
-                last = block
-            buf += block
-            held += 1
-            if len(buf) >= message_bytes and (binary or buf.endswith(b"\n")):
-                parts.append((bytes(buf), held if binary else buf.count(b"\n")))
-                buf, held = bytearray(), 0
-    if buf:
-        parts.append((bytes(buf), held if binary else buf.count(b"\n")))
+    with conn.cursor() as cur, cur.copy(stmt, (*(last_key or ()), *(upper or ()), chunk_rows)):
+        # The rows are drained here rather than through the Copy object's iteration, which
+        # waits on the socket once per row: that wait cost twice the reading itself (1.2 s of
+        # CPU per 2 M rows). Leaving the block after the drain is clean: the COPY is over.
+        parts, last = conn.wait(_drain(conn.pgconn, binary, message_bytes, conn.info.encoding))
     if not parts:
         return CopyRead([], 0, None)
     if binary:

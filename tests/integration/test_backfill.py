@@ -445,9 +445,16 @@ def test_key_ranges_read_side_by_side_resume_each_from_its_own_position_after_ki
             ranges = tc.execute(
                 "SELECT range_no, rows_read, done FROM replicator.backfill_ranges ORDER BY 1"
             ).fetchall()
+            # The table's own row is written every half second and when a range ends, as the
+            # sum of its ranges: the kill left it behind, the resumed ranges brought it level.
+            table = tc.execute(
+                "SELECT rows_read, chunks, done FROM replicator.backfill_progress"
+            ).fetchone()
     finally:
         proc.stop()
     assert [(k, done) for k, _, done in ranges] == [(0, True), (1, True), (2, True)], ranges
+    assert table is not None and table[0] == sum(n for _, n, _ in ranges) == 12_000, table
+    assert table[2] is True, table
     s = env.settings()
     chunks = [
         m

@@ -143,3 +143,42 @@ def test_dates_and_timestamps(
         edges += ["5874897-12-31"]
     texts = [v.isoformat(sep=" ") + ("+00" if pg_type == "timestamptz" else "") for v in values]
     _both(conn, pg_type, [*texts, *edges, None])
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_the_drain_cuts_after_whole_rows_and_raises_a_copy_that_fails_midway(
+    conn: psycopg.Connection[Any], binary: bool
+) -> None:
+    """The reader drains COPY output itself (replicator.backfill.copy_read._drain): every row
+    once, parts cut after whole rows; an error the server raises after sending rows is raised
+    as its own class, and the session stays usable."""
+    from replicator.backfill.copy_read import _drain
+
+    fmt = " (FORMAT binary)" if binary else ""
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            f"COPY (SELECT g, repeat('x', 50) FROM generate_series(1, 3000) g) TO STDOUT{fmt}"
+        ),
+    ):
+        parts, last = conn.wait(_drain(conn.pgconn, binary, 10_000, conn.info.encoding))
+    assert sum(n for _, n in parts) == 3000 and len(parts) > 10
+    data = b"".join(p for p, _ in parts)
+    if binary:
+        rows = binary_tuples(data)
+        assert [int.from_bytes(r[0], "big") for r in rows] == list(range(1, 3001))
+        assert binary_tuples(last)[0][0] == (3000).to_bytes(4, "big")
+    else:
+        assert [copy_fields(line)[0] for line in data.splitlines()] == [
+            str(i) for i in range(1, 3001)
+        ]
+    # Rows are sent before the division by zero at the 2,000th: the error still surfaces.
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                f"COPY (SELECT 1 / (2000 - g) FROM generate_series(1, 3000) g) TO STDOUT{fmt}"
+            ),
+        ):
+            conn.wait(_drain(conn.pgconn, binary, 10_000, conn.info.encoding))
+    assert conn.execute("SELECT 1").fetchone() == (1,)
