@@ -266,7 +266,7 @@ class ApplySettings(_Strict):
 
 
 class BackfillSettings(_Strict):
-    chunk_rows: int = Field(5_000, ge=1, description="rows per snapshot chunk")
+    chunk_rows: int = Field(5_000, ge=1, description="rows per snapshot chunk (narrow: up to 4x)")
     parallel: int = Field(2, ge=1, description="tables read at once (within a foreign-key level)")
     compiled: bool = Field(
         True,

@@ -6,11 +6,13 @@ sends one COPY at a time and apply waits for its chunks. A table of at least
 are sessions, each read by its own session (``(key) > start AND (key) <= end``), each with its
 own resumable position in ``replicator.backfill_ranges``. How many sessions read at once over a
 whole level is ``backfill.max_read_sessions``; ``backfill.max_rows_per_s`` caps the rows read
-per second over all of them, for a production source in its busy hours.
+per second over all of them, for a production source in its busy hours. On the bulk path a
+chunk of narrow rows grows (:func:`bulk_chunk_rows`).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -23,6 +25,58 @@ from replicator.backfill.copy_read import SourceTable
 # Splitting costs an index scan per boundary; below this many chunks per session a table is
 # read faster whole than the boundaries cost.
 SPLIT_CHUNKS = 4
+
+# A bulk chunk of narrow rows grows up to this many times backfill.chunk_rows while its widest
+# possible rows stay under CHUNK_BYTES: every chunk costs a statement on the source, a Kafka
+# request and a target transaction, about 3 ms of CPU over the processes (2 M pgbench rows:
+# 5,000-row chunks took 1 s of CPU more than 20,000-row ones). Only a table whose every column
+# has a bounded width grows (a text or jsonb column may hold megabytes in any row, and the
+# reader holds a chunk whole), and none under a rate cap (a chunk is read at full speed).
+CHUNK_GROWTH = 4
+CHUNK_BYTES = 8 << 20
+
+_FIXED = {
+    "boolean": 1,
+    "smallint": 2,
+    "integer": 4,
+    "bigint": 8,
+    "real": 4,
+    "double precision": 8,
+    "date": 4,
+    "time without time zone": 8,
+    "timestamp without time zone": 8,
+    "timestamp with time zone": 8,
+    "uuid": 16,
+    "oid": 4,
+}
+_CHARS = re.compile(r"(?:character varying|character)\((\d+)\)")
+_NUMERIC = re.compile(r"numeric\((\d+),(\d+)\)")
+
+
+def widest_row(source: SourceTable) -> int | None:
+    """The most bytes a row of ``source`` takes in COPY's binary format (None: unbounded)."""
+    total = 2
+    for column, type_ in zip(source.columns, source.types, strict=True):
+        if column in source.enums:
+            size = 64  # a label is at most NAMEDATALEN - 1 bytes
+        elif type_ in _FIXED:
+            size = _FIXED[type_]
+        elif chars := _CHARS.fullmatch(type_):
+            size = 4 * int(chars.group(1))  # UTF-8: at most 4 bytes a character
+        elif digits := _NUMERIC.fullmatch(type_.replace(" ", "")):
+            size = 8 + 2 * (int(digits.group(1)) // 4 + 2)  # header, base-10000 digits
+        else:
+            return None
+        total += 4 + size
+    return total
+
+
+def bulk_chunk_rows(chunk_rows: int, source: SourceTable, capped: bool) -> int:
+    """The rows a bulk chunk of ``source`` asks for (``capped``: a rate cap is on)."""
+    widest = widest_row(source)
+    if widest is None or capped:
+        return chunk_rows
+    return max(chunk_rows, min(CHUNK_GROWTH * chunk_rows, CHUNK_BYTES // widest))
 
 
 def range_count(rows_total: int, chunk_rows: int, sessions: int) -> int:

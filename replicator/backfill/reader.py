@@ -44,7 +44,7 @@ from replicator.backfill.copy_read import (
     read_copy_chunk,
 )
 from replicator.backfill.needed import refuse_after_cutover, slot_was_lost
-from replicator.backfill.ranges import RateCap, boundaries, range_count
+from replicator.backfill.ranges import RateCap, boundaries, bulk_chunk_rows, range_count
 from replicator.capture import prepare_source
 from replicator.config import Settings
 from replicator.derived import prove_direction
@@ -464,7 +464,9 @@ class Backfill:
             table_due = started  # a split table's row: written at the first chunk, then paced
             bulk = path == SQL_PATH
             binary = bulk and binary_format(source, self.direction.transform_for(source.table))
+            size = self.chunk_rows
             if bulk:
+                size = bulk_chunk_rows(size, source, s.backfill.max_rows_per_s > 0)
                 with pg.translated(s.source.masked()):
                     prepare_reader(src)
             while not stop.is_set():
@@ -475,7 +477,7 @@ class Backfill:
                             s.name,
                             source,
                             last_key,
-                            self.chunk_rows,
+                            size,
                             SNAPSHOT_MESSAGE_BYTES,
                             binary=binary,
                             upper=end,
@@ -501,7 +503,7 @@ class Backfill:
                     last_key = key
                     read += n
                     chunks += 1
-                finished = n < self.chunk_rows
+                finished = n < size
                 with pg.translated(s.target.masked()):
                     if part is None:
                         table_read, table_total, table_done = read, max(total, read), finished

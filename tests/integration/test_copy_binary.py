@@ -174,10 +174,9 @@ def test_the_drain_cuts_after_whole_rows_and_raises_a_copy_that_fails_midway(
         ]
     # Rows are sent before the division by zero at the 2,000th: the error still surfaces.
     with (
-        pytest.raises(psycopg.errors.DivisionByZero), conn.cursor() as cur,
-        cur.copy(
-            f"COPY (SELECT 1 / (2000 - g) FROM generate_series(1, 3000) g) TO STDOUT{fmt}"
-        ),
+        pytest.raises(psycopg.errors.DivisionByZero),
+        conn.cursor() as cur,
+        cur.copy(f"COPY (SELECT 1 / (2000 - g) FROM generate_series(1, 3000) g) TO STDOUT{fmt}"),
     ):
         conn.wait(_drain(conn.pgconn, binary, 10_000, conn.info.encoding))
     assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -44,3 +44,29 @@ def test_the_cap_paces_every_session_together() -> None:
         cap.take(1_000, stop)
     assert 0.38 <= time.monotonic() - started < 1.0
     assert RateCap(0).take(10**9, stop) == 0.0  # no cap
+
+
+def _table(types: tuple[str, ...], enums: tuple[str, ...] = ()) -> SourceTable:
+    cols = tuple(f"c{i}" for i in range(len(types)))
+    return SourceTable("public.t", 1, cols, (0,) * len(types), types, ("c0",), enums)
+
+
+def test_a_bulk_chunk_grows_only_where_every_column_has_a_bounded_width() -> None:
+    from replicator.backfill.ranges import CHUNK_BYTES, bulk_chunk_rows, widest_row
+
+    accounts = _table(("integer", "integer", "integer", "character(84)"))
+    assert widest_row(accounts) == 2 + 3 * 8 + 4 + 4 * 84
+    assert bulk_chunk_rows(5_000, accounts, capped=False) == 20_000  # at most 4x
+    wide = _table(("bigint", "character varying(20000)"))
+    assert bulk_chunk_rows(5_000, wide, capped=False) == 5_000  # never below chunk_rows
+    assert bulk_chunk_rows(100, wide, capped=False) == CHUNK_BYTES // widest_row(wide)  # type: ignore[operator]
+    # A text or jsonb column may hold megabytes in any row: no growth.
+    assert widest_row(_table(("integer", "text"))) is None
+    assert widest_row(_table(("integer", "jsonb"))) is None
+    assert bulk_chunk_rows(5_000, _table(("integer", "text")), capped=False) == 5_000
+    # An enum's label is bounded; numeric(p, s) too, bare numeric not.
+    assert widest_row(_table(("integer", "mood"), enums=("c1",))) == 2 + 8 + 4 + 64
+    assert widest_row(_table(("numeric(12, 2)",))) == 2 + 4 + 8 + 2 * 5
+    assert widest_row(_table(("numeric",))) is None
+    # Under a rate cap a chunk is read at full speed: it keeps chunk_rows.
+    assert bulk_chunk_rows(5_000, accounts, capped=True) == 5_000
