@@ -411,17 +411,49 @@ _PLAIN = frozenset({str, type(None)})
 _ROW_MESSAGES = frozenset({po.Insert, po.Update, po.Delete})
 
 
+# Any role that may connect to the source can emit a logical message with our prefix
+# (pg_logical_emit_message is PUBLIC's): what the capture forwards must not stop it or apply.
+# A control larger than this, or nested deeper, is forwarded as unreadable (its size and first
+# characters); a real one (a DDL record with its statement and columns) is far smaller.
+CONTROL_MAX_BYTES = 1 << 20
+CONTROL_MAX_DEPTH = 16
+
+
 def _control(msg: po.LogicalMessage) -> dict[str, Any]:
     """A control message's JSON object; an unreadable one is kept as text, never dropped."""
+    raw = bytes(msg.content)
     try:
-        control = json.loads(bytes(msg.content).decode())
+        if len(raw) > CONTROL_MAX_BYTES:
+            raise ValueError(f"{len(raw)} bytes")
+        control = json.loads(raw.decode())
         if msg.prefix == DDL_PREFIX:
             control = {"kind": "ddl", "ddl": control}
         if not isinstance(control, dict):
             raise ValueError("not an object")
-    except ValueError:
-        control = {"kind": "unreadable", "content": bytes(msg.content).decode("utf-8", "replace")}
+        if _depth(control) > CONTROL_MAX_DEPTH:
+            raise ValueError("nested too deep")
+    except (ValueError, RecursionError) as exc:  # RecursionError: json's, on deep nesting
+        control = {
+            "kind": "unreadable",
+            "why": str(exc)[:200],
+            "bytes": len(raw),
+            "content": raw[:1000].decode("utf-8", "replace"),
+        }
     return control
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (0: a scalar)."""
+    deepest, level = 0, [(value, 1)]
+    while level:
+        v, d = level.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            if d <= CONTROL_MAX_DEPTH:
+                level.extend((item, d + 1) for item in v)
+    return deepest
 
 
 def _change(op: str, rel: RelationInfo, msg: po.Insert | po.Update) -> Change:

@@ -26,6 +26,7 @@ from connectors.kafka_io import Consumer, Producer, ensure_topics
 from connectors.pgsink import Batch, Sink
 from replicator.apply.barrier import held_partitions, reach_marker, start_snapshot_phase
 from replicator.apply.bulk import BulkLoader
+from replicator.apply.controls import control_problem
 from replicator.apply.pacing import CommitPacer
 from replicator.apply.positions import ApplyStats, Partition, gap_hint
 from replicator.apply.rows import RowMapper, exclusive_targets, repair_delete
@@ -442,7 +443,9 @@ class ApplyWorker:
     def _control(self, env: Envelope, partition: int, batch: Batch) -> None:
         ctl = env.control or {}
         kind = ctl.get("kind")
-        if kind == "heartbeat":
+        if (refused := control_problem(ctl, self.topic == self.snapshot_topic)) is not None:
+            self._dead(refused, partition, self._current[1], None, ctl)
+        elif kind == "heartbeat":
             store_heartbeat(self.conn, self.topic, partition, ctl.get("emitted_at"), env.commit_lsn)
             self._drift.target.tick(env.commit_lsn, partition)
         elif kind == "backfill_started" and self.topic == self.changes_topic:

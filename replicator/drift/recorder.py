@@ -51,7 +51,20 @@ def record_ddl(
     return _record(worker, env.commit_lsn, env.seq, partition, ddl, "event_trigger", replayed)
 
 
-_ALTER = re.compile(r"\s*ALTER\s+TABLE\b", re.IGNORECASE)
+_ALTER = re.compile(
+    r"\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?"
+    r'((?:"(?:[^"]|"")+"|[\w$]+)(?:\s*\.\s*(?:"(?:[^"]|"")+"|[\w$]+))?)',
+    re.IGNORECASE,
+)
+# What a replay never does, whoever asked: a DDL record is a logical message any role that may
+# connect to the source can forge (replicator.apply.controls), and the replay runs with the
+# replicator's own privileges — ownership, schema, names, triggers, rules, policies, security
+# and tablespaces stay the target's, and no USING expression is evaluated there.
+_NEVER = re.compile(
+    r"\b(OWNER|SCHEMA|RENAME|TRIGGER|RULE|POLICY|SECURITY|USING|TABLESPACE|REPLICA|INHERIT"
+    r"|ATTACH|DETACH|CLUSTER|LOGGED|UNLOGGED|OPTIONS)\b",
+    re.IGNORECASE,
+)
 
 
 def _replay(worker: Any, ddl: dict[str, Any], batch: Any) -> str | None:
@@ -62,13 +75,29 @@ def _replay(worker: Any, ddl: dict[str, Any], batch: Any) -> str | None:
     if transform is None or not transform.copies_rows:
         return None  # a reshaping mapping: the mapping, not the DDL, decides the target
     query = str(ddl.get("query") or "").strip().rstrip(";").strip()
-    if ddl.get("tag") != "ALTER TABLE" or ";" in query or not _ALTER.match(query):
+    alter = _ALTER.match(query)
+    if ddl.get("tag") != "ALTER TABLE" or ";" in query or alter is None:
         return (
             "not replayed on the target (drift.apply_ddl replays one ALTER TABLE statement alone)"
+        )
+    if _NEVER.search(query):
+        return (
+            "not replayed on the target (drift.apply_ddl replays column changes only, never"
+            " ownership, names, schemas, triggers, rules, policies or a USING expression)"
         )
     worker._flush(batch)  # the rows before it, in the table's old shape
     try:
         with pg.translated(worker.db.masked()), worker.conn.transaction():
+            schema, _, name = str(ddl.get("table")).partition(".")  # the trigger's raw names
+            same = worker.conn.execute(
+                "SELECT to_regclass(%s) = to_regclass(format('%%I.%%I', %s::text, %s::text))",
+                (alter.group(1), schema, name),
+            ).fetchone()
+            if not (same and same[0]):
+                return (
+                    f"not replayed on the target: the statement alters {alter.group(1)}, not"
+                    f" {ddl.get('table')}, the table the record names"
+                )
             worker.conn.execute(query)
         worker.sink.forget_tables()  # its cached columns are the table's old shape
     except ReplicatorError as exc:
