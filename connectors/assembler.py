@@ -12,7 +12,6 @@ envelope before it are acknowledged by Kafka.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -425,14 +424,17 @@ def _control(msg: po.LogicalMessage) -> dict[str, Any]:
     try:
         if len(raw) > CONTROL_MAX_BYTES:
             raise ValueError(f"{len(raw)} bytes")
-        control = json.loads(raw.decode())
+        # orjson: no RecursionError on deep nesting, and it refuses what the envelope's
+        # encoder (orjson too) would refuse later (a lone surrogate), stopping the capture.
+        control = orjson.loads(raw)
         if msg.prefix == DDL_PREFIX:
             control = {"kind": "ddl", "ddl": control}
         if not isinstance(control, dict):
             raise ValueError("not an object")
         if _depth(control) > CONTROL_MAX_DEPTH:
             raise ValueError("nested too deep")
-    except (ValueError, RecursionError) as exc:  # RecursionError: json's, on deep nesting
+        orjson.dumps(control)  # what else it could not encode (raises a TypeError)
+    except (ValueError, TypeError) as exc:
         control = {
             "kind": "unreadable",
             "why": str(exc)[:200],

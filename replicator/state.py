@@ -207,12 +207,13 @@ def store_heartbeat(
     conn: psycopg.Connection[Any], topic: str, partition: int, emitted_at: Any, commit_lsn: int
 ) -> None:
     """The newest heartbeat applied on a partition (a replayed older one changes nothing): its
-    source emission time bounds the lag from above (replicator.status.lag). One dated ahead of
-    the target's clock (forged: any role may emit one) is stored as now, so the next real one
-    replaces it instead of the lag reading zero until that date."""
+    source emission time bounds the lag from above (replicator.status.lag). One dated over a
+    minute ahead of the target's clock (forged: any role may emit one) is stored as that
+    minute, so the next real ones replace it instead of the lag reading zero until that date."""
     conn.execute(
         "INSERT INTO replicator.heartbeats (topic, partition, emitted_at, applied_at, commit_lsn)"
-        " VALUES (%s, %s, LEAST(%s::timestamptz, clock_timestamp()), clock_timestamp(), %s)"
+        " VALUES (%s, %s, LEAST(%s::timestamptz, clock_timestamp() + interval '1 minute'),"
+        " clock_timestamp(), %s)"
         " ON CONFLICT (topic, partition) DO UPDATE"
         " SET emitted_at = EXCLUDED.emitted_at, applied_at = EXCLUDED.applied_at,"
         " commit_lsn = EXCLUDED.commit_lsn"

@@ -14,13 +14,63 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import psycopg
+
+from connectors.envelope import Envelope
+from replicator.apply.rows import repair_delete
+from replicator.drift.recorder import record_ddl
 from replicator.errors import DataError
+from replicator.state import store_heartbeat, store_marker
 
 _HINT = (
     "a control message the replicator did not emit (any role that may connect to the source"
     " can emit one with its prefix): find who sent it (the letter's position in the source's"
     " WAL), then `replicator dlq purge` it"
 )
+
+
+def act_on_control(worker: Any, env: Envelope, partition: int, batch: Any) -> None:
+    """What apply does with a control read from its topic (``worker``: the apply worker).
+    A control it must not act on, or one the target refuses (a value its checks did not
+    foresee), is a dead letter; what else fails (a connection lost) is raised as always."""
+    ctl = env.control or {}
+    kind, offset = ctl.get("kind"), worker._current[1]
+    if (refused := control_problem(ctl, worker.topic == worker.snapshot_topic)) is not None:
+        worker._dead(refused, partition, offset, env.commit_lsn, ctl)
+    elif kind == "ddl":  # a schema change on the source, judged through the mapping
+        record_ddl(worker, env, partition, ctl, batch)
+    elif kind == "repair_delete" and worker.topic == worker.snapshot_topic:
+        try:  # a target row validation found without a source (validate/repair.py)
+            batch.add(repair_delete(worker.direction, ctl))
+        except DataError as exc:
+            worker._dead(exc, partition, offset, None, ctl)
+    else:
+        try:
+            with worker.conn.transaction():  # a savepoint: a refusal leaves the batch whole
+                _act(worker, env, partition, ctl)
+        except (psycopg.DataError, psycopg.IntegrityError, TypeError, ValueError) as exc:
+            why = f"a {kind} control the target refused ({str(exc).splitlines()[0]})"
+            worker._dead(DataError(why, hint=_HINT), partition, offset, env.commit_lsn, ctl)
+
+
+def _act(worker: Any, env: Envelope, partition: int, ctl: dict[str, Any]) -> None:
+    kind = ctl.get("kind")
+    if kind == "heartbeat":
+        at = _time(ctl.get("emitted_at"))
+        store_heartbeat(worker.conn, worker.topic, partition, at, env.commit_lsn)
+        worker._drift.target.tick(env.commit_lsn, partition)
+    elif kind == "backfill_started" and worker.topic == worker.changes_topic:
+        worker._reach_backfill_marker(ctl, partition)
+    elif kind == "snapshot_done" and ctl.get("backfill_id") == worker._backfill_id:
+        worker.conn.execute(
+            "UPDATE replicator.backfill SET status = 'applied', finished_at = clock_timestamp()"
+            " WHERE id = %s",
+            (worker._backfill_id,),
+        )
+        worker._switch = True
+    elif kind == "marker":
+        worker._marker_waiting = True
+        store_marker(worker.conn, worker.topic, partition, ctl, env.commit_lsn)
 
 
 def control_problem(ctl: dict[str, Any], on_snapshot_topic: bool) -> DataError | None:
@@ -32,6 +82,8 @@ def control_problem(ctl: dict[str, Any], on_snapshot_topic: bool) -> DataError |
 
 def _why(ctl: dict[str, Any], on_snapshot_topic: bool) -> str | None:
     kind = ctl.get("kind")
+    if _has_nul(ctl):
+        return "a control message with a NUL character (no text column takes one)"
     if kind == "unreadable":
         return f"a control message apply cannot read ({ctl.get('why', 'not a JSON object')})"
     if kind == "heartbeat":
@@ -42,27 +94,55 @@ def _why(ctl: dict[str, Any], on_snapshot_topic: bool) -> str | None:
         return f"a {kind} marker without a backfill id"
     if kind == "snapshot_done" and not on_snapshot_topic:
         return "a snapshot_done marker on the changes topic (the backfill sends it to Kafka alone)"
-    if kind == "marker" and not (
-        isinstance(ctl.get("id"), str) and isinstance(ctl.get("marker"), str)
-    ):
-        return "a marker without an id and a kind"
-    if kind == "ddl":
-        ddl = ctl.get("ddl")
-        if isinstance(ddl, dict) and not (
-            isinstance(ddl.get("tag", ""), str)
-            and isinstance(ddl.get("table") or "", str)
-            and isinstance(ddl.get("query") or "", str)
-            and isinstance(ddl.get("columns") or {}, dict)
-        ):
-            return "a DDL record whose tag, table, query or columns are of the wrong type"
+    if kind == "marker":
+        if not (isinstance(ctl.get("id"), str) and isinstance(ctl.get("marker"), str)):
+            return "a marker without an id and a kind"
+        if ctl.get("emitted_at") is not None and _time(ctl["emitted_at"]) is None:
+            return f"a marker whose time is not a time ({str(ctl['emitted_at'])[:40]!r})"
+    if kind == "ddl" and isinstance(ctl.get("ddl"), dict) and not _ddl_ok(ctl["ddl"]):
+        return "a DDL record whose fields are not of the types the event trigger writes"
     return None
 
 
-def _heartbeat(emitted_at: Any) -> str | None:
+def _ddl_ok(ddl: dict[str, Any]) -> bool:
+    """The fields replicator.drift.trigger writes, of its types (judge.py reads them)."""
+    columns = ddl.get("columns")
+    table = ddl.get("table")
+    return (
+        isinstance(ddl.get("tag"), str)
+        and (table is None or (isinstance(table, str) and "." in table))
+        and all(ddl.get(f) is None or isinstance(ddl[f], str) for f in _DDL_TEXT)
+        and (ddl.get("dropped") is None or isinstance(ddl["dropped"], bool))
+        and (
+            columns is None
+            or (isinstance(columns, dict) and all(isinstance(t, str) for t in columns.values()))
+        )
+    )
+
+
+_DDL_TEXT = ("query", "identity", "object_type", "at")
+
+
+def _has_nul(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if depth > 20:
+        return False  # the capture forwards nothing nested this deep (assembler)
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    return isinstance(value, list) and any(_has_nul(v, depth + 1) for v in value)
+
+
+def _time(value: Any) -> dt.datetime | None:
+    """A control's time as a UTC datetime (None: not an ISO time with its zone)."""
     try:
-        at = dt.datetime.fromisoformat(str(emitted_at))
-    except ValueError:
-        return f"a heartbeat whose time is not a time ({str(emitted_at)[:40]!r})"
-    if at.tzinfo is None:
-        return f"a heartbeat whose time has no time zone ({emitted_at!r})"
-    return None  # one dated ahead is stored as the target's now (replicator.state)
+        at = dt.datetime.fromisoformat(str(value))
+        return None if at.tzinfo is None else at.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _heartbeat(emitted_at: Any) -> str | None:
+    if _time(emitted_at) is None:  # one dated ahead is stored as now (replicator.state)
+        return f"a heartbeat whose time is not a time with its zone ({str(emitted_at)[:40]!r})"
+    return None

@@ -26,16 +26,16 @@ from connectors.kafka_io import Consumer, Producer, ensure_topics
 from connectors.pgsink import Batch, Sink
 from replicator.apply.barrier import held_partitions, reach_marker, start_snapshot_phase
 from replicator.apply.bulk import BulkLoader
-from replicator.apply.controls import control_problem
+from replicator.apply.controls import act_on_control
 from replicator.apply.pacing import CommitPacer
 from replicator.apply.positions import ApplyStats, Partition, gap_hint
-from replicator.apply.rows import RowMapper, exclusive_targets, repair_delete
+from replicator.apply.rows import RowMapper, exclusive_targets
 from replicator.apply.session import connect_session
 from replicator.apply.set_aside import restore, set_aside, worth_setting_aside
 from replicator.config import Settings
 from replicator.derived import prove_on_source
 from replicator.dlq.letters import DeadLetter, DeadLetterWriter, dead_letter, truncate_refusal
-from replicator.drift.recorder import RelationWatch, record_ddl
+from replicator.drift.recorder import RelationWatch
 from replicator.errors import (
     DataError,
     ReplicatorError,
@@ -52,8 +52,6 @@ from replicator.state import (
     add_table_stats,
     load_offsets,
     send_offset,
-    store_heartbeat,
-    store_marker,
 )
 from transforms.api import Direction, Truncate
 
@@ -441,32 +439,7 @@ class ApplyWorker:
             self._batch_rows[t] = self._batch_rows.get(t, 0) + n
 
     def _control(self, env: Envelope, partition: int, batch: Batch) -> None:
-        ctl = env.control or {}
-        kind = ctl.get("kind")
-        if (refused := control_problem(ctl, self.topic == self.snapshot_topic)) is not None:
-            self._dead(refused, partition, self._current[1], None, ctl)
-        elif kind == "heartbeat":
-            store_heartbeat(self.conn, self.topic, partition, ctl.get("emitted_at"), env.commit_lsn)
-            self._drift.target.tick(env.commit_lsn, partition)
-        elif kind == "backfill_started" and self.topic == self.changes_topic:
-            self._reach_backfill_marker(ctl, partition)
-        elif kind == "repair_delete" and self.topic == self.snapshot_topic:
-            try:  # a target row validation found without a source (validate/repair.py)
-                batch.add(repair_delete(self.direction, ctl))
-            except DataError as exc:
-                self._dead(exc, partition, self._current[1], None, ctl)
-        elif kind == "snapshot_done" and ctl.get("backfill_id") == self._backfill_id:
-            self.conn.execute(
-                "UPDATE replicator.backfill SET status = 'applied', finished_at = clock_timestamp()"
-                " WHERE id = %s",
-                (self._backfill_id,),
-            )
-            self._switch = True
-        elif kind == "ddl":  # a schema change on the source, judged through the mapping
-            record_ddl(self, env, partition, ctl, batch)
-        elif kind == "marker":
-            self._marker_waiting = True
-            store_marker(self.conn, self.topic, partition, ctl, env.commit_lsn)
+        act_on_control(self, env, partition, batch)  # replicator.apply.controls
 
     def _reach_backfill_marker(self, ctl: dict[str, Any], partition: int) -> None:
         """Hold this partition at the marker (replicator.apply.barrier)."""

@@ -20,6 +20,15 @@ FORGED = [
     ("replicator", json.dumps({"kind": "snapshot_done"})),
     ("replicator", json.dumps({"kind": "snapshot_done", "backfill_id": "x"})),
     ("replicator", json.dumps({"kind": "marker"})),
+    ("replicator", json.dumps({"kind": "marker", "id": "m", "marker": "fence", "emitted_at": "x"})),
+    ("replicator", json.dumps({"kind": "marker", "id": "m\u0000", "marker": "fence"})),
+    ("replicator", '{"kind": "x", "s": "\\ud800"}'),  # the envelope's encoder refused it
+    ("replicator", '{"kind": "x", "n": 18446744073709551616}'),  # a float: nothing to refuse
+    ("replicator", "x"),
+    (
+        "replicator.ddl",
+        json.dumps({"tag": "ALTER TABLE", "table": "public.item", "columns": {"id": 5}}),
+    ),
     (
         "replicator.ddl",
         json.dumps(
@@ -84,8 +93,10 @@ def test_forged_controls_stop_nothing_and_change_nothing_on_the_target(
         letters = json.loads(run_cli(["dlq", "list", "--json"], vars_).stdout)
         output = proc.output()
     reasons = sorted(str(x["reason"]) for x in letters)
-    assert len(reasons) == 5, reasons  # every malformed control, each with its reason
-    assert any("cannot read" in r and "recursion" in r for r in reasons), reasons
+    assert len(reasons) == 10, reasons  # every malformed control, each with its reason
+    assert any("cannot read" in r and "depth limit" in r for r in reasons), reasons
+    assert any("cannot read" in r and "surrogate" in r for r in reasons), reasons
+    assert any("NUL" in r for r in reasons), reasons
     assert any("on the changes topic" in r for r in reasons), reasons
     with env.target_conn() as c:
         # Neither DDL record ran: one names another table than its statement alters, the
