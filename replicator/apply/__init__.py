@@ -5,6 +5,7 @@
 - ``session``    the target session: FK triggers off, writes tagged with a replication origin
 - ``positions``  what a worker keeps in memory: partition positions and counters
 - ``pacing``     when a batch commits: as the stream pauses, or later when commits are dear
+- ``controls``   control messages (heartbeats, markers, DDL records) checked, then acted on
 """
 
 from replicator.apply.worker import ApplyWorker
