@@ -45,12 +45,20 @@ def act_on_control(worker: Any, env: Envelope, partition: int, batch: Any) -> No
         except DataError as exc:
             worker._dead(exc, partition, offset, None, ctl)
     else:
+        # A savepoint, so that a refusal leaves the batch whole. Not conn.transaction(): on a
+        # session with no transaction open yet (the batch's rows not flushed) that block is a
+        # transaction of its own, committed at once — a fence marker committed before the
+        # rows ahead of it, and the cutover's drain then saw it too early (caught by verify).
+        conn = worker.conn
+        conn.execute("SAVEPOINT replicator_control")
         try:
-            with worker.conn.transaction():  # a savepoint: a refusal leaves the batch whole
-                _act(worker, env, partition, ctl)
+            _act(worker, env, partition, ctl)
         except (psycopg.DataError, psycopg.IntegrityError, TypeError, ValueError) as exc:
+            conn.execute("ROLLBACK TO SAVEPOINT replicator_control")
             why = f"a {kind} control the target refused ({str(exc).splitlines()[0]})"
             worker._dead(DataError(why, hint=_HINT), partition, offset, env.commit_lsn, ctl)
+        else:
+            conn.execute("RELEASE SAVEPOINT replicator_control")
 
 
 def _act(worker: Any, env: Envelope, partition: int, ctl: dict[str, Any]) -> None:

@@ -123,3 +123,68 @@ def test_forged_controls_stop_nothing_and_change_nothing_on_the_target(
     assert any("not replayed on the target: the statement alters secret" in n for n in notes), notes
     assert any("never ownership" in n for n in notes), notes
     assert "Traceback" not in output
+
+
+def test_a_control_is_stored_in_apply_s_own_transaction_never_committed_ahead_of_it(
+    env: Env,
+) -> None:
+    """A control arriving on a session with no transaction open yet (the rows ahead of it still
+    in apply's batch, not flushed) was stored in a transaction of its own, committed at once
+    (psycopg's conn.transaction() outside a transaction): a fence marker was then visible to
+    the cutover's drain before the rows ahead of it, and the verify found them missing (the
+    fault matrix, twice in one CI run). It joins apply's transaction, committed with its rows."""
+    import psycopg
+
+    from connectors.envelope import Envelope
+    from replicator.apply.controls import act_on_control
+    from replicator.state import ensure_schema
+
+    s = env.settings()
+    with psycopg.connect(s.target.conninfo(), autocommit=True) as c:
+        ensure_schema(c)
+
+    class Worker:  # what act_on_control reads of an apply worker
+        topic, changes_topic, snapshot_topic = "t.fwd.changes", "t.fwd.changes", "t.fwd.snapshot"
+        _current = (0, 7)
+        _marker_waiting = False
+        dead: list[Any] = []
+
+        def __init__(self, conn: psycopg.Connection[Any]) -> None:
+            self.conn = conn
+
+        def _dead(self, *args: Any) -> None:
+            self.dead.append(args)
+
+    def markers(conn: psycopg.Connection[Any]) -> int:
+        n = conn.execute("SELECT count(*) FROM replicator.markers WHERE marker_id = 'm1'")
+        return int(n.fetchone()[0])  # type: ignore[index]
+
+    with (
+        psycopg.connect(s.target.conninfo()) as apply_conn,
+        psycopg.connect(s.target.conninfo(), autocommit=True) as drain,
+    ):
+        worker = Worker(apply_conn)
+        marker = {"kind": "marker", "marker": "fence", "id": "m1"}
+        act_on_control(worker, Envelope("o", 0, 100, None, control=marker), 0, None)
+        assert worker._marker_waiting and not worker.dead
+        assert markers(drain) == 0  # not before apply's commit
+        apply_conn.commit()
+        assert markers(drain) == 1
+        # A control the target refuses takes only its savepoint back: apply's transaction and
+        # what it wrote before stay.
+        bad = {
+            "kind": "marker",
+            "marker": "fence",
+            "id": "m2",
+            "emitted_at": "2026-12-08T00:00:00+20:00",
+        }
+        apply_conn.execute(
+            "INSERT INTO replicator.markers (topic, marker_id, partition, kind,"
+            " commit_lsn) VALUES ('t', 'm0', 0, 'x', 1)"
+        )
+        act_on_control(worker, Envelope("o", 0, 101, None, control=bad), 0, None)
+        apply_conn.commit()
+        assert drain.execute(
+            "SELECT marker_id FROM replicator.markers WHERE marker_id IN ('m0', 'm2')"
+        ).fetchall() == [("m0",)]
+    assert len(Worker.dead) == 1 and "refused" in Worker.dead[0][0].message
