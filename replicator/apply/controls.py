@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from connectors.assembler import CONTROL_MAX_DEPTH
 from connectors.envelope import Envelope
 from replicator.apply.rows import repair_delete
 from replicator.drift.recorder import record_ddl
@@ -94,8 +95,8 @@ def _why(ctl: dict[str, Any], on_snapshot_topic: bool) -> str | None:
         return "a control message with a NUL character (no text column takes one)"
     if kind == "unreadable":
         return f"a control message apply cannot read ({ctl.get('why', 'not a JSON object')})"
-    if kind == "heartbeat":
-        return _heartbeat(ctl.get("emitted_at"))
+    if kind == "heartbeat" and _time(at := ctl.get("emitted_at")) is None:  # ahead: state.py
+        return f"a heartbeat whose time is not a time with its zone ({str(at)[:40]!r})"
     if kind in ("backfill_started", "snapshot_done") and not isinstance(
         ctl.get("backfill_id"), str
     ):
@@ -134,8 +135,8 @@ _DDL_TEXT = ("query", "identity", "object_type", "at")
 def _has_nul(value: Any, depth: int = 0) -> bool:
     if isinstance(value, str):
         return "\x00" in value
-    if depth > 20:
-        return False  # the capture forwards nothing nested this deep (assembler)
+    if depth > CONTROL_MAX_DEPTH:
+        return False  # the capture forwards nothing nested this deep
     if isinstance(value, dict):
         value = [*value.keys(), *value.values()]
     return isinstance(value, list) and any(_has_nul(v, depth + 1) for v in value)
@@ -148,9 +149,3 @@ def _time(value: Any) -> dt.datetime | None:
         return None if at.tzinfo is None else at.astimezone(dt.UTC)
     except (ValueError, OverflowError):
         return None
-
-
-def _heartbeat(emitted_at: Any) -> str | None:
-    if _time(emitted_at) is None:  # one dated ahead is stored as now (replicator.state)
-        return f"a heartbeat whose time is not a time with its zone ({str(emitted_at)[:40]!r})"
-    return None

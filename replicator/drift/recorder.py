@@ -24,6 +24,7 @@ from replicator.drift.store import record
 from replicator.drift.target_watch import TargetWatch
 from replicator.errors import ReplicatorError
 from transforms.api import Direction
+from transforms.sqltext import qualified
 
 log = logging.getLogger("replicator.drift")
 
@@ -88,10 +89,9 @@ def _replay(worker: Any, ddl: dict[str, Any], batch: Any) -> str | None:
     worker._flush(batch)  # the rows before it, in the table's old shape
     try:
         with pg.translated(worker.db.masked()), worker.conn.transaction():
-            schema, _, name = str(ddl.get("table")).partition(".")  # the trigger's raw names
             same = worker.conn.execute(
-                "SELECT to_regclass(%s) = to_regclass(format('%%I.%%I', %s::text, %s::text))",
-                (alter.group(1), schema, name),
+                "SELECT to_regclass(%s) = to_regclass(%s)",
+                (alter.group(1), qualified(str(ddl.get("table")))),  # the trigger's raw names
             ).fetchone()
             if not (same and same[0]):
                 return (
